@@ -1,0 +1,117 @@
+//! Graceful shutdown: fail readiness first, give load balancers time to notice, then let the
+//! caller stop its server. Liveness keeps passing throughout, so the orchestrator does not
+//! restart a process that is merely draining.
+//!
+//! ```
+//! use std::time::Duration;
+//! use ms_health::{HealthRegistry, Status};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), ms_health::BuildError> {
+//! let registry = HealthRegistry::builder()
+//!     .drain_delay(Duration::from_secs(5))
+//!     .build()?;
+//!
+//! // In a server: `axum::serve(listener, app).with_graceful_shutdown(
+//! //     registry.shutdown_on(async { tokio::signal::ctrl_c().await.ok(); }))`.
+//! let (trigger, signal) = tokio::sync::oneshot::channel::<()>();
+//! let shutdown = tokio::spawn(registry.shutdown_on(async { signal.await.ok(); }));
+//!
+//! assert_eq!(registry.readiness().await.status, Status::Pass);
+//! trigger.send(()).unwrap();
+//! tokio::task::yield_now().await;
+//! assert_eq!(registry.readiness().await.status, Status::Fail);
+//! assert_eq!(registry.liveness().await.status, Status::Pass);
+//! shutdown.await.unwrap(); // returns once the drain delay has passed
+//! # Ok(())
+//! # }
+//! ```
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::registry::HealthRegistry;
+
+/// How long [`HealthRegistry::shutdown`] keeps serving after failing readiness, unless
+/// configured otherwise.
+///
+/// Long enough for a Kubernetes endpoint update or two load-balancer health-check intervals to
+/// take the replica out of rotation, short enough to fit in the default 30 s termination grace
+/// period together with the server's own drain.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
+
+pub(crate) struct ShutdownState {
+    drain_delay: Duration,
+    began: OnceLock<Instant>,
+    /// `true` once shutdown began; a watch channel so the gRPC reporter reacts immediately
+    /// rather than at its next poll.
+    flag: watch::Sender<bool>,
+}
+
+impl ShutdownState {
+    pub(crate) fn new(drain_delay: Duration) -> Self {
+        Self {
+            drain_delay,
+            began: OnceLock::new(),
+            flag: watch::Sender::new(false),
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<bool> {
+        self.flag.subscribe()
+    }
+}
+
+impl HealthRegistry {
+    /// Begins shutdown and waits out the drain delay: readiness fails immediately with output
+    /// "shutting down", liveness is untouched, and the returned future completes once the drain
+    /// delay has passed since shutdown first began, at which point the caller stops its server.
+    ///
+    /// Calling it again (or concurrently) does not extend the delay: every caller returns at the
+    /// same deadline.
+    pub async fn shutdown(&self) {
+        let deadline = self.begin_shutdown();
+        tokio::time::sleep_until(deadline).await;
+    }
+
+    /// Fails readiness now without waiting; returns when the drain delay ends. Use it when the
+    /// drain is awaited elsewhere, or not at all.
+    pub fn begin_shutdown(&self) -> Instant {
+        let state = &self.inner.shutdown;
+        let began = *state.began.get_or_init(Instant::now);
+        state.flag.send_replace(true);
+        tracing::info!(
+            drain_delay = %humantime::format_duration(state.drain_delay),
+            "shutdown began: readiness now fails"
+        );
+        began.checked_add(state.drain_delay).unwrap_or(began)
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.inner.shutdown.flag.borrow()
+    }
+
+    /// A future that waits for `trigger` (a signal, a cancellation token), then performs
+    /// [`HealthRegistry::shutdown`]. It is `Send + 'static`, as axum's
+    /// `with_graceful_shutdown` requires, so the server stops accepting connections only after
+    /// load balancers had the drain delay to see readiness fail.
+    pub fn shutdown_on<F>(&self, trigger: F) -> impl Future<Output = ()> + Send + 'static
+    where
+        F: Future + Send + 'static,
+    {
+        let registry = self.clone();
+        async move {
+            trigger.await;
+            registry.shutdown().await;
+        }
+    }
+
+    pub(crate) fn shutdown_watch(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+}
