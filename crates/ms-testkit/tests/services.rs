@@ -7,12 +7,19 @@ use sqlx::Connection as _;
 
 #[tokio::test]
 async fn postgres_gives_each_test_its_own_database_and_drops_it() {
-    let Some(first) = ms_testkit::postgres().await else { return };
-    let Some(second) = ms_testkit::postgres().await else { return };
+    let Some(first) = ms_testkit::postgres().await else {
+        return;
+    };
+    let Some(second) = ms_testkit::postgres().await else {
+        return;
+    };
     assert_ne!(first.database(), second.database());
 
     let pool = first.pool().await;
-    sqlx::query("CREATE TABLE t (id int)").execute(&pool).await.unwrap();
+    sqlx::query("CREATE TABLE t (id int)")
+        .execute(&pool)
+        .await
+        .unwrap();
     // The table is private to the first database.
     let other = second.pool().await;
     let err = sqlx::query("SELECT id FROM t").fetch_all(&other).await;
@@ -33,7 +40,9 @@ async fn postgres_gives_each_test_its_own_database_and_drops_it() {
 
 #[tokio::test]
 async fn nats_prefix_isolates_subjects_and_drop_deletes_streams() {
-    let Some(nats) = ms_testkit::nats().await else { return };
+    let Some(nats) = ms_testkit::nats().await else {
+        return;
+    };
     let client = nats.client().await;
     let subject = nats.subject("greetings");
     assert!(subject.starts_with(nats.prefix()));
@@ -64,7 +73,9 @@ async fn nats_prefix_isolates_subjects_and_drop_deletes_streams() {
 
 #[tokio::test]
 async fn amqp_gives_a_private_vhost_and_removes_it() {
-    let Some(amqp) = ms_testkit::amqp().await else { return };
+    let Some(amqp) = ms_testkit::amqp().await else {
+        return;
+    };
     assert!(
         amqp.has_private_vhost(),
         "the management API should be reachable here (.ci/run enables it)"
@@ -108,7 +119,11 @@ async fn private_nats_server_can_be_killed_and_restarted_with_its_streams() {
     })
     .await
     .unwrap();
-    js.publish("kept.one", "1".into()).await.unwrap().await.unwrap();
+    js.publish("kept.one", "1".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 
     server.kill().await.unwrap();
     assert!(!server.is_running());
