@@ -60,10 +60,6 @@ impl ShutdownState {
             flag: watch::Sender::new(false),
         }
     }
-
-    pub(crate) fn subscribe(&self) -> watch::Receiver<bool> {
-        self.flag.subscribe()
-    }
 }
 
 impl HealthRegistry {
@@ -111,7 +107,16 @@ impl HealthRegistry {
         }
     }
 
-    pub(crate) fn shutdown_watch(&self) -> watch::Receiver<bool> {
-        self.inner.shutdown.subscribe()
+    /// A future that completes when shutdown begins (immediately if it already has), for work
+    /// that should stop with readiness rather than with the server: consumers, schedulers.
+    pub fn shutdown_begun(&self) -> impl Future<Output = ()> + Send + 'static {
+        // The future holds a clone of the registry, so the channel outlives it and a dropped
+        // registry cannot be mistaken for a shutdown.
+        let registry = self.clone();
+        let mut flag = self.inner.shutdown.flag.subscribe();
+        async move {
+            let _ = flag.wait_for(|began| *began).await;
+            drop(registry);
+        }
     }
 }

@@ -100,18 +100,22 @@ impl GrpcHealthReporter {
         tokio::spawn(self.run())
     }
 
-    /// Evaluates readiness now and every interval, until shutdown begins; then sets every service
-    /// to `NOT_SERVING` and returns.
+    /// Sets every service to `NOT_SERVING`, then evaluates readiness now and every interval,
+    /// setting `SERVING` or `NOT_SERVING`, until shutdown begins; then sets every service to
+    /// `NOT_SERVING` and returns.
     pub async fn run(self) {
-        let mut shutdown = self.registry.shutdown_watch();
+        // Until the first evaluation says otherwise the service is not known to be ready, and a
+        // client asking meanwhile should hear NOT_SERVING rather than "service not registered".
+        self.set_all(ServingStatus::NotServing).await;
+        let mut last = Some(ServingStatus::NotServing);
+        let shutdown = self.registry.shutdown_begun();
+        tokio::pin!(shutdown);
         let mut ticks = tokio::time::interval(self.interval);
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut last = None;
         loop {
-            if *shutdown.borrow_and_update() {
-                break;
-            }
             tokio::select! {
+                biased;
+                () = &mut shutdown => break,
                 _ = ticks.tick() => {
                     let status = if self.registry.readiness().await.is_healthy() {
                         ServingStatus::Serving
@@ -119,19 +123,13 @@ impl GrpcHealthReporter {
                         ServingStatus::NotServing
                     };
                     // Shutdown may have begun while the checks ran; never report SERVING after it.
-                    if *shutdown.borrow() {
+                    if self.registry.is_shutting_down() {
                         break;
                     }
                     // Setting an unchanged status would wake every `Watch` stream for nothing.
                     if last != Some(status) {
                         self.set_all(status).await;
                         last = Some(status);
-                    }
-                }
-                changed = shutdown.changed() => {
-                    if changed.is_err() {
-                        // The registry is gone, so nothing can report shutdown any more.
-                        return;
                     }
                 }
             }
