@@ -34,6 +34,9 @@ use crate::check::{BoxFuture, Check, CheckResult};
 /// empty request to a fresh inbox subject nobody listens on: the server's "no responders" reply
 /// is the answer (async-nats always announces no-responders support). Passes with the round-trip
 /// time in milliseconds as observed value.
+///
+/// While the client is reconnecting, `flush` and the request wait for the new connection
+/// rather than fail; the registry's timeout turns that wait into a failed check.
 #[derive(Clone, Debug)]
 pub struct NatsCheck {
     client: async_nats::Client,

@@ -33,8 +33,11 @@ pub const SQLX_DEFAULT_QUERY: &str = "SELECT 1";
 /// server that answers. Passes with the response time in milliseconds as observed value
 /// (acquiring the connection included); fails with sqlx's error text.
 ///
-/// The pool's own `acquire_timeout` (30 s by default) is longer than any sensible check
-/// timeout: an exhausted pool shows up as the registry's timeout failure.
+/// sqlx retries a refused connection until the pool's `acquire_timeout` (30 s by default) and
+/// then reports only "pool timed out"; with the default, longer than any sensible check timeout,
+/// an unreachable server or an exhausted pool shows up as the registry's timeout failure. Errors
+/// the server returns (authentication, a missing database, a failing query) come back at once,
+/// with sqlx's text.
 pub struct SqlxPoolCheck<DB: Database> {
     pool: Pool<DB>,
     query: &'static str,
