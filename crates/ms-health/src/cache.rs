@@ -94,20 +94,18 @@ impl CachedCheck {
     /// shared with every concurrent caller.
     async fn current(&self) -> Arc<Snapshot> {
         let seen = self.last.load_full();
-        if let Some(snapshot) = &seen {
-            if Instant::now() < snapshot.expires_at {
-                return Arc::clone(snapshot);
-            }
+        if let Some(fresh) = seen.as_ref().filter(|s| Instant::now() < s.expires_at) {
+            return Arc::clone(fresh);
         }
         let seen_seq = seen.as_ref().map_or(0, |s| s.seq);
 
         let _running = self.run_lock.lock().await;
         // Re-check under the lock: whoever held it before us may have just refreshed the result,
         // and that result is as fresh as anything we could produce now.
-        if let Some(snapshot) = self.last.load_full() {
-            if snapshot.seq != seen_seq || Instant::now() < snapshot.expires_at {
-                return snapshot;
-            }
+        let latest = self.last.load_full();
+        if let Some(shared) = latest.filter(|s| s.seq != seen_seq || Instant::now() < s.expires_at)
+        {
+            return shared;
         }
 
         let raw = run_isolated(Arc::clone(&self.check), self.settings.timeout).await;

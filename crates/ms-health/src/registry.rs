@@ -237,7 +237,7 @@ impl HealthRegistryBuilder {
     }
 
     /// The timeout of checks that do not set one
-    /// (default [`DEFAULT_CHECK_TIMEOUT`](crate::DEFAULT_CHECK_TIMEOUT)).
+    /// (default [`DEFAULT_CHECK_TIMEOUT`]).
     #[must_use]
     pub fn default_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -245,7 +245,7 @@ impl HealthRegistryBuilder {
     }
 
     /// The cache TTL of checks that set none themselves
-    /// (default [`DEFAULT_CACHE_TTL`](crate::DEFAULT_CACHE_TTL)).
+    /// (default [`DEFAULT_CACHE_TTL`]).
     #[must_use]
     pub fn default_cache_ttl(mut self, ttl: Duration) -> Self {
         self.cache_ttl = ttl;
@@ -253,7 +253,7 @@ impl HealthRegistryBuilder {
     }
 
     /// The failure threshold of checks that do not set one
-    /// (default [`DEFAULT_FAILURE_THRESHOLD`](crate::DEFAULT_FAILURE_THRESHOLD)).
+    /// (default [`DEFAULT_FAILURE_THRESHOLD`]).
     #[must_use]
     pub fn default_failure_threshold(mut self, threshold: u32) -> Self {
         self.failure_threshold = threshold;
@@ -268,7 +268,7 @@ impl HealthRegistryBuilder {
     }
 
     /// How long [`HealthRegistry::shutdown`] waits between failing readiness and returning
-    /// (default [`DEFAULT_DRAIN_DELAY`](crate::DEFAULT_DRAIN_DELAY)).
+    /// (default [`DEFAULT_DRAIN_DELAY`]).
     #[must_use]
     pub fn drain_delay(mut self, delay: Duration) -> Self {
         self.drain_delay = delay;

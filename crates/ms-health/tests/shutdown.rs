@@ -61,7 +61,7 @@ async fn shutdown_returns_after_the_drain_delay_not_before() {
         let registry = registry.clone();
         async move { registry.shutdown().await }
     });
-    tokio::time::sleep(DRAIN - Duration::from_millis(1)).await;
+    tokio::time::sleep(DRAIN.saturating_sub(Duration::from_millis(1))).await;
     assert!(!shutdown.is_finished(), "released before the drain delay");
     shutdown.await.unwrap();
 
