@@ -267,3 +267,40 @@ async fn warn_from_a_check_makes_the_probe_warn() {
     assert_eq!(disk.observed_value, Some(serde_json::json!(85)));
     assert_eq!(disk.observed_unit.as_deref(), Some("percent"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn abandoned_probe_aborts_its_run_and_the_next_probe_runs_afresh() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let (counter, flag) = (Arc::clone(&runs), Arc::clone(&dropped));
+    let registry = HealthRegistry::builder()
+        .register(
+            "slow",
+            check_fn(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let guard = DropFlag(Arc::clone(&flag));
+                async move {
+                    let _guard = guard;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    CheckResult::pass()
+                }
+            }),
+            CheckOptions::readiness().timeout(Duration::from_secs(1)),
+        )
+        .build()
+        .unwrap();
+
+    // The caller gives up (a client disconnects) while the check runs.
+    let abandoned = tokio::time::timeout(Duration::from_millis(10), registry.readiness()).await;
+    assert!(abandoned.is_err());
+    tokio::task::yield_now().await;
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the orphaned run was not aborted"
+    );
+
+    // Nothing half-done was cached: the next probe runs the check and gets its result.
+    let report = registry.readiness().await;
+    assert_eq!(report.status, Status::Pass);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
