@@ -1,6 +1,6 @@
 //! Probe latency of `ms-health` when every check result is cached, which is the steady state:
 //! the plain async API (`registry.readiness()`) and a full `/readyz` request through the axum
-//! router.
+//! router, next to a bare axum route that answers a constant body (the floor).
 //!
 //! Run: `cargo bench -p ms-benches --bench health -- --warm-up-time 1 --measurement-time 3`
 
@@ -79,6 +79,35 @@ fn probes(c: &mut Criterion) {
             });
         });
     }
+
+    // The floor, in the same run: a bare axum route answering a constant health+json body,
+    // with no registry behind it. What `readyz_router_oneshot` costs above this is ms-health.
+    let bare: axum::Router = axum::Router::new().route(
+        "/readyz",
+        axum::routing::get(|| async {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/health+json")],
+                r#"{"status":"pass"}"#,
+            )
+        }),
+    );
+    group.bench_function("baseline_bare_axum_static_body", |b| {
+        b.to_async(&rt).iter(|| async {
+            let request = Request::get("/readyz")
+                .body(Body::empty())
+                .expect("request");
+            let response = bare.clone().oneshot(request).await.expect("infallible");
+            assert_eq!(response.status(), StatusCode::OK);
+            black_box(
+                response
+                    .into_body()
+                    .collect()
+                    .await
+                    .expect("body")
+                    .to_bytes(),
+            )
+        });
+    });
     group.finish();
 }
 

@@ -168,7 +168,7 @@ impl Iterator for Delays {
             Jitter::Full => self.uniform(Duration::ZERO, ceiling),
             Jitter::Equal => {
                 let half = ceiling / 2;
-                half + self.uniform(Duration::ZERO, ceiling - half)
+                half + self.uniform(Duration::ZERO, ceiling.saturating_sub(half))
             }
             Jitter::Decorrelated => {
                 let high = self.previous.saturating_mul(3);
