@@ -76,11 +76,18 @@ async fn amqp_gives_a_private_vhost_and_removes_it() {
     let Some(amqp) = ms_testkit::amqp().await else {
         return;
     };
-    assert!(
-        amqp.has_private_vhost(),
-        "the management API should be reachable here (.ci/run enables it)"
-    );
     let connection = amqp.connection().await;
+    if !amqp.has_private_vhost() {
+        // Without the management plugin the kit falls back to a name prefix; CI enables the
+        // plugin and requires the real thing.
+        assert!(
+            !ms_testkit::require_services(),
+            "MS_TEST_REQUIRE_SERVICES=1 but the RabbitMQ management API is not reachable"
+        );
+        assert!(connection.status().connected());
+        eprintln!("SKIPPED vhost removal check: RabbitMQ management API not reachable");
+        return;
+    }
     let channel = connection.create_channel().await.unwrap();
     let queue = channel
         .queue_declare(
