@@ -6,7 +6,9 @@ use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::service::{ServiceSpec, cleanup_blocking, loopback_addr, port_answers};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::service::{ServiceSpec, cleanup_blocking, is_stale, loopback_addr, port_answers};
 
 pub(crate) const SPEC: ServiceSpec = ServiceSpec {
     display: "RabbitMQ",
@@ -14,6 +16,12 @@ pub(crate) const SPEC: ServiceSpec = ServiceSpec {
     default_url: "amqp://guest:guest@127.0.0.1:5672/%2f",
     default_port: 5672,
 };
+
+/// The prefix of every test's vhost.
+const PREFIX: &str = "mst";
+
+/// Whether this process already removed the vhosts that killed test runs left behind.
+static SWEPT: AtomicBool = AtomicBool::new(false);
 
 /// The management API's usual port.
 const MANAGEMENT_PORT: u16 = 15672;
@@ -66,7 +74,7 @@ fn from_container() -> Option<(String, String)> {
 impl TestAmqp {
     async fn create(base_url: &str, management_url: Option<String>) -> Result<Self, String> {
         let mut url = url::Url::parse(base_url).map_err(|e| e.to_string())?;
-        let prefix = crate::unique_name("mst");
+        let prefix = crate::unique_name(PREFIX);
         let management =
             match management_url.or_else(|| std::env::var(crate::AMQP_MANAGEMENT_URL_VAR).ok()) {
                 Some(explicit) => Some(Management::new(&explicit, &url)?),
@@ -83,6 +91,9 @@ impl TestAmqp {
             };
         let vhost = match &management {
             Some(api) => {
+                if !SWEPT.swap(true, Ordering::Relaxed) {
+                    api.delete_stale_vhosts().await;
+                }
                 api.create_vhost(&prefix).await?;
                 url.set_path(&format!("/{prefix}"));
                 prefix.clone()
@@ -202,19 +213,40 @@ impl Management {
             permissions,
         )
         .await
+        .map(drop)
     }
 
     async fn delete_vhost(&self, vhost: &str) -> Result<(), String> {
         self.send(http::Method::DELETE, &format!("/api/vhosts/{vhost}"), "")
             .await
+            .map(drop)
     }
 
+    /// Deletes test vhosts older than [`STALE_AFTER`](crate::STALE_AFTER); failures are
+    /// ignored (another process may be sweeping the same ones).
+    async fn delete_stale_vhosts(&self) {
+        #[derive(serde::Deserialize)]
+        struct Vhost {
+            name: String,
+        }
+        let Ok(body) = self.send(http::Method::GET, "/api/vhosts", "").await else {
+            return;
+        };
+        let Ok(vhosts) = serde_json::from_slice::<Vec<Vhost>>(&body) else {
+            return;
+        };
+        for vhost in vhosts.iter().filter(|v| is_stale(&v.name, PREFIX)) {
+            let _ = self.delete_vhost(&vhost.name).await;
+        }
+    }
+
+    /// Sends one request; the response body on success, the status and body as the error.
     async fn send(
         &self,
         method: http::Method,
         path: &str,
         body: &'static str,
-    ) -> Result<(), String> {
+    ) -> Result<Bytes, String> {
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let request = http::Request::builder()
             .method(method.clone())
@@ -225,16 +257,20 @@ impl Management {
             .map_err(|e| e.to_string())?;
         let response = client.request(request).await.map_err(|e| e.to_string())?;
         let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
         let body = response
             .into_body()
             .collect()
             .await
-            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-            .unwrap_or_default();
-        Err(format!("{method} {path}: {status} {body}"))
+            .map(http_body_util::Collected::to_bytes)
+            .map_err(|e| e.to_string())?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(format!(
+                "{method} {path}: {status} {}",
+                String::from_utf8_lossy(&body)
+            ))
+        }
     }
 }
 

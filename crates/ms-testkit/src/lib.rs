@@ -33,10 +33,12 @@
 //!
 //! # Private servers
 //!
-//! Fault tests that stop a broker must not stop the one every other test shares:
-//! [`NatsServer`] starts a private `nats-server` with JetStream on a spare loopback port and
-//! its own store directory, which a test can [`kill`](NatsServer::kill) and
-//! [`restart`](NatsServer::restart).
+//! Fault tests that stop a broker or a database must not stop the one every other test
+//! shares. [`NatsServer`] (a `nats-server` with JetStream), [`RabbitMqServer`] (a RabbitMQ
+//! node) and [`PostgresServer`] (an `initdb` cluster) each start a private server on a spare
+//! loopback port with its own data directory, which a test can `stop` (cleanly), `kill`
+//! (SIGKILL to the whole process group, like a crash) and `restart` on the same port and
+//! data.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 
@@ -53,8 +55,10 @@ pub use amqp::{TestAmqp, amqp};
 pub use error::TestkitError;
 pub use nats::{TestNats, nats};
 pub use postgres::{TEST_POOL_MAX_CONNECTIONS, TestPostgres, postgres};
-pub use server::{NatsServer, SERVER_START_TIMEOUT};
+pub use server::{
+    NatsServer, PostgresServer, RabbitMqServer, SERVER_START_TIMEOUT, SERVER_STOP_TIMEOUT,
+};
 pub use service::{
     AMQP_MANAGEMENT_URL_VAR, AMQP_URL_VAR, NATS_URL_VAR, POSTGRES_URL_VAR, REQUIRE_SERVICES_VAR,
-    require_services, unique_name,
+    STALE_AFTER, require_services, unique_name,
 };

@@ -2,7 +2,9 @@
 
 use futures_util::StreamExt as _;
 
-use crate::service::{ServiceSpec, cleanup_blocking};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::service::{ServiceSpec, cleanup_blocking, is_stale};
 
 pub(crate) const SPEC: ServiceSpec = ServiceSpec {
     display: "NATS",
@@ -28,9 +30,12 @@ pub struct TestNats {
 /// cannot be found.
 pub async fn nats() -> Option<TestNats> {
     let url = SPEC.find(|url| url, from_container).await?;
+    if !SWEPT.swap(true, Ordering::Relaxed) {
+        delete_stale_streams(&url).await;
+    }
     Some(TestNats {
         url,
-        prefix: crate::unique_name("mst"),
+        prefix: crate::unique_name(PREFIX),
     })
 }
 
@@ -42,6 +47,30 @@ fn from_container() -> Option<String> {
 #[cfg(not(feature = "testcontainers"))]
 fn from_container() -> Option<String> {
     None
+}
+
+/// The prefix of every test's subjects and streams.
+const PREFIX: &str = "mst";
+
+/// Whether this process already removed the streams that killed test runs left behind.
+static SWEPT: AtomicBool = AtomicBool::new(false);
+
+/// Deletes test streams older than [`STALE_AFTER`](crate::STALE_AFTER); failures are ignored.
+async fn delete_stale_streams(url: &str) {
+    let Ok(client) = async_nats::connect(url).await else {
+        return;
+    };
+    let js = async_nats::jetstream::new(client);
+    let mut names = js.stream_names();
+    let mut stale = Vec::new();
+    while let Some(Ok(name)) = names.next().await {
+        if is_stale(&name, PREFIX) {
+            stale.push(name);
+        }
+    }
+    for name in stale {
+        let _ = js.delete_stream(&name).await;
+    }
 }
 
 impl TestNats {

@@ -3,7 +3,9 @@
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection as _, Executor as _};
 
-use crate::service::{ServiceSpec, cleanup_blocking};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::service::{ServiceSpec, cleanup_blocking, is_stale};
 
 pub(crate) const SPEC: ServiceSpec = ServiceSpec {
     display: "PostgreSQL",
@@ -54,10 +56,13 @@ fn from_container() -> Option<String> {
 
 impl TestPostgres {
     async fn create(admin_url: String) -> Result<Self, String> {
-        let database = crate::unique_name("ms_test");
+        let database = crate::unique_name(DATABASE_PREFIX);
         let mut admin = PgConnection::connect(&admin_url)
             .await
             .map_err(|e| format!("connecting to {admin_url}: {e}"))?;
+        if !SWEPT.swap(true, Ordering::Relaxed) {
+            drop_stale_databases(&mut admin).await;
+        }
         // The name comes from `unique_name` (letters, digits, `_`), so quoting is enough.
         admin
             .execute(AssertSqlSafe(format!(r#"CREATE DATABASE "{database}""#)))
@@ -94,6 +99,34 @@ impl TestPostgres {
             .connect(&self.url)
             .await
             .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.url))
+    }
+}
+
+/// The prefix of every test database's name.
+const DATABASE_PREFIX: &str = "ms_test";
+
+/// Whether this process already removed the databases that killed test runs left behind.
+static SWEPT: AtomicBool = AtomicBool::new(false);
+
+/// Drops test databases older than [`STALE_AFTER`](crate::STALE_AFTER); failures are ignored
+/// (another process may be sweeping the same ones).
+async fn drop_stale_databases(admin: &mut PgConnection) {
+    let names: Vec<String> = match sqlx::query_scalar(
+        r"SELECT datname FROM pg_database WHERE datname LIKE 'ms\_test\_%'",
+    )
+    .fetch_all(&mut *admin)
+    .await
+    {
+        Ok(names) => names,
+        Err(_) => return,
+    };
+    for name in names.iter().filter(|n| is_stale(n, DATABASE_PREFIX)) {
+        // `is_stale` accepted only `ms_test_` plus 32 hex digits: safe to quote.
+        let _ = admin
+            .execute(AssertSqlSafe(format!(
+                r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
+            )))
+            .await;
     }
 }
 

@@ -27,15 +27,38 @@ pub fn require_services() -> bool {
         .is_ok_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes"))
 }
 
-/// A short name no other test (in this or another process) will pick: `{prefix}_{12 hex}`.
+/// A name no other test (in this or another process) will pick: `{prefix}_{uuid}`, where
+/// `uuid` is a UUID v7 in 32 hex digits.
 ///
-/// Built from a UUID v7's random bits so names stay valid as identifiers, stream names and
-/// vhosts (letters, digits and `_` only).
+/// Letters, digits and `_` only, so the name is valid as an identifier, a stream name and a
+/// vhost; `ms_test_` plus 32 digits stays under PostgreSQL's 63-byte limit. The UUID's
+/// timestamp tells a later run when the resource was made (see [`is_stale`]).
 pub fn unique_name(prefix: &str) -> String {
-    let simple = uuid::Uuid::now_v7().simple().to_string();
-    // The last 12 hex digits of a v7 UUID are random; the first ones are a timestamp that is
-    // the same for tests started in the same millisecond.
-    format!("{prefix}_{}", &simple[simple.len() - 12..])
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// How old a resource made by [`unique_name`] must be before a later test run removes it.
+///
+/// Resources are normally removed when their handle drops; a test process that was killed
+/// leaves them behind. No test runs for six hours, so older ones are leftovers.
+pub const STALE_AFTER: Duration = Duration::from_secs(6 * 60 * 60);
+
+/// Whether `name` was made by [`unique_name`] with `prefix` (followed by anything) more than
+/// [`STALE_AFTER`] ago. Names of another shape are never stale: they are not ours.
+pub(crate) fn is_stale(name: &str, prefix: &str) -> bool {
+    let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('_')) else {
+        return false;
+    };
+    let Some(Ok(id)) = rest.get(..32).map(uuid::Uuid::try_parse) else {
+        return false;
+    };
+    let Some((secs, nanos)) = id.get_timestamp().map(|ts| ts.to_unix()) else {
+        return false;
+    };
+    let made = std::time::UNIX_EPOCH + Duration::new(secs, nanos);
+    std::time::SystemTime::now()
+        .duration_since(made)
+        .is_ok_and(|age| age > STALE_AFTER)
 }
 
 /// One kind of service the kit can find.
@@ -235,6 +258,18 @@ mod tests {
         ] {
             assert!(loopback_addr(url, 1).is_err(), "{url}");
         }
+    }
+
+    #[test]
+    fn only_old_names_of_our_shape_are_stale() {
+        assert!(!is_stale(&unique_name("ms_test"), "ms_test"));
+        let old = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, 1_000_000, 0));
+        assert!(is_stale(&format!("ms_test_{}", old.simple()), "ms_test"));
+        assert!(is_stale(&format!("mst_{}_events", old.simple()), "mst"));
+        for foreign in ["ms_test", "ms_test_", "ms_test_short", "orders", "mst_zzzz"] {
+            assert!(!is_stale(foreign, "ms_test"), "{foreign}");
+        }
+        assert!(!is_stale(&format!("other_{}", old.simple()), "ms_test"));
     }
 
     #[test]

@@ -105,17 +105,25 @@ async fn amqp_gives_a_private_vhost_and_removes_it() {
     assert!(again.is_err(), "vhost behind {url} survived its handle");
 }
 
-#[tokio::test]
-async fn private_nats_server_can_be_killed_and_restarted_with_its_streams() {
-    let mut server = match ms_testkit::NatsServer::start().await {
-        Ok(server) => server,
+/// A private server, or `None` when its program is not installed here (a failure when
+/// services are required).
+fn installed<T>(started: Result<T, ms_testkit::TestkitError>) -> Option<T> {
+    match started {
+        Ok(server) => Some(server),
         Err(ms_testkit::TestkitError::ProgramNotFound { program })
             if !ms_testkit::require_services() =>
         {
             eprintln!("SKIPPED: {program} is not installed");
-            return;
+            None
         }
         Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test]
+async fn private_nats_server_can_be_killed_and_restarted_with_its_streams() {
+    let Some(mut server) = installed(ms_testkit::NatsServer::start().await) else {
+        return;
     };
     let client = async_nats::connect(server.url()).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
@@ -146,4 +154,96 @@ async fn private_nats_server_can_be_killed_and_restarted_with_its_streams() {
     let js = async_nats::jetstream::new(client);
     let mut stream = js.get_stream("kept").await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 1);
+}
+
+#[tokio::test]
+async fn private_rabbitmq_keeps_confirmed_messages_across_a_clean_restart_and_dies_on_kill() {
+    use lapin::options::{
+        BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    };
+    use lapin::types::FieldTable;
+
+    let Some(mut broker) = installed(ms_testkit::RabbitMqServer::start().await) else {
+        return;
+    };
+    let connect = |url: String| async move {
+        lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await
+    };
+    let connection = connect(broker.url()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare("kept".into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            "kept".into(),
+            BasicPublishOptions::default(),
+            b"survives",
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
+
+    broker.stop().await.unwrap();
+    assert!(!broker.is_running());
+    broker.restart().await.unwrap();
+    let connection = connect(broker.url()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let message = channel
+        .basic_get("kept".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap_or_else(|e| panic!("{e}; broker log:\n{}", broker.log_tail()))
+        .expect("the confirmed persistent message survived the restart");
+    assert_eq!(message.delivery.data, b"survives");
+
+    broker.kill().await.unwrap();
+    assert!(
+        connect(broker.url()).await.is_err(),
+        "broker still answers after kill"
+    );
+    broker.restart().await.unwrap();
+    assert!(connect(broker.url()).await.is_ok());
+}
+
+#[tokio::test]
+async fn private_postgres_keeps_committed_rows_across_kill_and_restart() {
+    let Some(mut server) = installed(ms_testkit::PostgresServer::start().await) else {
+        return;
+    };
+    let mut conn = sqlx::PgConnection::connect(&server.url()).await.unwrap();
+    sqlx::query("CREATE TABLE kept (id int)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO kept VALUES (1), (2)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    server.kill().await.unwrap();
+    assert!(
+        sqlx::query("SELECT 1").execute(&mut conn).await.is_err(),
+        "connection still works after the server was killed"
+    );
+
+    server.restart().await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&server.url()).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM kept")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2);
 }
