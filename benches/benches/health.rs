@@ -41,6 +41,19 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// One `GET` through the router, body read to the end, as a probe client would.
+async fn get_ok(app: &axum::Router, uri: &str) -> axum::body::Bytes {
+    let request = Request::get(uri).body(Body::empty()).expect("request");
+    let response = app.clone().oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+}
+
 fn probes(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("health");
@@ -64,19 +77,8 @@ fn probes(c: &mut Criterion) {
         rt.block_on(registry.readiness());
         let app: axum::Router = ms_health::router(registry);
         group.bench_function(name, |b| {
-            b.to_async(&rt).iter(|| async {
-                let request = Request::get(uri).body(Body::empty()).expect("request");
-                let response = app.clone().oneshot(request).await.expect("infallible");
-                assert_eq!(response.status(), StatusCode::OK);
-                black_box(
-                    response
-                        .into_body()
-                        .collect()
-                        .await
-                        .expect("body")
-                        .to_bytes(),
-                )
-            });
+            b.to_async(&rt)
+                .iter(|| async { black_box(get_ok(&app, uri).await) });
         });
     }
 
@@ -92,21 +94,8 @@ fn probes(c: &mut Criterion) {
         }),
     );
     group.bench_function("baseline_bare_axum_static_body", |b| {
-        b.to_async(&rt).iter(|| async {
-            let request = Request::get("/readyz")
-                .body(Body::empty())
-                .expect("request");
-            let response = bare.clone().oneshot(request).await.expect("infallible");
-            assert_eq!(response.status(), StatusCode::OK);
-            black_box(
-                response
-                    .into_body()
-                    .collect()
-                    .await
-                    .expect("body")
-                    .to_bytes(),
-            )
-        });
+        b.to_async(&rt)
+            .iter(|| async { black_box(get_ok(&bare, "/readyz").await) });
     });
     group.finish();
 }

@@ -1,41 +1,14 @@
 //! The axum router: status codes, content type, details policy, `?verbose`, `?exclude=`.
 #![cfg(feature = "axum")]
 
-use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
-use http_body_util::BodyExt as _;
+use axum::http::StatusCode;
 use ms_health::{
     CheckOptions, CheckResult, Details, HEALTH_JSON_CONTENT_TYPE, HealthRegistry, HealthReport,
     Status, check_fn,
 };
-use tower::ServiceExt as _;
 
-struct Answer {
-    status: StatusCode,
-    content_type: String,
-    body: serde_json::Value,
-}
-
-async fn get(app: &Router, uri: &str) -> Answer {
-    let response = app
-        .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let content_type = response.headers()[header::CONTENT_TYPE]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let body = serde_json::from_slice(&bytes).unwrap();
-    Answer {
-        status,
-        content_type,
-        body,
-    }
-}
+mod common;
+use common::get;
 
 fn registry(details: Details, db: CheckResult) -> HealthRegistry {
     HealthRegistry::builder()

@@ -4,12 +4,9 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use http_body_util::BodyExt as _;
+use axum::http::StatusCode;
 use ms_health::{CheckResult, HealthRegistry, Status, check_fn};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tower::ServiceExt as _;
 
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -22,15 +19,13 @@ fn registry(drain: Duration) -> HealthRegistry {
         .unwrap()
 }
 
+mod common;
+
 async fn status_and_body(app: &axum::Router, uri: &str) -> (StatusCode, serde_json::Value) {
-    let response = app
-        .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap())
+    let answer = common::get(app, uri).await;
+    // Every answer, 503 during the drain included, stays a health+json document.
+    assert_eq!(answer.content_type, ms_health::HEALTH_JSON_CONTENT_TYPE);
+    (answer.status, answer.body)
 }
 
 #[tokio::test(start_paused = true)]
