@@ -514,21 +514,16 @@ impl PrivateProcess {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        if let Some(pid) = child.id() {
-            // The whole process group: `kill -KILL -<pgid>`, since std has no safe call for it.
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-        // Reaps the group leader (and kills it, should the group kill have failed).
+        let killed = child.id().map(kill_tree).unwrap_or_default();
+        // Reaps the leader (and kills it, should the signal above have missed it).
         child.kill().await?;
-        // The port is closed only when the listening process is gone, which may be a moment
-        // after its group leader.
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        // A crash is over when every process of the server is gone: PostgreSQL refuses to
+        // start while a backend of the old server still holds its shared memory.
         let deadline = Instant::now() + SERVER_START_TIMEOUT;
+        while killed.iter().any(|pid| alive(*pid)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         while port_answers(addr).await && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -538,15 +533,67 @@ impl PrivateProcess {
 
 impl Drop for PrivateProcess {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_ref().and_then(Child::id) {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{child}")])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+        if let Some(leader) = self.child.as_ref().and_then(Child::id) {
+            kill_tree(leader);
         }
     }
+}
+
+/// Sends SIGKILL to `leader`'s process group and to every descendant of `leader` (servers may
+/// move their children into groups of their own, as PostgreSQL does with its backends), and
+/// returns the pids it signalled.
+///
+/// std has no safe call to signal a group or list children: this uses `kill(1)` and `/proc`.
+fn kill_tree(leader: u32) -> Vec<u32> {
+    let mut tree = vec![leader];
+    let mut next = 0;
+    while next < tree.len() {
+        let parent = tree[next];
+        let new: Vec<u32> = children_of(parent)
+            .into_iter()
+            .filter(|pid| !tree.contains(pid))
+            .collect();
+        tree.extend(new);
+        next += 1;
+    }
+    let _ = std::process::Command::new("kill")
+        .arg("-KILL")
+        .arg("--")
+        .arg(format!("-{leader}"))
+        .args(tree.iter().map(u32::to_string))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    tree
+}
+
+/// The pids whose parent is `parent`, read from `/proc/<pid>/stat`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| proc_stat(*pid).is_some_and(|(_, ppid)| ppid == parent))
+        .collect()
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie waiting to be reaped).
+fn alive(pid: u32) -> bool {
+    proc_stat(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
+}
+
+/// The state letter and parent pid of `pid`, from `/proc/<pid>/stat`.
+fn proc_stat(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`; comm may hold spaces and parentheses, so split after the
+    // last `)`.
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let parent = fields.next()?.parse().ok()?;
+    Some((state, parent))
 }
 
 /// `program` run as a system `user`, through `setpriv`, which execs rather than forks: the
