@@ -32,7 +32,7 @@ pub fn require_services() -> bool {
 ///
 /// Letters, digits and `_` only, so the name is valid as an identifier, a stream name and a
 /// vhost; `ms_test_` plus 32 digits stays under PostgreSQL's 63-byte limit. The UUID's
-/// timestamp tells a later run when the resource was made (see [`is_stale`]).
+/// timestamp tells a later run when the resource was made (see [`STALE_AFTER`]).
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
 }
