@@ -92,8 +92,7 @@ impl NatsServer {
     /// Starts the server again on the same port with the same store; kills it first if it is
     /// still running.
     pub async fn restart(&mut self) -> Result<(), TestkitError> {
-        self.process.kill().await?;
-        self.process.spawn().await
+        self.process.restart().await
     }
 }
 
@@ -212,8 +211,7 @@ impl RabbitMqServer {
 
     /// Starts the node again on the same port with the same data; kills it first if needed.
     pub async fn restart(&mut self) -> Result<(), TestkitError> {
-        self.process.kill().await?;
-        self.process.spawn().await
+        self.process.restart().await
     }
 }
 
@@ -293,42 +291,14 @@ impl PostgresServer {
             "-c".to_owned(),
             format!("unix_socket_directories={socket_dir}"),
         ];
-        let mut server = Self { process };
-        server.spawn().await?;
-        Ok(server)
-    }
-
-    /// Spawns the server and waits until it accepts sessions: its port opens before crash
-    /// recovery ends, and until then it answers "the database system is starting up".
-    async fn spawn(&mut self) -> Result<(), TestkitError> {
-        self.process.spawn().await?;
-        let started = Instant::now();
-        loop {
-            match sqlx::PgConnection::connect(&self.url()).await {
-                Ok(conn) => {
-                    let _ = conn.close().await;
-                    return Ok(());
-                }
-                Err(e) if started.elapsed() >= SERVER_START_TIMEOUT => {
-                    return Err(TestkitError::Setup {
-                        service: "postgres",
-                        reason: format!(
-                            "not accepting sessions: {e}; its log: {}",
-                            tail(&self.process.log)
-                        ),
-                    });
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
+        process.ready = Readiness::AcceptsPostgresSessions(postgres_url(port));
+        process.spawn().await?;
+        Ok(Self { process })
     }
 
     /// The URL of the `postgres` database as user `postgres`.
     pub fn url(&self) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:{}/postgres",
-            self.process.port
-        )
+        postgres_url(self.process.port)
     }
 
     /// The port (the same after a restart).
@@ -361,9 +331,12 @@ impl PostgresServer {
     /// Starts the server again on the same data directory (running crash recovery if it was
     /// killed) and waits until it accepts sessions; kills it first if needed.
     pub async fn restart(&mut self) -> Result<(), TestkitError> {
-        self.process.kill().await?;
-        self.spawn().await
+        self.process.restart().await
     }
+}
+
+fn postgres_url(port: u16) -> String {
+    format!("postgres://postgres@127.0.0.1:{port}/postgres")
 }
 
 /// `/usr/lib/postgresql/*/bin`, newest version first, or `MS_TEST_POSTGRES_BIN_DIR`.
@@ -403,6 +376,16 @@ fn chown_to(path: &Path, user: &str) -> Result<(), TestkitError> {
     Ok(())
 }
 
+/// When a started server counts as up.
+#[derive(Debug)]
+enum Readiness {
+    /// Its port accepts TCP connections (NATS, RabbitMQ: they listen only once booted).
+    PortOpen,
+    /// It accepts a session at this URL: PostgreSQL opens its port before crash recovery ends,
+    /// and until then answers "the database system is starting up".
+    AcceptsPostgresSessions(String),
+}
+
 /// The part of a private server that any program shares: spawn, wait for its port, kill.
 #[derive(Debug)]
 struct PrivateProcess {
@@ -415,6 +398,8 @@ struct PrivateProcess {
     run_as: Option<&'static str>,
     /// The signal that asks the program for a clean shutdown (`kill -s` names it).
     stop_signal: &'static str,
+    /// When a started server counts as up.
+    ready: Readiness,
     port: u16,
     log: PathBuf,
     child: Option<Child>,
@@ -432,6 +417,7 @@ impl PrivateProcess {
             envs: Vec::new(),
             run_as: None,
             stop_signal: "TERM",
+            ready: Readiness::PortOpen,
             port,
             log,
             child: None,
@@ -461,10 +447,9 @@ impl PrivateProcess {
             .kill_on_drop(true)
             .spawn()?;
         self.child = Some(child);
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let started = Instant::now();
         while started.elapsed() < SERVER_START_TIMEOUT {
-            if port_answers(addr).await {
+            if self.is_ready().await {
                 return Ok(());
             }
             if let Some(child) = self.child.as_mut()
@@ -489,6 +474,27 @@ impl PrivateProcess {
 
     fn log_tail(&self) -> String {
         tail(&self.log)
+    }
+
+    async fn is_ready(&self) -> bool {
+        match &self.ready {
+            Readiness::PortOpen => {
+                port_answers(SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))).await
+            }
+            Readiness::AcceptsPostgresSessions(url) => match sqlx::PgConnection::connect(url).await
+            {
+                Ok(conn) => {
+                    let _ = conn.close().await;
+                    true
+                }
+                Err(_) => false,
+            },
+        }
+    }
+
+    async fn restart(&mut self) -> Result<(), TestkitError> {
+        self.kill().await?;
+        self.spawn().await
     }
 
     /// Asks for a clean shutdown and waits for it; kills whatever is left after
