@@ -2,6 +2,7 @@
 //! and messages.
 
 use std::fmt;
+use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -77,6 +78,33 @@ impl CorrelationId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The correlation ID of the work the calling task is doing, if any.
+    ///
+    /// [`CorrelationIdLayer`](super::CorrelationIdLayer) sets it for everything a request's
+    /// handler does; [`CorrelationId::scope`] sets it by hand (a consumer, a background job).
+    /// Outgoing calls (the client trace layer) and published messages (message propagation)
+    /// read it from here, so no one has to pass it along by hand.
+    ///
+    /// It is a tokio task-local: a task started with `tokio::spawn` does not inherit it; wrap
+    /// the spawned future in [`CorrelationId::scope`] to carry it over.
+    pub fn current() -> Option<Self> {
+        CURRENT.try_with(Clone::clone).ok()
+    }
+
+    /// Runs `future` with `self` as the [current](CorrelationId::current) correlation ID.
+    pub fn scope<F: Future>(self, future: F) -> tokio::task::futures::TaskLocalFuture<Self, F> {
+        CURRENT.scope(self, future)
+    }
+
+    /// Runs `f` with `self` as the [current](CorrelationId::current) correlation ID.
+    pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self, f)
+    }
+}
+
+tokio::task_local! {
+    static CURRENT: CorrelationId;
 }
 
 fn validate(bytes: &[u8]) -> Result<(), InvalidCorrelationId> {
@@ -164,6 +192,31 @@ mod tests {
             CorrelationId::from_bytes(b"ok\xff"),
             Err(InvalidCorrelationId::ForbiddenByte { offset: 2 })
         );
+    }
+
+    #[tokio::test]
+    async fn scope_sets_the_current_id_and_nesting_restores_it() {
+        assert_eq!(CorrelationId::current(), None);
+        let outer = CorrelationId::parse("outer").unwrap();
+        let inner = CorrelationId::parse("inner").unwrap();
+        outer
+            .clone()
+            .scope(async {
+                assert_eq!(CorrelationId::current().as_ref(), Some(&outer));
+                inner
+                    .clone()
+                    .scope(async {
+                        assert_eq!(CorrelationId::current().as_ref(), Some(&inner));
+                    })
+                    .await;
+                assert_eq!(CorrelationId::current().as_ref(), Some(&outer));
+                assert_eq!(
+                    inner.clone().sync_scope(CorrelationId::current).as_ref(),
+                    Some(&inner)
+                );
+            })
+            .await;
+        assert_eq!(CorrelationId::current(), None);
     }
 
     #[test]
