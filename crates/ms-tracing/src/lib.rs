@@ -4,6 +4,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod correlation;
+pub mod propagation;
 
 pub use correlation::{
     CorrelationId, CorrelationIdLayer, InvalidCorrelationId, MAX_CORRELATION_ID_LEN,
