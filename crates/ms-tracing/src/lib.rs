@@ -4,7 +4,13 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod correlation;
+pub mod head_sampling;
+pub mod init;
 pub mod propagation;
+pub mod tail_sampling;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 pub use correlation::{
     CorrelationId, CorrelationIdLayer, InvalidCorrelationId, MAX_CORRELATION_ID_LEN,

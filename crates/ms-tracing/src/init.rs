@@ -1,0 +1,298 @@
+//! One setup call: a `tracing` subscriber with an OpenTelemetry layer, an exporter chosen by
+//! configuration, head sampling, optional tail sampling, and this crate's propagator.
+//!
+//! ```
+//! use ms_tracing::init::{SpanExport, TracingBuilder};
+//!
+//! // Development: spans printed to stdout, logs as JSON lines. `install()` would make this the
+//! // process-wide subscriber; `build()` keeps it local, as tests and this example want.
+//! let tracing = TracingBuilder::new("invoicing")
+//!     .exporter(SpanExport::Stdout)
+//!     .json_logs(true)
+//!     .build()?;
+//! tracing::dispatcher::with_default(tracing.dispatch(), || {
+//!     tracing::info_span!("startup").in_scope(|| tracing::info!("ready"));
+//! });
+//! tracing.shutdown()?;
+//! # Ok::<(), ms_tracing::init::InitError>(())
+//! ```
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkError;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SimpleSpanProcessor, SpanProcessor};
+use tracing::Dispatch;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::{EnvFilter, Registry};
+
+use crate::head_sampling::HeadSampler;
+use crate::propagation::propagator;
+use crate::tail_sampling::{TailSampling, TailSamplingProcessor};
+
+/// The variable that chooses the exporter, as the OpenTelemetry specification names it.
+pub const OTEL_TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
+
+/// The filter used when neither `RUST_LOG` nor [`TracingBuilder::filter`] says otherwise.
+pub const DEFAULT_FILTER: &str = "info";
+
+/// Where finished spans go.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub enum SpanExport {
+    /// Nowhere (logs still go to stdout).
+    None,
+    /// Printed to stdout, for development.
+    #[default]
+    Stdout,
+    /// OTLP over gRPC (tonic) to `endpoint` (the exporter's default, `http://localhost:4317`,
+    /// or `OTEL_EXPORTER_OTLP_ENDPOINT`, when `None`), batched.
+    #[cfg(feature = "otlp")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "otlp")))]
+    Otlp {
+        /// The collector's address.
+        endpoint: Option<String>,
+    },
+    /// Kept in memory, for tests (see [`crate::testing`]).
+    #[cfg(feature = "testing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+    InMemory(opentelemetry_sdk::trace::InMemorySpanExporter),
+}
+
+impl SpanExport {
+    /// The exporter named by `OTEL_TRACES_EXPORTER`'s value: `otlp`, `console` (or `stdout`),
+    /// `none`. Unset means `otlp` when this crate is built with the `otlp` feature (the
+    /// specification's default), `console` otherwise.
+    pub fn from_env_value(value: Option<&str>) -> Result<Self, InitError> {
+        match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+            #[cfg(feature = "otlp")]
+            None | Some("" | "otlp") => Ok(Self::Otlp { endpoint: None }),
+            #[cfg(not(feature = "otlp"))]
+            None | Some("") => Ok(Self::Stdout),
+            Some("console" | "stdout") => Ok(Self::Stdout),
+            Some("none") => Ok(Self::None),
+            Some(other) => Err(InitError::UnknownExporter(other.to_owned())),
+        }
+    }
+}
+
+/// Why setup failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InitError {
+    /// `OTEL_TRACES_EXPORTER` names an exporter this build does not have (`otlp` needs the
+    /// `otlp` feature).
+    #[error("OTEL_TRACES_EXPORTER={0:?} is not an exporter this build has")]
+    UnknownExporter(String),
+    /// The log filter does not parse.
+    #[error("invalid log filter: {0}")]
+    Filter(#[from] tracing_subscriber::filter::ParseError),
+    /// The exporter could not be built.
+    #[error("span exporter: {0}")]
+    Exporter(String),
+    /// A global subscriber was already installed.
+    #[error("a global tracing subscriber is already installed")]
+    AlreadyInstalled,
+    /// Flushing or shutting down the span pipeline failed.
+    #[error("span pipeline: {0}")]
+    Pipeline(#[from] OTelSdkError),
+}
+
+/// Builder for the tracing pipeline; [`TracingBuilder::install`] is the one setup call.
+#[derive(Debug)]
+#[must_use]
+pub struct TracingBuilder {
+    service_name: String,
+    export: SpanExport,
+    sampler: HeadSampler,
+    tail: Option<TailSampling>,
+    filter: Option<String>,
+    json_logs: bool,
+}
+
+/// The built pipeline: a subscriber ([`Tracing::dispatch`]) and the span provider behind it.
+#[derive(Debug)]
+pub struct Tracing {
+    dispatch: Dispatch,
+    provider: SdkTracerProvider,
+}
+
+/// Returned by [`TracingBuilder::install`]: flushes and shuts down the span pipeline when
+/// dropped, so the last spans of a process are not lost on exit.
+#[derive(Debug)]
+#[must_use = "dropping the guard shuts the span pipeline down"]
+pub struct TracingGuard {
+    provider: SdkTracerProvider,
+}
+
+impl TracingBuilder {
+    /// Defaults: [`SpanExport::Stdout`], [`HeadSampler::ParentBasedAlwaysOn`], no tail sampling,
+    /// filter from `RUST_LOG` or [`DEFAULT_FILTER`], text logs.
+    pub fn new(service_name: impl Into<String>) -> Self {
+        Self {
+            service_name: service_name.into(),
+            export: SpanExport::default(),
+            sampler: HeadSampler::default(),
+            tail: None,
+            filter: None,
+            json_logs: false,
+        }
+    }
+
+    /// Exporter and head sampler from `OTEL_TRACES_EXPORTER`, `OTEL_TRACES_SAMPLER` and
+    /// `OTEL_TRACES_SAMPLER_ARG`.
+    pub fn from_env(mut self) -> Result<Self, InitError> {
+        self.export =
+            SpanExport::from_env_value(std::env::var(OTEL_TRACES_EXPORTER).ok().as_deref())?;
+        self.sampler = HeadSampler::from_env_or_default();
+        Ok(self)
+    }
+
+    /// Where spans go.
+    pub fn exporter(mut self, export: SpanExport) -> Self {
+        self.export = export;
+        self
+    }
+
+    /// The head sampler.
+    pub fn sampler(mut self, sampler: HeadSampler) -> Self {
+        self.sampler = sampler;
+        self
+    }
+
+    /// Buffer each local trace and decide at its end (see [`crate::tail_sampling`]). Pair it
+    /// with a head sampler that records everything it should be able to keep
+    /// ([`HeadSampler::AlwaysOn`] or parent-based).
+    pub fn tail_sampling(mut self, tail: TailSampling) -> Self {
+        self.tail = Some(tail);
+        self
+    }
+
+    /// The log filter directives (`EnvFilter` syntax), instead of `RUST_LOG`.
+    pub fn filter(mut self, directives: impl Into<String>) -> Self {
+        self.filter = Some(directives.into());
+        self
+    }
+
+    /// Logs as JSON lines (one object per event, with its spans) instead of text.
+    pub fn json_logs(mut self, json: bool) -> Self {
+        self.json_logs = json;
+        self
+    }
+
+    /// The pipeline, not installed anywhere.
+    pub fn build(self) -> Result<Tracing, InitError> {
+        let filter = match &self.filter {
+            Some(directives) => EnvFilter::try_new(directives)?,
+            None => {
+                EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(DEFAULT_FILTER))?
+            }
+        };
+        let provider = self.provider()?;
+        let tracer = provider.tracer("ms-tracing");
+        // One filter for spans and logs: a per-layer filter would let the OpenTelemetry layer
+        // see every `trace`-level span of hyper and h2, which costs more than it tells.
+        let subscriber = Registry::default()
+            .with(filter)
+            .with(tracing_opentelemetry::layer().with_tracer(tracer))
+            .with(self.json_logs.then(|| {
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(true)
+            }))
+            .with((!self.json_logs).then(tracing_subscriber::fmt::layer));
+        Ok(Tracing {
+            dispatch: Dispatch::new(subscriber),
+            provider,
+        })
+    }
+
+    /// Builds the pipeline and installs it process-wide: the global `tracing` subscriber, the
+    /// global OpenTelemetry tracer provider, and this crate's propagator as the global
+    /// propagator (so other libraries that inject through `opentelemetry::global` agree).
+    pub fn install(self) -> Result<TracingGuard, InitError> {
+        let Tracing { dispatch, provider } = self.build()?;
+        tracing::dispatcher::set_global_default(dispatch)
+            .map_err(|_| InitError::AlreadyInstalled)?;
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        opentelemetry::global::set_text_map_propagator(propagator());
+        Ok(TracingGuard { provider })
+    }
+
+    fn provider(&self) -> Result<SdkTracerProvider, InitError> {
+        let builder = SdkTracerProvider::builder()
+            .with_sampler(self.sampler.to_sdk())
+            .with_resource(
+                Resource::builder()
+                    .with_service_name(self.service_name.clone())
+                    .build(),
+            );
+        let builder = match &self.export {
+            SpanExport::None => return Ok(builder.build()),
+            SpanExport::Stdout => self.with_processor(
+                builder,
+                SimpleSpanProcessor::new(opentelemetry_stdout::SpanExporter::default()),
+            ),
+            #[cfg(feature = "otlp")]
+            SpanExport::Otlp { endpoint } => {
+                use opentelemetry_otlp::WithExportConfig as _;
+                let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+                if let Some(endpoint) = endpoint {
+                    exporter = exporter.with_endpoint(endpoint.clone());
+                }
+                let exporter = exporter
+                    .build()
+                    .map_err(|e| InitError::Exporter(e.to_string()))?;
+                self.with_processor(
+                    builder,
+                    opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter).build(),
+                )
+            }
+            #[cfg(feature = "testing")]
+            SpanExport::InMemory(exporter) => {
+                self.with_processor(builder, SimpleSpanProcessor::new(exporter.clone()))
+            }
+        };
+        Ok(builder.build())
+    }
+
+    fn with_processor<P: SpanProcessor + 'static>(
+        &self,
+        builder: opentelemetry_sdk::trace::TracerProviderBuilder,
+        processor: P,
+    ) -> opentelemetry_sdk::trace::TracerProviderBuilder {
+        match &self.tail {
+            Some(tail) => {
+                builder.with_span_processor(TailSamplingProcessor::new(tail.clone(), processor))
+            }
+            None => builder.with_span_processor(processor),
+        }
+    }
+}
+
+impl Tracing {
+    /// The subscriber, to install or to use with `tracing::dispatcher::with_default`.
+    pub fn dispatch(&self) -> &Dispatch {
+        &self.dispatch
+    }
+
+    /// The span provider (to flush it, or to create tracers directly).
+    pub fn provider(&self) -> &SdkTracerProvider {
+        &self.provider
+    }
+
+    /// Exports what is buffered and stops the span pipeline.
+    pub fn shutdown(self) -> Result<(), InitError> {
+        self.provider.shutdown()?;
+        Ok(())
+    }
+}
+
+impl Drop for TracingGuard {
+    fn drop(&mut self) {
+        if let Err(error) = self.provider.shutdown() {
+            // The subscriber may be the very thing that failed: stderr is the last resort.
+            eprintln!("ms-tracing: span pipeline shutdown failed: {error}");
+        }
+    }
+}

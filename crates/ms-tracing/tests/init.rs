@@ -1,0 +1,98 @@
+//! Setup from configuration: exporter and head sampler choice, and a built pipeline that
+//! records spans.
+
+use ms_tracing::head_sampling::{HeadSampler, InvalidSamplerConfig};
+use ms_tracing::init::{InitError, SpanExport, TracingBuilder};
+use ms_tracing::testing::TestTracing;
+
+#[test]
+fn sampler_variables_follow_the_specification() {
+    use HeadSampler::*;
+    let cases: [(Option<&str>, Option<&str>, HeadSampler); 10] = [
+        (None, None, ParentBasedAlwaysOn),
+        (Some(""), Some("0.3"), ParentBasedAlwaysOn),
+        (Some("always_on"), None, AlwaysOn),
+        (Some("ALWAYS_OFF"), None, AlwaysOff),
+        (Some("traceidratio"), Some("0.5"), TraceIdRatio(0.5)),
+        (Some("traceidratio"), None, TraceIdRatio(1.0)),
+        (Some("traceidratio"), Some(" 0 "), TraceIdRatio(0.0)),
+        (Some("parentbased_always_on"), None, ParentBasedAlwaysOn),
+        (
+            Some("parentbased_always_off"),
+            Some("ignored"),
+            ParentBasedAlwaysOff,
+        ),
+        (
+            Some("parentbased_traceidratio"),
+            Some("1"),
+            ParentBasedTraceIdRatio(1.0),
+        ),
+    ];
+    for (sampler, arg, expected) in cases {
+        assert_eq!(
+            HeadSampler::from_env_values(sampler, arg),
+            Ok(expected),
+            "{sampler:?} {arg:?}"
+        );
+    }
+    for arg in ["1.01", "-0.1", "half", "NaN"] {
+        assert_eq!(
+            HeadSampler::from_env_values(Some("traceidratio"), Some(arg)),
+            Err(InvalidSamplerConfig::BadRatio(arg.to_owned()))
+        );
+    }
+    assert_eq!(
+        HeadSampler::from_env_values(Some("jaeger_remote"), None),
+        Err(InvalidSamplerConfig::UnknownSampler(
+            "jaeger_remote".to_owned()
+        ))
+    );
+}
+
+#[test]
+fn exporter_variable_names_the_exporter() {
+    assert!(matches!(
+        SpanExport::from_env_value(Some("none")),
+        Ok(SpanExport::None)
+    ));
+    assert!(matches!(
+        SpanExport::from_env_value(Some("console")),
+        Ok(SpanExport::Stdout)
+    ));
+    assert!(matches!(
+        SpanExport::from_env_value(Some(" Stdout ")),
+        Ok(SpanExport::Stdout)
+    ));
+    assert!(matches!(
+        SpanExport::from_env_value(Some("zipkin")),
+        Err(InitError::UnknownExporter(name)) if name == "zipkin"
+    ));
+    #[cfg(feature = "otlp")]
+    assert!(matches!(
+        SpanExport::from_env_value(None),
+        Ok(SpanExport::Otlp { endpoint: None })
+    ));
+}
+
+#[test]
+fn a_bad_filter_is_an_error_not_a_panic() {
+    let error = TracingBuilder::new("svc")
+        .filter("[[[")
+        .build()
+        .unwrap_err();
+    assert!(matches!(error, InitError::Filter(_)), "{error}");
+}
+
+#[test]
+fn the_head_sampler_applies() {
+    let tracing = TestTracing::with(|b| b.sampler(HeadSampler::AlwaysOff));
+    tracing::dispatcher::with_default(tracing.dispatch(), || {
+        tracing::info_span!("dropped").in_scope(|| {});
+    });
+    assert!(tracing.spans().is_empty());
+    let tracing = TestTracing::with(|b| b.sampler(HeadSampler::TraceIdRatio(1.0)));
+    tracing::dispatcher::with_default(tracing.dispatch(), || {
+        tracing::info_span!("kept").in_scope(|| {});
+    });
+    assert_eq!(tracing.names(), ["kept"]);
+}
