@@ -6,6 +6,7 @@
 pub mod correlation;
 pub mod head_sampling;
 pub mod init;
+pub mod message;
 pub mod propagation;
 pub mod tail_sampling;
 #[cfg(feature = "testing")]
