@@ -83,8 +83,9 @@ impl CorrelationId {
     ///
     /// [`CorrelationIdLayer`](super::CorrelationIdLayer) sets it for everything a request's
     /// handler does; [`CorrelationId::scope`] sets it by hand (a consumer, a background job).
-    /// Outgoing calls (the client trace layer) and published messages (message propagation)
-    /// read it from here, so no one has to pass it along by hand.
+    /// Outgoing calls ([`ClientTraceLayer`](crate::ClientTraceLayer)) and published messages
+    /// ([`message::inject`](crate::message::inject)) read it from here, so no one has to pass
+    /// it along by hand.
     ///
     /// It is a tokio task-local: a task started with `tokio::spawn` does not inherit it; wrap
     /// the spawned future in [`CorrelationId::scope`] to carry it over.

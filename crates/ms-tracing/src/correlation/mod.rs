@@ -35,7 +35,7 @@
 //! # }
 //! ```
 //!
-//! Put the layer outside the server trace layer so the request span
+//! Put the layer outside the [`ServerTraceLayer`](crate::ServerTraceLayer) so the request span
 //! carries `correlation.id`; put inside, it records the ID on the span that is current when it is
 //! called.
 

@@ -1,0 +1,121 @@
+use std::task::{Context, Poll};
+
+use http::{HeaderValue, Request, Response};
+use opentelemetry::propagation::TextMapPropagator as _;
+use tower::Service;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use super::ClientTraceLayer;
+use crate::correlation::{CORRELATION_ID_FIELD, CorrelationId};
+use crate::propagation::{HeaderInjector, propagator};
+use crate::response::{Protocol, ResponseBody, ResponseFuture, Side, grpc_service_method};
+
+/// Middleware that runs each outgoing call in a client span and propagates it; see the
+/// [module docs](super).
+#[derive(Debug, Clone)]
+pub struct ClientTraceService<S> {
+    inner: S,
+    layer: ClientTraceLayer,
+}
+
+impl<S> ClientTraceService<S> {
+    /// Wraps `inner` with the settings of `layer`.
+    pub fn new(inner: S, layer: ClientTraceLayer) -> Self {
+        Self { inner, layer }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ClientTraceService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let protocol = Protocol::of(request.headers());
+        let correlation_id = CorrelationId::current()
+            .or_else(|| request.extensions().get::<CorrelationId>().cloned());
+        let span = client_span(&request, protocol, correlation_id.as_ref());
+        // The client span's own context goes out, so the server's span is its child. Baggage
+        // of the current context is carried by the span's context too.
+        propagator().inject_context(&span.context(), &mut HeaderInjector(request.headers_mut()));
+        let header = &self.layer.correlation_header;
+        if let Some(id) = correlation_id
+            && !request.headers().contains_key(header)
+            && let Ok(value) = HeaderValue::from_str(id.as_str())
+        {
+            request.headers_mut().insert(header.clone(), value);
+        }
+        let future = span.in_scope(|| self.inner.call(request));
+        ResponseFuture::new(future, span, Side::Client, protocol)
+    }
+}
+
+fn client_span<B>(
+    request: &Request<B>,
+    protocol: Protocol,
+    correlation_id: Option<&CorrelationId>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: "ms_tracing::client",
+        "call",
+        otel.name = Empty,
+        otel.kind = "client",
+        otel.status_code = Empty,
+        http.request.method = Empty,
+        url.full = Empty,
+        server.address = Empty,
+        server.port = Empty,
+        http.response.status_code = Empty,
+        rpc.system = Empty,
+        rpc.service = Empty,
+        rpc.method = Empty,
+        rpc.grpc.status_code = Empty,
+        correlation.id = Empty,
+    );
+    if span.is_disabled() {
+        return span;
+    }
+    let uri = request.uri();
+    if let Some(host) = uri.host() {
+        span.record("server.address", host);
+    }
+    if let Some(port) = uri.port_u16() {
+        span.record("server.port", i64::from(port));
+    }
+    match protocol
+        .eq(&Protocol::Grpc)
+        .then(|| grpc_service_method(uri.path()))
+        .flatten()
+    {
+        Some((service, method)) => {
+            span.record("otel.name", format!("{service}/{method}"));
+            span.record("rpc.system", "grpc");
+            span.record("rpc.service", service);
+            span.record("rpc.method", method);
+        }
+        None => {
+            let method = request.method().as_str();
+            span.record("otel.name", method);
+            span.record("http.request.method", method);
+            // Query strings may hold secrets; the conventions allow leaving them out.
+            let mut full = String::new();
+            if let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) {
+                full = format!("{scheme}://{authority}");
+            }
+            full.push_str(uri.path());
+            span.record("url.full", full);
+        }
+    }
+    if let Some(id) = correlation_id {
+        span.record(CORRELATION_ID_FIELD, id.as_str());
+    }
+    span
+}
