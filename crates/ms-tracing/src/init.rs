@@ -26,7 +26,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::{EnvFilter, Registry};
 
 use crate::head_sampling::HeadSampler;
-use crate::propagation::propagator;
+use crate::propagation::new_propagator;
 use crate::tail_sampling::{TailSampling, TailSamplingProcessor};
 
 /// The variable that chooses the exporter, as the OpenTelemetry specification names it.
@@ -215,7 +215,7 @@ impl TracingBuilder {
         tracing::dispatcher::set_global_default(dispatch)
             .map_err(|_| InitError::AlreadyInstalled)?;
         opentelemetry::global::set_tracer_provider(provider.clone());
-        opentelemetry::global::set_text_map_propagator(propagator());
+        opentelemetry::global::set_text_map_propagator(new_propagator());
         Ok(TracingGuard { provider })
     }
 

@@ -7,7 +7,7 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::ClientTraceLayer;
-use crate::correlation::{CORRELATION_ID_FIELD, CorrelationId};
+use crate::correlation::CorrelationId;
 use crate::propagation::{HeaderInjector, propagator};
 use crate::response::{Protocol, ResponseBody, ResponseFuture, Side, grpc_service_method};
 
@@ -63,59 +63,46 @@ fn client_span<B>(
     protocol: Protocol,
     correlation_id: Option<&CorrelationId>,
 ) -> tracing::Span {
-    let span = tracing::info_span!(
+    // Values are given at creation rather than recorded later: see `server_span`.
+    let correlation_id = correlation_id.map(CorrelationId::as_str);
+    let uri = request.uri();
+    let host = uri.host();
+    let port = uri.port_u16().map(i64::from);
+    if protocol == Protocol::Grpc
+        && let Some((service, method)) = grpc_service_method(uri.path())
+    {
+        return tracing::info_span!(
+            target: "ms_tracing::client",
+            "call",
+            otel.name = format!("{service}/{method}"),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            server.address = host,
+            server.port = port,
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = Empty,
+            correlation.id = correlation_id,
+        );
+    }
+    let method = request.method().as_str();
+    // Query strings may hold secrets; the conventions allow leaving them out.
+    let full = match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(authority)) => format!("{scheme}://{authority}{}", uri.path()),
+        _ => uri.path().to_owned(),
+    };
+    tracing::info_span!(
         target: "ms_tracing::client",
         "call",
-        otel.name = Empty,
+        otel.name = method,
         otel.kind = "client",
         otel.status_code = Empty,
-        http.request.method = Empty,
-        url.full = Empty,
-        server.address = Empty,
-        server.port = Empty,
+        http.request.method = method,
+        url.full = full,
+        server.address = host,
+        server.port = port,
         http.response.status_code = Empty,
-        rpc.system = Empty,
-        rpc.service = Empty,
-        rpc.method = Empty,
-        rpc.grpc.status_code = Empty,
-        correlation.id = Empty,
-    );
-    if span.is_disabled() {
-        return span;
-    }
-    let uri = request.uri();
-    if let Some(host) = uri.host() {
-        span.record("server.address", host);
-    }
-    if let Some(port) = uri.port_u16() {
-        span.record("server.port", i64::from(port));
-    }
-    match protocol
-        .eq(&Protocol::Grpc)
-        .then(|| grpc_service_method(uri.path()))
-        .flatten()
-    {
-        Some((service, method)) => {
-            span.record("otel.name", format!("{service}/{method}"));
-            span.record("rpc.system", "grpc");
-            span.record("rpc.service", service);
-            span.record("rpc.method", method);
-        }
-        None => {
-            let method = request.method().as_str();
-            span.record("otel.name", method);
-            span.record("http.request.method", method);
-            // Query strings may hold secrets; the conventions allow leaving them out.
-            let mut full = String::new();
-            if let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) {
-                full = format!("{scheme}://{authority}");
-            }
-            full.push_str(uri.path());
-            span.record("url.full", full);
-        }
-    }
-    if let Some(id) = correlation_id {
-        span.record(CORRELATION_ID_FIELD, id.as_str());
-    }
-    span
+        correlation.id = correlation_id,
+    )
 }

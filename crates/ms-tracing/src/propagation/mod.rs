@@ -38,6 +38,8 @@ mod trace_context;
 mod traceparent;
 mod tracestate;
 
+use std::sync::OnceLock;
+
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector, TextMapCompositePropagator};
 use opentelemetry_sdk::propagation::BaggagePropagator;
@@ -50,8 +52,15 @@ pub use tracestate::{
 };
 
 /// The propagator this crate uses everywhere: [`W3cTraceContextPropagator`] and
-/// opentelemetry's W3C `baggage` propagator.
-pub fn propagator() -> TextMapCompositePropagator {
+/// opentelemetry's W3C `baggage` propagator. Built once: building one allocates.
+pub fn propagator() -> &'static TextMapCompositePropagator {
+    static PROPAGATOR: OnceLock<TextMapCompositePropagator> = OnceLock::new();
+    PROPAGATOR.get_or_init(new_propagator)
+}
+
+/// A new instance of [`propagator()`], for APIs that want one by value (such as
+/// `opentelemetry::global::set_text_map_propagator`).
+pub fn new_propagator() -> TextMapCompositePropagator {
     TextMapCompositePropagator::new(vec![
         Box::new(W3cTraceContextPropagator::new()),
         Box::new(BaggagePropagator::new()),
