@@ -258,3 +258,48 @@ async fn grpc_spans_carry_rpc_attributes_and_classify_status_by_side() {
     assert_eq!(server.status, Status::Unset);
     assert!(matches!(client_span.status, Status::Error { .. }));
 }
+
+#[tokio::test]
+async fn baggage_received_by_a_server_goes_out_with_its_calls() {
+    let tracing = TestTracing::new();
+    let _guard = tracing.set_default();
+    // The downstream "network" answers with the baggage header it was sent.
+    let downstream = ServiceBuilder::new()
+        .layer(ClientTraceLayer::new())
+        .service_fn(|request: Request<()>| async move {
+            let baggage = request.headers().get("baggage").cloned();
+            Ok::<_, std::convert::Infallible>(http::Response::new(baggage))
+        });
+    let app = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(move || {
+                let mut downstream = downstream.clone();
+                async move {
+                    let request = Request::get("http://downstream/").body(()).unwrap();
+                    let response = downstream
+                        .ready()
+                        .await
+                        .unwrap()
+                        .call(request)
+                        .await
+                        .unwrap();
+                    let sent = response.into_body().into_inner();
+                    sent.map(|v| v.to_str().unwrap().to_owned())
+                        .unwrap_or_default()
+                }
+            }),
+        )
+        .layer(ServerTraceLayer::new());
+    let request = Request::get("/")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .header("baggage", "tenant=acme")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "tenant=acme");
+}
