@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use tower::Layer;
 
 use super::{CorrelationId, CorrelationIdService, InvalidCorrelationId};
@@ -136,40 +136,41 @@ impl CorrelationIdLayerBuilder {
 }
 
 impl Config {
-    /// The ID this request runs under: the first header present among the main one and the
-    /// aliases, if it is well-formed and sent once; a fresh one otherwise.
-    pub(crate) fn resolve(&self, headers: &HeaderMap) -> CorrelationId {
+    /// The ID this request runs under, and the incoming header value when it was accepted (so
+    /// the echo can reuse it rather than copy the text again): the first header present among
+    /// the main one and the aliases, if it is well-formed and sent once; a fresh ID otherwise.
+    pub(crate) fn resolve(&self, headers: &HeaderMap) -> (CorrelationId, Option<HeaderValue>) {
         if self.incoming == IncomingIds::Ignore {
-            return CorrelationId::generate();
+            return (CorrelationId::generate(), None);
         }
-        let Some(name) = std::iter::once(&self.header)
-            .chain(&self.aliases)
-            .find(|name| headers.contains_key(*name))
-        else {
-            return CorrelationId::generate();
-        };
-        let mut values = headers.get_all(name).iter();
-        let outcome = match (values.next(), values.next()) {
-            (Some(value), None) => {
-                CorrelationId::from_bytes(value.as_bytes()).map_err(RejectedCorrelationId::from)
-            }
-            _ => Err(RejectedCorrelationId::Repeated {
-                count: headers.get_all(name).iter().count(),
-            }),
-        };
-        outcome.unwrap_or_else(|reason| {
-            self.rejected.fetch_add(1, Ordering::Relaxed);
-            let fresh = CorrelationId::generate();
-            // The event names the header and the reason, never the rejected value: that is
-            // the attacker's text, and logging it is exactly the injection being refused.
-            tracing::warn!(
-                target: "ms_tracing::correlation",
-                header = %name,
-                %reason,
-                replacement = %fresh,
-                "incoming correlation ID rejected"
-            );
-            fresh
-        })
+        for name in std::iter::once(&self.header).chain(&self.aliases) {
+            let mut values = headers.get_all(name).iter();
+            let outcome = match (values.next(), values.next()) {
+                (None, _) => continue,
+                (Some(value), None) => CorrelationId::from_bytes(value.as_bytes())
+                    .map(|id| (id, Some(value.clone())))
+                    .map_err(RejectedCorrelationId::from),
+                (Some(_), Some(_)) => Err(RejectedCorrelationId::Repeated {
+                    count: headers.get_all(name).iter().count(),
+                }),
+            };
+            return outcome.unwrap_or_else(|reason| (self.reject(name, &reason), None));
+        }
+        (CorrelationId::generate(), None)
+    }
+
+    fn reject(&self, name: &HeaderName, reason: &RejectedCorrelationId) -> CorrelationId {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        let fresh = CorrelationId::generate();
+        // The event names the header and the reason, never the rejected value: that is the
+        // attacker's text, and logging it is exactly the injection being refused.
+        tracing::warn!(
+            target: "ms_tracing::correlation",
+            header = %name,
+            %reason,
+            replacement = %fresh,
+            "incoming correlation ID rejected"
+        );
+        fresh
     }
 }

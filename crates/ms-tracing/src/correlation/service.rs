@@ -34,13 +34,13 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let config = &self.layer.config;
-        let id = config.resolve(request.headers());
+        let (id, incoming) = config.resolve(request.headers());
         tracing::Span::current().record(CORRELATION_ID_FIELD, id.as_str());
         request.extensions_mut().insert(id.clone());
-        // Every accepted or generated ID is visible ASCII, so this always succeeds; if it ever
-        // did not, the response simply goes without the echo.
-        let echo = HeaderValue::from_str(id.as_str())
-            .ok()
+        // Every accepted or generated ID is visible ASCII, so `from_str` always succeeds; if it
+        // ever did not, the response simply goes without the echo.
+        let echo = incoming
+            .or_else(|| HeaderValue::from_str(id.as_str()).ok())
             .map(|value| (config.header.clone(), value));
         // `call` itself may do work (tower services often do), so it runs in the scope too.
         let inner = id.clone().sync_scope(|| self.inner.call(request));
