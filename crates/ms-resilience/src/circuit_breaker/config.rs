@@ -63,6 +63,7 @@ pub(crate) struct Config {
     pub(crate) open_duration: OpenDuration,
     pub(crate) half_open_calls: u32,
     pub(crate) pending_while_open: bool,
+    pub(crate) count_successful_calls: bool,
     pub(crate) listeners: Vec<Listener>,
 }
 
@@ -78,6 +79,7 @@ impl fmt::Debug for Config {
             .field("open_duration", &self.open_duration)
             .field("half_open_calls", &self.half_open_calls)
             .field("pending_while_open", &self.pending_while_open)
+            .field("count_successful_calls", &self.count_successful_calls)
             .field("listeners", &self.listeners.len())
             .finish()
     }
@@ -111,6 +113,7 @@ impl Default for CircuitBreakerBuilder {
                 open_duration: OpenDuration::Fixed(DEFAULT_WAIT_DURATION_IN_OPEN_STATE),
                 half_open_calls: DEFAULT_PERMITTED_CALLS_IN_HALF_OPEN_STATE,
                 pending_while_open: false,
+                count_successful_calls: false,
                 listeners: Vec::new(),
             },
         }
@@ -185,6 +188,14 @@ impl CircuitBreakerBuilder {
     /// are not ready but drops services whose `poll_ready` fails.
     pub fn pending_while_open(mut self, pending: bool) -> Self {
         self.config.pending_while_open = pending;
+        self
+    }
+
+    /// Counts successful calls in [`metrics`](CircuitBreaker::metrics). Off by default: it adds
+    /// an atomic add on a shared counter to every call, more than the rest of the breaker costs
+    /// a healthy service.
+    pub fn count_successful_calls(mut self, count: bool) -> Self {
+        self.config.count_successful_calls = count;
         self
     }
 

@@ -28,11 +28,13 @@ pin_project! {
         Called {
             #[pin]
             future: F,
-            permit: Option<Permit>,
+            permit: Permit,
             classifier: C,
         },
         Rejected {
-            error: Option<Error>,
+            // Boxed: the rejection path allocates anyway (the error is returned boxed), and a
+            // small enum keeps the hot path's future small.
+            error: Option<Box<Error>>,
         },
     }
 }
@@ -42,7 +44,7 @@ impl<F, C> ResponseFuture<F, C> {
         Self {
             kind: Kind::Called {
                 future,
-                permit: Some(permit),
+                permit,
                 classifier,
             },
         }
@@ -50,7 +52,9 @@ impl<F, C> ResponseFuture<F, C> {
 
     pub(crate) fn rejected(error: Error) -> Self {
         Self {
-            kind: Kind::Rejected { error: Some(error) },
+            kind: Kind::Rejected {
+                error: Some(Box::new(error)),
+            },
         }
     }
 }
@@ -69,6 +73,7 @@ where
 {
     type Output = Result<Res, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Called {
@@ -77,15 +82,19 @@ where
                 classifier,
             } => {
                 let result = ready!(future.poll(cx));
-                if let Some(permit) = permit.take() {
-                    permit.record(classifier.classify(&result));
-                }
+                // A second poll after completion would find the permit already finished.
+                permit.finish(classifier.classify(&result));
                 Poll::Ready(result.map_err(Into::into))
             }
-            KindProj::Rejected { error } => Poll::Ready(Err(error.take().map_or_else(
-                || "circuit breaker future polled after completion".into(),
-                Into::into,
-            ))),
+            KindProj::Rejected { error } => {
+                // An unsizing coercion, not `into()`: `From` would wrap the `Box<Error>` in a
+                // second box, and `Error::find` could no longer downcast it.
+                let error: BoxError = match error.take() {
+                    Some(error) => error,
+                    None => "circuit breaker future polled after completion".into(),
+                };
+                Poll::Ready(Err(error))
+            }
         }
     }
 }

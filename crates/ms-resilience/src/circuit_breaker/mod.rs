@@ -79,11 +79,12 @@
 //!
 //! # Cost
 //!
-//! In the closed state with a count window, a call costs one load of the state word, one
-//! atomic add on the ring's head, one load of the slot (plus, when the outcome differs from the
-//! one it replaces, a swap and one add on the packed totals), and the `Arc` clone that lets the
-//! response future outlive the service. No lock, no allocation, no clock read unless slow-call
-//! detection or a time window is on. State changes take a mutex; half-open trials too (at most
+//! In the closed state with a count window, a success while the window holds only successes
+//! costs two loads (the state word and the window's packed totals) and the `Arc` clone that
+//! lets the response future outlive the service: nothing shared is written. Any other record
+//! advances the ring's cursor (one compare-and-swap), loads the slot and, when the outcome
+//! differs from the one it replaces, swaps it and adds the difference to the packed totals. No
+//! lock, no allocation, no clock read unless slow-call detection or a time window is on. State changes take a mutex; half-open trials too (at most
 //! a handful of calls). See `BENCHMARKS.md` for figures against other breakers.
 
 pub mod config;
@@ -128,8 +129,11 @@ pub struct CircuitBreakerMetrics {
     pub state: State,
     /// The sliding window's counts now (closed state; the window is emptied when it closes).
     pub window: WindowCounts,
-    /// Calls that went through and were classified a success.
-    pub successful_calls: u64,
+    /// Calls that went through and were classified a success, if the breaker counts them
+    /// ([`count_successful_calls`](CircuitBreakerBuilder::count_successful_calls)): a healthy
+    /// breaker's hot path otherwise writes nothing shared, and a counter would be its only
+    /// atomic read-modify-write.
+    pub successful_calls: Option<u64>,
     /// Calls that went through and were classified a failure.
     pub failed_calls: u64,
     /// Calls that were slow (whether they succeeded or failed).
@@ -153,8 +157,8 @@ struct Stats {
     slow: AtomicU64,
     rejected: AtomicU64,
     ignored: AtomicU64,
-    /// Calls recorded outside the closed state's window (half-open trials, forced closed).
-    recorded_elsewhere: AtomicU64,
+    /// Only when the builder asked for it.
+    successful: AtomicU64,
 }
 
 /// The half-open state's trial, guarded by the transition mutex.
@@ -229,23 +233,25 @@ impl CircuitBreaker {
         Word(self.shared.word.load(Ordering::Acquire)).state()
     }
 
-    /// The state, the window and the calls by outcome. Reading them costs nothing on the hot
-    /// path: successes are derived from the window's call counter, and only the rarer outcomes
-    /// have counters of their own.
+    /// The state, the window and the calls by outcome. The counters cost nothing on the hot
+    /// path of a healthy service: only the rarer outcomes (failed, slow, rejected, ignored) are
+    /// counted unless [`count_successful_calls`](CircuitBreakerBuilder::count_successful_calls)
+    /// is on. Export them to your metrics system by polling this.
     pub fn metrics(&self) -> CircuitBreakerMetrics {
         let shared = &*self.shared;
         let stats = &shared.stats;
-        let (window, recorded) = match &shared.window {
-            Window::Count(w) => (w.counts(), w.recorded()),
-            Window::Time(w) => (w.counts(shared.now_seconds()), w.recorded()),
+        let window = match &shared.window {
+            Window::Count(w) => w.counts(),
+            Window::Time(w) => w.counts(shared.now_seconds()),
         };
-        let failed = stats.failed.load(Ordering::Relaxed);
-        let recorded = recorded + stats.recorded_elsewhere.load(Ordering::Relaxed);
         CircuitBreakerMetrics {
             state: self.state(),
             window,
-            successful_calls: recorded.saturating_sub(failed),
-            failed_calls: failed,
+            successful_calls: shared
+                .config
+                .count_successful_calls
+                .then(|| stats.successful.load(Ordering::Relaxed)),
+            failed_calls: stats.failed.load(Ordering::Relaxed),
             slow_calls: stats.slow.load(Ordering::Relaxed),
             rejected_calls: stats.rejected.load(Ordering::Relaxed),
             ignored_calls: stats.ignored.load(Ordering::Relaxed),
@@ -270,16 +276,16 @@ impl CircuitBreaker {
 
     /// Asks to make one call: a [`Permit`] whose [`record`](Permit::record) takes the outcome, or the
     /// [`Error::CircuitOpen`] to fail with. For using the breaker without the tower layer.
+    #[inline]
     pub fn try_acquire(&self) -> Result<Permit, Error> {
         self.shared.try_acquire().map(|word| Permit {
-            breaker: self.clone(),
+            breaker: Some(self.clone()),
             word,
-            started: self
-                .shared
-                .config
-                .slow_call_duration
-                .map(|_| Instant::now()),
-            done: false,
+            started: if self.shared.config.slow_call_duration.is_some() {
+                self.shared.now_nanos().saturating_add(1)
+            } else {
+                0
+            },
         })
     }
 }
@@ -290,26 +296,45 @@ impl CircuitBreaker {
 #[derive(Debug)]
 #[must_use = "record the outcome, or drop the permit if the call was cancelled"]
 pub struct Permit {
-    breaker: CircuitBreaker,
+    /// `None` once recorded.
+    breaker: Option<CircuitBreaker>,
     word: Word,
-    started: Option<Instant>,
-    done: bool,
+    /// When the call started, in nanoseconds since the breaker's origin, plus one; 0 when
+    /// slow-call detection is off. A plain `u64` rather than an `Option<Instant>`: the
+    /// option's `None` writes only 4 of its 16 bytes, and reading the field back whole then
+    /// stalls on store forwarding, which cost more than the rest of the permit.
+    started: u64,
 }
 
 impl Permit {
     /// Records the call's outcome. Its duration (for slow-call detection) is the time since
     /// the permit was acquired.
+    #[inline]
     pub fn record(mut self, outcome: Outcome) {
-        self.done = true;
-        let elapsed = self.started.map(|s| s.elapsed());
-        self.breaker.shared.record(self.word, outcome, elapsed);
+        self.finish(outcome);
+    }
+
+    /// Records in place: the response future calls this rather than moving the permit out of
+    /// itself, since copying it whole right after it was written field by field stalls on
+    /// store forwarding.
+    #[inline]
+    pub(crate) fn finish(&mut self, outcome: Outcome) {
+        if let Some(breaker) = self.breaker.take() {
+            let elapsed = (self.started != 0).then(|| {
+                Duration::from_nanos(breaker.shared.now_nanos().saturating_sub(self.started - 1))
+            });
+            breaker.shared.record(self.word, outcome, elapsed);
+        }
     }
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
-        if !self.done && self.word.state() == State::HalfOpen {
-            self.breaker.shared.release(self.word);
+        if let Some(breaker) = &self.breaker
+            && self.word.state() == State::HalfOpen
+        {
+            breaker.shared.release(self.word);
         }
     }
 }
@@ -400,6 +425,8 @@ impl Shared {
         };
         if failure {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        } else if self.config.count_successful_calls {
+            self.stats.successful.fetch_add(1, Ordering::Relaxed);
         }
         if slow {
             self.stats.slow.fetch_add(1, Ordering::Relaxed);
@@ -419,11 +446,7 @@ impl Shared {
                 }
             }
             State::HalfOpen => self.record_trial(word, recorded),
-            State::ForcedClosed | State::Open | State::ForcedOpen => {
-                self.stats
-                    .recorded_elsewhere
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+            State::ForcedClosed | State::Open | State::ForcedOpen => {}
         }
     }
 
@@ -441,9 +464,6 @@ impl Shared {
             self.stats.ignored.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.stats
-            .recorded_elsewhere
-            .fetch_add(1, Ordering::Relaxed);
         let trial = &mut transitions.trial;
         trial.completed += 1;
         trial.failed += u32::from(recorded.failure);

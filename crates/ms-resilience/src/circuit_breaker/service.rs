@@ -10,8 +10,8 @@ use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use super::{CircuitBreaker, Permit, ResponseFuture};
+use crate::BoxError;
 use crate::classify::Classify;
-use crate::{BoxError, Error};
 
 /// How long a `pending_while_open` service waits before asking again when the half-open
 /// state's trial calls are all taken (no timer says when one frees up).
@@ -20,15 +20,17 @@ const HALF_OPEN_RECHECK: Duration = Duration::from_millis(100);
 /// A service behind a [`CircuitBreaker`]. Made by
 /// [`CircuitBreakerLayer`](super::CircuitBreakerLayer); clones share the breaker.
 ///
-/// Admission happens in `poll_ready` (the permit is kept for the next `call`), so that with
-/// [`pending_while_open`](super::CircuitBreakerBuilder::pending_while_open) an open breaker
-/// shows as a service that is not ready. Without it, `poll_ready` is ready and `call` fails
-/// fast. A `call` without `poll_ready` asks for admission itself.
+/// By default admission happens in `call`: `poll_ready` only asks the inner service, and an
+/// open breaker makes `call` fail fast without calling it. With
+/// [`pending_while_open`](super::CircuitBreakerBuilder::pending_while_open) admission moves
+/// to `poll_ready` (the permit is kept for the next `call`), so that an open breaker shows as
+/// a service that is not ready.
 pub struct CircuitBreakerService<S, C> {
     inner: S,
     breaker: CircuitBreaker,
     classifier: C,
-    admission: Option<Result<Permit, Error>>,
+    /// The permit `poll_ready` took (`pending_while_open` only).
+    admission: Option<Permit>,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
@@ -90,15 +92,13 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, C>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        loop {
-            match &self.admission {
-                Some(Ok(_)) => break,
-                // Fail-fast: ready, and `call` returns the error without calling `inner`.
-                Some(Err(_)) => return Poll::Ready(Ok(())),
-                None => match self.breaker.try_acquire() {
-                    Ok(permit) => self.admission = Some(Ok(permit)),
-                    Err(open) if self.breaker.shared.config.pending_while_open => {
+        if self.breaker.shared.config.pending_while_open {
+            while self.admission.is_none() {
+                match self.breaker.try_acquire() {
+                    Ok(permit) => self.admission = Some(permit),
+                    Err(open) => {
                         let wait = open.retry_after().unwrap_or(HALF_OPEN_RECHECK);
                         let deadline = Instant::now() + wait;
                         let sleep = self
@@ -109,8 +109,7 @@ where
                             return Poll::Pending;
                         }
                     }
-                    Err(open) => self.admission = Some(Err(open)),
-                },
+                }
             }
         }
         match self.inner.poll_ready(cx) {
@@ -123,11 +122,12 @@ where
         }
     }
 
+    #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
-        let admission = self
-            .admission
-            .take()
-            .unwrap_or_else(|| self.breaker.try_acquire());
+        let admission = match self.admission.take() {
+            Some(permit) => Ok(permit),
+            None => self.breaker.try_acquire(),
+        };
         match admission {
             Ok(permit) => {
                 ResponseFuture::called(self.inner.call(request), permit, self.classifier.clone())

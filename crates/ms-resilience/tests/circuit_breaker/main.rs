@@ -106,7 +106,11 @@ async fn opens_exactly_at_the_failure_rate_threshold() {
 /// failures. A true ring of the last 10 calls opens after 5.
 #[tokio::test(start_paused = true)]
 async fn the_count_window_slides() {
-    let b = breaker(10, 10);
+    let b = CircuitBreaker::builder()
+        .sliding_window(SlidingWindow::Count(10))
+        .minimum_number_of_calls(10)
+        .count_successful_calls(true)
+        .build();
     let mut svc = service(&b);
     run(&mut svc, std::iter::repeat_n(Call::Succeed, 10_000)).await;
     run(&mut svc, [Call::Fail; 4]).await;
@@ -115,7 +119,7 @@ async fn the_count_window_slides() {
     run(&mut svc, [Call::Fail]).await;
     assert_eq!(b.state(), State::Open);
     let m = b.metrics();
-    assert_eq!((m.successful_calls, m.failed_calls), (10_000, 5));
+    assert_eq!((m.successful_calls, m.failed_calls), (Some(10_000), 5));
 }
 
 #[tokio::test(start_paused = true)]
@@ -217,6 +221,7 @@ async fn slow_calls_count_even_when_they_succeed() {
         .minimum_number_of_calls(4)
         .slow_call_duration(Duration::from_secs(2))
         .slow_call_rate_threshold(50.0)
+        .count_successful_calls(true)
         .build();
     let mut svc = service(&b);
     run(
@@ -237,7 +242,7 @@ async fn slow_calls_count_even_when_they_succeed() {
     let m = b.metrics();
     assert_eq!(
         (m.slow_calls, m.failed_calls, m.successful_calls),
-        (2, 0, 5)
+        (2, 0, Some(5))
     );
 }
 
@@ -412,6 +417,7 @@ async fn concurrent_calls_all_add_up() {
         .sliding_window(SlidingWindow::Count(TASKS * CALLS))
         .minimum_number_of_calls(1)
         .failure_rate_threshold(100.0)
+        .count_successful_calls(true)
         .build();
     let svc = service(&b);
     let tasks: Vec<_> = (0..TASKS)
@@ -438,7 +444,7 @@ async fn concurrent_calls_all_add_up() {
     let m = b.metrics();
     let total = u64::from(TASKS * CALLS);
     assert_eq!(m.failed_calls, total / 4);
-    assert_eq!(m.successful_calls, total - total / 4);
+    assert_eq!(m.successful_calls, Some(total - total / 4));
     assert_eq!(u64::from(m.window.calls), total);
     assert_eq!(u64::from(m.window.failures), total / 4);
     assert_eq!(b.state(), State::Closed);
