@@ -1,6 +1,6 @@
 //! Per-call overhead of ms-resilience's layers in their quiet state (breaker closed, no retry
-//! needed), through a no-op inner service, next to the bare service and to other circuit
-//! breakers measured in the same run: tower-resilience-circuitbreaker (a tower layer),
+//! needed), through a no-op inner service, next to the bare service, tower's own `Retry` with a
+//! policy that never retries, and other circuit breakers measured in the same run: tower-resilience-circuitbreaker (a tower layer),
 //! failsafe and recloser (behind a thin tower adapter each: `call` wraps the inner future in
 //! the crate's own future-aware breaker).
 //!
@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ms_resilience::circuit_breaker::{CircuitBreaker, KeyedCircuitBreakerLayer, SlidingWindow};
+use ms_resilience::retry::RetryLayer;
 use tower::{Layer, Service};
 
 /// The inner service: answers at once, never fails.
@@ -228,5 +229,41 @@ fn closed_breaker(c: &mut Criterion) {
     bench(c, GROUP, "ms_resilience_keyed_4_keys", keyed.layer(Noop));
 }
 
-criterion_group!(benches, closed_breaker);
+/// tower's retry policy that never retries: the floor of a retry layer.
+#[derive(Clone, Copy)]
+struct NeverRetry;
+
+impl tower::retry::Policy<u64, u64, Infallible> for NeverRetry {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _: &mut u64, _: &mut Result<u64, Infallible>) -> Option<Self::Future> {
+        None
+    }
+
+    fn clone_request(&mut self, request: &u64) -> Option<u64> {
+        Some(*request)
+    }
+}
+
+fn retry_not_needed(c: &mut Criterion) {
+    const GROUP: &str = "resilience/retry_no_retry_needed_per_call";
+    bench(c, GROUP, "bare_service", Noop);
+    bench(
+        c,
+        GROUP,
+        "tower_retry",
+        tower::retry::RetryLayer::new(NeverRetry).layer(Noop),
+    );
+    bench(c, GROUP, "ms_resilience", RetryLayer::new().layer(Noop));
+    bench(
+        c,
+        GROUP,
+        "ms_resilience_with_budget",
+        RetryLayer::new()
+            .budget(ms_resilience::retry::RetryBudget::new(10, 0.1))
+            .layer(Noop),
+    );
+}
+
+criterion_group!(benches, closed_breaker, retry_not_needed);
 criterion_main!(benches);

@@ -8,5 +8,6 @@ pub mod backoff;
 pub mod circuit_breaker;
 pub mod classify;
 mod error;
+pub mod retry;
 
 pub use self::error::{BoxError, Error};
