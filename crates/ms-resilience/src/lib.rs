@@ -5,9 +5,11 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod backoff;
+pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;
 mod error;
 pub mod retry;
+pub mod timeout;
 
 pub use self::error::{BoxError, Error};
