@@ -1,0 +1,575 @@
+//! A circuit breaker for tower services: stops calling a failing service, lets a few trial
+//! calls through after a while, and closes again when they succeed.
+//!
+//! ```
+//! use std::time::Duration;
+//! use ms_resilience::circuit_breaker::{CircuitBreaker, SlidingWindow, State};
+//! use ms_resilience::{BoxError, Error};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let breaker = CircuitBreaker::builder()
+//!     .name("payments")
+//!     .sliding_window(SlidingWindow::Count(10))
+//!     .minimum_number_of_calls(4)
+//!     .failure_rate_threshold(50.0)
+//!     .open_duration(Duration::from_secs(30))
+//!     .build();
+//! let mut service = ServiceBuilder::new()
+//!     .layer(breaker.layer())
+//!     .service_fn(|fail: bool| async move {
+//!         if fail { Err::<&str, BoxError>("boom".into()) } else { Ok("paid") }
+//!     });
+//!
+//! for fail in [false, true, false, true] {
+//!     let _ = service.ready().await.unwrap().call(fail).await;
+//! }
+//! // 2 failures in 4 calls: 50 %, the threshold. The next call fails fast.
+//! assert_eq!(breaker.state(), State::Open);
+//! let error = service.ready().await.unwrap().call(false).await.unwrap_err();
+//! assert!(matches!(Error::find(&*error), Some(Error::CircuitOpen { .. })));
+//!
+//! // After the open duration, trial calls decide.
+//! tokio::time::advance(Duration::from_secs(30)).await;
+//! for _ in 0..10 {
+//!     service.ready().await.unwrap().call(false).await.unwrap();
+//! }
+//! assert_eq!(breaker.state(), State::Closed);
+//! # }
+//! ```
+//!
+//! # Rules
+//!
+//! Resilience4j's model, with its defaults (see [`config`] for the constants):
+//!
+//! - **Closed**: every call goes through and its outcome is recorded in a sliding window, the
+//!   last N calls ([`SlidingWindow::Count`], a true ring: each call replaces the oldest) or the
+//!   last N seconds ([`SlidingWindow::Time`]). Once the window holds
+//!   [`minimum_number_of_calls`](CircuitBreakerBuilder::minimum_number_of_calls), a failure
+//!   rate at or above the threshold, or a slow-call rate at or above its threshold, opens the
+//!   breaker.
+//! - **Open**: calls fail fast with [`Error::CircuitOpen`] for the open duration (fixed, or an
+//!   [`ExponentialBackoff`](crate::backoff::ExponentialBackoff) over consecutive openings).
+//! - **Half-open**: exactly [`permitted_calls_in_half_open`](CircuitBreakerBuilder::permitted_calls_in_half_open)
+//!   trial calls go through; the others fail fast. When all trials have finished, their failure
+//!   (or slow-call) rate decides: below the threshold closes, at or above opens again. A trial
+//!   call that is cancelled (its future dropped) gives its permit back.
+//!
+//! What counts as a failure is the [`Classify`](crate::classify::Classify) classifier's call:
+//! by default every `Err` ([`ErrorsAsFailures`]); for HTTP
+//! and gRPC use [`HttpClassifier`](crate::classify::HttpClassifier) and
+//! [`GrpcClassifier`](crate::classify::GrpcClassifier).
+//!
+//! # Where an open circuit shows: `call`, or `poll_ready`
+//!
+//! By default `poll_ready` stays ready while the breaker is open and `call` returns a future
+//! that fails at once with [`Error::CircuitOpen`]: a caller of one service learns immediately
+//! and can degrade. Inside `tower::balance` that is wrong: the balancer drops an endpoint whose
+//! `poll_ready` fails, and would send calls to one whose `poll_ready` succeeds. With
+//! [`pending_while_open(true)`](CircuitBreakerBuilder::pending_while_open) `poll_ready` instead
+//! returns `Pending` while the breaker is open (and wakes the task when trial calls are
+//! allowed), so the balancer routes around the open endpoint and comes back to it later.
+//!
+//! # Sharing
+//!
+//! A [`CircuitBreaker`] is a handle: clones share one breaker, and so do all services made by
+//! its [`layer`](CircuitBreaker::layer) and their clones. For one breaker per endpoint from a
+//! single layer, see [`KeyedCircuitBreakerLayer`].
+//!
+//! # Cost
+//!
+//! In the closed state with a count window, a success while the window holds only successes
+//! costs two loads (the state word and the window's packed totals) and the `Arc` clone that
+//! lets the response future outlive the service: nothing shared is written. Any other record
+//! advances the ring's cursor (one compare-and-swap), loads the slot and, when the outcome
+//! differs from the one it replaces, swaps it and adds the difference to the packed totals. No
+//! lock, no allocation, no clock read unless slow-call detection or a time window is on. State changes take a mutex; half-open trials too (at most
+//! a handful of calls). See `BENCHMARKS.md` for figures against other breakers.
+
+pub mod config;
+mod future;
+mod keyed;
+mod layer;
+mod service;
+mod state;
+mod window;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use self::config::{Config, OpenDuration};
+use self::window::{CountWindow, Recorded, TimeWindow};
+use crate::Error;
+use crate::backoff::Delays;
+use crate::classify::{ErrorsAsFailures, Outcome};
+
+pub use self::config::{CircuitBreakerBuilder, SlidingWindow};
+pub use self::future::ResponseFuture;
+pub use self::keyed::{KeyedCircuitBreakerLayer, KeyedCircuitBreakerService};
+pub use self::layer::CircuitBreakerLayer;
+pub use self::service::CircuitBreakerService;
+pub use self::state::{State, StateTransition};
+pub use self::window::WindowCounts;
+
+/// A circuit breaker. Cheap to clone: clones share the same breaker.
+#[derive(Clone, Debug)]
+pub struct CircuitBreaker {
+    shared: Arc<Shared>,
+}
+
+/// What a breaker has seen: its state, its window, and its calls by outcome since it was built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CircuitBreakerMetrics {
+    /// The state now.
+    pub state: State,
+    /// The sliding window's counts now (closed state; the window is emptied when it closes).
+    pub window: WindowCounts,
+    /// Calls that went through and were classified a success, if the breaker counts them
+    /// ([`count_successful_calls`](CircuitBreakerBuilder::count_successful_calls)): a healthy
+    /// breaker's hot path otherwise writes nothing shared, and a counter would be its only
+    /// atomic read-modify-write.
+    pub successful_calls: Option<u64>,
+    /// Calls that went through and were classified a failure.
+    pub failed_calls: u64,
+    /// Calls that were slow (whether they succeeded or failed).
+    pub slow_calls: u64,
+    /// Calls rejected without calling the service.
+    pub rejected_calls: u64,
+    /// Calls whose outcome was [`Outcome::Ignored`], or that finished after the state they were
+    /// admitted in had changed.
+    pub ignored_calls: u64,
+}
+
+#[derive(Debug)]
+enum Window {
+    Count(CountWindow),
+    Time(TimeWindow),
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    failed: AtomicU64,
+    slow: AtomicU64,
+    rejected: AtomicU64,
+    ignored: AtomicU64,
+    /// Only when the builder asked for it.
+    successful: AtomicU64,
+}
+
+/// The half-open state's trial, guarded by the transition mutex.
+#[derive(Debug, Default)]
+struct Trial {
+    remaining: u32,
+    completed: u32,
+    failed: u32,
+    slow: u32,
+}
+
+#[derive(Debug, Default)]
+struct Transitions {
+    trial: Trial,
+    /// The open-duration backoff, from the first opening since the breaker last closed.
+    delays: Option<Delays>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: Config,
+    /// The [`state::Word`]: state and epoch.
+    word: AtomicU64,
+    window: Window,
+    origin: Instant,
+    /// When the open state ends, in nanoseconds since `origin`.
+    open_until: AtomicU64,
+    transitions: Mutex<Transitions>,
+    stats: Stats,
+}
+
+use self::state::Word;
+
+impl CircuitBreaker {
+    /// A builder with Resilience4j's defaults.
+    pub fn builder() -> CircuitBreakerBuilder {
+        CircuitBreakerBuilder::default()
+    }
+
+    fn from_config(config: Config) -> Self {
+        let window = match config.window {
+            SlidingWindow::Count(n) => Window::Count(CountWindow::new(n)),
+            SlidingWindow::Time(s) => Window::Time(TimeWindow::new(s)),
+        };
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                word: AtomicU64::new(Word::new(State::Closed, 0).0),
+                window,
+                origin: Instant::now(),
+                open_until: AtomicU64::new(0),
+                transitions: Mutex::new(Transitions::default()),
+                stats: Stats::default(),
+            }),
+        }
+    }
+
+    /// A layer whose services all use this breaker, counting every `Err` as a failure.
+    /// Use [`CircuitBreakerLayer::with_classifier`] for HTTP or gRPC.
+    pub fn layer(&self) -> CircuitBreakerLayer<ErrorsAsFailures> {
+        CircuitBreakerLayer::new(self.clone())
+    }
+
+    /// The breaker's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.shared.config.name
+    }
+
+    /// The state now. An open breaker whose open duration has passed reports `Open` until a
+    /// call arrives and moves it to half-open.
+    pub fn state(&self) -> State {
+        Word(self.shared.word.load(Ordering::Acquire)).state()
+    }
+
+    /// The state, the window and the calls by outcome. The counters cost nothing on the hot
+    /// path of a healthy service: only the rarer outcomes (failed, slow, rejected, ignored) are
+    /// counted unless [`count_successful_calls`](CircuitBreakerBuilder::count_successful_calls)
+    /// is on. Export them to your metrics system by polling this.
+    pub fn metrics(&self) -> CircuitBreakerMetrics {
+        let shared = &*self.shared;
+        let stats = &shared.stats;
+        let window = match &shared.window {
+            Window::Count(w) => w.counts(),
+            Window::Time(w) => w.counts(shared.now_seconds()),
+        };
+        CircuitBreakerMetrics {
+            state: self.state(),
+            window,
+            successful_calls: shared
+                .config
+                .count_successful_calls
+                .then(|| stats.successful.load(Ordering::Relaxed)),
+            failed_calls: stats.failed.load(Ordering::Relaxed),
+            slow_calls: stats.slow.load(Ordering::Relaxed),
+            rejected_calls: stats.rejected.load(Ordering::Relaxed),
+            ignored_calls: stats.ignored.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Opens the breaker until [`reset`](Self::reset), whatever the calls do.
+    pub fn force_open(&self) {
+        self.shared.force(State::ForcedOpen);
+    }
+
+    /// Closes the breaker until [`reset`](Self::reset): every call goes through and nothing is
+    /// recorded in the window.
+    pub fn force_closed(&self) {
+        self.shared.force(State::ForcedClosed);
+    }
+
+    /// Back to closed with an empty window, from any state.
+    pub fn reset(&self) {
+        self.shared.force(State::Closed);
+    }
+
+    /// Asks to make one call: a [`Permit`] whose [`record`](Permit::record) takes the outcome, or the
+    /// [`Error::CircuitOpen`] to fail with. For using the breaker without the tower layer.
+    #[inline]
+    pub fn try_acquire(&self) -> Result<Permit, Error> {
+        self.shared.try_acquire().map(|word| Permit {
+            breaker: Some(self.clone()),
+            word,
+            started: if self.shared.config.slow_call_duration.is_some() {
+                self.shared.now_nanos().saturating_add(1)
+            } else {
+                0
+            },
+        })
+    }
+}
+
+/// Permission to make one call, from [`CircuitBreaker::try_acquire`]. Record the call's outcome
+/// with [`record`](Self::record); dropping a permit unrecorded (the call was cancelled) gives a
+/// half-open trial permit back.
+#[derive(Debug)]
+#[must_use = "record the outcome, or drop the permit if the call was cancelled"]
+pub struct Permit {
+    /// `None` once recorded.
+    breaker: Option<CircuitBreaker>,
+    word: Word,
+    /// When the call started, in nanoseconds since the breaker's origin, plus one; 0 when
+    /// slow-call detection is off. A plain `u64` rather than an `Option<Instant>`: the
+    /// option's `None` writes only 4 of its 16 bytes, and reading the field back whole then
+    /// stalls on store forwarding, which cost more than the rest of the permit.
+    started: u64,
+}
+
+impl Permit {
+    /// Records the call's outcome. Its duration (for slow-call detection) is the time since
+    /// the permit was acquired.
+    #[inline]
+    pub fn record(mut self, outcome: Outcome) {
+        self.finish(outcome);
+    }
+
+    /// Records in place: the response future calls this rather than moving the permit out of
+    /// itself, since copying it whole right after it was written field by field stalls on
+    /// store forwarding.
+    #[inline]
+    pub(crate) fn finish(&mut self, outcome: Outcome) {
+        if let Some(breaker) = self.breaker.take() {
+            let elapsed = (self.started != 0).then(|| {
+                Duration::from_nanos(breaker.shared.now_nanos().saturating_sub(self.started - 1))
+            });
+            breaker.shared.record(self.word, outcome, elapsed);
+        }
+    }
+}
+
+impl Drop for Permit {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(breaker) = &self.breaker
+            && self.word.state() == State::HalfOpen
+        {
+            breaker.shared.release(self.word);
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Transitions> {
+        // The guarded data stays consistent even if a listener panicked while it was held.
+        self.transitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now_nanos(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn now_seconds(&self) -> u64 {
+        self.origin.elapsed().as_secs()
+    }
+
+    fn rejected(&self, retry_in: Option<Duration>) -> Error {
+        self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        Error::CircuitOpen {
+            name: self.config.name.clone(),
+            retry_in,
+        }
+    }
+
+    #[inline]
+    fn try_acquire(&self) -> Result<Word, Error> {
+        let word = Word(self.word.load(Ordering::Acquire));
+        match word.state() {
+            State::Closed | State::ForcedClosed => Ok(word),
+            _ => self.try_acquire_slow(word),
+        }
+    }
+
+    #[cold]
+    fn try_acquire_slow(&self, mut word: Word) -> Result<Word, Error> {
+        loop {
+            match word.state() {
+                State::Closed | State::ForcedClosed => return Ok(word),
+                State::ForcedOpen => return Err(self.rejected(None)),
+                State::Open => {
+                    let now = self.now_nanos();
+                    let until = self.open_until.load(Ordering::Acquire);
+                    if now < until {
+                        return Err(self.rejected(Some(Duration::from_nanos(until - now))));
+                    }
+                    self.transition(word, State::HalfOpen);
+                    word = Word(self.word.load(Ordering::Acquire));
+                }
+                State::HalfOpen => {
+                    let mut transitions = self.lock();
+                    let current = Word(self.word.load(Ordering::Acquire));
+                    if current != word {
+                        drop(transitions);
+                        word = current;
+                        continue;
+                    }
+                    if transitions.trial.remaining == 0 {
+                        return Err(self.rejected(None));
+                    }
+                    transitions.trial.remaining -= 1;
+                    return Ok(word);
+                }
+            }
+        }
+    }
+
+    /// Records the outcome of a call admitted under `word`.
+    #[inline]
+    fn record(&self, word: Word, outcome: Outcome, elapsed: Option<Duration>) {
+        let failure = match outcome {
+            Outcome::Success => false,
+            Outcome::Failure { .. } => true,
+            Outcome::Ignored => {
+                self.stats.ignored.fetch_add(1, Ordering::Relaxed);
+                if word.state() == State::HalfOpen {
+                    self.release(word);
+                }
+                return;
+            }
+        };
+        let slow = match (elapsed, self.config.slow_call_duration) {
+            (Some(elapsed), Some(threshold)) => elapsed >= threshold,
+            _ => false,
+        };
+        if failure {
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        } else if self.config.count_successful_calls {
+            self.stats.successful.fetch_add(1, Ordering::Relaxed);
+        }
+        if slow {
+            self.stats.slow.fetch_add(1, Ordering::Relaxed);
+        }
+        let recorded = Recorded { failure, slow };
+        match word.state() {
+            State::Closed => {
+                let counts = match &self.window {
+                    Window::Count(w) => w.record(recorded),
+                    Window::Time(w) => Some(w.record(self.now_seconds(), recorded)),
+                };
+                if let Some(counts) = counts
+                    && self.trips(counts)
+                    && self.word.load(Ordering::Acquire) == word.0
+                {
+                    self.transition(word, State::Open);
+                }
+            }
+            State::HalfOpen => self.record_trial(word, recorded),
+            State::ForcedClosed | State::Open | State::ForcedOpen => {}
+        }
+    }
+
+    fn trips(&self, counts: WindowCounts) -> bool {
+        counts.calls >= self.config.minimum_calls
+            && (counts.failure_rate() >= self.config.failure_rate_threshold
+                || (self.config.slow_call_duration.is_some()
+                    && counts.slow_call_rate() >= self.config.slow_call_rate_threshold))
+    }
+
+    #[cold]
+    fn record_trial(&self, word: Word, recorded: Recorded) {
+        let mut transitions = self.lock();
+        if Word(self.word.load(Ordering::Acquire)) != word {
+            self.stats.ignored.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let trial = &mut transitions.trial;
+        trial.completed += 1;
+        trial.failed += u32::from(recorded.failure);
+        trial.slow += u32::from(recorded.slow);
+        if trial.completed < self.config.half_open_calls {
+            return;
+        }
+        let counts = WindowCounts {
+            calls: trial.completed,
+            failures: trial.failed,
+            slow: trial.slow,
+        };
+        let reopen = counts.failure_rate() >= self.config.failure_rate_threshold
+            || (self.config.slow_call_duration.is_some()
+                && counts.slow_call_rate() >= self.config.slow_call_rate_threshold);
+        let to = if reopen { State::Open } else { State::Closed };
+        let change = self.transition_locked(&mut transitions, word, to);
+        drop(transitions);
+        self.notify(change);
+    }
+
+    /// Gives back a half-open trial permit whose call was cancelled or ignored.
+    #[cold]
+    fn release(&self, word: Word) {
+        let mut transitions = self.lock();
+        if Word(self.word.load(Ordering::Acquire)) == word {
+            transitions.trial.remaining += 1;
+        }
+    }
+
+    fn force(&self, to: State) {
+        let mut transitions = self.lock();
+        let current = Word(self.word.load(Ordering::Acquire));
+        let change = self.transition_locked(&mut transitions, current, to);
+        drop(transitions);
+        self.notify(change);
+    }
+
+    #[cold]
+    fn transition(&self, from: Word, to: State) {
+        let mut transitions = self.lock();
+        let change = self.transition_locked(&mut transitions, from, to);
+        drop(transitions);
+        self.notify(change);
+    }
+
+    /// Moves from `from` to `to` unless another thread already moved on from `from`.
+    fn transition_locked(
+        &self,
+        transitions: &mut Transitions,
+        from: Word,
+        to: State,
+    ) -> Option<StateTransition> {
+        let current = Word(self.word.load(Ordering::Acquire));
+        if current != from {
+            return None;
+        }
+        match to {
+            State::Open => {
+                let wait = match &self.config.open_duration {
+                    OpenDuration::Fixed(wait) => *wait,
+                    OpenDuration::Backoff(backoff) => transitions
+                        .delays
+                        .get_or_insert_with(|| backoff.delays())
+                        .next()
+                        .unwrap_or_else(|| backoff.max()),
+                };
+                let until = self
+                    .now_nanos()
+                    .saturating_add(u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX));
+                self.open_until.store(until, Ordering::Release);
+            }
+            State::HalfOpen => {
+                transitions.trial = Trial {
+                    remaining: self.config.half_open_calls,
+                    ..Trial::default()
+                };
+            }
+            State::Closed => {
+                transitions.delays = None;
+                match &self.window {
+                    Window::Count(w) => w.reset(),
+                    Window::Time(w) => w.reset(),
+                }
+            }
+            State::ForcedOpen | State::ForcedClosed => {}
+        }
+        self.word.store(current.next(to).0, Ordering::Release);
+        Some(StateTransition {
+            name: self.config.name.clone(),
+            from: current.state(),
+            to,
+        })
+    }
+
+    /// Tells `tracing` and the listeners, outside the lock (a listener may call back into the
+    /// breaker).
+    fn notify(&self, change: Option<StateTransition>) {
+        let Some(change) = change else { return };
+        if matches!(change.to, State::Open | State::ForcedOpen) {
+            tracing::warn!(breaker = %change.name, from = %change.from, to = %change.to, "circuit breaker opened");
+        } else {
+            tracing::info!(breaker = %change.name, from = %change.from, to = %change.to, "circuit breaker state changed");
+        }
+        for listener in &self.config.listeners {
+            listener(&change);
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! [`ResponseFuture`]: the retry loop, as a state machine (no allocation per call).
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower::Service;
+
+use super::{Config, Prepare, RetryRequest};
+use crate::backoff::Delays;
+use crate::classify::{Classify, RetryHint};
+use crate::{BoxError, Error};
+
+pin_project! {
+    /// The response future of [`Retry`](super::Retry).
+    pub struct ResponseFuture<S, C, R, Req>
+    where
+        S: Service<R::Request>,
+        R: RetryRequest<Req>,
+    {
+        service: S,
+        config: Arc<Config>,
+        classifier: C,
+        requests: R,
+        prepared: Option<R::Prepared>,
+        attempts: u32,
+        // Everything only a retry (or a timeout) needs, allocated when first needed: a call
+        // that succeeds at once keeps a future small enough to create and move cheaply.
+        retrying: Option<Box<Retrying<R::Request>>>,
+        #[pin]
+        state: State<S::Future, R::PrepareFuture>,
+        _request: PhantomData<fn(Req)>,
+    }
+}
+
+struct Retrying<T> {
+    pending: Option<T>,
+    delays: Option<Delays>,
+    deadline: Option<Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
+    // Whether the running timer is the overall deadline (rather than a per-try timeout).
+    timer_is_deadline: bool,
+}
+
+impl<T> Retrying<T> {
+    #[allow(clippy::unnecessary_box_returns)] // It lives boxed in the future; see there.
+    fn new(config: &Config) -> Box<Self> {
+        Box::new(Self {
+            pending: None,
+            delays: None,
+            deadline: config.deadline.map(|d| Instant::now() + d),
+            timer: None,
+            timer_is_deadline: false,
+        })
+    }
+
+    /// Starts the timer of one attempt: the per-try timeout or the overall deadline,
+    /// whichever ends first; none if neither is set.
+    fn arm_attempt_timer(&mut self, config: &Config) {
+        let per_try = config.per_try_timeout.map(|t| Instant::now() + t);
+        let (end, is_deadline) = match (per_try, self.deadline) {
+            (None, None) => {
+                self.timer = None;
+                return;
+            }
+            (Some(p), Some(d)) if d <= p => (d, true),
+            (Some(p), _) => (p, false),
+            (None, Some(d)) => (d, true),
+        };
+        self.timer_is_deadline = is_deadline;
+        match &mut self.timer {
+            Some(sleep) => sleep.as_mut().reset(end),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(end))),
+        }
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, P> {
+        Preparing { #[pin] future: P },
+        Calling { #[pin] future: F },
+        Waiting,
+        Readying,
+        // `RetryRequest::attempt` gave no request for the first attempt.
+        Unsendable,
+        Done,
+    }
+}
+
+impl<S, C, R, Req> fmt::Debug for ResponseFuture<S, C, R, Req>
+where
+    S: Service<R::Request>,
+    R: RetryRequest<Req>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One attempt's end.
+enum Attempt<T> {
+    Finished(T),
+    TimedOut,
+}
+
+impl<S, C, R, Req> ResponseFuture<S, C, R, Req>
+where
+    S: Service<R::Request>,
+    R: RetryRequest<Req>,
+{
+    #[inline]
+    pub(crate) fn new(
+        service: S,
+        config: &Arc<Config>,
+        classifier: C,
+        requests: R,
+        request: Req,
+    ) -> Self {
+        let retrying = (config.per_try_timeout.is_some() || config.deadline.is_some())
+            .then(|| Retrying::new(config));
+        let mut future = Self {
+            service,
+            config: config.clone(),
+            classifier,
+            requests,
+            prepared: None,
+            attempts: 0,
+            retrying,
+            state: State::Unsendable,
+            _request: PhantomData,
+        };
+        match future.requests.prepare(request) {
+            Prepare::Pending(preparing) => future.state = State::Preparing { future: preparing },
+            Prepare::Ready(prepared) => {
+                let prepared = future.prepared.insert(prepared);
+                if let Some(request) = future.requests.attempt(prepared, true) {
+                    // The service was polled ready by our own `poll_ready`.
+                    let call = future.service.call(request);
+                    if let Some(retrying) = &mut future.retrying {
+                        retrying.arm_attempt_timer(config);
+                    }
+                    future.state = State::Calling { future: call };
+                }
+            }
+        }
+        future
+    }
+}
+
+impl<S, C, R, Req> Future for ResponseFuture<S, C, R, Req>
+where
+    S: Service<R::Request>,
+    S::Error: Into<BoxError>,
+    R: RetryRequest<Req>,
+    C: Classify<S::Response, S::Error>,
+{
+    type Output = Result<S::Response, BoxError>;
+
+    // One state machine reads best as one loop.
+    #[allow(clippy::too_many_lines)]
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let attempt = match this.state.as_mut().project() {
+                StateProj::Preparing { future } => {
+                    let prepared = this.prepared.insert(ready!(future.poll(cx)));
+                    let Some(request) = this.requests.attempt(prepared, true) else {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err("retry: the request could not be prepared".into()));
+                    };
+                    // The service was polled ready by our own `poll_ready`.
+                    let future = this.service.call(request);
+                    if let Some(retrying) = this.retrying.as_mut() {
+                        retrying.arm_attempt_timer(this.config);
+                    }
+                    this.state.set(State::Calling { future });
+                    continue;
+                }
+                StateProj::Calling { future } => match future.poll(cx) {
+                    Poll::Ready(result) => Attempt::Finished(result),
+                    Poll::Pending => {
+                        let Some(retrying) = this.retrying.as_mut() else {
+                            return Poll::Pending;
+                        };
+                        let fired = retrying
+                            .timer
+                            .as_mut()
+                            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+                        if !fired {
+                            return Poll::Pending;
+                        }
+                        if retrying.timer_is_deadline {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(Error::DeadlineExceeded {
+                                deadline: this.config.deadline.unwrap_or_default(),
+                            }
+                            .into()));
+                        }
+                        Attempt::TimedOut
+                    }
+                },
+                StateProj::Waiting => {
+                    if let Some(timer) = this.retrying.as_mut().and_then(|r| r.timer.as_mut()) {
+                        ready!(timer.as_mut().poll(cx));
+                    }
+                    this.state.set(State::Readying);
+                    continue;
+                }
+                StateProj::Readying => {
+                    if let Err(error) = ready!(this.service.poll_ready(cx)) {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(error.into()));
+                    }
+                    let Some(request) = this.retrying.as_mut().and_then(|r| r.pending.take())
+                    else {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err("retry: no request for the next attempt".into()));
+                    };
+                    let future = this.service.call(request);
+                    if let Some(retrying) = this.retrying.as_mut() {
+                        retrying.arm_attempt_timer(this.config);
+                    }
+                    this.state.set(State::Calling { future });
+                    continue;
+                }
+                StateProj::Unsendable => {
+                    this.state.set(State::Done);
+                    return Poll::Ready(Err("retry: the request could not be prepared".into()));
+                }
+                StateProj::Done => {
+                    return Poll::Ready(Err("retry future polled after completion".into()));
+                }
+            };
+
+            *this.attempts += 1;
+            let (retryable, hint) = match &attempt {
+                Attempt::Finished(result) => {
+                    let outcome = this.classifier.classify(result);
+                    if let Some(budget) = &this.config.budget {
+                        if outcome.is_failure() {
+                            budget.record_failure();
+                        } else {
+                            budget.record_success();
+                        }
+                    }
+                    (outcome.is_retryable(), this.classifier.retry_hint(result))
+                }
+                Attempt::TimedOut => {
+                    if let Some(budget) = &this.config.budget {
+                        budget.record_failure();
+                    }
+                    (true, RetryHint::None)
+                }
+            };
+            let mut next = None;
+            if retryable && *this.attempts < this.config.max_attempts {
+                let retrying = this
+                    .retrying
+                    .get_or_insert_with(|| Retrying::new(this.config));
+                if let (Some(delay), Some(prepared)) = (
+                    next_delay(
+                        this.config,
+                        &mut retrying.delays,
+                        *this.attempts,
+                        hint,
+                        retrying.deadline,
+                    ),
+                    this.prepared.as_mut(),
+                ) {
+                    next = this.requests.attempt(prepared, false).map(|r| (delay, r));
+                }
+            }
+            let Some((delay, request)) = next else {
+                this.state.set(State::Done);
+                return Poll::Ready(match attempt {
+                    Attempt::Finished(result) => result.map_err(Into::into),
+                    Attempt::TimedOut => Err(Error::Timeout {
+                        after: this.config.per_try_timeout.unwrap_or_default(),
+                    }
+                    .into()),
+                });
+            };
+            tracing::debug!(attempt = *this.attempts, ?delay, "retrying");
+            if let Some(retrying) = this.retrying.as_mut() {
+                retrying.pending = Some(request);
+                let wake = Instant::now() + delay;
+                match &mut retrying.timer {
+                    Some(timer) => timer.as_mut().reset(wake),
+                    None => retrying.timer = Some(Box::pin(tokio::time::sleep_until(wake))),
+                }
+            }
+            this.state.set(State::Waiting);
+        }
+    }
+}
+
+/// The wait before the next attempt, or `None` when no retry should be made: the budget is
+/// spent, the server said not to, or the wait would run past the deadline.
+fn next_delay(
+    config: &Config,
+    delays: &mut Option<Delays>,
+    attempts: u32,
+    hint: RetryHint,
+    deadline: Option<Instant>,
+) -> Option<Duration> {
+    if config.budget.as_ref().is_some_and(|b| !b.can_retry()) {
+        tracing::debug!(attempts, "retry budget spent: not retrying");
+        return None;
+    }
+    let backoff = delays
+        .get_or_insert_with(|| config.backoff.delays())
+        .next()
+        .unwrap_or_else(|| config.backoff.max());
+    let delay = match hint {
+        RetryHint::DoNotRetry => return None,
+        RetryHint::After(after) => after,
+        RetryHint::None => backoff,
+    };
+    match deadline {
+        Some(deadline) if Instant::now() + delay >= deadline => None,
+        _ => Some(delay),
+    }
+}

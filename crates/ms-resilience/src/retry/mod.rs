@@ -1,0 +1,248 @@
+//! Retry with exponential backoff and jitter, a per-try timeout inside an overall deadline, the
+//! server's retry hints, a shared retry budget, and replay of HTTP bodies that cannot be cloned.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::time::Duration;
+//! use ms_resilience::retry::RetryLayer;
+//! use ms_resilience::BoxError;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let counter = calls.clone();
+//! let service = ServiceBuilder::new()
+//!     .layer(RetryLayer::new().max_attempts(3).per_try_timeout(Duration::from_secs(1)))
+//!     .service_fn(move |order: u32| {
+//!         let attempt = counter.fetch_add(1, Ordering::SeqCst);
+//!         async move {
+//!             if attempt < 2 { Err::<u32, BoxError>("connection reset".into()) } else { Ok(order) }
+//!         }
+//!     });
+//! assert_eq!(service.oneshot(42).await.unwrap(), 42);
+//! assert_eq!(calls.load(Ordering::SeqCst), 3);
+//! # }
+//! ```
+//!
+//! # Rules
+//!
+//! - An attempt is retried only if the classifier calls its outcome retryable
+//!   ([`Outcome::is_retryable`](crate::classify::Outcome::is_retryable)), fewer than
+//!   [`max_attempts`](RetryLayer::max_attempts) were made, the request can be sent again
+//!   ([`RetryRequest`]), and the [`RetryBudget`], if any, allows it.
+//! - The wait before retry `n` is the backoff's `n`-th delay (full jitter by default), unless
+//!   the server said how long to wait (`Retry-After`, `grpc-retry-pushback-ms`): then that.
+//!   A server that says "do not retry" is obeyed.
+//! - Each attempt may have a timeout of its own ([`per_try_timeout`](RetryLayer::per_try_timeout));
+//!   a timed-out attempt fails with [`Error::Timeout`](crate::Error::Timeout), which is
+//!   retryable. The whole call may have a deadline ([`deadline`](RetryLayer::deadline)): no
+//!   attempt starts, and no wait is begun, that would end after it; an attempt still running
+//!   at the deadline is dropped and the call fails with
+//!   [`Error::DeadlineExceeded`](crate::Error::DeadlineExceeded).
+//! - When no retry is made, the last attempt's result is returned unchanged.
+//!
+//! # Cost
+//!
+//! A call that succeeds at once costs a copy of the request (for `Clone` requests) and no
+//! allocation, timer or clock read unless a timeout or deadline is set. With a budget, a
+//! success reads one shared word. See `BENCHMARKS.md`.
+
+mod budget;
+mod future;
+mod http;
+mod request;
+
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tower::{Layer, Service};
+
+use crate::BoxError;
+use crate::backoff::ExponentialBackoff;
+use crate::classify::{Classify, ErrorsAsFailures, GrpcClassifier, HttpClassifier};
+
+pub use self::budget::RetryBudget;
+pub use self::future::ResponseFuture;
+pub use self::http::{
+    Buffering, DEFAULT_MAX_REPLAY_BYTES, HttpRequests, PreparedRequest, RetryBody, is_idempotent,
+};
+pub use self::request::{CloneRequest, Prepare, RetryRequest};
+
+/// The default number of attempts, the first one included.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// The default backoff's first delay.
+pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+/// The default backoff's longest delay.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: ExponentialBackoff,
+    pub(crate) per_try_timeout: Option<Duration>,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) budget: Option<RetryBudget>,
+}
+
+/// Retries failed calls. Holds the settings (a builder: every setter returns the layer);
+/// [`RetryLayer::new`] retries `Clone` requests counting every error as a retryable failure,
+/// [`RetryLayer::http`] and [`RetryLayer::grpc`] retry `http::Request`s through a replay
+/// buffer with the HTTP or gRPC classifier.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RetryLayer<C = ErrorsAsFailures, R = CloneRequest> {
+    config: Config,
+    classifier: C,
+    requests: R,
+}
+
+impl RetryLayer {
+    /// [`DEFAULT_MAX_ATTEMPTS`] attempts, full-jitter backoff from
+    /// [`DEFAULT_INITIAL_BACKOFF`] to [`DEFAULT_MAX_BACKOFF`], no timeouts, no budget.
+    pub fn new() -> Self {
+        Self {
+            config: Config {
+                max_attempts: DEFAULT_MAX_ATTEMPTS,
+                backoff: ExponentialBackoff::new(DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF),
+                per_try_timeout: None,
+                deadline: None,
+                budget: None,
+            },
+            classifier: ErrorsAsFailures,
+            requests: CloneRequest,
+        }
+    }
+}
+
+impl Default for RetryLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RetryLayer<HttpClassifier, HttpRequests> {
+    /// For HTTP clients: [`HttpClassifier`], idempotent methods only, bodies replayed from a
+    /// buffer of [`DEFAULT_MAX_REPLAY_BYTES`].
+    pub fn http() -> Self {
+        RetryLayer::new()
+            .classifier(HttpClassifier::new())
+            .requests(HttpRequests::new())
+    }
+}
+
+impl RetryLayer<GrpcClassifier, HttpRequests> {
+    /// For gRPC clients (a tonic `Channel`): [`GrpcClassifier`] (retries `UNAVAILABLE`), every
+    /// method (gRPC calls are all `POST`s; the code says whether the server processed it),
+    /// messages replayed from a buffer of [`DEFAULT_MAX_REPLAY_BYTES`].
+    pub fn grpc() -> Self {
+        RetryLayer::new()
+            .classifier(GrpcClassifier::new())
+            .requests(HttpRequests::new().retry_non_idempotent(true))
+    }
+}
+
+impl<C, R> RetryLayer<C, R> {
+    /// How many attempts at most, the first one included (at least 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.config.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The wait between attempts.
+    pub fn backoff(mut self, backoff: ExponentialBackoff) -> Self {
+        self.config.backoff = backoff;
+        self
+    }
+
+    /// A time limit for each attempt.
+    pub fn per_try_timeout(mut self, timeout: Duration) -> Self {
+        self.config.per_try_timeout = Some(timeout);
+        self
+    }
+
+    /// A time limit for the whole call, waits and all attempts included.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.config.deadline = Some(deadline);
+        self
+    }
+
+    /// Retries only while `budget` allows; share one budget per destination.
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.config.budget = Some(budget);
+        self
+    }
+
+    /// Decides which outcomes are retryable.
+    pub fn classifier<C2>(self, classifier: C2) -> RetryLayer<C2, R> {
+        RetryLayer {
+            config: self.config,
+            classifier,
+            requests: self.requests,
+        }
+    }
+
+    /// Makes the request for each attempt.
+    pub fn requests<R2>(self, requests: R2) -> RetryLayer<C, R2> {
+        RetryLayer {
+            config: self.config,
+            classifier: self.classifier,
+            requests,
+        }
+    }
+}
+
+impl<S, C: Clone, R: Clone> Layer<S> for RetryLayer<C, R> {
+    type Service = Retry<S, C, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry {
+            inner,
+            config: std::sync::Arc::new(self.config.clone()),
+            classifier: self.classifier.clone(),
+            requests: self.requests.clone(),
+        }
+    }
+}
+
+/// A service that retries. Made by [`RetryLayer`]. The inner service must be `Clone`: each
+/// call takes the service that was polled ready, and leaves a clone in its place (tower's
+/// pattern), so that its retries can wait for readiness on their own.
+#[derive(Debug, Clone)]
+pub struct Retry<S, C, R> {
+    inner: S,
+    config: std::sync::Arc<Config>,
+    classifier: C,
+    requests: R,
+}
+
+impl<S, C, R, Req> Service<Req> for Retry<S, C, R>
+where
+    S: Service<R::Request> + Clone,
+    S::Error: Into<BoxError>,
+    R: RetryRequest<Req> + Clone,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, C, R, Req>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, request: Req) -> Self::Future {
+        let clone = self.inner.clone();
+        let service = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::new(
+            service,
+            &self.config,
+            self.classifier.clone(),
+            self.requests.clone(),
+            request,
+        )
+    }
+}
