@@ -35,11 +35,17 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod codec;
+#[cfg(feature = "testkit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
+pub mod conformance;
 pub mod consumer;
 pub mod dead_letter;
 mod delivery;
 mod envelope;
 mod error;
+#[cfg(feature = "memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+pub mod memory;
 mod name;
 pub mod propagation;
 mod publish;
