@@ -47,6 +47,9 @@ mod error;
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub mod memory;
 mod name;
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub mod nats;
 pub mod propagation;
 mod publish;
 mod subscription;
