@@ -107,6 +107,16 @@ pub fn encode(envelope: &Envelope, mode: Mode, values: HeaderValues) -> Transpor
     }
 }
 
+/// Binary mode's `ce-` headers for `envelope`, without building a [`TransportMessage`]: for
+/// adapters that write straight into their client's header type. The spec's attribute names
+/// come as `&'static str`; the data and `datacontenttype` are the adapter's to place.
+pub fn binary_headers(
+    envelope: &Envelope,
+    values: HeaderValues,
+) -> Vec<(std::borrow::Cow<'static, str>, std::borrow::Cow<'_, str>)> {
+    binary::headers(envelope, values)
+}
+
 /// Decodes a message in either mode: structured when the content type is an
 /// `application/cloudevents` type, binary otherwise.
 pub fn decode(message: &TransportMessage, values: HeaderValues) -> Result<Envelope, DecodeError> {
