@@ -1,15 +1,51 @@
 //! The CloudEvents 1.0 envelope that every message on the bus travels in.
+//!
+//! ```
+//! use ms_bus::Envelope;
+//!
+//! #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+//! struct InvoiceCreated { number: String, total_cents: u64 }
+//!
+//! let created = InvoiceCreated { number: "inv-1001".into(), total_cents: 4200 };
+//! let event = Envelope::builder("invoicing.invoice.created", "/invoicing")
+//!     .partition_key("inv-1001")
+//!     .tenant_id("acme")
+//!     .time(time::OffsetDateTime::UNIX_EPOCH)
+//!     .json_data(&created)?
+//!     .build()?;
+//!
+//! assert_eq!(event.datacontenttype(), Some("application/json"));
+//! assert_eq!(event.json_data::<InvoiceCreated>()?, created);
+//! assert_eq!(event.partition_key(), Some("inv-1001"));
+//! assert_eq!(event.tenant_id(), Some("acme"));
+//! assert_eq!(event.time_rfc3339().as_deref(), Some("1970-01-01T00:00:00Z"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use ms_tracing::CorrelationId;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// The CloudEvents version this envelope implements.
 pub const SPEC_VERSION: &str = "1.0";
 
 /// The extension attribute that carries the correlation ID.
-const CORRELATION_ID_EXTENSION: &str = "correlationid";
+pub const CORRELATION_ID_EXTENSION: &str = "correlationid";
+/// The W3C `traceparent`, as the CloudEvents distributed-tracing extension names it.
+pub const TRACEPARENT_EXTENSION: &str = "traceparent";
+/// The W3C `tracestate`, as the CloudEvents distributed-tracing extension names it.
+pub const TRACESTATE_EXTENSION: &str = "tracestate";
+/// The partitioning extension: events with the same key keep their order where the broker
+/// promises order.
+pub const PARTITION_KEY_EXTENSION: &str = "partitionkey";
+/// The tenant the event belongs to.
+pub const TENANT_ID_EXTENSION: &str = "tenantid";
+/// The media type [`EnvelopeBuilder::json_data`] sets.
+pub const JSON_CONTENT_TYPE: &str = "application/json";
 
 /// Attribute names the spec defines itself, which an extension may not reuse.
 const RESERVED_ATTRIBUTES: [&str; 9] = [
@@ -41,18 +77,49 @@ pub enum EnvelopeError {
         /// Which rule it breaks.
         reason: &'static str,
     },
+    /// Serializing typed data to JSON failed (a `Serialize` impl returned an error, or a map
+    /// has non-string keys).
+    #[error("data could not be serialized as JSON: {0}")]
+    Serialize(String),
+}
+
+/// Why typed data could not be read from an envelope.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DataError {
+    /// The envelope's `datacontenttype` is not JSON (`application/json` or a `+json` type).
+    #[error("data is `{0}`, not JSON")]
+    NotJson(String),
+    /// The bytes are not valid JSON for the requested type.
+    #[error("data is not the expected JSON: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 /// A CloudEvents 1.0 event: context attributes, extensions and opaque data bytes.
 ///
 /// Required attributes are always present and non-empty; `specversion` is always
-/// [`SPEC_VERSION`]. Cloning is cheap for the data (a [`Bytes`]) and copies the attributes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// [`SPEC_VERSION`]. Cloning is cheap: the attributes and data are shared (copied on write,
+/// which only [`set_extension`](Self::set_extension) does), so fanning one event out to many
+/// consumers costs a reference count each.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Envelope {
+    attributes: Arc<Attributes>,
+}
+
+impl std::fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.attributes.fmt(f)
+    }
+}
+
+/// What an envelope holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Attributes {
     id: String,
     source: String,
     ty: String,
     subject: Option<String>,
+    time: Option<OffsetDateTime>,
     datacontenttype: Option<String>,
     dataschema: Option<String>,
     data: Bytes,
@@ -65,11 +132,12 @@ impl Envelope {
     /// a fresh UUID v7.
     pub fn builder(ty: impl Into<String>, source: impl Into<String>) -> EnvelopeBuilder {
         EnvelopeBuilder {
-            envelope: Envelope {
+            envelope: Attributes {
                 id: uuid::Uuid::now_v7().to_string(),
                 source: source.into(),
                 ty: ty.into(),
                 subject: None,
+                time: None,
                 datacontenttype: None,
                 dataschema: None,
                 data: Bytes::new(),
@@ -80,12 +148,12 @@ impl Envelope {
 
     /// The event id; with `source`, it identifies the event (and is the broker dedup key).
     pub fn id(&self) -> &str {
-        &self.id
+        &self.attributes.id
     }
 
     /// The producer, as a URI-reference.
     pub fn source(&self) -> &str {
-        &self.source
+        &self.attributes.source
     }
 
     /// Always [`SPEC_VERSION`].
@@ -95,39 +163,118 @@ impl Envelope {
 
     /// The event type (`type` in the spec; a keyword in Rust).
     pub fn ty(&self) -> &str {
-        &self.ty
+        &self.attributes.ty
     }
 
     /// The subject of the event within its source, if any.
     pub fn subject(&self) -> Option<&str> {
-        self.subject.as_deref()
+        self.attributes.subject.as_deref()
+    }
+
+    /// When the occurrence happened, if the producer said.
+    pub fn time(&self) -> Option<OffsetDateTime> {
+        self.attributes.time
+    }
+
+    /// [`time`](Self::time) as RFC 3339 text, as the codecs write it (UTC as `Z`).
+    pub fn time_rfc3339(&self) -> Option<String> {
+        self.attributes.time.and_then(|t| t.format(&Rfc3339).ok())
     }
 
     /// The media type of [`data`](Self::data), if any.
     pub fn datacontenttype(&self) -> Option<&str> {
-        self.datacontenttype.as_deref()
+        self.attributes.datacontenttype.as_deref()
     }
 
     /// The schema the data adheres to, if any.
     pub fn dataschema(&self) -> Option<&str> {
-        self.dataschema.as_deref()
+        self.attributes.dataschema.as_deref()
     }
 
     /// The data, as bytes (empty when the event has none).
     pub fn data(&self) -> &Bytes {
-        &self.data
+        &self.attributes.data
     }
 
     /// An extension attribute's value.
     pub fn extension(&self, name: &str) -> Option<&str> {
-        self.extensions.get(name).map(String::as_str)
+        self.attributes.extensions.get(name).map(String::as_str)
     }
 
     /// All extension attributes, sorted by name.
     pub fn extensions(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.extensions
+        self.attributes
+            .extensions
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Reads the data as JSON into `T`. The content type must be JSON (`application/json`, a
+    /// `+json` type, or absent, which the JSON event format reads as JSON).
+    pub fn json_data<T: serde::de::DeserializeOwned>(&self) -> Result<T, DataError> {
+        if let Some(ct) = self.datacontenttype()
+            && !is_json_content_type(ct)
+        {
+            return Err(DataError::NotJson(ct.to_owned()));
+        }
+        Ok(serde_json::from_slice(&self.attributes.data)?)
+    }
+
+    /// The W3C `traceparent` extension, as received (ms-tracing validates it).
+    pub fn traceparent(&self) -> Option<&str> {
+        self.extension(TRACEPARENT_EXTENSION)
+    }
+
+    /// The W3C `tracestate` extension, as received.
+    pub fn tracestate(&self) -> Option<&str> {
+        self.extension(TRACESTATE_EXTENSION)
+    }
+
+    /// The `partitionkey` extension.
+    pub fn partition_key(&self) -> Option<&str> {
+        self.extension(PARTITION_KEY_EXTENSION)
+    }
+
+    /// The `tenantid` extension.
+    pub fn tenant_id(&self) -> Option<&str> {
+        self.extension(TENANT_ID_EXTENSION)
+    }
+
+    /// Sets (or replaces) an extension on a built envelope, under the same naming rules as
+    /// [`EnvelopeBuilder::extension`]. Context propagation uses this on publish.
+    pub fn set_extension(
+        &mut self,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<(), EnvelopeError> {
+        let name = name.into();
+        validate_extension_name(&name)?;
+        Arc::make_mut(&mut self.attributes)
+            .extensions
+            .insert(name, value.into());
+        Ok(())
+    }
+
+    /// Builds an envelope from decoded parts; the codecs' single way in, so that their
+    /// output obeys the same rules as the builder's.
+    pub(crate) fn from_parts(parts: EnvelopeParts) -> Result<Self, EnvelopeError> {
+        for name in parts.extensions.keys() {
+            validate_extension_name(name)?;
+        }
+        EnvelopeBuilder {
+            envelope: Attributes {
+                id: parts.id,
+                source: parts.source,
+                ty: parts.ty,
+                subject: parts.subject,
+                time: parts.time,
+                datacontenttype: parts.datacontenttype,
+                dataschema: parts.dataschema,
+                data: parts.data,
+                extensions: parts.extensions,
+            },
+        }
+        .build()
     }
 
     /// The `correlationid` extension, when present and valid. An invalid value (from a foreign
@@ -138,11 +285,37 @@ impl Envelope {
     }
 }
 
+/// Every attribute of an envelope, as a decoder found them.
+#[derive(Debug, Default)]
+pub(crate) struct EnvelopeParts {
+    pub(crate) id: String,
+    pub(crate) source: String,
+    pub(crate) ty: String,
+    pub(crate) subject: Option<String>,
+    pub(crate) time: Option<OffsetDateTime>,
+    pub(crate) datacontenttype: Option<String>,
+    pub(crate) dataschema: Option<String>,
+    pub(crate) data: Bytes,
+    pub(crate) extensions: BTreeMap<String, String>,
+}
+
+/// Whether a media type is JSON: `application/json` or any `+json` structured suffix,
+/// ignoring parameters such as `charset`.
+pub(crate) fn is_json_content_type(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+}
+
 /// Builds an [`Envelope`].
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct EnvelopeBuilder {
-    envelope: Envelope,
+    envelope: Attributes,
 }
 
 impl EnvelopeBuilder {
@@ -158,6 +331,12 @@ impl EnvelopeBuilder {
         self
     }
 
+    /// Sets when the occurrence happened.
+    pub fn time(mut self, time: OffsetDateTime) -> Self {
+        self.envelope.time = Some(time);
+        self
+    }
+
     /// Sets the data schema URI.
     pub fn dataschema(mut self, schema: impl Into<String>) -> Self {
         self.envelope.dataschema = Some(schema.into());
@@ -168,6 +347,38 @@ impl EnvelopeBuilder {
     pub fn data(mut self, content_type: impl Into<String>, data: impl Into<Bytes>) -> Self {
         self.envelope.datacontenttype = Some(content_type.into());
         self.envelope.data = data.into();
+        self
+    }
+
+    /// Serializes `data` as JSON and sets `datacontenttype` to [`JSON_CONTENT_TYPE`].
+    pub fn json_data<T: serde::Serialize + ?Sized>(self, data: &T) -> Result<Self, EnvelopeError> {
+        let bytes =
+            serde_json::to_vec(data).map_err(|e| EnvelopeError::Serialize(e.to_string()))?;
+        Ok(self.data(JSON_CONTENT_TYPE, bytes))
+    }
+
+    /// Sets the `partitionkey` extension.
+    pub fn partition_key(self, key: impl Into<String>) -> Self {
+        self.known_extension(PARTITION_KEY_EXTENSION, key.into())
+    }
+
+    /// Sets the `tenantid` extension.
+    pub fn tenant_id(self, tenant: impl Into<String>) -> Self {
+        self.known_extension(TENANT_ID_EXTENSION, tenant.into())
+    }
+
+    /// Sets the `traceparent` extension (normally done by the publisher's propagation hook).
+    pub fn traceparent(self, traceparent: impl Into<String>) -> Self {
+        self.known_extension(TRACEPARENT_EXTENSION, traceparent.into())
+    }
+
+    /// Sets the `tracestate` extension (normally done by the publisher's propagation hook).
+    pub fn tracestate(self, tracestate: impl Into<String>) -> Self {
+        self.known_extension(TRACESTATE_EXTENSION, tracestate.into())
+    }
+
+    fn known_extension(mut self, name: &'static str, value: String) -> Self {
+        self.envelope.extensions.insert(name.to_owned(), value);
         self
     }
 
@@ -200,7 +411,9 @@ impl EnvelopeBuilder {
                 return Err(EnvelopeError::EmptyAttribute(name));
             }
         }
-        Ok(e)
+        Ok(Envelope {
+            attributes: Arc::new(e),
+        })
     }
 }
 

@@ -1,0 +1,45 @@
+//! The bus's error type for publishing, subscribing and acknowledging.
+
+/// A boxed error, as handlers and brokers return them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a bus operation failed. Each variant says what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// A topic, destination or group name is not valid for the bus (see
+    /// [`validate_name`](crate::validate_name)); fix the name.
+    #[error("`{name}` is not a valid bus name: {reason}")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// The broker is unreachable or the connection dropped; the operation may be retried
+    /// (a publish that failed this way was not confirmed, so republishing is safe: the
+    /// envelope id is the dedup key where the broker deduplicates).
+    #[error("broker connection: {0}")]
+    Connection(#[source] BoxError),
+    /// The broker refused or did not confirm a publish (nack, no stream for the subject,
+    /// confirm timeout). The message must be considered not sent.
+    #[error("publish not confirmed: {0}")]
+    NotConfirmed(#[source] BoxError),
+    /// Acknowledging a delivery failed; the broker will redeliver the message, so handlers
+    /// must be idempotent (they must be anyway: delivery is at least once).
+    #[error("acknowledgement failed: {0}")]
+    Ack(#[source] BoxError),
+    /// The bus (or the consumer) was shut down.
+    #[error("the bus is closed")]
+    Closed,
+    /// Any other broker error (setting up streams, queues, consumers).
+    #[error("broker: {0}")]
+    Broker(#[source] BoxError),
+}
+
+impl BusError {
+    /// Wraps any error as [`BusError::Broker`].
+    pub fn broker(error: impl Into<BoxError>) -> Self {
+        Self::Broker(error.into())
+    }
+}

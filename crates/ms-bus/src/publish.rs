@@ -1,0 +1,124 @@
+//! The publishing side: [`EventPublisher`] (one topic, a copy per consumer group) and
+//! [`CommandSender`] (one named destination, one consumer), and the [`EventBus`] /
+//! [`CommandBus`] pairs of a publisher with a [`Subscriber`].
+//!
+//! # Stability
+//!
+//! These traits are what every adapter (memory, NATS JetStream, RabbitMQ) implements. Their
+//! shapes are stable: changes are additive only (new provided methods with defaults).
+
+use futures_util::future::BoxFuture;
+
+use crate::{BusError, Envelope, Subscriber};
+
+/// Publishes events to topics.
+///
+/// A topic is a [`validate_name`](crate::validate_name)-valid name such as
+/// `invoicing.invoice`. Every consumer *group* subscribed to the topic receives each event
+/// once; the instances of one group share the work. Events published while no group is
+/// subscribed are kept or dropped as the broker does (JetStream keeps them in the stream; a
+/// RabbitMQ topic exchange and the memory bus drop them): subscribe before publishing.
+///
+/// Publishing returns only after the broker confirmed the event (a JetStream publish ack, a
+/// RabbitMQ publisher confirm). An error means "not confirmed": republishing the same envelope
+/// is safe where the broker deduplicates by envelope id (JetStream) and harmless elsewhere as
+/// consumers are idempotent (delivery is at least once everywhere).
+pub trait EventPublisher: Send + Sync {
+    /// Publishes one event and waits for the broker's confirmation.
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        event: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), BusError>>;
+
+    /// Publishes events with many confirmations in flight, in order, and returns when all are
+    /// confirmed. On error some events may have been confirmed; republish the whole batch.
+    ///
+    /// The default publishes one at a time; adapters override it to pipeline.
+    fn publish_batch<'a>(
+        &'a self,
+        topic: &'a str,
+        events: &'a [Envelope],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            for event in events {
+                self.publish(topic, event).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Sends commands to named destinations (point to point: one consumer handles each).
+///
+/// Commands sent before any consumer listens are kept until one does. Confirmation and
+/// retry rules are those of [`EventPublisher`].
+pub trait CommandSender: Send + Sync {
+    /// Sends one command and waits for the broker's confirmation.
+    fn send<'a>(
+        &'a self,
+        destination: &'a str,
+        command: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), BusError>>;
+
+    /// Sends commands with many confirmations in flight; see
+    /// [`EventPublisher::publish_batch`].
+    fn send_batch<'a>(
+        &'a self,
+        destination: &'a str,
+        commands: &'a [Envelope],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            for command in commands {
+                self.send(destination, command).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A bus for events: publish to topics and subscribe consumer groups to them.
+pub trait EventBus: EventPublisher + Subscriber {}
+
+impl<T: EventPublisher + Subscriber + ?Sized> EventBus for T {}
+
+/// A bus for commands: send to destinations and consume them.
+pub trait CommandBus: CommandSender + Subscriber {}
+
+impl<T: CommandSender + Subscriber + ?Sized> CommandBus for T {}
+
+impl<T: EventPublisher + ?Sized> EventPublisher for std::sync::Arc<T> {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        event: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        (**self).publish(topic, event)
+    }
+
+    fn publish_batch<'a>(
+        &'a self,
+        topic: &'a str,
+        events: &'a [Envelope],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        (**self).publish_batch(topic, events)
+    }
+}
+
+impl<T: CommandSender + ?Sized> CommandSender for std::sync::Arc<T> {
+    fn send<'a>(
+        &'a self,
+        destination: &'a str,
+        command: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        (**self).send(destination, command)
+    }
+
+    fn send_batch<'a>(
+        &'a self,
+        destination: &'a str,
+        commands: &'a [Envelope],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        (**self).send_batch(destination, commands)
+    }
+}
