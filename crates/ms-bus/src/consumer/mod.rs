@@ -1,7 +1,7 @@
 //! The consumer runtime: runs a `tower::Service<Message>` handler over a subscription with one
 //! ack model for every broker.
 //!
-//! ```ignore
+//! ```
 //! # #[cfg(feature = "memory")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,0 +1,379 @@
+//! The NATS JetStream adapter (feature `nats`), on async-nats.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use ms_bus::consumer::{Consumer, Message};
+//! use ms_bus::nats::NatsBus;
+//! use ms_bus::{Envelope, EventPublisher, Subscription};
+//!
+//! let client = async_nats::connect("nats://127.0.0.1:4222").await?;
+//! let bus = NatsBus::builder(client).prefix("shop")?.build();
+//!
+//! let handler = tower::service_fn(|m: Message| async move {
+//!     println!("{} {}", m.ty(), m.id());
+//!     Ok::<_, std::convert::Infallible>(())
+//! });
+//! let consumer = Consumer::new(Subscription::events("invoicing.invoice", "reporting")?)
+//!     .serve(&bus, handler)
+//!     .await?;
+//!
+//! let event = Envelope::builder("invoicing.invoice.created", "/invoicing").build()?;
+//! bus.publish("invoicing.invoice", &event).await?; // returns after the JetStream ack
+//! consumer.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Mapping
+//!
+//! - Streams and durable pull consumers are created as needed (see the naming below), file
+//!   storage, one stream per topic (limits retention: every group reads it) and one
+//!   work-queue stream per command destination (a message is gone once handled).
+//! - Messages are CloudEvents in binary content mode: `ce-` headers (percent-encoded as in
+//!   the HTTP binding), `content-type` for `datacontenttype`, the data as the payload.
+//!   Structured-mode messages from other producers are read too.
+//! - `Nats-Msg-Id` is the envelope id, so a republished envelope is dropped by the server
+//!   within the stream's duplicate window (default two minutes).
+//! - Retry is a nak with delay; in progress is `+WPI`; dead letter publishes the original
+//!   message with the [`dead_letter`](crate::dead_letter) headers to the dead-letter
+//!   destination's stream and acks it only once that publish is confirmed.
+//! - The consumers' `max_deliver` is unlimited: the consumer runtime counts deliveries and
+//!   dead-letters, so that no message is silently dropped by the server.
+//! - async-nats reconnects by itself; a pull stream that ends is opened again.
+//!
+//! Naming: with prefix `ms`, topic `invoicing.invoice` is subject `ms.ev.invoicing.invoice`
+//! in stream `ms_EV_invoicing_invoice` with one durable consumer per group; destination
+//! `payments.capture` is subject `ms.cmd.payments.capture` in stream
+//! `ms_CMD_payments_capture`.
+
+mod consume;
+mod naming;
+
+use std::collections::HashSet;
+use std::str::FromStr as _;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage, stream};
+use futures_util::future::BoxFuture;
+
+use crate::codec::{self, HeaderValues, Mode, TransportMessage};
+use crate::propagation::{Propagation, default_propagation, outgoing};
+use crate::{BusError, CommandSender, Envelope, EventPublisher, validate_name};
+use naming::Kind;
+
+/// The prefix of subjects and stream names unless [`NatsBusBuilder::prefix`] says otherwise.
+pub const DEFAULT_PREFIX: &str = "ms";
+/// How many publishes a batch keeps waiting for their acks at once, unless
+/// [`NatsBusBuilder::publish_window`] says otherwise.
+pub const DEFAULT_PUBLISH_WINDOW: usize = 512;
+/// The header that carries the content type in binary mode.
+pub const CONTENT_TYPE_HEADER: &str = "content-type";
+/// JetStream's dedup header.
+pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// An event and command bus on NATS JetStream. Cloning shares the connection.
+#[derive(Debug, Clone)]
+pub struct NatsBus {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    prefix: String,
+    mode: Mode,
+    window: usize,
+    propagation: Arc<dyn Propagation>,
+    /// Streams known to exist, so that publishing does not ask the server each time.
+    streams: Mutex<HashSet<String>>,
+}
+
+/// Builds a [`NatsBus`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct NatsBusBuilder {
+    client: async_nats::Client,
+    prefix: String,
+    mode: Mode,
+    window: usize,
+    propagation: Arc<dyn Propagation>,
+}
+
+impl NatsBusBuilder {
+    /// Sets the prefix of every subject and stream name (default [`DEFAULT_PREFIX`]); a
+    /// [`validate_name`]-valid name.
+    pub fn prefix(mut self, prefix: &str) -> Result<Self, BusError> {
+        validate_name(prefix)?;
+        prefix.clone_into(&mut self.prefix);
+        Ok(self)
+    }
+
+    /// Sets the content mode messages are published in (default binary).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Sets how many batch publishes wait for acks at once (default
+    /// [`DEFAULT_PUBLISH_WINDOW`]).
+    pub fn publish_window(mut self, window: usize) -> Self {
+        self.window = window.max(1);
+        self
+    }
+
+    /// Sets the context propagation applied on publish (ms-tracing plugs in here).
+    pub fn propagation(mut self, propagation: Arc<dyn Propagation>) -> Self {
+        self.propagation = propagation;
+        self
+    }
+
+    /// The bus.
+    pub fn build(self) -> NatsBus {
+        NatsBus {
+            inner: Arc::new(Inner {
+                jetstream: jetstream::new(self.client.clone()),
+                client: self.client,
+                prefix: self.prefix,
+                mode: self.mode,
+                window: self.window,
+                propagation: self.propagation,
+                streams: Mutex::new(HashSet::new()),
+            }),
+        }
+    }
+}
+
+impl NatsBus {
+    /// Configures a bus over a connected client.
+    pub fn builder(client: async_nats::Client) -> NatsBusBuilder {
+        NatsBusBuilder {
+            client,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            mode: Mode::Binary,
+            window: DEFAULT_PUBLISH_WINDOW,
+            propagation: default_propagation(),
+        }
+    }
+
+    /// The client.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    /// The subject a topic's events are published on (for tools and raw producers).
+    pub fn event_subject(&self, topic: &str) -> String {
+        naming::subject(&self.inner.prefix, Kind::Events, topic)
+    }
+
+    /// The subject a destination's commands are sent on.
+    pub fn command_subject(&self, destination: &str) -> String {
+        naming::subject(&self.inner.prefix, Kind::Commands, destination)
+    }
+
+    /// Creates the stream of a topic if needed: raw producers publishing to
+    /// [`event_subject`](Self::event_subject) need it to exist.
+    pub async fn ensure_topic(&self, topic: &str) -> Result<(), BusError> {
+        validate_name(topic)?;
+        self.inner
+            .ensure_stream(Kind::Events, topic)
+            .await
+            .map(drop)
+    }
+}
+
+impl Inner {
+    /// Creates (or finds) the stream for `name`; returns its name.
+    async fn ensure_stream(&self, kind: Kind, name: &str) -> Result<String, BusError> {
+        let stream_name = naming::stream(&self.prefix, kind, name);
+        if self
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&stream_name)
+        {
+            return Ok(stream_name);
+        }
+        let config = stream::Config {
+            name: stream_name.clone(),
+            subjects: vec![naming::subject(&self.prefix, kind, name)],
+            retention: match kind {
+                Kind::Events => stream::RetentionPolicy::Limits,
+                Kind::Commands => stream::RetentionPolicy::WorkQueue,
+            },
+            storage: stream::StorageType::File,
+            ..stream::Config::default()
+        };
+        self.jetstream
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| BusError::broker(format!("creating stream {stream_name}: {e}")))?;
+        self.streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(stream_name.clone());
+        Ok(stream_name)
+    }
+
+    fn encode(&self, envelope: &Envelope) -> (HeaderMap, bytes::Bytes) {
+        let envelope = outgoing(&*self.propagation, envelope);
+        let message = codec::encode(&envelope, self.mode, HeaderValues::PercentEncoded);
+        let mut headers = HeaderMap::new();
+        headers.insert(MSG_ID_HEADER, envelope.id());
+        if let Some(content_type) = &message.content_type {
+            headers.insert(CONTENT_TYPE_HEADER, content_type.as_str());
+        }
+        for (name, value) in message.headers {
+            // Header names are `ce-` plus an extension name (lower-case letters and
+            // digits) and values are percent-encoded: both always valid.
+            if let Ok(name) = async_nats::HeaderName::from_str(&name) {
+                headers.insert(name, value);
+            }
+        }
+        (headers, message.body)
+    }
+
+    async fn start_publish(
+        &self,
+        kind: Kind,
+        name: &str,
+        envelope: &Envelope,
+    ) -> Result<PublishAckFuture, BusError> {
+        validate_name(name)?;
+        self.ensure_stream(kind, name).await?;
+        let (headers, body) = self.encode(envelope);
+        self.jetstream
+            .send_publish(
+                naming::subject(&self.prefix, kind, name),
+                PublishMessage::build().payload(body).headers(headers),
+            )
+            .await
+            .map_err(|e| BusError::NotConfirmed(e.into()))
+    }
+
+    async fn publish_one(
+        &self,
+        kind: Kind,
+        name: &str,
+        envelope: &Envelope,
+    ) -> Result<(), BusError> {
+        let ack = self.start_publish(kind, name, envelope).await?;
+        ack.await.map_err(|e| BusError::NotConfirmed(e.into()))?;
+        Ok(())
+    }
+
+    async fn publish_many(
+        &self,
+        kind: Kind,
+        name: &str,
+        envelopes: &[Envelope],
+    ) -> Result<(), BusError> {
+        let mut pending = std::collections::VecDeque::with_capacity(self.window);
+        for envelope in envelopes {
+            if pending.len() >= self.window
+                && let Some(ack) = pending.pop_front()
+            {
+                let ack: PublishAckFuture = ack;
+                ack.await.map_err(|e| BusError::NotConfirmed(e.into()))?;
+            }
+            pending.push_back(self.start_publish(kind, name, envelope).await?);
+        }
+        for ack in pending {
+            ack.await.map_err(|e| BusError::NotConfirmed(e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// Publishes a raw transport message (a dead letter) to a command destination's stream.
+    async fn publish_raw(
+        &self,
+        destination: &str,
+        headers: HeaderMap,
+        body: bytes::Bytes,
+    ) -> Result<(), BusError> {
+        self.ensure_stream(Kind::Commands, destination).await?;
+        let ack = self
+            .jetstream
+            .send_publish(
+                naming::subject(&self.prefix, Kind::Commands, destination),
+                PublishMessage::build().payload(body).headers(headers),
+            )
+            .await
+            .map_err(|e| BusError::NotConfirmed(e.into()))?;
+        ack.await.map_err(|e| BusError::NotConfirmed(e.into()))?;
+        Ok(())
+    }
+}
+
+/// Reads a NATS message as a transport message: `content-type` becomes the content type,
+/// every other header a pair (a name given several values yields several pairs).
+fn transport_message(message: &async_nats::Message) -> TransportMessage {
+    let mut transport = TransportMessage {
+        headers: Vec::new(),
+        content_type: None,
+        body: message.payload.clone(),
+    };
+    if let Some(headers) = &message.headers {
+        for (name, values) in headers.iter() {
+            let name: &str = name.as_ref();
+            for value in values {
+                if name.eq_ignore_ascii_case(CONTENT_TYPE_HEADER) {
+                    if transport.content_type.is_none() {
+                        transport.content_type = Some(value.as_str().to_owned());
+                    }
+                } else {
+                    transport
+                        .headers
+                        .push((name.to_owned(), value.as_str().to_owned()));
+                }
+            }
+        }
+    }
+    transport
+}
+
+impl EventPublisher for NatsBus {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        event: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(self.inner.publish_one(Kind::Events, topic, event))
+    }
+
+    fn publish_batch<'a>(
+        &'a self,
+        topic: &'a str,
+        events: &'a [Envelope],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(self.inner.publish_many(Kind::Events, topic, events))
+    }
+}
+
+impl CommandSender for NatsBus {
+    fn send<'a>(
+        &'a self,
+        destination: &'a str,
+        command: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(self.inner.publish_one(Kind::Commands, destination, command))
+    }
+
+    fn send_batch<'a>(
+        &'a self,
+        destination: &'a str,
+        commands: &'a [Envelope],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(
+            self.inner
+                .publish_many(Kind::Commands, destination, commands),
+        )
+    }
+}
+
+/// How long a pull request waits on the server before it is renewed.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+/// How often the server confirms an idle pull request is alive; two missed heartbeats make
+/// the client pull again (after a server restart, say).
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
