@@ -1,0 +1,234 @@
+//! The RabbitMQ adapter (feature `amqp`), over lapin.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicUsize, Ordering};
+//! use ms_bus::amqp::AmqpBus;
+//! use ms_bus::consumer::{Consumer, Message};
+//! use ms_bus::{Envelope, EventPublisher, Subscription};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let Some(rabbit) = ms_testkit::amqp().await else { return Ok(()) };
+//! # let url = rabbit.url();
+//! let bus = AmqpBus::builder(url).connect().await?;
+//!
+//! let seen = Arc::new(AtomicUsize::new(0));
+//! let handler = tower::service_fn({
+//!     let seen = seen.clone();
+//!     move |message: Message| {
+//!         let seen = seen.clone();
+//!         async move {
+//!             assert_eq!(message.ty(), "invoicing.invoice.created");
+//!             assert_eq!(message.attempt(), 1);
+//!             seen.fetch_add(1, Ordering::SeqCst);
+//!             Ok::<_, std::convert::Infallible>(())
+//!         }
+//!     }
+//! });
+//! // The group's queue `invoicing.invoice:reporting` exists once `serve` returns.
+//! let consumer = Consumer::new(Subscription::events("invoicing.invoice", "reporting")?)
+//!     .serve(&bus, handler)
+//!     .await?;
+//!
+//! let event = Envelope::builder("invoicing.invoice.created", "/invoicing").build()?;
+//! bus.publish("invoicing.invoice", &event).await?; // returns once RabbitMQ confirmed it
+//!
+//! consumer.shutdown_when(|| seen.load(Ordering::SeqCst) == 1).await?;
+//! assert_eq!(seen.load(Ordering::SeqCst), 1);
+//! bus.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # On the broker
+//!
+//! Events go to a durable topic exchange, one durable queue per consumer group; commands go
+//! to a durable queue named after the destination; retries wait in per-delay queues whose
+//! dead-letter exchange sends them back; dead letters go to the subscription's dead-letter
+//! queue with the reason in headers. The names and the reasons are in the `topology` module's
+//! source; [`DEFAULT_EVENTS_EXCHANGE`] is the exchange's default name.
+//!
+//! Messages are persistent and encoded with the crate's [`codec`](crate::codec::encode) in binary content
+//! mode by default, per the CloudEvents RabbitMQ binding: the `ce-` attributes as headers
+//! (AMQP long strings, unescaped), `datacontenttype` as the AMQP `content_type`.
+//!
+//! # Delivery guarantees
+//!
+//! - Publishing returns after RabbitMQ's publisher confirm. If the connection drops first,
+//!   the adapter reconnects and republishes every message not yet confirmed, until the
+//!   [publish timeout](AmqpBusBuilder::publish_timeout); then it returns
+//!   [`BusError::Connection`]. A message is never silently lost, and may arrive twice.
+//! - Subscriptions reopen their consumers after a reconnection; the stream yields one `Err`
+//!   per break. Unsettled messages are redelivered by RabbitMQ.
+//! - Deliveries are counted by the adapter (a `ms-attempt` header), since RabbitMQ 3.10
+//!   classic queues count nothing: a retry raises it, and so does a redelivery after a crash
+//!   (the message is re-queued as a counted copy), so a message that kills its consumer every
+//!   time is still dead-lettered after the maximum number of deliveries.
+//! - `in_progress` is a no-op: RabbitMQ has no per-message deadline, and
+//!   [`Subscription::ack_wait`](crate::Subscription::ack_wait) is ignored. RabbitMQ's own
+//!   `consumer_timeout` (30 minutes by default) still closes the channel of a handler that
+//!   runs longer, and the message is redelivered.
+//! - Ordering: one queue delivers in order, so a group with one consumer at
+//!   [`concurrency(1)`](crate::consumer::Consumer::concurrency) sees the publisher's order,
+//!   except for messages that were retried or redelivered, which go to the back.
+
+mod acker;
+mod builder;
+mod headers;
+mod link;
+mod subscriber;
+mod topology;
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+pub use builder::{
+    AmqpBusBuilder, DEFAULT_CONFIRM_WINDOW, DEFAULT_PUBLISH_TIMEOUT,
+    DEFAULT_RECONNECT_INITIAL_DELAY, DEFAULT_RECONNECT_MAX_DELAY,
+};
+pub use topology::DEFAULT_EVENTS_EXCHANGE;
+
+use crate::codec::{self, HeaderValues, Mode};
+use crate::propagation::{self, Propagation};
+use crate::{
+    BusError, CommandSender, Deliveries, Envelope, EventPublisher, Subscriber, Subscription,
+    validate_name,
+};
+use link::{Link, Outgoing, Prepare};
+
+/// An event and command bus on RabbitMQ. Cloning is cheap: clones share one connection (and
+/// its reconnection), which every publisher and subscription uses; each subscription has its
+/// own channel.
+#[derive(Debug, Clone)]
+pub struct AmqpBus {
+    link: Arc<Link>,
+    mode: Mode,
+    propagation: Arc<dyn Propagation>,
+}
+
+impl AmqpBus {
+    /// A builder for a bus on the broker at `url` (`amqp://user:password@host:port/vhost`).
+    pub fn builder(url: &str) -> AmqpBusBuilder {
+        AmqpBusBuilder::new(url)
+    }
+
+    /// Connects to `url` with the defaults.
+    pub async fn connect(url: &str) -> Result<Self, BusError> {
+        Self::builder(url).connect().await
+    }
+
+    fn from_parts(link: Arc<Link>, mode: Mode, propagation: Arc<dyn Propagation>) -> Self {
+        Self {
+            link,
+            mode,
+            propagation,
+        }
+    }
+
+    /// Whether the connection is up now (it may be down between a break and the reconnection
+    /// that the next operation triggers).
+    pub async fn is_connected(&self) -> bool {
+        self.link.is_connected().await
+    }
+
+    /// Closes the connection: subscriptions end, publishing fails with [`BusError::Closed`].
+    pub async fn close(&self) {
+        self.link.close().await;
+    }
+
+    fn outgoing(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        envelope: &Envelope,
+        mandatory: bool,
+    ) -> Result<Outgoing, BusError> {
+        validate_name(routing_key)?;
+        let envelope = propagation::outgoing(&*self.propagation, envelope);
+        let message = codec::encode(&envelope, self.mode, HeaderValues::Raw);
+        let (properties, body) = headers::to_amqp(message, envelope.id())?;
+        Ok(Outgoing {
+            exchange: headers::short(exchange)?,
+            routing_key: headers::short(routing_key)?,
+            properties,
+            body,
+            mandatory,
+        })
+    }
+
+    fn events(&self, topic: &str, events: &[Envelope]) -> Result<Vec<Outgoing>, BusError> {
+        events
+            .iter()
+            .map(|event| self.outgoing(self.link.exchange(), topic, event, false))
+            .collect()
+    }
+
+    fn commands(
+        &self,
+        destination: &str,
+        commands: &[Envelope],
+    ) -> Result<Vec<Outgoing>, BusError> {
+        commands
+            .iter()
+            .map(|command| self.outgoing("", destination, command, true))
+            .collect()
+    }
+}
+
+impl EventPublisher for AmqpBus {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        event: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        self.publish_batch(topic, std::slice::from_ref(event))
+    }
+
+    fn publish_batch<'a>(
+        &'a self,
+        topic: &'a str,
+        events: &'a [Envelope],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let messages = self.events(topic, events)?;
+            self.link.publish(&messages, &Prepare::Nothing).await
+        })
+    }
+}
+
+impl CommandSender for AmqpBus {
+    fn send<'a>(
+        &'a self,
+        destination: &'a str,
+        command: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        self.send_batch(destination, std::slice::from_ref(command))
+    }
+
+    fn send_batch<'a>(
+        &'a self,
+        destination: &'a str,
+        commands: &'a [Envelope],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let messages = self.commands(destination, commands)?;
+            // Commands sent before any consumer listens must wait for one: the sender declares
+            // the destination's durable queue (once per connection).
+            let prepare = Prepare::Queue(destination.to_owned());
+            self.link.publish(&messages, &prepare).await
+        })
+    }
+}
+
+impl Subscriber for AmqpBus {
+    fn subscribe<'a>(
+        &'a self,
+        subscription: &'a Subscription,
+    ) -> BoxFuture<'a, Result<Deliveries, BusError>> {
+        Box::pin(async move {
+            let plan = subscriber::Plan::new(subscription)?;
+            subscriber::subscribe(self.link.clone(), plan).await
+        })
+    }
+}

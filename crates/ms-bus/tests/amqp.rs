@@ -1,0 +1,551 @@
+//! The RabbitMQ adapter against a real broker: each test has its own virtual host
+//! (`ms_testkit::amqp()`), so queue and exchange names need no prefix.
+#![cfg(feature = "amqp")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use lapin::BasicProperties;
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use ms_bus::amqp::AmqpBus;
+use ms_bus::consumer::{Consumer, ConsumerHandle, Message, Outcome, Reject, RetryPolicy};
+use ms_bus::dead_letter::{DELIVERIES_HEADER, GROUP_HEADER, ORIGIN_HEADER, REASON_HEADER};
+use ms_bus::{BoxError, CommandSender, Envelope, EventPublisher, Subscriber, Subscription};
+use ms_testkit::TestAmqp;
+
+/// A hang guard only: every wait below ends as soon as its condition holds.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+struct Seen {
+    id: String,
+    attempt: u32,
+    headers: Vec<(String, String)>,
+    envelope: Envelope,
+}
+
+/// What handlers saw, shared with the test.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<Seen>>>);
+
+impl Log {
+    fn record(&self, message: &Message) {
+        self.0.lock().unwrap().push(Seen {
+            id: message.id().to_owned(),
+            attempt: message.attempt(),
+            headers: message.info().headers.clone(),
+            envelope: message.envelope().clone(),
+        });
+    }
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+    fn ids(&self) -> BTreeSet<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.id.clone())
+            .collect()
+    }
+    fn all(&self) -> Vec<Seen> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// A handler that records every message and then does what `decide` says.
+fn recording<F>(
+    log: Log,
+    decide: F,
+) -> impl tower::Service<Message, Response = Outcome, Error = BoxError, Future = impl Send>
++ Send
++ 'static
+where
+    F: Fn(&Message) -> Result<Outcome, BoxError> + Clone + Send + Sync + 'static,
+{
+    tower::service_fn(move |message: Message| {
+        let log = log.clone();
+        let decide = decide.clone();
+        async move {
+            log.record(&message);
+            decide(&message)
+        }
+    })
+}
+
+#[allow(clippy::unnecessary_wraps)] // the shape of every `decide` function
+fn ack(_: &Message) -> Result<Outcome, BoxError> {
+    Ok(Outcome::Ack)
+}
+
+async fn wait_until(handle: ConsumerHandle, done: impl FnMut() -> bool) {
+    tokio::time::timeout(PATIENCE, handle.shutdown_when(done))
+        .await
+        .expect("the condition held before the hang guard")
+        .expect("the consumer shut down cleanly");
+}
+
+async fn bus(rabbit: &TestAmqp) -> AmqpBus {
+    AmqpBus::connect(rabbit.url()).await.expect("connecting")
+}
+
+fn event(n: usize) -> Envelope {
+    Envelope::builder("invoicing.invoice.created", "/invoicing")
+        .subject(format!("inv-{n}"))
+        .data("application/json", format!(r#"{{"n":{n}}}"#))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_event_round_trips_with_every_attribute() {
+    let Some(rabbit) = ms_testkit::amqp().await else {
+        return;
+    };
+    let bus = bus(&rabbit).await;
+    let log = Log::default();
+    let consumer = Consumer::new(Subscription::events("invoicing.invoice", "reporting").unwrap())
+        .serve(&bus, recording(log.clone(), ack))
+        .await
+        .unwrap();
+    let sent = Envelope::builder("invoicing.invoice.created", "/invoicing")
+        .subject("inv 1001 — ü")
+        .time(time::OffsetDateTime::now_utc())
+        .dataschema("https://example.com/invoice.json")
+        .partition_key("inv-1001")
+        .tenant_id("acme")
+        .extension("custom", "a \"quoted\" value")
+        .unwrap()
+        .data("application/json", &br#"{"total":4200}"#[..])
+        .build()
+        .unwrap();
+    bus.publish("invoicing.invoice", &sent).await.unwrap();
+    wait_until(consumer, || log.len() == 1).await;
+    let seen = &log.all()[0];
+    assert_eq!(seen.envelope, sent);
+    assert_eq!(seen.attempt, 1);
+    assert!(
+        seen.headers.iter().all(|(k, _)| !k.starts_with("ce-")),
+        "{:?}",
+        seen.headers
+    );
+}
+
+#[tokio::test]
+async fn the_wire_format_is_the_cloudevents_rabbitmq_binding() {
+    let Some(rabbit) = ms_testkit::amqp().await else {
+        return;
+    };
+    let bus = bus(&rabbit).await;
+    let command = Envelope::builder("billing.invoice.issue", "/api")
+        .subject("inv 7")
+        .data("application/json", &br#"{"n":7}"#[..])
+        .build()
+        .unwrap();
+    // No consumer yet: the command waits in the destination's queue.
+    bus.send("billing.invoice", &command).await.unwrap();
+
+    let connection = rabbit.connection().await;
+    let channel = connection.create_channel().await.unwrap();
+    let got = channel
+        .basic_get("billing.invoice".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the command is in its queue");
+    let properties = &got.delivery.properties;
+    assert_eq!(
+        properties
+            .content_type()
+            .as_ref()
+            .map(lapin::types::ShortString::as_str),
+        Some("application/json")
+    );
+    assert_eq!(properties.delivery_mode(), &Some(2), "persistent");
+    let headers = properties.headers().as_ref().unwrap().inner();
+    let text = |name: &str| match headers.get(name) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8(s.as_bytes().to_vec()).unwrap(),
+        other => panic!("{name}: {other:?}"),
+    };
+    assert_eq!(text("ce-specversion"), "1.0");
+    assert_eq!(text("ce-id"), command.id());
+    assert_eq!(text("ce-type"), "billing.invoice.issue");
+    assert_eq!(text("ce-source"), "/api");
+    assert_eq!(
+        text("ce-subject"),
+        "inv 7",
+        "values are not percent-encoded on AMQP"
+    );
+    assert!(
+        !headers.contains_key("ce-datacontenttype"),
+        "it is the content_type property"
+    );
+    assert_eq!(got.delivery.data, br#"{"n":7}"#);
+}
+
+#[tokio::test]
+async fn groups_get_one_copy_each_and_share_within() {
+    let Some(rabbit) = ms_testkit::amqp().await else {
+        return;
+    };
+    let bus = bus(&rabbit).await;
+    let (a1, a2, b) = (Log::default(), Log::default(), Log::default());
+    let sub_a = Subscription::events("invoicing.invoice", "a")
+        .unwrap()
+        .prefetch(1);
+    let sub_b = Subscription::events("invoicing.invoice", "b").unwrap();
+    let ca1 = Consumer::new(sub_a.clone())
+        .serve(&bus, recording(a1.clone(), ack))
+        .await
+        .unwrap();
+    let ca2 = Consumer::new(sub_a)
+        .serve(&bus, recording(a2.clone(), ack))
+        .await
+        .unwrap();
+    let cb = Consumer::new(sub_b)
+        .serve(&bus, recording(b.clone(), ack))
+        .await
+        .unwrap();
+
+    let events: Vec<Envelope> = (0..200).map(event).collect();
+    bus.publish_batch("invoicing.invoice", &events)
+        .await
+        .unwrap();
+    let all: BTreeSet<String> = events.iter().map(|e| e.id().to_owned()).collect();
+
+    wait_until(cb, || b.len() >= 200).await;
+    wait_until(ca1, || a1.len() + a2.len() >= 200).await;
+    ca2.shutdown().await.unwrap();
+    assert_eq!(b.ids(), all);
+    assert_eq!(b.len(), 200, "one copy per group");
+    let mut a = a1.ids();
+    a.extend(a2.ids());
+    assert_eq!(a, all);
+    assert_eq!(a1.len() + a2.len(), 200);
+    // RabbitMQ hands a queue's messages round-robin to its consumers.
+    assert!(a1.len() > 0 && a2.len() > 0, "{} / {}", a1.len(), a2.len());
+}
+
+#[tokio::test]
+async fn commands_reach_one_consumer_and_wait_for_one() {
+    let Some(rabbit) = ms_testkit::amqp().await else {
+        return;
+    };
+    let bus = bus(&rabbit).await;
+    let commands: Vec<Envelope> = (0..50).map(event).collect();
+    bus.send_batch("billing.invoice", &commands).await.unwrap();
+
+    let (one, two) = (Log::default(), Log::default());
+    let sub = Subscription::commands("billing.invoice").unwrap();
+    let c1 = Consumer::new(sub.clone())
+        .serve(&bus, recording(one.clone(), ack))
+        .await
+        .unwrap();
+    let c2 = Consumer::new(sub)
+        .serve(&bus, recording(two.clone(), ack))
+        .await
+        .unwrap();
+    wait_until(c1, || one.len() + two.len() >= 50).await;
+    c2.shutdown().await.unwrap();
+    let mut ids = one.ids();
+    ids.extend(two.ids());
+    assert_eq!(ids, commands.iter().map(|c| c.id().to_owned()).collect());
+    assert_eq!(one.len() + two.len(), 50, "each command handled once");
+}
+
+#[tokio::test]
+async fn a_retry_comes_back_after_its_delay_with_the_attempt_counted() {
+    let Some(rabbit) = ms_testkit::amqp().await else {
+        return;
+    };
+    let bus = bus(&rabbit).await;
+    let log = Log::default();
+    let first_seen = Arc::new(Mutex::new(None::<Instant>));
+    let delay = Duration::from_millis(400);
+    let handler = recording(log.clone(), {
+        let first_seen = first_seen.clone();
+        move |m: &Message| {
+            if m.attempt() == 1 {
+                *first_seen.lock().unwrap() = Some(Instant::now());
+                Ok(Outcome::RetryAfter(delay))
+            } else {
+                Ok(Outcome::Ack)
+            }
+        }
+    });
+    let consumer = Consumer::new(Subscription::commands("work").unwrap())
+        .serve(&bus, handler)
+        .await
+        .unwrap();
+    bus.send("work", &event(1)).await.unwrap();
+    wait_until(consumer, || log.len() == 2).await;
+    let back = Instant::now();
+    let seen = log.all();
+    assert_eq!(seen.iter().map(|s| s.attempt).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(seen[0].envelope, seen[1].envelope);
+    let waited = back - first_seen.lock().unwrap().unwrap();
+    // The retry queue's TTL is the delay rounded down by at most a fifth.
+    assert!(waited >= delay * 4 / 5, "came back after {waited:?}");
+}
+
+#[tokio::test]
+async fn a_poison_message_is_dead_lettered_with_its_reason_while_the_rest_flow() {
+    let Some(rabbit) = ms_testkit::amqp().await else {
+        return;
+    };
+    let bus = bus(&rabbit).await;
+    let log = Log::default();
+    let poison = event(0);
+    let poison_id = poison.id().to_owned();
+    let handler = recording(log.clone(), move |m: &Message| {
+        if m.id() == poison_id {
+            Err("the invoice cannot be parsed".into())
+        } else {
+            Ok(Outcome::Ack)
+        }
+    });
+    let retry = RetryPolicy::default()
+        .max_deliveries(3)
+        .initial_delay(Duration::from_millis(20))
+        .max_delay(Duration::from_millis(40));
+    let subscription = Subscription::events("invoicing.invoice", "ledger").unwrap();
+    let consumer = Consumer::new(subscription.clone())
+        .retry(retry)
+        .serve(&bus, handler)
+        .await
+        .unwrap();
+    let dead = Log::default();
+    let dead_consumer =
+        Consumer::new(Subscription::commands(subscription.dead_letter_destination()).unwrap())
+            .serve(&bus, recording(dead.clone(), ack))
+            .await
+            .unwrap();
+
+    let mut events = vec![poison.clone()];
+    events.extend((1..=20).map(event));
+    bus.publish_batch("invoicing.invoice", &events)
+        .await
+        .unwrap();
+
+    wait_until(dead_consumer, || dead.len() == 1).await;
+    wait_until(consumer, || log.ids().len() == 21).await;
+    let attempts: Vec<u32> = log
+        .all()
+        .iter()
+        .filter(|s| s.id == poison.id())
+        .map(|s| s.attempt)
+        .collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    let letter = &dead.all()[0];
+    assert_eq!(letter.envelope, poison, "the original, untouched");
+    assert_eq!(
+        letter.attempt, 1,
+        "the dead-letter queue counts its own deliveries"
+    );
+    let header = |name: &str| {
+        letter
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(header(REASON_HEADER), Some("the invoice cannot be parsed"));
+    assert_eq!(header(DELIVERIES_HEADER), Some("3"));
+    assert_eq!(header(ORIGIN_HEADER), Some("invoicing.invoice"));
+    assert_eq!(header(GROUP_HEADER), Some("ledger"));
+}
+
+#[tokio::test]
+async fn a_message_that_is_not_a_cloudevent_is_dead_lettered_with_the_decoding_error() {
+    let Some(rabbit) = ms_testkit::amqp().await else {
+        return;
+    };
+    let bus = bus(&rabbit).await;
+    let log = Log::default();
+    let subscription = Subscription::commands("work").unwrap();
+    let consumer = Consumer::new(subscription.clone())
+        .serve(&bus, recording(log.clone(), ack))
+        .await
+        .unwrap();
+
+    let connection = rabbit.connection().await;
+    let channel = connection.create_channel().await.unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert("ce-specversion".into(), AMQPValue::LongString("1.0".into()));
+    headers.insert("ce-type".into(), AMQPValue::LongString("t".into()));
+    headers.insert(
+        "x-death".into(),
+        AMQPValue::FieldArray(vec![AMQPValue::Boolean(true)].into()),
+    );
+    channel
+        .basic_publish(
+            "".into(),
+            "work".into(),
+            BasicPublishOptions::default(),
+            b"\xff\x00 not an event",
+            BasicProperties::default().with_headers(headers),
+        )
+        .await
+        .unwrap();
+
+    // The dead letter is the message as received: read it raw. (Declared here so that polling
+    // it before the adapter does is not a 404, which would close the channel.)
+    channel
+        .queue_declare(
+            "work.dead-letter".into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let got = loop {
+        if let Some(got) = channel
+            .basic_get("work.dead-letter".into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    consumer.shutdown().await.unwrap();
+    assert_eq!(log.len(), 0, "the handler never saw it");
+    assert_eq!(got.delivery.data, b"\xff\x00 not an event");
+    let headers = got.delivery.properties.headers().as_ref().unwrap().inner();
+    match headers.get(REASON_HEADER) {
+        Some(AMQPValue::LongString(s)) => {
+            let reason = String::from_utf8_lossy(s.as_bytes());
+            assert!(reason.contains("`id` is missing"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        headers.contains_key("x-death"),
+        "the original headers are kept"
+    );
+}
+
+#[tokio::test]
+async fn a_crashed_handler_gets_the_message_again_counted_and_a_crash_loop_ends_in_the_dead_letter()
+{
+    let Some(rabbit) = ms_testkit::amqp().await else {
+        return;
+    };
+    let bus = bus(&rabbit).await;
+    let subscription = Subscription::commands("work").unwrap();
+    let retry = RetryPolicy::default().max_deliveries(3);
+    bus.send("work", &event(1)).await.unwrap();
+
+    // Three consumers in turn take the message and "crash" (are aborted) while handling it.
+    for expected_attempt in 1..=3 {
+        let log = Log::default();
+        let (started, mut on_start) = tokio::sync::mpsc::unbounded_channel();
+        let handler = tower::service_fn({
+            let log = log.clone();
+            move |message: Message| {
+                log.record(&message);
+                let _ = started.send(());
+                async move { std::future::pending::<Result<Outcome, BoxError>>().await }
+            }
+        });
+        let consumer = Consumer::new(subscription.clone())
+            .retry(retry)
+            .serve(&bus, handler)
+            .await
+            .unwrap();
+        tokio::time::timeout(PATIENCE, on_start.recv())
+            .await
+            .unwrap();
+        consumer.abort();
+        assert_eq!(log.all()[0].attempt, expected_attempt);
+    }
+    // The fourth delivery is over the maximum: dead-lettered without calling the handler.
+    let log = Log::default();
+    let consumer = Consumer::new(subscription.clone())
+        .retry(retry)
+        .serve(&bus, recording(log.clone(), ack))
+        .await
+        .unwrap();
+    let dead = Log::default();
+    let dead_consumer = Consumer::new(Subscription::commands("work.dead-letter").unwrap())
+        .serve(&bus, recording(dead.clone(), ack))
+        .await
+        .unwrap();
+    wait_until(dead_consumer, || dead.len() == 1).await;
+    consumer.shutdown().await.unwrap();
+    assert_eq!(log.len(), 0);
+    let reason = dead.all()[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k == REASON_HEADER)
+        .unwrap()
+        .1
+        .clone();
+    assert!(reason.contains("more than the maximum of 3"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_rejected_message_is_dead_lettered_at_once() {
+    let Some(rabbit) = ms_testkit::amqp().await else {
+        return;
+    };
+    let bus = bus(&rabbit).await;
+    let log = Log::default();
+    let consumer = Consumer::new(Subscription::commands("work").unwrap())
+        .serve(
+            &bus,
+            recording(log.clone(), |_: &Message| {
+                Err(Reject::new("negative total").into())
+            }),
+        )
+        .await
+        .unwrap();
+    let dead = Log::default();
+    let dead_consumer = Consumer::new(Subscription::commands("work.dead-letter").unwrap())
+        .serve(&bus, recording(dead.clone(), ack))
+        .await
+        .unwrap();
+    bus.send("work", &event(1)).await.unwrap();
+    wait_until(dead_consumer, || dead.len() == 1).await;
+    consumer.shutdown().await.unwrap();
+    assert_eq!(log.len(), 1);
+    let headers: BTreeMap<_, _> = dead.all()[0].headers.iter().cloned().collect();
+    assert_eq!(
+        headers.get(REASON_HEADER).map(String::as_str),
+        Some("rejected: negative total")
+    );
+    assert_eq!(
+        headers.get(DELIVERIES_HEADER).map(String::as_str),
+        Some("1")
+    );
+}
+
+#[tokio::test]
+async fn a_closed_bus_ends_its_subscriptions_and_refuses_to_publish() {
+    let Some(rabbit) = ms_testkit::amqp().await else {
+        return;
+    };
+    let bus = bus(&rabbit).await;
+    let mut deliveries = bus
+        .subscribe(&Subscription::commands("work").unwrap())
+        .await
+        .unwrap();
+    bus.close().await;
+    assert!(matches!(
+        bus.send("work", &event(1)).await,
+        Err(ms_bus::BusError::Closed)
+    ));
+    let end = tokio::time::timeout(PATIENCE, async {
+        while let Some(item) = deliveries.next().await {
+            assert!(item.is_err());
+        }
+    });
+    end.await.expect("the stream ends");
+}
