@@ -42,7 +42,7 @@
 //! | [`ServerTraceLayer`]: server spans for HTTP and gRPC with semantic-convention attributes | [`server`] |
 //! | [`ClientTraceLayer`]: client spans for hyper and tonic, context and ID injected | [`client`] |
 //! | trace context and correlation ID in message headers (CloudEvents extension) | [`message`] |
-//! | [`TracingBuilder`]: subscriber, exporter (stdout, OTLP, in-memory), samplers | [`init`] |
+//! | [`TracingBuilder`]: subscriber, exporter (stdout, OTLP, in-memory), samplers; [`init()`], the one setup call | [`mod@init`] |
 //! | head samplers from `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` | [`head_sampling`] |
 //! | tail sampling by error, latency and ratio, with a memory budget | [`tail_sampling`] |
 //! | in-memory spans for tests (feature `testing`) | `testing` |
@@ -86,4 +86,20 @@ pub use correlation::{
     CorrelationId, CorrelationIdLayer, InvalidCorrelationId, MAX_CORRELATION_ID_LEN,
 };
 pub use init::TracingBuilder;
+
+/// The one setup call for a service: [`TracingBuilder`] configured from the environment
+/// (`OTEL_TRACES_EXPORTER`, `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`, `RUST_LOG`) and
+/// installed process-wide. Keep the guard until the process ends: dropping it flushes the last
+/// spans.
+///
+/// ```no_run
+/// fn main() -> Result<(), ms_tracing::init::InitError> {
+///     let _tracing = ms_tracing::init("invoicing")?;
+///     tracing::info!("ready");
+///     Ok(())
+/// }
+/// ```
+pub fn init(service_name: impl Into<String>) -> Result<init::TracingGuard, init::InitError> {
+    TracingBuilder::new(service_name).from_env()?.install()
+}
 pub use server::ServerTraceLayer;

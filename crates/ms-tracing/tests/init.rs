@@ -96,3 +96,15 @@ fn the_head_sampler_applies() {
     });
     assert_eq!(tracing.names(), ["kept"]);
 }
+
+#[test]
+fn tail_sampling_in_the_pipeline_keeps_only_failed_traces() {
+    let tracing =
+        TestTracing::with_tail_sampling(ms_tracing::tail_sampling::TailSampling::errors_only());
+    tracing::dispatcher::with_default(tracing.dispatch(), || {
+        tracing::info_span!("fine").in_scope(|| tracing::info_span!("fine child").in_scope(|| {}));
+        tracing::info_span!("failed", otel.status_code = "error")
+            .in_scope(|| tracing::info_span!("failed child").in_scope(|| {}));
+    });
+    assert_eq!(tracing.names(), ["failed child", "failed"]);
+}
