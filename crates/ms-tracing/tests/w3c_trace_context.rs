@@ -342,6 +342,12 @@ fn values_follow_the_grammar() {
 }
 
 #[test]
+fn a_tracestate_header_with_non_ascii_bytes_discards_the_tracestate() {
+    let s = state(&[("tracestate", b"rojo=1"), ("tracestate", b"congo=caf\xe9")]);
+    assert_eq!(s.header(), "");
+}
+
+#[test]
 fn malformed_or_duplicated_members_discard_the_whole_tracestate() {
     for bad in ["a=1,novalue", "a=1,=v", "a=1,b=2,a=3", "a=1,B=2"] {
         assert!(parse_tracestate([bad]).is_err(), "{bad}");
