@@ -108,3 +108,47 @@ fn tail_sampling_in_the_pipeline_keeps_only_failed_traces() {
     });
     assert_eq!(tracing.names(), ["failed child", "failed"]);
 }
+
+#[test]
+fn quiet_logs_do_not_silence_spans_and_the_span_filter_does() {
+    let tracing = TestTracing::with(|b| b.filter("off"));
+    tracing::dispatcher::with_default(tracing.dispatch(), || {
+        tracing::info_span!("still exported").in_scope(|| {});
+    });
+    assert_eq!(tracing.names(), ["still exported"]);
+    let tracing = TestTracing::with(|b| b.span_filter("warn"));
+    tracing::dispatcher::with_default(tracing.dispatch(), || {
+        tracing::info_span!("filtered").in_scope(|| {});
+        tracing::warn_span!("kept").in_scope(|| {});
+    });
+    assert_eq!(tracing.names(), ["kept"]);
+}
+
+#[tokio::test]
+async fn a_filtered_out_client_span_still_passes_the_current_context_on() {
+    use tower::{Service as _, ServiceBuilder, ServiceExt as _};
+    let tracing = TestTracing::with(|b| b.span_filter("info,ms_tracing::client=off"));
+    let _guard = tracing.set_default();
+    let mut client = ServiceBuilder::new()
+        .layer(ms_tracing::ClientTraceLayer::new())
+        .service_fn(|request: http::Request<()>| async move {
+            Ok::<_, std::convert::Infallible>(http::Response::new(request.headers().clone()))
+        });
+    let parent = tracing::info_span!("handler");
+    let request = http::Request::get("http://x/").body(()).unwrap();
+    let sent = tracing::Instrument::instrument(
+        async { client.ready().await.unwrap().call(request).await.unwrap() },
+        parent.clone(),
+    )
+    .await
+    .into_body()
+    .into_inner();
+    drop(parent);
+    let handler = tracing.span("handler");
+    let traceparent = sent["traceparent"].to_str().unwrap();
+    assert!(
+        traceparent.contains(&handler.span_context.span_id().to_string()),
+        "{traceparent}"
+    );
+    assert_eq!(tracing.names(), ["handler"]);
+}
