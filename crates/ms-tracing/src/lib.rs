@@ -64,6 +64,13 @@
 //! - No cargo-fuzz target: the header parsers are covered by property tests instead.
 //! - The tail sampler is one mutex-guarded map per process; its cost is measured in
 //!   `benches/benches/tracing.rs`, not tuned for many cores.
+//! - What counts as a failed call is fixed per side (tower-http's classifiers: 5xx on a server,
+//!   4xx and 5xx on a client, gRPC server faults on a server, every non-OK code on a client);
+//!   the layers do not take a custom classifier yet.
+//! - A server span that the span filter ([`TracingBuilder::span_filter`]) drops takes the
+//!   caller's trace context with it: calls made under it start new traces.
+//! - ms-bus does not call [`message::inject`] / [`message::extract`] yet; the end-to-end test
+//!   carries the message through a channel.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
