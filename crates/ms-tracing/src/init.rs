@@ -23,6 +23,8 @@ use opentelemetry_sdk::error::OTelSdkError;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SimpleSpanProcessor, SpanProcessor};
 use tracing::Dispatch;
 use tracing_subscriber::Layer as _;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::{EnvFilter, Registry};
 
@@ -113,6 +115,7 @@ pub struct TracingBuilder {
     filter: Option<String>,
     span_filter: Option<String>,
     json_logs: bool,
+    log_writer: Option<BoxMakeWriter>,
 }
 
 /// The built pipeline: a subscriber ([`Tracing::dispatch`]) and the span provider behind it.
@@ -142,6 +145,7 @@ impl TracingBuilder {
             filter: None,
             span_filter: None,
             json_logs: false,
+            log_writer: None,
         }
     }
 
@@ -193,8 +197,17 @@ impl TracingBuilder {
         self
     }
 
+    /// Where logs go (default stdout): a file, a buffer in a test.
+    pub fn log_writer<W>(mut self, writer: W) -> Self
+    where
+        W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+    {
+        self.log_writer = Some(BoxMakeWriter::new(writer));
+        self
+    }
+
     /// The pipeline, not installed anywhere.
-    pub fn build(self) -> Result<Tracing, InitError> {
+    pub fn build(mut self) -> Result<Tracing, InitError> {
         let filter = match &self.filter {
             Some(directives) => EnvFilter::try_new(directives)?,
             None => {
@@ -207,15 +220,23 @@ impl TracingBuilder {
         let tracer = provider.tracer("ms-tracing");
         // Spans and logs are filtered apart: with one filter, `RUST_LOG=warn` would disable the
         // request spans, and with them the trace context that outgoing calls carry on.
+        let writer = self
+            .log_writer
+            .take()
+            .unwrap_or_else(|| BoxMakeWriter::new(std::io::stdout));
         let logs = if self.json_logs {
             tracing_subscriber::fmt::layer()
+                .with_writer(writer)
                 .json()
                 .with_current_span(true)
                 .with_span_list(true)
                 .with_filter(filter)
                 .boxed()
         } else {
-            tracing_subscriber::fmt::layer().with_filter(filter).boxed()
+            tracing_subscriber::fmt::layer()
+                .with_writer(writer)
+                .with_filter(filter)
+                .boxed()
         };
         let subscriber = Registry::default()
             .with(

@@ -152,3 +152,42 @@ async fn a_filtered_out_client_span_still_passes_the_current_context_on() {
     );
     assert_eq!(tracing.names(), ["handler"]);
 }
+
+/// A log writer that keeps what is written.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn json_logs_are_one_object_per_event_with_the_spans_fields() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let tracing = TracingBuilder::new("svc")
+        .exporter(SpanExport::None)
+        .json_logs(true)
+        .filter("info")
+        .log_writer(move || writer.clone())
+        .build()
+        .unwrap();
+    tracing::dispatcher::with_default(tracing.dispatch(), || {
+        let span = tracing::info_span!("request", correlation.id = "order-42");
+        span.in_scope(|| tracing::info!(items = 3, "order placed"));
+    });
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let event: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(event["fields"]["message"], "order placed");
+    assert_eq!(event["fields"]["items"], 3);
+    assert_eq!(event["span"]["correlation.id"], "order-42");
+    assert_eq!(event["spans"][0]["name"], "request");
+}
