@@ -57,8 +57,9 @@
 //!   flag (the SDK sets only `sampled`), although its IDs are random; a `random` flag received
 //!   from a caller is kept on every local child and sent on.
 //! - A `tracestate` key whose `system-id` has 14 characters is valid but cannot be held by
-//!   opentelemetry 0.33's `TraceState`; such a `tracestate` is discarded
-//!   ([`propagation::InvalidTracestate::NotRepresentable`]).
+//!   opentelemetry 0.33's `TraceState`: the propagator keeps such a `tracestate` beside the span
+//!   context and sends it on unchanged, but it cannot be read or mutated through `TraceState`,
+//!   and [`message::extract`] (which returns a bare span context) drops it.
 //! - The correlation-ID rejection counter is a plain counter on the layer
 //!   ([`CorrelationIdLayer::rejected`]) plus a `warn` event; no metrics backend is wired.
 //! - No cargo-fuzz target: the header parsers are covered by property tests instead.
