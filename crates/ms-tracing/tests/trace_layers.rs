@@ -393,3 +393,20 @@ async fn the_correlation_id_reaches_the_span_whichever_layer_is_outside() {
         tracing.reset();
     }
 }
+
+#[tokio::test]
+async fn skipped_paths_get_no_span_and_still_answer() {
+    let tracing = TestTracing::new();
+    let _guard = tracing.set_default();
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/orders/{id}", axum::routing::get(|| async { "order" }))
+        .layer(ServerTraceLayer::new().skip_path("/healthz"));
+    for (path, body) in [("/healthz", "ok"), ("/orders/1", "order")] {
+        let request = Request::get(path).body(axum::body::Body::empty()).unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, body);
+    }
+    assert_eq!(tracing.names(), ["GET /orders/{id}"]);
+}
