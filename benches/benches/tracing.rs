@@ -164,6 +164,13 @@ fn tail_sampling(c: &mut Criterion) {
         TailSampling::builder().ratio(1.0).build(),
         SimpleSpanProcessor::new(Discard),
     ));
+    let kept_no_cache = provider_with(TailSamplingProcessor::new(
+        TailSampling::builder().ratio(1.0).decision_cache(0).build(),
+        SimpleSpanProcessor::new(Discard),
+    ));
+    group.bench_function("tail_sampling_trace_kept_no_decision_cache", |b| {
+        b.iter(|| five_span_trace(&kept_no_cache));
+    });
     group.bench_function("without_tail_sampling_all_exported", |b| {
         b.iter(|| five_span_trace(&without));
     });

@@ -22,6 +22,9 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkError;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SimpleSpanProcessor, SpanProcessor};
 use tracing::Dispatch;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::{EnvFilter, Registry};
 
@@ -32,7 +35,11 @@ use crate::tail_sampling::{TailSampling, TailSamplingProcessor};
 /// The variable that chooses the exporter, as the OpenTelemetry specification names it.
 pub const OTEL_TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
 
-/// The filter used when neither `RUST_LOG` nor [`TracingBuilder::filter`] says otherwise.
+/// The spans exported unless [`TracingBuilder::span_filter`] says otherwise: `info` and above,
+/// which is every span of this crate's layers and none of hyper's or h2's `trace`-level ones.
+pub const DEFAULT_SPAN_FILTER: &str = "info";
+
+/// The log filter used when neither `RUST_LOG` nor [`TracingBuilder::filter`] says otherwise.
 pub const DEFAULT_FILTER: &str = "info";
 
 /// Where finished spans go.
@@ -106,7 +113,9 @@ pub struct TracingBuilder {
     sampler: HeadSampler,
     tail: Option<TailSampling>,
     filter: Option<String>,
+    span_filter: Option<String>,
     json_logs: bool,
+    log_writer: Option<BoxMakeWriter>,
 }
 
 /// The built pipeline: a subscriber ([`Tracing::dispatch`]) and the span provider behind it.
@@ -134,7 +143,9 @@ impl TracingBuilder {
             sampler: HeadSampler::default(),
             tail: None,
             filter: None,
+            span_filter: None,
             json_logs: false,
+            log_writer: None,
         }
     }
 
@@ -167,9 +178,16 @@ impl TracingBuilder {
         self
     }
 
-    /// The log filter directives (`EnvFilter` syntax), instead of `RUST_LOG`.
+    /// The log filter directives (`EnvFilter` syntax), instead of `RUST_LOG`. Logs only: spans
+    /// have their own filter, so that quieter logs never break a distributed trace.
     pub fn filter(mut self, directives: impl Into<String>) -> Self {
         self.filter = Some(directives.into());
+        self
+    }
+
+    /// Which spans are exported (`EnvFilter` syntax; default [`DEFAULT_SPAN_FILTER`]).
+    pub fn span_filter(mut self, directives: impl Into<String>) -> Self {
+        self.span_filter = Some(directives.into());
         self
     }
 
@@ -179,28 +197,54 @@ impl TracingBuilder {
         self
     }
 
+    /// Where logs go (default stdout): a file, a buffer in a test.
+    pub fn log_writer<W>(mut self, writer: W) -> Self
+    where
+        W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+    {
+        self.log_writer = Some(BoxMakeWriter::new(writer));
+        self
+    }
+
     /// The pipeline, not installed anywhere.
-    pub fn build(self) -> Result<Tracing, InitError> {
+    pub fn build(mut self) -> Result<Tracing, InitError> {
         let filter = match &self.filter {
             Some(directives) => EnvFilter::try_new(directives)?,
             None => {
                 EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(DEFAULT_FILTER))?
             }
         };
+        let span_filter =
+            EnvFilter::try_new(self.span_filter.as_deref().unwrap_or(DEFAULT_SPAN_FILTER))?;
         let provider = self.provider()?;
         let tracer = provider.tracer("ms-tracing");
-        // One filter for spans and logs: a per-layer filter would let the OpenTelemetry layer
-        // see every `trace`-level span of hyper and h2, which costs more than it tells.
+        // Spans and logs are filtered apart: with one filter, `RUST_LOG=warn` would disable the
+        // request spans, and with them the trace context that outgoing calls carry on.
+        let writer = self
+            .log_writer
+            .take()
+            .unwrap_or_else(|| BoxMakeWriter::new(std::io::stdout));
+        let logs = if self.json_logs {
+            tracing_subscriber::fmt::layer()
+                .with_writer(writer)
+                .json()
+                .with_current_span(true)
+                .with_span_list(true)
+                .with_filter(filter)
+                .boxed()
+        } else {
+            tracing_subscriber::fmt::layer()
+                .with_writer(writer)
+                .with_filter(filter)
+                .boxed()
+        };
         let subscriber = Registry::default()
-            .with(filter)
-            .with(tracing_opentelemetry::layer().with_tracer(tracer))
-            .with(self.json_logs.then(|| {
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_current_span(true)
-                    .with_span_list(true)
-            }))
-            .with((!self.json_logs).then(tracing_subscriber::fmt::layer));
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(span_filter),
+            )
+            .with(logs);
         Ok(Tracing {
             dispatch: Dispatch::new(subscriber),
             provider,

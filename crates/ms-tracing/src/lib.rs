@@ -42,7 +42,7 @@
 //! | [`ServerTraceLayer`]: server spans for HTTP and gRPC with semantic-convention attributes | [`server`] |
 //! | [`ClientTraceLayer`]: client spans for hyper and tonic, context and ID injected | [`client`] |
 //! | trace context and correlation ID in message headers (CloudEvents extension) | [`message`] |
-//! | [`TracingBuilder`]: subscriber, exporter (stdout, OTLP, in-memory), samplers | [`init`] |
+//! | [`TracingBuilder`]: subscriber, exporter (stdout, OTLP, in-memory), samplers; [`init()`], the one setup call | [`mod@init`] |
 //! | head samplers from `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` | [`head_sampling`] |
 //! | tail sampling by error, latency and ratio, with a memory budget | [`tail_sampling`] |
 //! | in-memory spans for tests (feature `testing`) | `testing` |
@@ -57,13 +57,21 @@
 //!   flag (the SDK sets only `sampled`), although its IDs are random; a `random` flag received
 //!   from a caller is kept on every local child and sent on.
 //! - A `tracestate` key whose `system-id` has 14 characters is valid but cannot be held by
-//!   opentelemetry 0.33's `TraceState`; such a `tracestate` is discarded
-//!   ([`propagation::InvalidTracestate::NotRepresentable`]).
+//!   opentelemetry 0.33's `TraceState`: the propagator keeps such a `tracestate` beside the span
+//!   context and sends it on unchanged, but it cannot be read or mutated through `TraceState`,
+//!   and [`message::extract`] (which returns a bare span context) drops it.
 //! - The correlation-ID rejection counter is a plain counter on the layer
 //!   ([`CorrelationIdLayer::rejected`]) plus a `warn` event; no metrics backend is wired.
 //! - No cargo-fuzz target: the header parsers are covered by property tests instead.
 //! - The tail sampler is one mutex-guarded map per process; its cost is measured in
 //!   `benches/benches/tracing.rs`, not tuned for many cores.
+//! - What counts as a failed call is fixed per side (tower-http's classifiers: 5xx on a server,
+//!   4xx and 5xx on a client, gRPC server faults on a server, every non-OK code on a client);
+//!   the layers do not take a custom classifier yet.
+//! - A server span that the span filter ([`TracingBuilder::span_filter`]) drops takes the
+//!   caller's trace context with it: calls made under it start new traces.
+//! - ms-bus does not call [`message::inject`] / [`message::extract`] yet; the end-to-end test
+//!   carries the message through a channel.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -86,4 +94,20 @@ pub use correlation::{
     CorrelationId, CorrelationIdLayer, InvalidCorrelationId, MAX_CORRELATION_ID_LEN,
 };
 pub use init::TracingBuilder;
+
+/// The one setup call for a service: [`TracingBuilder`] configured from the environment
+/// (`OTEL_TRACES_EXPORTER`, `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`, `RUST_LOG`) and
+/// installed process-wide. Keep the guard until the process ends: dropping it flushes the last
+/// spans.
+///
+/// ```no_run
+/// fn main() -> Result<(), ms_tracing::init::InitError> {
+///     let _tracing = ms_tracing::init("invoicing")?;
+///     tracing::info!("ready");
+///     Ok(())
+/// }
+/// ```
+pub fn init(service_name: impl Into<String>) -> Result<init::TracingGuard, init::InitError> {
+    TracingBuilder::new(service_name).from_env()?.install()
+}
 pub use server::ServerTraceLayer;

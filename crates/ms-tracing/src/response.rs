@@ -10,6 +10,10 @@ use std::task::{Context, Poll, ready};
 use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use tower_http::classify::{
+    ClassifiedResponse, ClassifyEos as _, ClassifyResponse as _, GrpcCode, GrpcEosErrorsAsFailures,
+    GrpcErrorsAsFailures, ServerErrorsAsFailures, StatusInRangeAsFailures,
+};
 use tracing::Span;
 
 /// Which side of the call a span is, which decides what counts as an error.
@@ -42,27 +46,59 @@ pub(crate) fn grpc_service_method(path: &str) -> Option<(&str, &str)> {
         .then_some((service, method))
 }
 
-/// Records the gRPC status on the span and, when it counts as a failure for this side, the
-/// error status. Server side, per the semantic conventions, only the codes that point at the
-/// server are failures (`UNKNOWN`, `DEADLINE_EXCEEDED`, `UNIMPLEMENTED`, `INTERNAL`,
-/// `UNAVAILABLE`, `DATA_LOSS`); client side, every code but `OK`.
-fn record_grpc_status(span: &Span, side: Side, headers: &HeaderMap) -> bool {
-    let Some(code) = headers
+/// What counts as a failed gRPC call for `side`, as a tower-http classifier so that this crate's
+/// spans agree with tower-http's `TraceLayer` and with retry and breaker layers that use the
+/// same classifiers: client side every code but `OK`; server side, per the semantic
+/// conventions, only the codes that point at the server (`UNKNOWN`, `DEADLINE_EXCEEDED`,
+/// `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`): the others are the caller's doing.
+fn grpc_classifier(side: Side) -> GrpcErrorsAsFailures {
+    match side {
+        Side::Client => GrpcErrorsAsFailures::new(),
+        Side::Server => [
+            GrpcCode::Cancelled,
+            GrpcCode::InvalidArgument,
+            GrpcCode::NotFound,
+            GrpcCode::AlreadyExists,
+            GrpcCode::PermissionDenied,
+            GrpcCode::ResourceExhausted,
+            GrpcCode::FailedPrecondition,
+            GrpcCode::Aborted,
+            GrpcCode::OutOfRange,
+            GrpcCode::Unauthenticated,
+        ]
+        .into_iter()
+        .fold(
+            GrpcErrorsAsFailures::new(),
+            GrpcErrorsAsFailures::with_success,
+        ),
+    }
+}
+
+/// Whether an HTTP response failed, for `side`: 5xx on a server (tower-http's
+/// `ServerErrorsAsFailures`), 4xx and 5xx on a client.
+fn http_failed<B>(side: Side, response: &Response<B>) -> bool {
+    match side {
+        Side::Server => matches!(
+            ServerErrorsAsFailures::new().classify_response(response),
+            ClassifiedResponse::Ready(Err(_))
+        ),
+        Side::Client => matches!(
+            StatusInRangeAsFailures::new_for_client_and_server_errors().classify_response(response),
+            ClassifiedResponse::Ready(Err(_))
+        ),
+    }
+}
+
+/// Records the numeric `grpc-status` of `headers` (response headers of a trailers-only
+/// response, or trailers), if there is one.
+fn record_grpc_code(span: &Span, headers: &HeaderMap) {
+    if let Some(code) = headers
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i64>().ok())
-    else {
-        return false;
-    };
-    span.record("rpc.grpc.status_code", code);
-    let failed = match side {
-        Side::Server => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
-        Side::Client => code != 0,
-    };
-    if failed {
-        span.record("otel.status_code", "error");
+    {
+        span.record("rpc.grpc.status_code", code);
     }
-    true
 }
 
 pin_project! {
@@ -112,30 +148,32 @@ where
                 return Poll::Ready(Err(error));
             }
         };
-        let status = response.status();
-        let mut grpc_done = false;
+        let mut eos = None;
         match this.protocol {
             Protocol::Http => {
-                span.record("http.response.status_code", i64::from(status.as_u16()));
-                let failed = match this.side {
-                    Side::Server => status.is_server_error(),
-                    Side::Client => status.is_client_error() || status.is_server_error(),
-                };
-                if failed {
+                span.record(
+                    "http.response.status_code",
+                    i64::from(response.status().as_u16()),
+                );
+                if http_failed(*this.side, &response) {
                     span.record("otel.status_code", "error");
                 }
             }
-            Protocol::Grpc => {
+            Protocol::Grpc => match grpc_classifier(*this.side).classify_response(&response) {
                 // A "trailers-only" response carries its status in the headers.
-                grpc_done = record_grpc_status(&span, *this.side, response.headers());
-            }
+                ClassifiedResponse::Ready(outcome) => {
+                    record_grpc_code(&span, response.headers());
+                    if outcome.is_err() {
+                        span.record("otel.status_code", "error");
+                    }
+                }
+                ClassifiedResponse::RequiresEos(classifier) => eos = Some(classifier),
+            },
         }
-        let (side, grpc) = (*this.side, *this.protocol == Protocol::Grpc && !grpc_done);
         Poll::Ready(Ok(response.map(|inner| ResponseBody {
             inner,
             span: Some(span),
-            side,
-            grpc,
+            eos,
         })))
     }
 }
@@ -155,8 +193,7 @@ pin_project! {
         #[pin]
         inner: B,
         span: Option<Span>,
-        side: Side,
-        grpc: bool,
+        eos: Option<GrpcEosErrorsAsFailures>,
     }
 }
 
@@ -175,8 +212,7 @@ impl<B> ResponseBody<B> {
         Self {
             inner,
             span: None,
-            side: Side::Server,
-            grpc: false,
+            eos: None,
         }
     }
 }
@@ -194,8 +230,11 @@ impl<B: Body> Body for ResponseBody<B> {
         match &frame {
             Some(Ok(frame)) => {
                 if let (Some(trailers), Some(span)) = (frame.trailers_ref(), this.span.as_ref()) {
-                    if *this.grpc {
-                        record_grpc_status(span, *this.side, trailers);
+                    if let Some(classifier) = this.eos.take() {
+                        record_grpc_code(span, trailers);
+                        if classifier.classify_eos(Some(trailers)).is_err() {
+                            span.record("otel.status_code", "error");
+                        }
                     }
                     // Trailers are the last frame: the exchange is over.
                     *this.span = None;

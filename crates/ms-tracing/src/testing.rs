@@ -34,7 +34,8 @@ pub struct TestTracing {
 }
 
 impl TestTracing {
-    /// Every span recorded and kept ([`HeadSampler::AlwaysOn`]); logs at `warn` and above.
+    /// Every `info` span recorded and kept ([`HeadSampler::AlwaysOn`]); logs at `warn` and
+    /// above.
     pub fn new() -> Self {
         Self::with(|builder| builder)
     }
@@ -53,7 +54,7 @@ impl TestTracing {
         let exporter = InMemorySpanExporter::default();
         let builder = TracingBuilder::new("test")
             .sampler(HeadSampler::AlwaysOn)
-            .filter("info,h2=warn,hyper=warn,tower=warn,tonic=warn");
+            .filter("warn");
         let tracing = configure(builder)
             .exporter(SpanExport::InMemory(exporter.clone()))
             .build()

@@ -96,3 +96,98 @@ fn the_head_sampler_applies() {
     });
     assert_eq!(tracing.names(), ["kept"]);
 }
+
+#[test]
+fn tail_sampling_in_the_pipeline_keeps_only_failed_traces() {
+    let tracing =
+        TestTracing::with_tail_sampling(ms_tracing::tail_sampling::TailSampling::errors_only());
+    tracing::dispatcher::with_default(tracing.dispatch(), || {
+        tracing::info_span!("fine").in_scope(|| tracing::info_span!("fine child").in_scope(|| {}));
+        tracing::info_span!("failed", otel.status_code = "error")
+            .in_scope(|| tracing::info_span!("failed child").in_scope(|| {}));
+    });
+    assert_eq!(tracing.names(), ["failed child", "failed"]);
+}
+
+#[test]
+fn quiet_logs_do_not_silence_spans_and_the_span_filter_does() {
+    let tracing = TestTracing::with(|b| b.filter("off"));
+    tracing::dispatcher::with_default(tracing.dispatch(), || {
+        tracing::info_span!("still exported").in_scope(|| {});
+    });
+    assert_eq!(tracing.names(), ["still exported"]);
+    let tracing = TestTracing::with(|b| b.span_filter("warn"));
+    tracing::dispatcher::with_default(tracing.dispatch(), || {
+        tracing::info_span!("filtered").in_scope(|| {});
+        tracing::warn_span!("kept").in_scope(|| {});
+    });
+    assert_eq!(tracing.names(), ["kept"]);
+}
+
+#[tokio::test]
+async fn a_filtered_out_client_span_still_passes_the_current_context_on() {
+    use tower::{Service as _, ServiceBuilder, ServiceExt as _};
+    let tracing = TestTracing::with(|b| b.span_filter("info,ms_tracing::client=off"));
+    let _guard = tracing.set_default();
+    let mut client = ServiceBuilder::new()
+        .layer(ms_tracing::ClientTraceLayer::new())
+        .service_fn(|request: http::Request<()>| async move {
+            Ok::<_, std::convert::Infallible>(http::Response::new(request.headers().clone()))
+        });
+    let parent = tracing::info_span!("handler");
+    let request = http::Request::get("http://x/").body(()).unwrap();
+    let sent = tracing::Instrument::instrument(
+        async { client.ready().await.unwrap().call(request).await.unwrap() },
+        parent.clone(),
+    )
+    .await
+    .into_body()
+    .into_inner();
+    drop(parent);
+    let handler = tracing.span("handler");
+    let traceparent = sent["traceparent"].to_str().unwrap();
+    assert!(
+        traceparent.contains(&handler.span_context.span_id().to_string()),
+        "{traceparent}"
+    );
+    assert_eq!(tracing.names(), ["handler"]);
+}
+
+/// A log writer that keeps what is written.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn json_logs_are_one_object_per_event_with_the_spans_fields() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let tracing = TracingBuilder::new("svc")
+        .exporter(SpanExport::None)
+        .json_logs(true)
+        .filter("info")
+        .log_writer(move || writer.clone())
+        .build()
+        .unwrap();
+    tracing::dispatcher::with_default(tracing.dispatch(), || {
+        let span = tracing::info_span!("request", correlation.id = "order-42");
+        span.in_scope(|| tracing::info!(items = 3, "order placed"));
+    });
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    let event: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(event["fields"]["message"], "order placed");
+    assert_eq!(event["fields"]["items"], 3);
+    assert_eq!(event["span"]["correlation.id"], "order-42");
+    assert_eq!(event["spans"][0]["name"], "request");
+}

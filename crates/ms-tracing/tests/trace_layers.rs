@@ -303,3 +303,110 @@ async fn baggage_received_by_a_server_goes_out_with_its_calls() {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "tenant=acme");
 }
+
+#[tokio::test]
+async fn a_trailers_only_grpc_error_is_classified_on_both_sides() {
+    let tracing = TestTracing::new();
+    let _guard = tracing.set_default();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(ServerTraceLayer::new())
+            .add_service(health)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    // A method the server does not have: tonic answers UNIMPLEMENTED (12) in the headers.
+    let mut client = ServiceBuilder::new()
+        .layer(ClientTraceLayer::new())
+        .service(
+            Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http::<Empty<Bytes>>(),
+        );
+    let request = Request::post(format!("http://{address}/grpc.health.v1.Health/Nope"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Empty::new())
+        .unwrap();
+    let response = client.ready().await.unwrap().call(request).await.unwrap();
+    assert_eq!(response.headers()["grpc-status"], "12");
+    response.into_body().collect().await.unwrap();
+
+    let spans = spans_named(&tracing, "grpc.health.v1.Health/Nope", 2).await;
+    for span in &spans {
+        assert_eq!(
+            attribute(span, "rpc.grpc.status_code").as_deref(),
+            Some("12"),
+            "{:?}",
+            span.span_kind
+        );
+        // UNIMPLEMENTED points at the server: an error on both sides.
+        assert!(
+            matches!(span.status, Status::Error { .. }),
+            "{:?}",
+            span.span_kind
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_correlation_id_reaches_the_span_whichever_layer_is_outside() {
+    let tracing = TestTracing::new();
+    let _guard = tracing.set_default();
+    let handler =
+        |_: Request<()>| async { Ok::<_, std::convert::Infallible>(http::Response::new(())) };
+    let mut correlation_outside = ServiceBuilder::new()
+        .layer(ms_tracing::CorrelationIdLayer::new())
+        .layer(ServerTraceLayer::new())
+        .service_fn(handler);
+    let mut trace_outside = ServiceBuilder::new()
+        .layer(ServerTraceLayer::new())
+        .layer(ms_tracing::CorrelationIdLayer::new())
+        .service_fn(handler);
+    for (n, id) in ["outer-1", "inner-2"].into_iter().enumerate() {
+        let request = Request::get("/")
+            .header("x-correlation-id", id)
+            .body(())
+            .unwrap();
+        let response = if n == 0 {
+            correlation_outside
+                .ready()
+                .await
+                .unwrap()
+                .call(request)
+                .await
+                .unwrap()
+        } else {
+            trace_outside
+                .ready()
+                .await
+                .unwrap()
+                .call(request)
+                .await
+                .unwrap()
+        };
+        drop(response);
+        let span = tracing.span("GET");
+        assert_eq!(attribute(&span, "correlation.id").as_deref(), Some(id));
+        tracing.reset();
+    }
+}
+
+#[tokio::test]
+async fn skipped_paths_get_no_span_and_still_answer() {
+    let tracing = TestTracing::new();
+    let _guard = tracing.set_default();
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/orders/{id}", axum::routing::get(|| async { "order" }))
+        .layer(ServerTraceLayer::new().skip_path("/healthz"));
+    for (path, body) in [("/healthz", "ok"), ("/orders/1", "order")] {
+        let request = Request::get(path).body(axum::body::Body::empty()).unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, body);
+    }
+    assert_eq!(tracing.names(), ["GET /orders/{id}"]);
+}

@@ -342,6 +342,12 @@ fn values_follow_the_grammar() {
 }
 
 #[test]
+fn a_tracestate_header_with_non_ascii_bytes_discards_the_tracestate() {
+    let s = state(&[("tracestate", b"rojo=1"), ("tracestate", b"congo=caf\xe9")]);
+    assert_eq!(s.header(), "");
+}
+
+#[test]
 fn malformed_or_duplicated_members_discard_the_whole_tracestate() {
     for bad in ["a=1,novalue", "a=1,=v", "a=1,b=2,a=3", "a=1,B=2"] {
         assert!(parse_tracestate([bad]).is_err(), "{bad}");
@@ -487,4 +493,121 @@ proptest! {
             prop_assert!(parse_tracestate([shortened.as_str()]).is_ok());
         }
     }
+}
+
+// ---- cases of the W3C test suite (w3c/trace-context test/test.py) not covered above ---------
+
+/// Extracts, then injects from a child span of the extracted context, as a service would.
+fn forwarded(pairs: &[(&str, &[u8])]) -> HeaderMap {
+    use opentelemetry::trace::{Tracer as _, TracerProvider as _};
+    let map = headers(pairs);
+    let cx = propagator().extract_with_context(&Context::new(), &HeaderExtractor(&map));
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let tracer = provider.tracer("test");
+    let child = tracer.start_with_context("child", &cx);
+    let cx = cx.with_span(child);
+    let mut out = HeaderMap::new();
+    propagator().inject_context(&cx, &mut HeaderInjector(&mut out));
+    out
+}
+
+#[test]
+fn a_14_character_system_id_is_carried_on_although_opentelemetry_cannot_hold_it() {
+    // test_tracestate_key_length_limit: 241-character tenant, 14-character system.
+    let long = format!("{}@{}=1", "t".repeat(241), "v".repeat(14));
+    let out = forwarded(&[
+        ("traceparent", VALID.as_bytes()),
+        ("tracestate", b"foo=1"),
+        ("tracestate", long.as_bytes()),
+    ]);
+    assert_eq!(out["tracestate"], format!("foo=1,{long}").as_str());
+    // Not for a different trace: the kept value belongs to the trace it came with.
+    let remote = parent(VALID).unwrap();
+    let other = SpanContext::new(
+        TraceId::from(42_u128),
+        remote.span_id(),
+        remote.trace_flags(),
+        true,
+        TraceState::default(),
+    );
+    let map = headers(&[
+        ("traceparent", VALID.as_bytes()),
+        ("tracestate", long.as_bytes()),
+    ]);
+    let cx = propagator()
+        .extract_with_context(&Context::new(), &HeaderExtractor(&map))
+        .with_remote_span_context(other);
+    let mut out = HeaderMap::new();
+    propagator().inject_context(&cx, &mut HeaderInjector(&mut out));
+    assert!(!out.contains_key("tracestate"));
+}
+
+#[test]
+fn every_allowed_character_survives_the_round_trip() {
+    // test_tracestate_all_allowed_characters
+    let key = "abcdefghijklmnopqrstuvwxyz0123456789_-*/";
+    let vendor_key = format!("{key}@a-z0-9_-*/");
+    let value: String = (0x20u8..=0x7e)
+        .filter(|c| *c != b',' && *c != b'=')
+        .map(char::from)
+        .collect();
+    for key in [key.to_owned(), vendor_key] {
+        let member = format!("{key}={value}");
+        let out = forwarded(&[
+            ("traceparent", VALID.as_bytes()),
+            ("tracestate", member.as_bytes()),
+        ]);
+        assert_eq!(out["tracestate"], member.as_str());
+    }
+}
+
+#[test]
+fn the_suites_malformed_keys_and_values_discard_the_tracestate() {
+    // test_tracestate_key_illegal_characters, _key_illegal_vendor_format,
+    // _value_illegal_characters, _duplicated_keys
+    for bad in [
+        "foo =1",
+        "FOO=1",
+        "foo.bar=1",
+        "foo@=1,bar=2",
+        "@foo=1,bar=2",
+        "foo@@bar=1,bar=2",
+        "foo@bar@baz=1,bar=2",
+        "foo=bar=baz",
+        "foo=,bar=3",
+        "foo=1,foo=1",
+    ] {
+        let out = forwarded(&[
+            ("traceparent", VALID.as_bytes()),
+            ("tracestate", bad.as_bytes()),
+        ]);
+        assert!(!out.contains_key("tracestate"), "{bad}");
+    }
+    let out = forwarded(&[
+        ("traceparent", VALID.as_bytes()),
+        ("tracestate", b"foo=1"),
+        ("tracestate", b"foo=2"),
+    ]);
+    assert!(!out.contains_key("tracestate"));
+}
+
+#[test]
+fn the_suites_empty_and_whitespace_tracestates_are_handled() {
+    // test_tracestate_empty_header, test_tracestate_ows_handling
+    let out = forwarded(&[("traceparent", VALID.as_bytes()), ("tracestate", b"")]);
+    assert!(!out.contains_key("tracestate"));
+    for pairs in [
+        &[("tracestate", &b"foo=1"[..]), ("tracestate", b"")][..],
+        &[("tracestate", b""), ("tracestate", b"foo=1")],
+        &[("tracestate", b"\t foo=1 \t")],
+    ] {
+        let mut all = vec![("traceparent", VALID.as_bytes())];
+        all.extend_from_slice(pairs);
+        assert_eq!(forwarded(&all)["tracestate"], "foo=1");
+    }
+    let out = forwarded(&[
+        ("traceparent", VALID.as_bytes()),
+        ("tracestate", b"foo=1 \t , \t bar=2, \t baz=3"),
+    ]);
+    assert_eq!(out["tracestate"], "foo=1,bar=2,baz=3");
 }

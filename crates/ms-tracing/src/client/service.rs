@@ -2,6 +2,7 @@ use std::task::{Context, Poll};
 
 use http::{HeaderValue, Request, Response};
 use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::trace::TraceContextExt as _;
 use tower::Service;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -44,8 +45,14 @@ where
             .or_else(|| request.extensions().get::<CorrelationId>().cloned());
         let span = client_span(&request, protocol, correlation_id.as_ref());
         // The client span's own context goes out, so the server's span is its child. Baggage
-        // of the current context is carried by the span's context too.
-        propagator().inject_context(&span.context(), &mut HeaderInjector(request.headers_mut()));
+        // of the current context is carried by the span's context too. A span filtered out (or
+        // kept from the OpenTelemetry layer by a per-layer filter) has no valid context: the
+        // current one goes out instead, so the trace is not cut.
+        let mut cx = span.context();
+        if !cx.span().span_context().is_valid() {
+            cx = tracing::Span::current().context();
+        }
+        propagator().inject_context(&cx, &mut HeaderInjector(request.headers_mut()));
         let header = &self.layer.correlation_header;
         if let Some(id) = correlation_id
             && !request.headers().contains_key(header)

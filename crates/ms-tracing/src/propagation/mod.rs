@@ -72,10 +72,16 @@ pub fn new_propagator() -> TextMapCompositePropagator {
 #[derive(Debug, Clone, Copy)]
 pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
 
+/// What a header value that is not visible ASCII reads as: U+FFFD is outside every grammar
+/// of W3C Trace Context and Baggage, so the value is refused rather than read as empty (an
+/// empty `tracestate` header would be valid).
+const NOT_ASCII: &str = "\u{fffd}";
+
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        // A value that is not visible ASCII reads as empty: invalid for every header we parse.
-        self.0.get(key).map(|value| value.to_str().unwrap_or(""))
+        self.0
+            .get(key)
+            .map(|value| value.to_str().unwrap_or(NOT_ASCII))
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -87,7 +93,7 @@ impl Extractor for HeaderExtractor<'_> {
             .0
             .get_all(key)
             .iter()
-            .map(|value| value.to_str().unwrap_or(""))
+            .map(|value| value.to_str().unwrap_or(NOT_ASCII))
             .collect();
         (!values.is_empty()).then_some(values)
     }

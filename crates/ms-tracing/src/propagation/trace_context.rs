@@ -3,10 +3,10 @@ use std::sync::OnceLock;
 use opentelemetry::Context;
 use opentelemetry::propagation::text_map_propagator::FieldIter;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, TraceContextExt, TraceState};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceId, TraceState};
 
 use super::traceparent::Traceparent;
-use super::tracestate::{parse_tracestate, tracestate_header};
+use super::tracestate::{parse_members, shortened_header, tracestate_header};
 
 /// The `traceparent` header name.
 pub const TRACEPARENT: &str = "traceparent";
@@ -43,24 +43,50 @@ impl W3cTraceContextPropagator {
     }
 
     /// The remote span context carried by `extractor`, if it carries a valid one.
+    ///
+    /// A valid `tracestate` that opentelemetry's `TraceState` cannot hold
+    /// ([`InvalidTracestate::NotRepresentable`](super::InvalidTracestate::NotRepresentable)) is
+    /// missing from the span context returned here; [`TextMapPropagator::extract_with_context`]
+    /// keeps it beside the span context and sends it on.
     pub fn extract_span_context(&self, extractor: &dyn Extractor) -> Option<SpanContext> {
+        Self::extract_parts(extractor).map(|(remote, _)| remote)
+    }
+
+    fn extract_parts(
+        extractor: &dyn Extractor,
+    ) -> Option<(SpanContext, Option<UnrepresentableTracestate>)> {
         let parents = extractor.get_all(TRACEPARENT)?;
         let [parent] = parents.as_slice() else {
             return None;
         };
         let parent = Traceparent::parse(parent).ok()?;
-        let state = extractor
+        let members = extractor
             .get_all(TRACESTATE)
-            .and_then(|values| parse_tracestate(values).ok())
+            .and_then(|values| parse_members(values).ok())
             .unwrap_or_default();
-        Some(SpanContext::new(
-            parent.trace_id,
-            parent.parent_id,
-            parent.flags,
-            true,
-            state,
-        ))
+        let header_len = members.len();
+        let (state, raw) = match TraceState::from_key_value(members.iter().copied()) {
+            Ok(state) => (state, None),
+            Err(_) if header_len > 0 => (
+                TraceState::default(),
+                Some(UnrepresentableTracestate {
+                    trace_id: parent.trace_id,
+                    header: shortened_header(members),
+                }),
+            ),
+            Err(_) => (TraceState::default(), None),
+        };
+        let remote = SpanContext::new(parent.trace_id, parent.parent_id, parent.flags, true, state);
+        Some((remote, raw))
     }
+}
+
+/// A valid `tracestate` that opentelemetry's `TraceState` refuses, kept in the context beside
+/// the remote span context so that it still goes out with the trace it came with.
+#[derive(Debug, Clone)]
+struct UnrepresentableTracestate {
+    trace_id: TraceId,
+    header: String,
 }
 
 impl TextMapPropagator for W3cTraceContextPropagator {
@@ -76,16 +102,22 @@ impl TextMapPropagator for W3cTraceContextPropagator {
             flags: span_context.trace_flags(),
         };
         injector.set(TRACEPARENT, parent.to_header());
-        let state: &TraceState = span_context.trace_state();
-        let header = tracestate_header(state);
+        let mut header = tracestate_header(span_context.trace_state());
+        if header.is_empty()
+            && let Some(raw) = cx.get::<UnrepresentableTracestate>()
+            && raw.trace_id == span_context.trace_id()
+        {
+            header.clone_from(&raw.header);
+        }
         if !header.is_empty() {
             injector.set(TRACESTATE, header);
         }
     }
 
     fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
-        match self.extract_span_context(extractor) {
-            Some(remote) => cx.with_remote_span_context(remote),
+        match Self::extract_parts(extractor) {
+            Some((remote, None)) => cx.with_remote_span_context(remote),
+            Some((remote, Some(raw))) => cx.with_remote_span_context(remote).with_value(raw),
             None => cx.clone(),
         }
     }

@@ -31,7 +31,8 @@ pub enum InvalidTracestate {
     },
     /// Valid by the recommendation, but opentelemetry 0.33's `TraceState` refuses it, so it
     /// cannot be carried in a span context: its key check allows a `system-id` of at most 13
-    /// characters where the grammar allows 14.
+    /// characters where the grammar allows 14. The propagator still forwards such a
+    /// `tracestate` (kept beside the span context); only [`parse_tracestate`] reports it.
     #[error("tracestate is valid but cannot be represented by opentelemetry's TraceState")]
     NotRepresentable,
     /// A key appears twice.
@@ -49,6 +50,13 @@ pub enum InvalidTracestate {
 pub fn parse_tracestate<'a>(
     values: impl IntoIterator<Item = &'a str>,
 ) -> Result<TraceState, InvalidTracestate> {
+    to_trace_state(parse_members(values)?)
+}
+
+/// The list members of the `tracestate` headers, checked against the grammar and the limits.
+pub(crate) fn parse_members<'a>(
+    values: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<(&'a str, &'a str)>, InvalidTracestate> {
     let mut members: Vec<(&str, &str)> = Vec::new();
     for member in values.into_iter().flat_map(|value| value.split(',')) {
         let member = member.trim_matches([' ', '\t']);
@@ -70,7 +78,7 @@ pub fn parse_tracestate<'a>(
             count: members.len(),
         });
     }
-    to_trace_state(members)
+    Ok(members)
 }
 
 /// `state` with `key=value` added or updated. Per §3.3.1.4 (mutation), the member moves to
@@ -95,7 +103,11 @@ pub fn tracestate_with(
 /// [`TRACESTATE_PROPAGATION_LIMIT`]: first members longer than 128 characters are removed,
 /// right to left, then any member from the right, until it fits.
 pub fn tracestate_header(state: &TraceState) -> String {
-    let mut members: Vec<(&str, &str)> = state.into_iter().collect();
+    shortened_header(state.into_iter().collect())
+}
+
+/// The header value for `members`, shortened as [`tracestate_header`] says.
+pub(crate) fn shortened_header(mut members: Vec<(&str, &str)>) -> String {
     let member_len = |(k, v): &(&str, &str)| k.len() + 1 + v.len();
     let total = |members: &[(&str, &str)]| {
         members.iter().map(member_len).sum::<usize>() + members.len().saturating_sub(1)

@@ -6,6 +6,7 @@ use tower::Service;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use super::ServerTraceLayer;
 use crate::correlation::CorrelationId;
 use crate::propagation::{HeaderExtractor, propagator};
 use crate::response::{Protocol, ResponseBody, ResponseFuture, Side, grpc_service_method};
@@ -14,12 +15,18 @@ use crate::response::{Protocol, ResponseBody, ResponseFuture, Side, grpc_service
 #[derive(Debug, Clone)]
 pub struct ServerTraceService<S> {
     inner: S,
+    layer: ServerTraceLayer,
 }
 
 impl<S> ServerTraceService<S> {
-    /// Wraps `inner`.
+    /// Wraps `inner`, tracing every request.
     pub fn new(inner: S) -> Self {
-        Self { inner }
+        Self::with_layer(inner, ServerTraceLayer::new())
+    }
+
+    /// Wraps `inner` with the settings of `layer`.
+    pub fn with_layer(inner: S, layer: ServerTraceLayer) -> Self {
+        Self { inner, layer }
     }
 }
 
@@ -37,6 +44,16 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let protocol = Protocol::of(request.headers());
+        let path = request.uri().path();
+        if self
+            .layer
+            .skipped_paths
+            .iter()
+            .any(|skipped| skipped == path)
+        {
+            let future = self.inner.call(request);
+            return ResponseFuture::new(future, tracing::Span::none(), Side::Server, protocol);
+        }
         let span = server_span(&request, protocol);
         let parent = propagator().extract_with_context(
             &opentelemetry::Context::new(),

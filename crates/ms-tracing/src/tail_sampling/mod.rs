@@ -37,7 +37,9 @@
 //! A *local trace* is what one process sees of a trace; its *local roots* are the spans whose
 //! parent is remote or absent (an incoming request, a consumed message). The decision is made
 //! when the last open local root of the trace ends; spans that end after that (a task that
-//! outlived its request) follow the decision, which is remembered in a bounded cache.
+//! outlived its request) follow the decision, which is remembered in a bounded cache. A late
+//! span whose decision has already left the cache is buffered as a trace of its own and, having
+//! no local root, is eventually decided by the [`Overflow`] policy when the budget evicts it.
 //!
 //! Memory is bounded: at most [`TailSampling::max_traces`] traces are buffered and at most
 //! [`TailSampling::max_spans_per_trace`] spans per trace. A trace that would break a bound is

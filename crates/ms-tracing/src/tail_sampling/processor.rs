@@ -53,14 +53,22 @@ impl TailSamplingStats {
     }
 }
 
+/// Trace IDs arrive from callers, so the maps need a seeded hash (no one can pick IDs that
+/// collide), but `SipHash` was a fifth of the processor's cost: foldhash's quality variant is
+/// seeded per process and several times faster.
+type Hasher = foldhash::quality::RandomState;
+
 #[derive(Debug, Default)]
 struct State {
-    pending: HashMap<TraceId, Pending>,
+    pending: HashMap<TraceId, Pending, Hasher>,
     /// Pending traces, oldest first, for eviction; may hold IDs already decided (skipped).
     arrival: VecDeque<TraceId>,
-    decided: HashMap<TraceId, bool>,
+    decided: HashMap<TraceId, bool, Hasher>,
     decided_order: VecDeque<TraceId>,
 }
+
+/// How many stale entries `arrival` may hold beyond twice the pending traces before a sweep.
+const ARRIVAL_SLACK: usize = 64;
 
 #[derive(Debug, Default)]
 struct Pending {
@@ -118,6 +126,13 @@ impl<P: SpanProcessor> TailSamplingProcessor<P> {
     /// Records a decision; returns what to do with the trace's buffered spans.
     fn decide(&self, state: &mut State, trace_id: TraceId, keep: bool) -> Verdict {
         let pending = state.pending.remove(&trace_id).unwrap_or_default();
+        // `arrival` keeps the IDs of decided traces until eviction reaches them; without this
+        // sweep it would grow with every trace while nothing is ever evicted. Sweeping when it
+        // is twice as long as needed keeps the cost amortised constant per trace.
+        if state.arrival.len() > 2 * state.pending.len() + ARRIVAL_SLACK {
+            let pending = &state.pending;
+            state.arrival.retain(|id| pending.contains_key(id));
+        }
         if self.config.decision_cache > 0 {
             if state.decided.insert(trace_id, keep).is_none() {
                 state.decided_order.push_back(trace_id);
@@ -288,5 +303,61 @@ impl<P: SpanProcessor> SpanProcessor for TailSamplingProcessor<P> {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use opentelemetry::trace::{Tracer as _, TracerProvider as _};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SimpleSpanProcessor};
+
+    use super::*;
+
+    type Inner = TailSamplingProcessor<SimpleSpanProcessor<InMemorySpanExporter>>;
+
+    /// Lets the test look inside the processor the provider owns.
+    #[derive(Debug)]
+    struct Shared(Arc<Inner>);
+
+    impl SpanProcessor for Shared {
+        fn on_start(&self, span: &mut Span, cx: &Context) {
+            self.0.on_start(span, cx);
+        }
+        fn on_end(&self, span: SpanData) {
+            self.0.on_end(span);
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            self.0.force_flush()
+        }
+        fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+            self.0.shutdown_with_timeout(timeout)
+        }
+    }
+
+    #[test]
+    fn bookkeeping_stays_bounded_over_many_traces() {
+        let config = TailSampling::builder().decision_cache(100).build();
+        let processor = Arc::new(TailSamplingProcessor::new(
+            config,
+            SimpleSpanProcessor::new(InMemorySpanExporter::default()),
+        ));
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(Shared(Arc::clone(&processor)))
+            .build();
+        let tracer = provider.tracer("test");
+        for _ in 0..10_000 {
+            tracer.in_span("root", |_| tracer.in_span("child", |_| {}));
+        }
+        let state = processor.lock();
+        assert!(state.pending.is_empty());
+        assert!(
+            state.arrival.len() <= ARRIVAL_SLACK + 1,
+            "{}",
+            state.arrival.len()
+        );
+        assert_eq!(state.decided.len(), 100);
+        assert_eq!(state.decided_order.len(), 100);
     }
 }
