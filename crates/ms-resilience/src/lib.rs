@@ -9,6 +9,9 @@ pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;
 mod error;
+#[cfg(feature = "rate-limit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
+pub mod rate_limit;
 pub mod retry;
 pub mod timeout;
 
