@@ -245,6 +245,23 @@ impl tower::retry::Policy<u64, u64, Infallible> for NeverRetry {
     }
 }
 
+/// The same policy holding shared state, as a real one does (tower's `TpsBudget` sits behind an
+/// `Arc`): tower's retry future holds a clone of the policy.
+#[derive(Clone)]
+struct NeverRetryShared(#[allow(dead_code)] std::sync::Arc<u64>);
+
+impl tower::retry::Policy<u64, u64, Infallible> for NeverRetryShared {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _: &mut u64, _: &mut Result<u64, Infallible>) -> Option<Self::Future> {
+        None
+    }
+
+    fn clone_request(&mut self, request: &u64) -> Option<u64> {
+        Some(*request)
+    }
+}
+
 fn retry_not_needed(c: &mut Criterion) {
     const GROUP: &str = "resilience/retry_no_retry_needed_per_call";
     bench(c, GROUP, "bare_service", Noop);
@@ -253,6 +270,12 @@ fn retry_not_needed(c: &mut Criterion) {
         GROUP,
         "tower_retry",
         tower::retry::RetryLayer::new(NeverRetry).layer(Noop),
+    );
+    bench(
+        c,
+        GROUP,
+        "tower_retry_policy_with_arc",
+        tower::retry::RetryLayer::new(NeverRetryShared(std::sync::Arc::new(0))).layer(Noop),
     );
     bench(c, GROUP, "ms_resilience", RetryLayer::new().layer(Noop));
     bench(

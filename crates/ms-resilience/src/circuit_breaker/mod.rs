@@ -278,7 +278,17 @@ impl CircuitBreaker {
     /// [`Error::CircuitOpen`] to fail with. For using the breaker without the tower layer.
     #[inline]
     pub fn try_acquire(&self) -> Result<Permit, Error> {
-        self.shared.try_acquire().map(|word| Permit {
+        let word = self.shared.admit();
+        if word.is_rejected() {
+            Err(self.shared.rejection())
+        } else {
+            Ok(self.permit(word))
+        }
+    }
+
+    #[inline]
+    pub(crate) fn permit(&self, word: Word) -> Permit {
+        Permit {
             breaker: Some(self.clone()),
             word,
             started: if self.shared.config.slow_call_duration.is_some() {
@@ -286,7 +296,7 @@ impl CircuitBreaker {
             } else {
                 0
             },
-        })
+        }
     }
 }
 
@@ -307,6 +317,15 @@ pub struct Permit {
 }
 
 impl Permit {
+    /// A permit for nothing (a rejected call's future holds one).
+    pub(crate) fn none() -> Self {
+        Self {
+            breaker: None,
+            word: Word(0),
+            started: 0,
+        }
+    }
+
     /// Records the call's outcome. Its duration (for slow-call detection) is the time since
     /// the permit was acquired.
     #[inline]
@@ -355,34 +374,44 @@ impl Shared {
         self.origin.elapsed().as_secs()
     }
 
-    fn rejected(&self, retry_in: Option<Duration>) -> Error {
+    /// The error for a rejected call (and the count of rejections). Separate from [`admit`]
+    /// so that admission returns a plain word: a `Result` with an `Error` in it is laid out
+    /// with its tag in a 4-byte niche, and moving it right after writing it stalls.
+    #[cold]
+    pub(crate) fn rejection(&self) -> Error {
         self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        let retry_in = match Word(self.word.load(Ordering::Acquire)).state() {
+            State::Open => {
+                let until = self.open_until.load(Ordering::Acquire);
+                Some(Duration::from_nanos(until.saturating_sub(self.now_nanos())))
+            }
+            _ => None,
+        };
         Error::CircuitOpen {
             name: self.config.name.clone(),
             retry_in,
         }
     }
 
+    /// Admits a call: the word it runs under, or [`Word::REJECTED`].
     #[inline]
-    fn try_acquire(&self) -> Result<Word, Error> {
+    pub(crate) fn admit(&self) -> Word {
         let word = Word(self.word.load(Ordering::Acquire));
         match word.state() {
-            State::Closed | State::ForcedClosed => Ok(word),
-            _ => self.try_acquire_slow(word),
+            State::Closed | State::ForcedClosed => word,
+            _ => self.admit_slow(word),
         }
     }
 
     #[cold]
-    fn try_acquire_slow(&self, mut word: Word) -> Result<Word, Error> {
+    fn admit_slow(&self, mut word: Word) -> Word {
         loop {
             match word.state() {
-                State::Closed | State::ForcedClosed => return Ok(word),
-                State::ForcedOpen => return Err(self.rejected(None)),
+                State::Closed | State::ForcedClosed => return word,
+                State::ForcedOpen => return Word::REJECTED,
                 State::Open => {
-                    let now = self.now_nanos();
-                    let until = self.open_until.load(Ordering::Acquire);
-                    if now < until {
-                        return Err(self.rejected(Some(Duration::from_nanos(until - now))));
+                    if self.now_nanos() < self.open_until.load(Ordering::Acquire) {
+                        return Word::REJECTED;
                     }
                     self.transition(word, State::HalfOpen);
                     word = Word(self.word.load(Ordering::Acquire));
@@ -396,10 +425,10 @@ impl Shared {
                         continue;
                     }
                     if transitions.trial.remaining == 0 {
-                        return Err(self.rejected(None));
+                        return Word::REJECTED;
                     }
                     transitions.trial.remaining -= 1;
-                    return Ok(word);
+                    return word;
                 }
             }
         }

@@ -124,15 +124,19 @@ where
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
-        let admission = match self.admission.take() {
-            Some(permit) => Ok(permit),
-            None => self.breaker.try_acquire(),
-        };
-        match admission {
-            Ok(permit) => {
-                ResponseFuture::called(self.inner.call(request), permit, self.classifier.clone())
+        let permit = match self.admission.take() {
+            Some(permit) => permit,
+            None => {
+                let word = self.breaker.shared.admit();
+                if word.is_rejected() {
+                    return ResponseFuture::rejected(
+                        self.breaker.shared.rejection(),
+                        self.classifier.clone(),
+                    );
+                }
+                self.breaker.permit(word)
             }
-            Err(open) => ResponseFuture::rejected(open),
-        }
+        };
+        ResponseFuture::called(self.inner.call(request), permit, self.classifier.clone())
     }
 }
