@@ -465,7 +465,9 @@ impl Shared {
             State::Closed => {
                 let counts = match &self.window {
                     Window::Count(w) => w.record(recorded),
-                    Window::Time(w) => Some(w.record(self.now_seconds(), recorded)),
+                    Window::Time(w) => {
+                        w.record(self.now_seconds(), recorded, self.config.minimum_calls)
+                    }
                 };
                 if let Some(counts) = counts
                     && self.trips(counts)

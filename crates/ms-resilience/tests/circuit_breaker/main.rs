@@ -144,6 +144,21 @@ async fn the_time_window_forgets_calls_older_than_its_span() {
     assert_eq!(b.state(), State::Open);
 }
 
+/// A success can only lower the rates of an unchanged window, so the time window skips the
+/// count on most successes: not on the one that completes the minimum number of calls.
+#[tokio::test(start_paused = true)]
+async fn a_success_that_completes_the_minimum_opens_a_time_window() {
+    let b = CircuitBreaker::builder()
+        .sliding_window(SlidingWindow::Time(10))
+        .minimum_number_of_calls(10)
+        .build();
+    let mut svc = service(&b);
+    run(&mut svc, [Call::Fail; 9]).await;
+    assert_eq!(b.state(), State::Closed);
+    run(&mut svc, [Call::Succeed]).await;
+    assert_eq!(b.state(), State::Open);
+}
+
 async fn open(b: &CircuitBreaker, svc: &mut Svc) {
     run(svc, [Call::Fail; 10]).await;
     assert_eq!(b.state(), State::Open);
