@@ -14,7 +14,7 @@ use tower::Service;
 
 use super::{Config, Prepare, RetryRequest};
 use crate::backoff::Delays;
-use crate::classify::{Classify, RetryHint};
+use crate::classify::{Classify, Outcome, RetryHint};
 use crate::{BoxError, Error};
 
 pin_project! {
@@ -250,10 +250,11 @@ where
                 Attempt::Finished(result) => {
                     let outcome = this.classifier.classify(result);
                     if let Some(budget) = &this.config.budget {
-                        if outcome.is_failure() {
-                            budget.record_failure();
-                        } else {
-                            budget.record_success();
+                        match outcome {
+                            Outcome::Success => budget.record_success(),
+                            Outcome::Failure { .. } => budget.record_failure(),
+                            // The destination never saw it (an open breaker further in).
+                            Outcome::Ignored => {}
                         }
                     }
                     (outcome.is_retryable(), this.classifier.retry_hint(result))
