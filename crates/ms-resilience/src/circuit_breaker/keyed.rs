@@ -211,7 +211,7 @@ where
         }
         ResponseFuture::called(
             self.inner.call(request),
-            breaker.permit(word),
+            breaker.into_permit(word),
             self.classifier.clone(),
         )
     }

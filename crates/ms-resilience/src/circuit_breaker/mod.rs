@@ -288,14 +288,21 @@ impl CircuitBreaker {
 
     #[inline]
     pub(crate) fn permit(&self, word: Word) -> Permit {
+        self.clone().into_permit(word)
+    }
+
+    /// A permit that keeps this handle (no second `Arc` clone when the caller has its own).
+    #[inline]
+    pub(crate) fn into_permit(self, word: Word) -> Permit {
+        let started = if self.shared.config.slow_call_duration.is_some() {
+            self.shared.now_nanos().saturating_add(1)
+        } else {
+            0
+        };
         Permit {
-            breaker: Some(self.clone()),
+            breaker: Some(self),
             word,
-            started: if self.shared.config.slow_call_duration.is_some() {
-                self.shared.now_nanos().saturating_add(1)
-            } else {
-                0
-            },
+            started,
         }
     }
 }
