@@ -57,7 +57,8 @@
 //!
 //! - Metrics are a snapshot to poll ([`CircuitBreaker::metrics`](circuit_breaker::CircuitBreaker::metrics),
 //!   [`RetryBudget::tokens`](retry::RetryBudget::tokens)); no `metrics` or OpenTelemetry
-//!   exporter. State changes reach callbacks and `tracing`, not a broadcast channel.
+//!   exporter. State changes reach callbacks, `tracing` and a `watch` channel (the latest
+//!   state), not a broadcast of every transition.
 //! - The replay buffer reads the body (up to its limit) before the first attempt, rather than
 //!   recording it as the first attempt streams it.
 //! - The gRPC classifier reads `grpc-status` from the response head (trailers-only errors,

@@ -188,6 +188,8 @@ struct Shared {
     open_until: AtomicU64,
     transitions: Mutex<Transitions>,
     stats: Stats,
+    /// The state for [`CircuitBreaker::watch_state`]; written on transitions only.
+    state_tx: tokio::sync::watch::Sender<State>,
 }
 
 use self::state::Word;
@@ -212,6 +214,7 @@ impl CircuitBreaker {
                 open_until: AtomicU64::new(0),
                 transitions: Mutex::new(Transitions::default()),
                 stats: Stats::default(),
+                state_tx: tokio::sync::watch::Sender::new(State::Closed),
             }),
         }
     }
@@ -256,6 +259,12 @@ impl CircuitBreaker {
             rejected_calls: stats.rejected.load(Ordering::Relaxed),
             ignored_calls: stats.ignored.load(Ordering::Relaxed),
         }
+    }
+
+    /// Follows the state from async code (a health check, a dashboard): the receiver sees every
+    /// transition's new state. Costs nothing per call; transitions update it.
+    pub fn watch_state(&self) -> tokio::sync::watch::Receiver<State> {
+        self.shared.state_tx.subscribe()
     }
 
     /// Opens the breaker until [`reset`](Self::reset), whatever the calls do.
@@ -601,6 +610,7 @@ impl Shared {
     /// breaker).
     fn notify(&self, change: Option<StateTransition>) {
         let Some(change) = change else { return };
+        self.state_tx.send_replace(change.to);
         if matches!(change.to, State::Open | State::ForcedOpen) {
             tracing::warn!(breaker = %change.name, from = %change.from, to = %change.to, "circuit breaker opened");
         } else {

@@ -257,7 +257,11 @@ where
                             Outcome::Ignored => {}
                         }
                     }
-                    (outcome.is_retryable(), this.classifier.retry_hint(result))
+                    if outcome.is_retryable() {
+                        (true, this.classifier.retry_hint(result))
+                    } else {
+                        (false, RetryHint::None)
+                    }
                 }
                 Attempt::TimedOut => {
                     if let Some(budget) = &this.config.budget {

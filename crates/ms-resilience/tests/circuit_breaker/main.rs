@@ -378,6 +378,20 @@ async fn state_changes_reach_listeners_and_manual_control_overrides_the_rules() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn state_changes_can_be_awaited() {
+    let b = breaker(2, 2);
+    let mut states = b.watch_state();
+    assert_eq!(*states.borrow_and_update(), State::Closed);
+    let mut svc = service(&b);
+    let watcher = tokio::spawn(async move {
+        states.changed().await.unwrap();
+        *states.borrow_and_update()
+    });
+    run(&mut svc, [Call::Fail; 2]).await;
+    assert_eq!(watcher.await.unwrap(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_classifier_decides_what_counts() {
     let b = breaker(4, 4);
     let svc = ServiceBuilder::new()
