@@ -508,3 +508,66 @@ async fn concurrent_failures_open_a_shared_breaker_once() {
     let m = b.metrics();
     assert_eq!(m.failed_calls + m.rejected_calls, 4_000);
 }
+
+/// With `pending_while_open`, `tower::balance` sends nothing to an open endpoint and keeps it:
+/// once its open duration is over, it gets trial calls again.
+#[tokio::test(start_paused = true)]
+async fn balance_routes_around_an_open_endpoint_and_comes_back_to_it() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let calls_to_broken = Arc::new(AtomicU32::new(0));
+    let counter = calls_to_broken.clone();
+    let broken_breaker = CircuitBreaker::builder()
+        .name("broken")
+        .sliding_window(SlidingWindow::Count(2))
+        .minimum_number_of_calls(2)
+        .permitted_calls_in_half_open(1)
+        .open_duration(Duration::from_secs(60))
+        .pending_while_open(true)
+        .build();
+    let broken = ServiceBuilder::new()
+        .layer(broken_breaker.layer())
+        .service_fn(move |()| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { Err::<&str, BoxError>("refused".into()) }
+        });
+    let healthy = ServiceBuilder::new()
+        .layer(
+            CircuitBreaker::builder()
+                .pending_while_open(true)
+                .build()
+                .layer(),
+        )
+        .service_fn(|()| async { Ok::<_, BoxError>("ok") });
+    let endpoints = vec![
+        tower::util::BoxService::new(broken),
+        tower::util::BoxService::new(healthy),
+    ];
+    let mut balance = tower::balance::p2c::Balance::new(tower::discover::ServiceList::new(
+        endpoints
+            .into_iter()
+            .map(|s| tower::load::Constant::new(s, 0)),
+    ));
+
+    let mut failures = 0;
+    for _ in 0..50 {
+        if balance.ready().await.unwrap().call(()).await.is_err() {
+            failures += 1;
+        }
+    }
+    assert_eq!(broken_breaker.state(), State::Open);
+    assert_eq!(
+        failures, 2,
+        "two failures open the broken endpoint's breaker"
+    );
+    assert_eq!(calls_to_broken.load(Ordering::SeqCst), 2);
+    assert_eq!(balance.len(), 2, "the open endpoint is kept, not dropped");
+
+    // After the open duration it is ready again and gets its trial call.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    for _ in 0..50 {
+        let _ = balance.ready().await.unwrap().call(()).await;
+    }
+    assert_eq!(calls_to_broken.load(Ordering::SeqCst), 3);
+    assert_eq!(broken_breaker.state(), State::Open);
+}
