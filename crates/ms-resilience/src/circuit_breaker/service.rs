@@ -32,11 +32,15 @@ pub struct CircuitBreakerService<S, C> {
     /// The permit `poll_ready` took (`pending_while_open` only).
     admission: Option<Permit>,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// The breaker's setting, kept here: `poll_ready` runs on every call, and three dependent
+    /// loads through the shared state cost more than the rest of it.
+    pending_while_open: bool,
 }
 
 impl<S, C> CircuitBreakerService<S, C> {
     pub(crate) fn new(inner: S, breaker: CircuitBreaker, classifier: C) -> Self {
         Self {
+            pending_while_open: breaker.shared.config.pending_while_open,
             inner,
             breaker,
             classifier,
@@ -94,7 +98,7 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.breaker.shared.config.pending_while_open {
+        if self.pending_while_open {
             while self.admission.is_none() {
                 match self.breaker.try_acquire() {
                     Ok(permit) => self.admission = Some(permit),
