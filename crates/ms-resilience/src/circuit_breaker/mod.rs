@@ -303,7 +303,20 @@ impl CircuitBreaker {
     /// A permit that keeps this handle (no second `Arc` clone when the caller has its own).
     #[inline]
     pub(crate) fn into_permit(self, word: Word) -> Permit {
-        let started = if self.shared.config.slow_call_duration.is_some() {
+        let timed = self.times_calls();
+        self.into_permit_timed(word, timed)
+    }
+
+    /// Whether calls are timed (slow-call detection is on).
+    pub(crate) fn times_calls(&self) -> bool {
+        self.shared.config.slow_call_duration.is_some()
+    }
+
+    /// [`into_permit`](Self::into_permit) for a caller that already knows whether calls are
+    /// timed.
+    #[inline]
+    pub(crate) fn into_permit_timed(self, word: Word, timed: bool) -> Permit {
+        let started = if timed {
             self.shared.now_nanos().saturating_add(1)
         } else {
             0

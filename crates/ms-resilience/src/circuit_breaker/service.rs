@@ -35,12 +35,15 @@ pub struct CircuitBreakerService<S, C> {
     /// The breaker's setting, kept here: `poll_ready` runs on every call, and three dependent
     /// loads through the shared state cost more than the rest of it.
     pending_while_open: bool,
+    /// Likewise: whether calls are timed for slow-call detection.
+    times_calls: bool,
 }
 
 impl<S, C> CircuitBreakerService<S, C> {
     pub(crate) fn new(inner: S, breaker: CircuitBreaker, classifier: C) -> Self {
         Self {
             pending_while_open: breaker.shared.config.pending_while_open,
+            times_calls: breaker.times_calls(),
             inner,
             breaker,
             classifier,
@@ -128,7 +131,12 @@ where
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
-        let permit = match self.admission.take() {
+        let admitted = if self.pending_while_open {
+            self.admission.take()
+        } else {
+            None
+        };
+        let permit = match admitted {
             Some(permit) => permit,
             None => {
                 let word = self.breaker.shared.admit();
@@ -138,7 +146,9 @@ where
                         self.classifier.clone(),
                     );
                 }
-                self.breaker.permit(word)
+                self.breaker
+                    .clone()
+                    .into_permit_timed(word, self.times_calls)
             }
         };
         ResponseFuture::called(self.inner.call(request), permit, self.classifier.clone())
