@@ -127,9 +127,9 @@ where
         classifier: C,
         requests: R,
         request: Req,
+        timed: bool,
     ) -> Self {
-        let retrying = (config.per_try_timeout.is_some() || config.deadline.is_some())
-            .then(|| Retrying::new(config));
+        let retrying = timed.then(|| Retrying::new(config));
         let mut future = Self {
             service,
             config: config.clone(),
@@ -190,7 +190,23 @@ where
                     continue;
                 }
                 StateProj::Calling { future } => match future.poll(cx) {
-                    Poll::Ready(result) => Attempt::Finished(result),
+                    Poll::Ready(result) => {
+                        // The common case first: an outcome not worth retrying ends the call
+                        // here, without the retry bookkeeping below.
+                        let outcome = this.classifier.classify(&result);
+                        if !outcome.is_retryable() {
+                            if let Some(budget) = &this.config.budget {
+                                match outcome {
+                                    Outcome::Success => budget.record_success(),
+                                    Outcome::Failure { .. } => budget.record_failure(),
+                                    Outcome::Ignored => {}
+                                }
+                            }
+                            this.state.set(State::Done);
+                            return Poll::Ready(result.map_err(Into::into));
+                        }
+                        Attempt::Finished(result)
+                    }
                     Poll::Pending => {
                         let Some(retrying) = this.retrying.as_mut() else {
                             return Poll::Pending;

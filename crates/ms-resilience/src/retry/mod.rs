@@ -203,6 +203,7 @@ impl<S, C: Clone, R: Clone> Layer<S> for RetryLayer<C, R> {
     fn layer(&self, inner: S) -> Self::Service {
         Retry {
             inner,
+            timed: self.config.per_try_timeout.is_some() || self.config.deadline.is_some(),
             config: std::sync::Arc::new(self.config.clone()),
             classifier: self.classifier.clone(),
             requests: self.requests.clone(),
@@ -217,6 +218,9 @@ impl<S, C: Clone, R: Clone> Layer<S> for RetryLayer<C, R> {
 pub struct Retry<S, C, R> {
     inner: S,
     config: std::sync::Arc<Config>,
+    /// Whether attempts have a timer (per-try timeout or deadline); kept here so that a call
+    /// reads no setting through the `Arc`.
+    timed: bool,
     classifier: C,
     requests: R,
 }
@@ -247,6 +251,7 @@ where
             self.classifier.clone(),
             self.requests.clone(),
             request,
+            self.timed,
         )
     }
 }
