@@ -41,7 +41,9 @@
 //!
 //! # Rules
 //!
-//! Resilience4j's model, with its defaults (see [`config`] for the constants):
+//! Resilience4j's model, with its defaults (see [`config`] for the constants; one deviation:
+//! slow-call detection is off until a slow-call duration is set, because timing each call
+//! costs more than the rest of the closed-state path):
 //!
 //! - **Closed**: every call goes through and its outcome is recorded in a sliding window, the
 //!   last N calls ([`SlidingWindow::Count`], a true ring: each call replaces the oldest) or the
@@ -63,8 +65,8 @@
 //!
 //! # Where an open circuit shows: `call`, or `poll_ready`
 //!
-//! By default `poll_ready` stays ready while the breaker is open and `call` returns a future
-//! that fails at once with [`Error::CircuitOpen`]: a caller of one service learns immediately
+//! By default `poll_ready` stays ready while the breaker is open (it only asks the inner
+//! service) and `call` returns a future that fails at once with [`Error::CircuitOpen`]: a caller of one service learns immediately
 //! and can degrade. Inside `tower::balance` that is wrong: the balancer drops an endpoint whose
 //! `poll_ready` fails, and would send calls to one whose `poll_ready` succeeds. With
 //! [`pending_while_open(true)`](CircuitBreakerBuilder::pending_while_open) `poll_ready` instead
@@ -84,8 +86,9 @@
 //! lets the response future outlive the service: nothing shared is written. Any other record
 //! advances the ring's cursor (one compare-and-swap), loads the slot and, when the outcome
 //! differs from the one it replaces, swaps it and adds the difference to the packed totals. No
-//! lock, no allocation, no clock read unless slow-call detection or a time window is on. State changes take a mutex; half-open trials too (at most
-//! a handful of calls). See `BENCHMARKS.md` for figures against other breakers.
+//! lock, no allocation, no clock read unless slow-call detection or a time window is on.
+//! State changes take a mutex; half-open trials too (at most a handful of calls). See
+//! `BENCHMARKS.md` for figures against other breakers.
 
 pub mod config;
 mod future;

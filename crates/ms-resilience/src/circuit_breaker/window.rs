@@ -356,7 +356,7 @@ mod tests {
                 if reset_at == Some(i) {
                     window.reset();
                     model.clear();
-                    // After a reset the ring fills from wherever `head` is: consecutive
+                    // After a reset the ring fills from wherever the cursor is: consecutive
                     // slots, so it still holds exactly the outcomes recorded since.
                 }
                 window.record(outcome(failure, slow));
