@@ -245,6 +245,23 @@ impl tower::retry::Policy<u64, u64, Infallible> for NeverRetry {
     }
 }
 
+/// The same policy holding shared state, as a real one does (tower's `TpsBudget` sits behind an
+/// `Arc`): tower's retry future holds a clone of the policy.
+#[derive(Clone)]
+struct NeverRetryShared(#[allow(dead_code)] std::sync::Arc<u64>);
+
+impl tower::retry::Policy<u64, u64, Infallible> for NeverRetryShared {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _: &mut u64, _: &mut Result<u64, Infallible>) -> Option<Self::Future> {
+        None
+    }
+
+    fn clone_request(&mut self, request: &u64) -> Option<u64> {
+        Some(*request)
+    }
+}
+
 fn retry_not_needed(c: &mut Criterion) {
     const GROUP: &str = "resilience/retry_no_retry_needed_per_call";
     bench(c, GROUP, "bare_service", Noop);
@@ -253,6 +270,12 @@ fn retry_not_needed(c: &mut Criterion) {
         GROUP,
         "tower_retry",
         tower::retry::RetryLayer::new(NeverRetry).layer(Noop),
+    );
+    bench(
+        c,
+        GROUP,
+        "tower_retry_policy_with_arc",
+        tower::retry::RetryLayer::new(NeverRetryShared(std::sync::Arc::new(0))).layer(Noop),
     );
     bench(c, GROUP, "ms_resilience", RetryLayer::new().layer(Noop));
     bench(
@@ -265,5 +288,56 @@ fn retry_not_needed(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, closed_breaker, retry_not_needed);
+/// Timeout, bulkhead and rate limit when nothing is limited, next to tower's own `Timeout` and
+/// `ConcurrencyLimit`. Timers need a runtime: the iterations run inside one (entered, not
+/// blocked on), still one thread.
+fn limits_not_reached(c: &mut Criterion) {
+    const GROUP: &str = "resilience/limits_not_reached_per_call";
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _entered = runtime.enter();
+    bench(c, GROUP, "bare_service", Noop);
+    bench(
+        c,
+        GROUP,
+        "tower_timeout",
+        tower::timeout::TimeoutLayer::new(Duration::from_secs(1)).layer(Noop),
+    );
+    bench(
+        c,
+        GROUP,
+        "ms_resilience_timeout",
+        ms_resilience::timeout::TimeoutLayer::new(Duration::from_secs(1)).layer(Noop),
+    );
+    bench(
+        c,
+        GROUP,
+        "tower_concurrency_limit",
+        tower::limit::ConcurrencyLimitLayer::new(64).layer(Noop),
+    );
+    bench(
+        c,
+        GROUP,
+        "ms_resilience_bulkhead",
+        ms_resilience::bulkhead::BulkheadLayer::new(64).layer(Noop),
+    );
+    let quota = ms_resilience::rate_limit::Quota::per_second(
+        std::num::NonZeroU32::new(u32::MAX).expect("non-zero"),
+    );
+    bench(
+        c,
+        GROUP,
+        "ms_resilience_rate_limit_one_key",
+        ms_resilience::rate_limit::RateLimitLayer::new(quota, |_: &u64| 0u8).layer(Noop),
+    );
+}
+
+criterion_group!(
+    benches,
+    closed_breaker,
+    retry_not_needed,
+    limits_not_reached
+);
 criterion_main!(benches);

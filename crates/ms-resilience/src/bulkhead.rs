@@ -83,27 +83,32 @@ impl<S> Layer<S> for BulkheadLayer {
         Bulkhead {
             inner,
             layer: self.clone(),
-            slot: Slot::None,
+            slot: None,
+            waiting: None,
+            full: false,
         }
     }
 }
 
 type Acquire = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>;
 
-enum Slot {
-    None,
-    /// Waiting (boundedly) for a slot.
-    Waiting(Acquire, Pin<Box<Sleep>>),
-    Held(OwnedSemaphorePermit),
-    /// No slot: `call` fails fast.
-    Full,
+/// A bounded wait for a slot: the acquisition and its deadline.
+struct Waiting {
+    acquire: Acquire,
+    deadline: Pin<Box<Sleep>>,
 }
 
 /// A service with at most N calls in flight. Made by [`BulkheadLayer`].
 pub struct Bulkhead<S> {
     inner: S,
     layer: BulkheadLayer,
-    slot: Slot,
+    // Plain options rather than one enum of states: see `ResponseFuture`.
+    /// The slot `poll_ready` took for the next `call`.
+    slot: Option<OwnedSemaphorePermit>,
+    /// A bounded wait in progress.
+    waiting: Option<Box<Waiting>>,
+    /// No slot, and no (more) waiting: the next `call` fails fast.
+    full: bool,
 }
 
 impl<S: Clone> Clone for Bulkhead<S> {
@@ -112,7 +117,9 @@ impl<S: Clone> Clone for Bulkhead<S> {
         Self {
             inner: self.inner.clone(),
             layer: self.layer.clone(),
-            slot: Slot::None,
+            slot: None,
+            waiting: None,
+            full: false,
         }
     }
 }
@@ -136,38 +143,40 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        loop {
-            match &mut self.slot {
-                Slot::None => {
-                    self.slot = match self.layer.slots.clone().try_acquire_owned() {
-                        Ok(permit) => Slot::Held(permit),
-                        Err(_) => match self.layer.max_wait {
-                            None => Slot::Full,
-                            Some(wait) => {
-                                let slots = self.layer.slots.clone();
-                                Slot::Waiting(
-                                    Box::pin(async move { slots.acquire_owned().await.ok() }),
-                                    Box::pin(tokio::time::sleep(wait)),
-                                )
-                            }
-                        },
-                    };
+        if self.slot.is_none() && !self.full {
+            if let Some(waiting) = &mut self.waiting {
+                if let Poll::Ready(permit) = waiting.acquire.as_mut().poll(cx) {
+                    self.slot = permit;
+                    self.full = self.slot.is_none();
+                } else {
+                    ready!(waiting.deadline.as_mut().poll(cx));
+                    self.full = true;
                 }
-                Slot::Waiting(acquire, sleep) => {
-                    if let Poll::Ready(permit) = acquire.as_mut().poll(cx) {
-                        self.slot = permit.map_or(Slot::Full, Slot::Held);
-                    } else {
-                        ready!(sleep.as_mut().poll(cx));
-                        self.slot = Slot::Full;
-                    }
+                self.waiting = None;
+            } else {
+                match self.layer.slots.clone().try_acquire_owned() {
+                    Ok(permit) => self.slot = Some(permit),
+                    Err(_) => match self.layer.max_wait {
+                        None => self.full = true,
+                        Some(wait) => {
+                            let slots = self.layer.slots.clone();
+                            self.waiting = Some(Box::new(Waiting {
+                                acquire: Box::pin(async move { slots.acquire_owned().await.ok() }),
+                                deadline: Box::pin(tokio::time::sleep(wait)),
+                            }));
+                            return self.poll_ready(cx);
+                        }
+                    },
                 }
-                Slot::Full => return Poll::Ready(Ok(())),
-                Slot::Held(_) => break,
             }
+        }
+        if self.full {
+            // Ready: `call` fails fast without calling the inner service.
+            return Poll::Ready(Ok(()));
         }
         match self.inner.poll_ready(cx) {
             Poll::Ready(Err(error)) => {
-                self.slot = Slot::None;
+                self.slot = None;
                 Poll::Ready(Err(error.into()))
             }
             other => other.map_err(Into::into),
@@ -175,49 +184,34 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let slot = match std::mem::replace(&mut self.slot, Slot::None) {
-            Slot::Held(permit) => Some(permit),
+        let slot = match self.slot.take() {
+            Some(permit) => Some(permit),
             // `call` without `poll_ready`: take a slot if one is free.
-            Slot::None => self.layer.slots.clone().try_acquire_owned().ok(),
-            Slot::Waiting(..) | Slot::Full => None,
+            None if !self.full && self.waiting.is_none() => {
+                self.layer.slots.clone().try_acquire_owned().ok()
+            }
+            None => None,
         };
-        match slot {
-            Some(permit) => ResponseFuture {
-                kind: Kind::Running {
-                    inner: self.inner.call(request),
-                    _permit: permit,
-                },
-            },
-            None => ResponseFuture {
-                kind: Kind::Full {
-                    max_concurrent: self.layer.max_concurrent,
-                },
-            },
+        self.full = false;
+        ResponseFuture {
+            inner: slot.is_some().then(|| self.inner.call(request)),
+            _permit: slot,
+            max_concurrent: self.layer.max_concurrent,
         }
     }
 }
 
 pin_project! {
     /// The response future of [`Bulkhead`]; holds the slot until it finishes or is dropped.
+    //
+    // Options rather than an enum: an enum's one-byte tag, written and then copied as a whole
+    // word when the future moves, stalls on store forwarding.
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
-        kind: Kind<F>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    #[derive(Debug)]
-    enum Kind<F> {
-        Running {
-            #[pin]
-            inner: F,
-            _permit: OwnedSemaphorePermit,
-        },
-        Full {
-            max_concurrent: usize,
-        },
+        inner: Option<F>,
+        _permit: Option<OwnedSemaphorePermit>,
+        max_concurrent: usize,
     }
 }
 
@@ -229,10 +223,11 @@ where
     type Output = Result<T, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Running { inner, .. } => inner.poll(cx).map_err(Into::into),
-            KindProj::Full { max_concurrent } => Poll::Ready(Err(Error::BulkheadFull {
-                max_concurrent: *max_concurrent,
+        let this = self.project();
+        match this.inner.as_pin_mut() {
+            Some(inner) => inner.poll(cx).map_err(Into::into),
+            None => Poll::Ready(Err(Error::BulkheadFull {
+                max_concurrent: *this.max_concurrent,
             }
             .into())),
         }

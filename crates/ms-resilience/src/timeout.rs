@@ -85,7 +85,7 @@ where
         ResponseFuture {
             inner: self.inner.call(request),
             sleep: tokio::time::sleep(self.after),
-            after: self.after,
+            after_nanos: u64::try_from(self.after.as_nanos()).unwrap_or(u64::MAX),
         }
     }
 }
@@ -98,7 +98,9 @@ pin_project! {
         inner: F,
         #[pin]
         sleep: Sleep,
-        after: Duration,
+        // Nanoseconds rather than a `Duration`, whose 4-byte half is written alone and then
+        // read back as part of a whole word when the future moves (a store-forwarding stall).
+        after_nanos: u64,
     }
 }
 
@@ -115,7 +117,10 @@ where
             return Poll::Ready(result.map_err(Into::into));
         }
         match this.sleep.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(Error::Timeout { after: *this.after }.into())),
+            Poll::Ready(()) => Poll::Ready(Err(Error::Timeout {
+                after: Duration::from_nanos(*this.after_nanos),
+            }
+            .into())),
             Poll::Pending => Poll::Pending,
         }
     }

@@ -16,45 +16,36 @@ pin_project! {
     /// [`KeyedCircuitBreakerService`](super::KeyedCircuitBreakerService). If it is dropped
     /// before the call finishes, nothing is recorded (and a half-open trial permit is given
     /// back).
+    //
+    // A struct of options rather than an enum: an enum's tag is written as a single byte, and
+    // the future is copied by 8-byte words right after it is built, which stalls on store
+    // forwarding.
     pub struct ResponseFuture<F, C> {
         #[pin]
-        kind: Kind<F, C>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F, C> {
-        Called {
-            #[pin]
-            future: F,
-            permit: Permit,
-            classifier: C,
-        },
-        Rejected {
-            // Boxed: the rejection path allocates anyway (the error is returned boxed), and a
-            // small enum keeps the hot path's future small.
-            error: Option<Box<Error>>,
-        },
+        future: Option<F>,
+        permit: Permit,
+        classifier: C,
+        rejected: Option<Box<Error>>,
     }
 }
 
 impl<F, C> ResponseFuture<F, C> {
+    #[inline]
     pub(crate) fn called(future: F, permit: Permit, classifier: C) -> Self {
         Self {
-            kind: Kind::Called {
-                future,
-                permit,
-                classifier,
-            },
+            future: Some(future),
+            permit,
+            classifier,
+            rejected: None,
         }
     }
 
-    pub(crate) fn rejected(error: Error) -> Self {
+    pub(crate) fn rejected(error: Error, classifier: C) -> Self {
         Self {
-            kind: Kind::Rejected {
-                error: Some(Box::new(error)),
-            },
+            future: None,
+            permit: Permit::none(),
+            classifier,
+            rejected: Some(Box::new(error)),
         }
     }
 }
@@ -75,21 +66,18 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Called {
-                future,
-                permit,
-                classifier,
-            } => {
+        let this = self.project();
+        match this.future.as_pin_mut() {
+            Some(future) => {
                 let result = ready!(future.poll(cx));
                 // A second poll after completion would find the permit already finished.
-                permit.finish(classifier.classify(&result));
+                this.permit.finish(this.classifier.classify(&result));
                 Poll::Ready(result.map_err(Into::into))
             }
-            KindProj::Rejected { error } => {
+            None => {
                 // An unsizing coercion, not `into()`: `From` would wrap the `Box<Error>` in a
                 // second box, and `Error::find` could no longer downcast it.
-                let error: BoxError = match error.take() {
+                let error: BoxError = match this.rejected.take() {
                     Some(error) => error,
                     None => "circuit breaker future polled after completion".into(),
                 };

@@ -205,11 +205,14 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let breaker = self.registry.get_or_create((self.key)(&request));
-        match breaker.try_acquire() {
-            Ok(permit) => {
-                ResponseFuture::called(self.inner.call(request), permit, self.classifier.clone())
-            }
-            Err(open) => ResponseFuture::rejected(open),
+        let word = breaker.shared.admit();
+        if word.is_rejected() {
+            return ResponseFuture::rejected(breaker.shared.rejection(), self.classifier.clone());
         }
+        ResponseFuture::called(
+            self.inner.call(request),
+            breaker.into_permit(word),
+            self.classifier.clone(),
+        )
     }
 }

@@ -41,7 +41,9 @@
 //!
 //! # Rules
 //!
-//! Resilience4j's model, with its defaults (see [`config`] for the constants):
+//! Resilience4j's model, with its defaults (see [`config`] for the constants; one deviation:
+//! slow-call detection is off until a slow-call duration is set, because timing each call
+//! costs more than the rest of the closed-state path):
 //!
 //! - **Closed**: every call goes through and its outcome is recorded in a sliding window, the
 //!   last N calls ([`SlidingWindow::Count`], a true ring: each call replaces the oldest) or the
@@ -63,8 +65,8 @@
 //!
 //! # Where an open circuit shows: `call`, or `poll_ready`
 //!
-//! By default `poll_ready` stays ready while the breaker is open and `call` returns a future
-//! that fails at once with [`Error::CircuitOpen`]: a caller of one service learns immediately
+//! By default `poll_ready` stays ready while the breaker is open (it only asks the inner
+//! service) and `call` returns a future that fails at once with [`Error::CircuitOpen`]: a caller of one service learns immediately
 //! and can degrade. Inside `tower::balance` that is wrong: the balancer drops an endpoint whose
 //! `poll_ready` fails, and would send calls to one whose `poll_ready` succeeds. With
 //! [`pending_while_open(true)`](CircuitBreakerBuilder::pending_while_open) `poll_ready` instead
@@ -84,8 +86,9 @@
 //! lets the response future outlive the service: nothing shared is written. Any other record
 //! advances the ring's cursor (one compare-and-swap), loads the slot and, when the outcome
 //! differs from the one it replaces, swaps it and adds the difference to the packed totals. No
-//! lock, no allocation, no clock read unless slow-call detection or a time window is on. State changes take a mutex; half-open trials too (at most
-//! a handful of calls). See `BENCHMARKS.md` for figures against other breakers.
+//! lock, no allocation, no clock read unless slow-call detection or a time window is on.
+//! State changes take a mutex; half-open trials too (at most a handful of calls). See
+//! `BENCHMARKS.md` for figures against other breakers.
 
 pub mod config;
 mod future;
@@ -188,6 +191,8 @@ struct Shared {
     open_until: AtomicU64,
     transitions: Mutex<Transitions>,
     stats: Stats,
+    /// The state for [`CircuitBreaker::watch_state`]; written on transitions only.
+    state_tx: tokio::sync::watch::Sender<State>,
 }
 
 use self::state::Word;
@@ -212,6 +217,7 @@ impl CircuitBreaker {
                 open_until: AtomicU64::new(0),
                 transitions: Mutex::new(Transitions::default()),
                 stats: Stats::default(),
+                state_tx: tokio::sync::watch::Sender::new(State::Closed),
             }),
         }
     }
@@ -258,6 +264,12 @@ impl CircuitBreaker {
         }
     }
 
+    /// Follows the state from async code (a health check, a dashboard): the receiver sees every
+    /// transition's new state. Costs nothing per call; transitions update it.
+    pub fn watch_state(&self) -> tokio::sync::watch::Receiver<State> {
+        self.shared.state_tx.subscribe()
+    }
+
     /// Opens the breaker until [`reset`](Self::reset), whatever the calls do.
     pub fn force_open(&self) {
         self.shared.force(State::ForcedOpen);
@@ -278,15 +290,45 @@ impl CircuitBreaker {
     /// [`Error::CircuitOpen`] to fail with. For using the breaker without the tower layer.
     #[inline]
     pub fn try_acquire(&self) -> Result<Permit, Error> {
-        self.shared.try_acquire().map(|word| Permit {
-            breaker: Some(self.clone()),
+        let word = self.shared.admit();
+        if word.is_rejected() {
+            Err(self.shared.rejection())
+        } else {
+            Ok(self.permit(word))
+        }
+    }
+
+    #[inline]
+    pub(crate) fn permit(&self, word: Word) -> Permit {
+        self.clone().into_permit(word)
+    }
+
+    /// A permit that keeps this handle (no second `Arc` clone when the caller has its own).
+    #[inline]
+    pub(crate) fn into_permit(self, word: Word) -> Permit {
+        let timed = self.times_calls();
+        self.into_permit_timed(word, timed)
+    }
+
+    /// Whether calls are timed (slow-call detection is on).
+    pub(crate) fn times_calls(&self) -> bool {
+        self.shared.config.slow_call_duration.is_some()
+    }
+
+    /// [`into_permit`](Self::into_permit) for a caller that already knows whether calls are
+    /// timed.
+    #[inline]
+    pub(crate) fn into_permit_timed(self, word: Word, timed: bool) -> Permit {
+        let started = if timed {
+            self.shared.now_nanos().saturating_add(1)
+        } else {
+            0
+        };
+        Permit {
+            breaker: Some(self),
             word,
-            started: if self.shared.config.slow_call_duration.is_some() {
-                self.shared.now_nanos().saturating_add(1)
-            } else {
-                0
-            },
-        })
+            started,
+        }
     }
 }
 
@@ -307,6 +349,15 @@ pub struct Permit {
 }
 
 impl Permit {
+    /// A permit for nothing (a rejected call's future holds one).
+    pub(crate) fn none() -> Self {
+        Self {
+            breaker: None,
+            word: Word(0),
+            started: 0,
+        }
+    }
+
     /// Records the call's outcome. Its duration (for slow-call detection) is the time since
     /// the permit was acquired.
     #[inline]
@@ -355,34 +406,44 @@ impl Shared {
         self.origin.elapsed().as_secs()
     }
 
-    fn rejected(&self, retry_in: Option<Duration>) -> Error {
+    /// The error for a rejected call (and the count of rejections). Separate from [`admit`]
+    /// so that admission returns a plain word: a `Result` with an `Error` in it is laid out
+    /// with its tag in a 4-byte niche, and moving it right after writing it stalls.
+    #[cold]
+    pub(crate) fn rejection(&self) -> Error {
         self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        let retry_in = match Word(self.word.load(Ordering::Acquire)).state() {
+            State::Open => {
+                let until = self.open_until.load(Ordering::Acquire);
+                Some(Duration::from_nanos(until.saturating_sub(self.now_nanos())))
+            }
+            _ => None,
+        };
         Error::CircuitOpen {
             name: self.config.name.clone(),
             retry_in,
         }
     }
 
+    /// Admits a call: the word it runs under, or [`Word::REJECTED`].
     #[inline]
-    fn try_acquire(&self) -> Result<Word, Error> {
+    pub(crate) fn admit(&self) -> Word {
         let word = Word(self.word.load(Ordering::Acquire));
         match word.state() {
-            State::Closed | State::ForcedClosed => Ok(word),
-            _ => self.try_acquire_slow(word),
+            State::Closed | State::ForcedClosed => word,
+            _ => self.admit_slow(word),
         }
     }
 
     #[cold]
-    fn try_acquire_slow(&self, mut word: Word) -> Result<Word, Error> {
+    fn admit_slow(&self, mut word: Word) -> Word {
         loop {
             match word.state() {
-                State::Closed | State::ForcedClosed => return Ok(word),
-                State::ForcedOpen => return Err(self.rejected(None)),
+                State::Closed | State::ForcedClosed => return word,
+                State::ForcedOpen => return Word::REJECTED,
                 State::Open => {
-                    let now = self.now_nanos();
-                    let until = self.open_until.load(Ordering::Acquire);
-                    if now < until {
-                        return Err(self.rejected(Some(Duration::from_nanos(until - now))));
+                    if self.now_nanos() < self.open_until.load(Ordering::Acquire) {
+                        return Word::REJECTED;
                     }
                     self.transition(word, State::HalfOpen);
                     word = Word(self.word.load(Ordering::Acquire));
@@ -396,10 +457,10 @@ impl Shared {
                         continue;
                     }
                     if transitions.trial.remaining == 0 {
-                        return Err(self.rejected(None));
+                        return Word::REJECTED;
                     }
                     transitions.trial.remaining -= 1;
-                    return Ok(word);
+                    return word;
                 }
             }
         }
@@ -436,7 +497,9 @@ impl Shared {
             State::Closed => {
                 let counts = match &self.window {
                     Window::Count(w) => w.record(recorded),
-                    Window::Time(w) => Some(w.record(self.now_seconds(), recorded)),
+                    Window::Time(w) => {
+                        w.record(self.now_seconds(), recorded, self.config.minimum_calls)
+                    }
                 };
                 if let Some(counts) = counts
                     && self.trips(counts)
@@ -563,6 +626,7 @@ impl Shared {
     /// breaker).
     fn notify(&self, change: Option<StateTransition>) {
         let Some(change) = change else { return };
+        self.state_tx.send_replace(change.to);
         if matches!(change.to, State::Open | State::ForcedOpen) {
             tracing::warn!(breaker = %change.name, from = %change.from, to = %change.to, "circuit breaker opened");
         } else {

@@ -32,11 +32,18 @@ pub struct CircuitBreakerService<S, C> {
     /// The permit `poll_ready` took (`pending_while_open` only).
     admission: Option<Permit>,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// The breaker's setting, kept here: `poll_ready` runs on every call, and three dependent
+    /// loads through the shared state cost more than the rest of it.
+    pending_while_open: bool,
+    /// Likewise: whether calls are timed for slow-call detection.
+    times_calls: bool,
 }
 
 impl<S, C> CircuitBreakerService<S, C> {
     pub(crate) fn new(inner: S, breaker: CircuitBreaker, classifier: C) -> Self {
         Self {
+            pending_while_open: breaker.shared.config.pending_while_open,
+            times_calls: breaker.times_calls(),
             inner,
             breaker,
             classifier,
@@ -94,7 +101,7 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.breaker.shared.config.pending_while_open {
+        if self.pending_while_open {
             while self.admission.is_none() {
                 match self.breaker.try_acquire() {
                     Ok(permit) => self.admission = Some(permit),
@@ -124,15 +131,26 @@ where
 
     #[inline]
     fn call(&mut self, request: Req) -> Self::Future {
-        let admission = match self.admission.take() {
-            Some(permit) => Ok(permit),
-            None => self.breaker.try_acquire(),
+        let admitted = if self.pending_while_open {
+            self.admission.take()
+        } else {
+            None
         };
-        match admission {
-            Ok(permit) => {
-                ResponseFuture::called(self.inner.call(request), permit, self.classifier.clone())
+        let permit = match admitted {
+            Some(permit) => permit,
+            None => {
+                let word = self.breaker.shared.admit();
+                if word.is_rejected() {
+                    return ResponseFuture::rejected(
+                        self.breaker.shared.rejection(),
+                        self.classifier.clone(),
+                    );
+                }
+                self.breaker
+                    .clone()
+                    .into_permit_timed(word, self.times_calls)
             }
-            Err(open) => ResponseFuture::rejected(open),
-        }
+        };
+        ResponseFuture::called(self.inner.call(request), permit, self.classifier.clone())
     }
 }

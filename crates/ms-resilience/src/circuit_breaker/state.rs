@@ -46,6 +46,13 @@ const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
 pub(crate) struct Word(pub(crate) u64);
 
 impl Word {
+    /// Not a state: admission was refused.
+    pub(crate) const REJECTED: Self = Self(u64::MAX);
+
+    pub(crate) fn is_rejected(self) -> bool {
+        self == Self::REJECTED
+    }
+
     pub(crate) fn new(state: State, epoch: u64) -> Self {
         let code = match state {
             State::Closed => 0,

@@ -230,6 +230,9 @@ fn bucket_contribution(outcome: Recorded) -> u64 {
 pub(crate) struct TimeWindow {
     buckets: Box<[AtomicU64]>,
     seconds: u64,
+    /// The second of the last full count, and whether it was below the minimum of calls.
+    last_counted: AtomicU64,
+    below_minimum: std::sync::atomic::AtomicBool,
 }
 
 impl TimeWindow {
@@ -237,6 +240,8 @@ impl TimeWindow {
         Self {
             buckets: (0..seconds.max(1)).map(|_| AtomicU64::new(0)).collect(),
             seconds: u64::from(seconds.max(1)),
+            last_counted: AtomicU64::new(u64::MAX),
+            below_minimum: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -250,8 +255,31 @@ impl TimeWindow {
     }
 
     /// Records an outcome in the bucket of `second` (seconds since the breaker's origin) and
-    /// returns the window's counts as of `second`.
-    pub(crate) fn record(&self, second: u64, outcome: Recorded) -> WindowCounts {
+    /// returns the window's counts as of `second` when a rate could have reached its
+    /// threshold: after a failure or a slow call, or after a success when the window was
+    /// below `minimum` calls at the last count or a second has passed since (old buckets may
+    /// have expired). Summing the buckets costs more than the rest of a record, and a success
+    /// can only lower the rates of an unchanged window.
+    pub(crate) fn record(
+        &self,
+        second: u64,
+        outcome: Recorded,
+        minimum: u32,
+    ) -> Option<WindowCounts> {
+        self.add(second, outcome);
+        if outcome == Recorded::SUCCESS
+            && self.last_counted.load(Relaxed) == second
+            && !self.below_minimum.load(Relaxed)
+        {
+            return None;
+        }
+        let counts = self.counts(second);
+        self.last_counted.store(second, Relaxed);
+        self.below_minimum.store(counts.calls < minimum, Relaxed);
+        Some(counts)
+    }
+
+    fn add(&self, second: u64, outcome: Recorded) {
         let tag = self.tag(second);
         let bucket = self.bucket(second);
         let add = bucket_contribution(outcome);
@@ -276,7 +304,6 @@ impl TimeWindow {
                 Err(actual) => current = actual,
             }
         }
-        self.counts(second)
     }
 
     /// The counts of the `seconds` seconds ending with `now` (seconds since the origin).
@@ -329,7 +356,7 @@ mod tests {
                 if reset_at == Some(i) {
                     window.reset();
                     model.clear();
-                    // After a reset the ring fills from wherever `head` is: consecutive
+                    // After a reset the ring fills from wherever the cursor is: consecutive
                     // slots, so it still holds exactly the outcomes recorded since.
                 }
                 window.record(outcome(failure, slow));
@@ -359,7 +386,8 @@ mod tests {
             let mut now = 0;
             for (advance, failure, slow) in steps {
                 now += advance;
-                let got = window.record(now, outcome(failure, slow));
+                window.record(now, outcome(failure, slow), 1);
+                let got = window.counts(now);
                 model.push((now, outcome(failure, slow)));
                 let recent = model.iter().filter(|(t, _)| now - t < u64::from(seconds));
                 let mut expected = WindowCounts::default();

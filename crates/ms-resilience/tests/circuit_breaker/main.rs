@@ -144,6 +144,21 @@ async fn the_time_window_forgets_calls_older_than_its_span() {
     assert_eq!(b.state(), State::Open);
 }
 
+/// A success can only lower the rates of an unchanged window, so the time window skips the
+/// count on most successes: not on the one that completes the minimum number of calls.
+#[tokio::test(start_paused = true)]
+async fn a_success_that_completes_the_minimum_opens_a_time_window() {
+    let b = CircuitBreaker::builder()
+        .sliding_window(SlidingWindow::Time(10))
+        .minimum_number_of_calls(10)
+        .build();
+    let mut svc = service(&b);
+    run(&mut svc, [Call::Fail; 9]).await;
+    assert_eq!(b.state(), State::Closed);
+    run(&mut svc, [Call::Succeed]).await;
+    assert_eq!(b.state(), State::Open);
+}
+
 async fn open(b: &CircuitBreaker, svc: &mut Svc) {
     run(svc, [Call::Fail; 10]).await;
     assert_eq!(b.state(), State::Open);
@@ -363,6 +378,20 @@ async fn state_changes_reach_listeners_and_manual_control_overrides_the_rules() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn state_changes_can_be_awaited() {
+    let b = breaker(2, 2);
+    let mut states = b.watch_state();
+    assert_eq!(*states.borrow_and_update(), State::Closed);
+    let mut svc = service(&b);
+    let watcher = tokio::spawn(async move {
+        states.changed().await.unwrap();
+        *states.borrow_and_update()
+    });
+    run(&mut svc, [Call::Fail; 2]).await;
+    assert_eq!(watcher.await.unwrap(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_classifier_decides_what_counts() {
     let b = breaker(4, 4);
     let svc = ServiceBuilder::new()
@@ -478,4 +507,67 @@ async fn concurrent_failures_open_a_shared_breaker_once() {
     assert_eq!(transitions.load(std::sync::atomic::Ordering::SeqCst), 1);
     let m = b.metrics();
     assert_eq!(m.failed_calls + m.rejected_calls, 4_000);
+}
+
+/// With `pending_while_open`, `tower::balance` sends nothing to an open endpoint and keeps it:
+/// once its open duration is over, it gets trial calls again.
+#[tokio::test(start_paused = true)]
+async fn balance_routes_around_an_open_endpoint_and_comes_back_to_it() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let calls_to_broken = Arc::new(AtomicU32::new(0));
+    let counter = calls_to_broken.clone();
+    let broken_breaker = CircuitBreaker::builder()
+        .name("broken")
+        .sliding_window(SlidingWindow::Count(2))
+        .minimum_number_of_calls(2)
+        .permitted_calls_in_half_open(1)
+        .open_duration(Duration::from_secs(60))
+        .pending_while_open(true)
+        .build();
+    let broken = ServiceBuilder::new()
+        .layer(broken_breaker.layer())
+        .service_fn(move |()| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { Err::<&str, BoxError>("refused".into()) }
+        });
+    let healthy = ServiceBuilder::new()
+        .layer(
+            CircuitBreaker::builder()
+                .pending_while_open(true)
+                .build()
+                .layer(),
+        )
+        .service_fn(|()| async { Ok::<_, BoxError>("ok") });
+    let endpoints = vec![
+        tower::util::BoxService::new(broken),
+        tower::util::BoxService::new(healthy),
+    ];
+    let mut balance = tower::balance::p2c::Balance::new(tower::discover::ServiceList::new(
+        endpoints
+            .into_iter()
+            .map(|s| tower::load::Constant::new(s, 0)),
+    ));
+
+    let mut failures = 0;
+    for _ in 0..50 {
+        if balance.ready().await.unwrap().call(()).await.is_err() {
+            failures += 1;
+        }
+    }
+    assert_eq!(broken_breaker.state(), State::Open);
+    assert_eq!(
+        failures, 2,
+        "two failures open the broken endpoint's breaker"
+    );
+    assert_eq!(calls_to_broken.load(Ordering::SeqCst), 2);
+    assert_eq!(balance.len(), 2, "the open endpoint is kept, not dropped");
+
+    // After the open duration it is ready again and gets its trial call.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    for _ in 0..50 {
+        let _ = balance.ready().await.unwrap().call(()).await;
+    }
+    assert_eq!(calls_to_broken.load(Ordering::SeqCst), 3);
+    assert_eq!(broken_breaker.state(), State::Open);
 }

@@ -401,3 +401,23 @@ async fn grpc_honours_pushback_and_its_refusal() {
         "a negative pushback means do not retry"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn calls_refused_by_an_open_breaker_neither_retry_nor_touch_the_budget() {
+    let budget = RetryBudget::new(10, 0.1);
+    budget.record_failure();
+    let breaker = ms_resilience::circuit_breaker::CircuitBreaker::builder().build();
+    breaker.force_open();
+    let (calls, inner) = flaky(0);
+    let service = ServiceBuilder::new()
+        .layer(RetryLayer::new().budget(budget.clone()).backoff(fixed(MS)))
+        .layer(breaker.layer())
+        .service(inner);
+    let error = service.oneshot(1).await.unwrap_err();
+    assert!(matches!(
+        Error::find(&*error),
+        Some(Error::CircuitOpen { .. })
+    ));
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert!((budget.tokens() - 9.0).abs() < 1e-9, "{}", budget.tokens());
+}
