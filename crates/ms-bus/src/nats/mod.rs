@@ -162,6 +162,15 @@ impl NatsBus {
         }
     }
 
+    /// A health check that JetStream answers (feature `health`).
+    #[cfg(feature = "health")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+    pub fn check(&self) -> crate::health::JetStreamCheck {
+        crate::health::JetStreamCheck {
+            client: self.inner.client.clone(),
+        }
+    }
+
     /// The client.
     pub fn client(&self) -> &async_nats::Client {
         &self.inner.client
