@@ -64,6 +64,26 @@
 //! - `conformance` (feature `testkit`): the suite every adapter runs against its real broker.
 //! - `health` (feature `health`): ms-health checks for consumers and JetStream.
 //!
+//! # Adding an adapter
+//!
+//! An adapter lives in `src/<name>/` behind a cargo feature of that name and implements
+//! [`EventPublisher`], [`CommandSender`] and [`Subscriber`]; each message it delivers is a
+//! [`Delivery`] with an [`Acker`] that settles it on the broker. It encodes with
+//! [`codec::binary_headers`] (or [`codec::encode`]) and decodes with [`codec::decode`]; a
+//! message that does not decode is still delivered (as `Err`), so that the runtime
+//! dead-letters it. Its test file runs the suite:
+//! `ms_bus::conformance_tests!(fixture)` with a `conformance::Fixture` on
+//! the real broker, and `broker_restart_loses_nothing_confirmed` with a private, killable
+//! broker from ms-testkit. The NATS adapter (`src/nats/`, `tests/conformance_nats.rs`) is
+//! the worked example. For RabbitMQ the mapping the traits were shaped for is: a topic
+//! exchange per bus for events and one durable queue per consumer group bound to the topic,
+//! one durable queue per command destination, publisher confirms before `publish` returns,
+//! `ce-` attributes as AMQP headers with [`codec::HeaderValues::Raw`] and `datacontenttype`
+//! in the `content_type` property (the CloudEvents RabbitMQ binding), retry after a delay
+//! through a delay queue or republish that carries the attempt count in a header, and the
+//! dead letter published with the [`dead_letter`] headers to the dead-letter destination's
+//! queue (via a dead-letter exchange) before the original is acked.
+//!
 //! # What is missing
 //!
 //! - The RabbitMQ (`amqp`) adapter: the traits, the codec's raw header mode and the
