@@ -224,14 +224,14 @@ async fn tower_timeout_and_concurrency_limit_apply_to_handlers() {
     let dead = subscription.dead_letter_destination().to_owned();
     let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let handled: Log = Log::default();
+    let completed: Log = Log::default();
     let handler = ServiceBuilder::new()
         .concurrency_limit(2)
         .timeout(Duration::from_secs(5))
         .service_fn({
-            let (running, peak, handled) = (running.clone(), peak.clone(), handled.clone());
+            let (running, peak, completed) = (running.clone(), peak.clone(), completed.clone());
             move |m: Message| {
-                let (running, peak, handled) = (running.clone(), peak.clone(), handled.clone());
+                let (running, peak, completed) = (running.clone(), peak.clone(), completed.clone());
                 async move {
                     let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                     peak.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
@@ -243,7 +243,7 @@ async fn tower_timeout_and_concurrency_limit_apply_to_handlers() {
                     })
                     .await;
                     running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                    handled
+                    completed
                         .lock()
                         .unwrap()
                         .push((m.id().to_owned(), m.attempt()));
@@ -265,7 +265,7 @@ async fn tower_timeout_and_concurrency_limit_apply_to_handlers() {
             .unwrap(),
     );
     bus.publish_batch("t", &sent).await.unwrap();
-    until(|| bus.pending_commands(&dead) == 1 && handled.lock().unwrap().len() == 10).await;
+    until(|| bus.pending_commands(&dead) == 1 && completed.lock().unwrap().len() == 10).await;
     consumer.shutdown().await.unwrap();
     assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
