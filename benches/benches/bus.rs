@@ -68,6 +68,7 @@ async fn wait_for(count: &AtomicUsize, target: usize) {
     }
 }
 
+#[allow(clippy::too_many_lines)] // one group's setup, runs and teardown read best in order
 fn memory(c: &mut Criterion) {
     let rt = runtime();
     let events = fresh(END_TO_END);
@@ -76,6 +77,15 @@ fn memory(c: &mut Criterion) {
     let consumer = rt.block_on(async {
         Consumer::new(Subscription::events("bench.memory", "g").unwrap())
             .serve(&bus, counting_handler(&count))
+            .await
+            .unwrap()
+    });
+    // The same, with per-partition-key lanes off: what ordering by key costs.
+    let unordered_count = Arc::new(AtomicUsize::new(0));
+    let unordered = rt.block_on(async {
+        Consumer::new(Subscription::events("bench.memory.unordered", "g").unwrap())
+            .partition_key_order(false)
+            .serve(&bus, counting_handler(&unordered_count))
             .await
             .unwrap()
     });
@@ -110,6 +120,22 @@ fn memory(c: &mut Criterion) {
                 for _ in 0..iters {
                     let target = count.load(Ordering::Relaxed) + END_TO_END;
                     bus.publish_batch("bench.memory", events).await.unwrap();
+                    wait_for(&count, target).await;
+                }
+                start.elapsed()
+            }
+        });
+    });
+    group.bench_function(BenchmarkId::new("end_to_end_unordered", END_TO_END), |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (bus, count, events) = (bus.clone(), unordered_count.clone(), &events);
+            async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let target = count.load(Ordering::Relaxed) + END_TO_END;
+                    bus.publish_batch("bench.memory.unordered", events)
+                        .await
+                        .unwrap();
                     wait_for(&count, target).await;
                 }
                 start.elapsed()
@@ -151,6 +177,7 @@ fn memory(c: &mut Criterion) {
     group.finish();
     rt.block_on(consumer.shutdown()).unwrap();
     rt.block_on(drain.shutdown()).unwrap();
+    rt.block_on(unordered.shutdown()).unwrap();
 }
 
 /// What the raw client publishes: the headers and bytes ms-bus would.
