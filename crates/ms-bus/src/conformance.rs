@@ -118,6 +118,7 @@ macro_rules! conformance_tests {
             commands_reach_one_consumer,
             nack_redelivers,
             crashed_handler_redelivers,
+            in_progress_extends_the_deadline,
             poison_goes_to_dead_letter_while_the_rest_flow,
             undecodable_goes_to_dead_letter,
             ten_thousand_messages_none_lost,
@@ -325,15 +326,27 @@ pub async fn groups_get_one_copy_each_and_share_within<F: Fixture>(fixture: &F) 
     let (a, b) = (Seen::default(), Seen::default());
     // One message at a time per instance, and a handler that takes a moment, so that both
     // instances of group A get work whatever the scheduling.
-    let slow = |_: &Message| {
-        std::thread::sleep(Duration::from_millis(2));
-        Ok(Outcome::Ack)
-    };
     let mut handles = Vec::new();
     for tag in 0..2 {
         let bus = fixture.connect().await;
         let consumer = Consumer::new(sub_events(&topic, "group-a").prefetch(1)).concurrency(1);
-        handles.push(serve(&bus, consumer, &a, tag, slow).await);
+        // The handler waits (as one doing I/O would) instead of blocking its thread: a
+        // blocking handler could keep the other instance's task from ever being scheduled.
+        let handle = consumer
+            .serve(&bus, {
+                let a = a.clone();
+                tower::service_fn(move |m: Message| {
+                    let a = a.clone();
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        a.push(m.id(), m.attempt(), tag);
+                        Ok::<_, Infallible>(())
+                    }
+                })
+            })
+            .await
+            .unwrap_or_else(|e| panic!("subscribing: {e}"));
+        handles.push(handle);
     }
     let bus_b = fixture.connect().await;
     handles.push(
@@ -489,6 +502,45 @@ pub async fn crashed_handler_redelivers<F: Fixture>(fixture: &F) {
     assert!(attempt >= 2, "redelivery reported attempt {attempt}");
 }
 
+/// A handler that runs longer than the ack deadline but reports progress keeps its message:
+/// no second delivery happens meanwhile.
+pub async fn in_progress_extends_the_deadline<F: Fixture>(fixture: &F) {
+    let (publisher, bus) = (fixture.connect().await, fixture.connect().await);
+    let topic = fixture.name("progress");
+    let ack_wait = fixture.capabilities().ack_wait;
+    let seen = Seen::default();
+    let handle = Consumer::new(sub_events(&topic, "g").ack_wait(ack_wait))
+        .serve(&bus, {
+            let seen = seen.clone();
+            tower::service_fn(move |m: Message| {
+                seen.push(m.id(), m.attempt(), 0);
+                async move {
+                    // Three deadlines long, reporting progress four times per deadline.
+                    for _ in 0..12 {
+                        tokio::time::sleep(ack_wait / 4).await;
+                        m.in_progress().await?;
+                    }
+                    Ok::<_, crate::BusError>(())
+                }
+            })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    publisher
+        .publish(&topic, &event(0))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_until("the delivery", || seen.len() == 1).await;
+    // Shutdown waits for the handler: three deadlines pass while it holds the message.
+    shutdown(handle).await;
+    assert_eq!(
+        seen.len(),
+        1,
+        "redelivered while the handler reported progress: {:?}",
+        seen.all()
+    );
+}
+
 /// A message whose handler always fails is delivered `max_deliveries` times, then moved to the
 /// dead letter with the error recorded; the other messages flow meanwhile.
 pub async fn poison_goes_to_dead_letter_while_the_rest_flow<F: Fixture>(fixture: &F) {
@@ -642,7 +694,8 @@ pub async fn ten_thousand_messages_none_lost<F: Fixture>(fixture: &F) {
     assert_eq!(seen.ids().len(), 10_000);
 }
 
-/// One consumer (concurrency 1) sees each partition key's events in publish order.
+/// One consumer handling 8 messages at once still sees each partition key's events in
+/// publish order (handlers of different keys overlap, with uneven durations).
 pub async fn per_partition_key_order<F: Fixture>(fixture: &F) {
     if !fixture.capabilities().ordered_per_key {
         eprintln!("SKIPPED per_partition_key_order: the broker does not promise order");
@@ -651,14 +704,23 @@ pub async fn per_partition_key_order<F: Fixture>(fixture: &F) {
     let (publisher, bus) = (fixture.connect().await, fixture.connect().await);
     let topic = fixture.name("ordered");
     let seen = Seen::default();
-    let handle = serve(
-        &bus,
-        Consumer::new(sub_events(&topic, "g")).concurrency(1),
-        &seen,
-        0,
-        ack,
-    )
-    .await;
+    let handle = Consumer::new(sub_events(&topic, "g"))
+        .concurrency(8)
+        .serve(&bus, {
+            let seen = seen.clone();
+            tower::service_fn(move |m: Message| {
+                let seen = seen.clone();
+                async move {
+                    // Uneven handler times: without the lanes, later messages would overtake.
+                    let pause = m.id().bytes().last().map_or(0, |b| u64::from(b % 3));
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    seen.push(m.id(), m.attempt(), 0);
+                    Ok::<_, Infallible>(())
+                }
+            })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut sent: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut events = Vec::new();
     for n in 0..300 {

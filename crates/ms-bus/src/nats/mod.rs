@@ -162,6 +162,15 @@ impl NatsBus {
         }
     }
 
+    /// A health check that JetStream answers (feature `health`).
+    #[cfg(feature = "health")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+    pub fn check(&self) -> crate::health::JetStreamCheck {
+        crate::health::JetStreamCheck {
+            client: self.inner.client.clone(),
+        }
+    }
+
     /// The client.
     pub fn client(&self) -> &async_nats::Client {
         &self.inner.client
@@ -284,9 +293,25 @@ impl Inner {
         envelope: &Envelope,
     ) -> Result<(), BusError> {
         let subject = self.prepare(kind, name).await?;
-        let ack = self.start_publish(&subject, envelope).await?;
-        ack.await.map_err(|e| BusError::NotConfirmed(e.into()))?;
-        Ok(())
+        let result = async {
+            let ack = self.start_publish(&subject, envelope).await?;
+            ack.await.map_err(|e| BusError::NotConfirmed(e.into()))?;
+            Ok(())
+        }
+        .await;
+        self.forget_stream_on_error(kind, name, &result);
+        result
+    }
+
+    /// After a failed publish the stream may be gone (deleted by an operator, a server that
+    /// lost its store): ask the server again next time instead of trusting the cache.
+    fn forget_stream_on_error(&self, kind: Kind, name: &str, result: &Result<(), BusError>) {
+        if result.is_err() {
+            self.streams
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&naming::stream(&self.prefix, kind, name));
+        }
     }
 
     async fn publish_many(
@@ -296,20 +321,25 @@ impl Inner {
         envelopes: &[Envelope],
     ) -> Result<(), BusError> {
         let subject = self.prepare(kind, name).await?;
-        let mut pending = std::collections::VecDeque::with_capacity(self.window);
-        for envelope in envelopes {
-            if pending.len() >= self.window
-                && let Some(ack) = pending.pop_front()
-            {
-                let ack: PublishAckFuture = ack;
+        let result = async {
+            let mut pending = std::collections::VecDeque::with_capacity(self.window);
+            for envelope in envelopes {
+                if pending.len() >= self.window
+                    && let Some(ack) = pending.pop_front()
+                {
+                    let ack: PublishAckFuture = ack;
+                    ack.await.map_err(|e| BusError::NotConfirmed(e.into()))?;
+                }
+                pending.push_back(self.start_publish(&subject, envelope).await?);
+            }
+            for ack in pending {
                 ack.await.map_err(|e| BusError::NotConfirmed(e.into()))?;
             }
-            pending.push_back(self.start_publish(&subject, envelope).await?);
+            Ok(())
         }
-        for ack in pending {
-            ack.await.map_err(|e| BusError::NotConfirmed(e.into()))?;
-        }
-        Ok(())
+        .await;
+        self.forget_stream_on_error(kind, name, &result);
+        result
     }
 
     /// Publishes a raw transport message (a dead letter) to a command destination's stream.
