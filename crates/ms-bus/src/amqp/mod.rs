@@ -75,6 +75,9 @@
 mod acker;
 mod builder;
 mod headers;
+#[cfg(feature = "health")]
+#[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+mod health;
 mod link;
 mod subscriber;
 mod topology;
@@ -87,6 +90,8 @@ pub use builder::{
     AmqpBusBuilder, DEFAULT_CONFIRM_WINDOW, DEFAULT_PUBLISH_TIMEOUT,
     DEFAULT_RECONNECT_INITIAL_DELAY, DEFAULT_RECONNECT_MAX_DELAY,
 };
+#[cfg(feature = "health")]
+pub use health::AmqpHealthCheck;
 pub use topology::DEFAULT_EVENTS_EXCHANGE;
 
 use crate::codec::{self, HeaderValues, Mode};
@@ -130,6 +135,13 @@ impl AmqpBus {
     /// that the next operation triggers).
     pub async fn is_connected(&self) -> bool {
         self.link.is_connected().await
+    }
+
+    /// A ms-health check of this bus's connection (feature `health`).
+    #[cfg(feature = "health")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+    pub fn health_check(&self) -> AmqpHealthCheck {
+        AmqpHealthCheck::new(self.link.clone())
     }
 
     /// Closes the connection: subscriptions end, publishing fails with [`BusError::Closed`].
