@@ -118,6 +118,7 @@ macro_rules! conformance_tests {
             commands_reach_one_consumer,
             nack_redelivers,
             crashed_handler_redelivers,
+            in_progress_extends_the_deadline,
             poison_goes_to_dead_letter_while_the_rest_flow,
             undecodable_goes_to_dead_letter,
             ten_thousand_messages_none_lost,
@@ -487,6 +488,45 @@ pub async fn crashed_handler_redelivers<F: Fixture>(fixture: &F) {
     let (id, attempt, _) = seen.all().remove(0);
     assert_eq!(id, e.id());
     assert!(attempt >= 2, "redelivery reported attempt {attempt}");
+}
+
+/// A handler that runs longer than the ack deadline but reports progress keeps its message:
+/// no second delivery happens meanwhile.
+pub async fn in_progress_extends_the_deadline<F: Fixture>(fixture: &F) {
+    let (publisher, bus) = (fixture.connect().await, fixture.connect().await);
+    let topic = fixture.name("progress");
+    let ack_wait = fixture.capabilities().ack_wait;
+    let seen = Seen::default();
+    let handle = Consumer::new(sub_events(&topic, "g").ack_wait(ack_wait))
+        .serve(&bus, {
+            let seen = seen.clone();
+            tower::service_fn(move |m: Message| {
+                seen.push(m.id(), m.attempt(), 0);
+                async move {
+                    // Three deadlines long, reporting progress four times per deadline.
+                    for _ in 0..12 {
+                        tokio::time::sleep(ack_wait / 4).await;
+                        m.in_progress().await?;
+                    }
+                    Ok::<_, crate::BusError>(())
+                }
+            })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    publisher
+        .publish(&topic, &event(0))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_until("the delivery", || seen.len() == 1).await;
+    // Shutdown waits for the handler: three deadlines pass while it holds the message.
+    shutdown(handle).await;
+    assert_eq!(
+        seen.len(),
+        1,
+        "redelivered while the handler reported progress: {:?}",
+        seen.all()
+    );
 }
 
 /// A message whose handler always fails is delivered `max_deliveries` times, then moved to the

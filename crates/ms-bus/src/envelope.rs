@@ -23,6 +23,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use ms_tracing::CorrelationId;
@@ -97,9 +98,23 @@ pub enum DataError {
 /// A CloudEvents 1.0 event: context attributes, extensions and opaque data bytes.
 ///
 /// Required attributes are always present and non-empty; `specversion` is always
-/// [`SPEC_VERSION`]. Cloning is cheap for the data (a [`Bytes`]) and copies the attributes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// [`SPEC_VERSION`]. Cloning is cheap: the attributes and data are shared (copied on write,
+/// which only [`set_extension`](Self::set_extension) does), so fanning one event out to many
+/// consumers costs a reference count each.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Envelope {
+    attributes: Arc<Attributes>,
+}
+
+impl std::fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.attributes.fmt(f)
+    }
+}
+
+/// What an envelope holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Attributes {
     id: String,
     source: String,
     ty: String,
@@ -117,7 +132,7 @@ impl Envelope {
     /// a fresh UUID v7.
     pub fn builder(ty: impl Into<String>, source: impl Into<String>) -> EnvelopeBuilder {
         EnvelopeBuilder {
-            envelope: Envelope {
+            envelope: Attributes {
                 id: uuid::Uuid::now_v7().to_string(),
                 source: source.into(),
                 ty: ty.into(),
@@ -133,12 +148,12 @@ impl Envelope {
 
     /// The event id; with `source`, it identifies the event (and is the broker dedup key).
     pub fn id(&self) -> &str {
-        &self.id
+        &self.attributes.id
     }
 
     /// The producer, as a URI-reference.
     pub fn source(&self) -> &str {
-        &self.source
+        &self.attributes.source
     }
 
     /// Always [`SPEC_VERSION`].
@@ -148,47 +163,48 @@ impl Envelope {
 
     /// The event type (`type` in the spec; a keyword in Rust).
     pub fn ty(&self) -> &str {
-        &self.ty
+        &self.attributes.ty
     }
 
     /// The subject of the event within its source, if any.
     pub fn subject(&self) -> Option<&str> {
-        self.subject.as_deref()
+        self.attributes.subject.as_deref()
     }
 
     /// When the occurrence happened, if the producer said.
     pub fn time(&self) -> Option<OffsetDateTime> {
-        self.time
+        self.attributes.time
     }
 
     /// [`time`](Self::time) as RFC 3339 text, as the codecs write it (UTC as `Z`).
     pub fn time_rfc3339(&self) -> Option<String> {
-        self.time.and_then(|t| t.format(&Rfc3339).ok())
+        self.attributes.time.and_then(|t| t.format(&Rfc3339).ok())
     }
 
     /// The media type of [`data`](Self::data), if any.
     pub fn datacontenttype(&self) -> Option<&str> {
-        self.datacontenttype.as_deref()
+        self.attributes.datacontenttype.as_deref()
     }
 
     /// The schema the data adheres to, if any.
     pub fn dataschema(&self) -> Option<&str> {
-        self.dataschema.as_deref()
+        self.attributes.dataschema.as_deref()
     }
 
     /// The data, as bytes (empty when the event has none).
     pub fn data(&self) -> &Bytes {
-        &self.data
+        &self.attributes.data
     }
 
     /// An extension attribute's value.
     pub fn extension(&self, name: &str) -> Option<&str> {
-        self.extensions.get(name).map(String::as_str)
+        self.attributes.extensions.get(name).map(String::as_str)
     }
 
     /// All extension attributes, sorted by name.
     pub fn extensions(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.extensions
+        self.attributes
+            .extensions
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
     }
@@ -201,7 +217,7 @@ impl Envelope {
         {
             return Err(DataError::NotJson(ct.to_owned()));
         }
-        Ok(serde_json::from_slice(&self.data)?)
+        Ok(serde_json::from_slice(&self.attributes.data)?)
     }
 
     /// The W3C `traceparent` extension, as received (ms-tracing validates it).
@@ -233,7 +249,9 @@ impl Envelope {
     ) -> Result<(), EnvelopeError> {
         let name = name.into();
         validate_extension_name(&name)?;
-        self.extensions.insert(name, value.into());
+        Arc::make_mut(&mut self.attributes)
+            .extensions
+            .insert(name, value.into());
         Ok(())
     }
 
@@ -244,7 +262,7 @@ impl Envelope {
             validate_extension_name(name)?;
         }
         EnvelopeBuilder {
-            envelope: Envelope {
+            envelope: Attributes {
                 id: parts.id,
                 source: parts.source,
                 ty: parts.ty,
@@ -297,7 +315,7 @@ pub(crate) fn is_json_content_type(content_type: &str) -> bool {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct EnvelopeBuilder {
-    envelope: Envelope,
+    envelope: Attributes,
 }
 
 impl EnvelopeBuilder {
@@ -393,7 +411,9 @@ impl EnvelopeBuilder {
                 return Err(EnvelopeError::EmptyAttribute(name));
             }
         }
-        Ok(e)
+        Ok(Envelope {
+            attributes: Arc::new(e),
+        })
     }
 }
 

@@ -1,35 +1,98 @@
-//! A broker-agnostic event and command bus over CloudEvents 1.0 envelopes.
+//! A broker-agnostic event and command bus over CloudEvents 1.0 envelopes: publish events
+//! to topics (each consumer group gets a copy, instances of a group share them) and send
+//! commands to destinations, consume them with `tower::Service` handlers under one ack model,
+//! on NATS JetStream or in memory, with RabbitMQ to come.
 //!
 //! ```
-//! use ms_bus::Envelope;
-//! use ms_tracing::CorrelationId;
+//! # #[cfg(feature = "memory")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::{Arc, Mutex};
+//! use ms_bus::consumer::{Consumer, Message, Reject};
+//! use ms_bus::memory::MemoryBus;
+//! use ms_bus::{Envelope, EventPublisher, Subscription};
 //!
-//! let correlation = CorrelationId::generate();
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct InvoiceCreated { number: String, total_cents: i64 }
+//!
+//! let bus = MemoryBus::new(); // or ms_bus::nats::NatsBus::builder(client).build()
+//! let totals = Arc::new(Mutex::new(Vec::new()));
+//! let handler = tower::service_fn({
+//!     let totals = totals.clone();
+//!     move |message: Message| {
+//!         let totals = totals.clone();
+//!         async move {
+//!             let invoice: InvoiceCreated = message.json_data().map_err(|e| Reject::new(e.to_string()))?;
+//!             totals.lock().unwrap().push(invoice.total_cents);
+//!             Ok::<_, Reject>(()) // ack; an error retries with backoff, then dead-letters
+//!         }
+//!     }
+//! });
+//! let consumer = Consumer::new(Subscription::events("invoicing.invoice", "reporting")?)
+//!     .serve(&bus, handler)
+//!     .await?;
+//!
 //! let event = Envelope::builder("invoicing.invoice.created", "/invoicing")
-//!     .subject("inv-1001")
-//!     .correlation_id(&correlation)
-//!     .extension("partitionkey", "inv-1001")?
-//!     .data("application/json", &br#"{"total":4200}"#[..])
+//!     .partition_key("inv-1001")
+//!     .json_data(&InvoiceCreated { number: "inv-1001".into(), total_cents: 4200 })?
 //!     .build()?;
+//! bus.publish("invoicing.invoice", &event).await?; // returns once the broker confirmed
 //!
-//! assert_eq!(event.specversion(), "1.0");
-//! assert_eq!(event.ty(), "invoicing.invoice.created");
-//! assert_eq!(event.correlation_id().as_ref(), Some(&correlation));
-//! assert_eq!(event.extension("partitionkey"), Some("inv-1001"));
-//! # Ok::<(), ms_bus::EnvelopeError>(())
+//! consumer.shutdown_when(|| !totals.lock().unwrap().is_empty()).await?; // drains in-flight work
+//! assert_eq!(*totals.lock().unwrap(), [4200]);
+//! # Ok(()) }
+//! # #[cfg(not(feature = "memory"))]
+//! # fn main() {}
 //! ```
 //!
 //! # Layout
 //!
 //! - [`Envelope`] (`envelope.rs`) and [`codec`]: the CloudEvents 1.0 envelope, binary and
-//!   structured content modes over a transport-neutral [`codec::TransportMessage`].
+//!   structured content modes over a transport-neutral [`codec::TransportMessage`]. Tested
+//!   against the spec's examples, hostile input (proptest) and the CloudEvents Python SDK.
 //! - [`EventPublisher`] / [`CommandSender`] (`publish.rs`), [`Subscriber`] and
 //!   [`Subscription`] (`subscription.rs`), [`Delivery`] and [`Acker`] (`delivery.rs`): the
 //!   contract every adapter implements. **These shapes are stable: changes are additive.**
 //! - [`consumer`]: the runtime that drives a `tower::Service<Message>` over a subscription,
-//!   with one ack model (ack, retry after a delay, dead letter, in progress).
-//! - [`dead_letter`]: the headers a dead letter carries. [`propagation`]: the context hook.
-//! - Adapters, each behind its cargo feature and in its own folder: `memory`, `nats`, `amqp`.
+//!   with one ack model (ack, retry after a delay, dead letter, in progress), retries with
+//!   backoff, a maximum number of deliveries, and graceful shutdown.
+//! - [`dead_letter`]: the headers a dead letter carries. [`propagation`]: the hook for trace
+//!   and correlation context (ms-tracing plugs in there; the default carries the
+//!   correlation id).
+//! - Adapters, each behind its cargo feature and in its own folder: `memory` (with fault
+//!   injection), `nats` (JetStream), `amqp` (RabbitMQ, to come).
+//! - `conformance` (feature `testkit`): the suite every adapter runs against its real broker.
+//! - `health` (feature `health`): ms-health checks for consumers and JetStream.
+//!
+//! # Adding an adapter
+//!
+//! An adapter lives in `src/<name>/` behind a cargo feature of that name and implements
+//! [`EventPublisher`], [`CommandSender`] and [`Subscriber`]; each message it delivers is a
+//! [`Delivery`] with an [`Acker`] that settles it on the broker. It encodes with
+//! [`codec::binary_headers`] (or [`codec::encode`]) and decodes with [`codec::decode`]; a
+//! message that does not decode is still delivered (as `Err`), so that the runtime
+//! dead-letters it. Its test file runs the suite:
+//! `ms_bus::conformance_tests!(fixture)` with a `conformance::Fixture` on
+//! the real broker, and `broker_restart_loses_nothing_confirmed` with a private, killable
+//! broker from ms-testkit. The NATS adapter (`src/nats/`, `tests/conformance_nats.rs`) is
+//! the worked example. For RabbitMQ the mapping the traits were shaped for is: a topic
+//! exchange per bus for events and one durable queue per consumer group bound to the topic,
+//! one durable queue per command destination, publisher confirms before `publish` returns,
+//! `ce-` attributes as AMQP headers with [`codec::HeaderValues::Raw`] and `datacontenttype`
+//! in the `content_type` property (the CloudEvents RabbitMQ binding), retry after a delay
+//! through a delay queue or republish that carries the attempt count in a header, and the
+//! dead letter published with the [`dead_letter`] headers to the dead-letter destination's
+//! queue (via a dead-letter exchange) before the original is acked.
+//!
+//! # What is missing
+//!
+//! - The RabbitMQ (`amqp`) adapter: the traits, the codec's raw header mode and the
+//!   conformance suite are ready for it; it is not written yet.
+//! - ms-tracing's W3C trace-context propagation: [`propagation::Propagation`] is the hook;
+//!   until it lands only the correlation id travels (and `traceparent`/`tracestate`
+//!   extensions set by the caller are carried but not acted upon).
+//! - Per-partition-key ordering holds with a consumer of concurrency 1; there is no
+//!   key-aware parallelism yet.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -46,6 +109,9 @@ pub mod dead_letter;
 mod delivery;
 mod envelope;
 mod error;
+#[cfg(feature = "health")]
+#[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+pub mod health;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub mod memory;

@@ -133,7 +133,7 @@ async fn a_broker_crash_mid_publish_loses_nothing_and_an_outage_past_the_timeout
     #[cfg(feature = "health")]
     {
         use ms_health::{Check as _, Status};
-        let check = impatient.health_check();
+        let check = impatient.check();
         assert_eq!(check.check().await.status(), Status::Fail, "broker down");
         server.restart().await.unwrap();
         assert_eq!(

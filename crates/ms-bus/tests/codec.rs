@@ -248,3 +248,29 @@ proptest! {
         let _ = codec::from_json(&body);
     }
 }
+
+/// The NATS binding's structured mode: the JSON event format as a bare payload, no headers.
+#[test]
+fn a_bare_json_payload_without_headers_is_structured_mode() {
+    let event = Envelope::builder("t", "/s")
+        .data("text/plain", "hi")
+        .build()
+        .unwrap();
+    let bare = TransportMessage {
+        headers: Vec::new(),
+        content_type: None,
+        body: codec::to_json(&event),
+    };
+    assert_eq!(
+        codec::decode(&bare, HeaderValues::PercentEncoded),
+        Ok(event)
+    );
+    let not_json = TransportMessage {
+        body: Bytes::from_static(b"plain bytes"),
+        ..bare
+    };
+    assert_eq!(
+        codec::decode(&not_json, HeaderValues::PercentEncoded),
+        Err(DecodeError::MissingAttribute("specversion"))
+    );
+}

@@ -211,3 +211,61 @@ async fn rejects_dead_letter_at_once_and_panics_are_retried() {
         ["handler panicked: handler bug", "rejected: negative total"]
     );
 }
+
+/// tower layers apply to handlers: a timeout turns a stuck handler into a retried error, and
+/// a concurrency limit's readiness is respected (the runtime keeps driving in-flight handlers
+/// while it waits for the limit, so it does not deadlock).
+#[tokio::test(start_paused = true)]
+async fn tower_timeout_and_concurrency_limit_apply_to_handlers() {
+    use tower::ServiceBuilder;
+
+    let bus = MemoryBus::new();
+    let subscription = Subscription::events("t", "g").unwrap();
+    let dead = subscription.dead_letter_destination().to_owned();
+    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let completed: Log = Log::default();
+    let handler = ServiceBuilder::new()
+        .concurrency_limit(2)
+        .timeout(Duration::from_secs(5))
+        .service_fn({
+            let (running, peak, completed) = (running.clone(), peak.clone(), completed.clone());
+            move |m: Message| {
+                let (running, peak, completed) = (running.clone(), peak.clone(), completed.clone());
+                async move {
+                    let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                    let stuck = m.subject() == Some("stuck");
+                    tokio::time::sleep(if stuck {
+                        Duration::from_secs(60)
+                    } else {
+                        Duration::from_millis(10)
+                    })
+                    .await;
+                    running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    completed
+                        .lock()
+                        .unwrap()
+                        .push((m.id().to_owned(), m.attempt()));
+                    Ok::<_, Infallible>(())
+                }
+            }
+        });
+    let consumer = Consumer::new(subscription)
+        .concurrency(16)
+        .retry(RetryPolicy::default().max_deliveries(2))
+        .serve(&bus, handler)
+        .await
+        .unwrap();
+    let mut sent = events(10);
+    sent.push(
+        Envelope::builder("test.thing.happened", "/test")
+            .subject("stuck")
+            .build()
+            .unwrap(),
+    );
+    bus.publish_batch("t", &sent).await.unwrap();
+    until(|| bus.pending_commands(&dead) == 1 && completed.lock().unwrap().len() == 10).await;
+    consumer.shutdown().await.unwrap();
+    assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

@@ -7,7 +7,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let Some(rabbit) = ms_testkit::amqp().await else { return Ok(()) };
 //! let bus = ms_bus::amqp::AmqpBus::connect(rabbit.url()).await?;
-//! let check = bus.health_check();
+//! let check = bus.check();
 //! assert_eq!(check.check().await.status(), Status::Pass);
 //!
 //! bus.close().await;
@@ -33,17 +33,17 @@ use crate::BusError;
 /// healthy) without waiting for its next publish; the registry runs checks under a timeout and
 /// caches their results, which bounds how often that happens.
 #[derive(Debug, Clone)]
-pub struct AmqpHealthCheck {
+pub struct RabbitMqCheck {
     link: Arc<Link>,
 }
 
-impl AmqpHealthCheck {
+impl RabbitMqCheck {
     pub(super) fn new(link: Arc<Link>) -> Self {
         Self { link }
     }
 }
 
-impl Check for AmqpHealthCheck {
+impl Check for RabbitMqCheck {
     fn check(&self) -> BoxFuture<'_, CheckResult> {
         Box::pin(async move {
             match self.link.session().await {

@@ -91,7 +91,7 @@ pub use builder::{
     DEFAULT_RECONNECT_INITIAL_DELAY, DEFAULT_RECONNECT_MAX_DELAY,
 };
 #[cfg(feature = "health")]
-pub use health::AmqpHealthCheck;
+pub use health::RabbitMqCheck;
 pub use topology::DEFAULT_EVENTS_EXCHANGE;
 
 use crate::codec::{self, HeaderValues, Mode};
@@ -137,11 +137,11 @@ impl AmqpBus {
         self.link.is_connected().await
     }
 
-    /// A ms-health check of this bus's connection (feature `health`).
+    /// A health check of this bus's RabbitMQ connection, across reconnections (feature `health`).
     #[cfg(feature = "health")]
     #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
-    pub fn health_check(&self) -> AmqpHealthCheck {
-        AmqpHealthCheck::new(self.link.clone())
+    pub fn check(&self) -> RabbitMqCheck {
+        RabbitMqCheck::new(self.link.clone())
     }
 
     /// Closes the connection: subscriptions end, publishing fails with [`BusError::Closed`].

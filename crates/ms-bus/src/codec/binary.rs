@@ -15,33 +15,43 @@ use crate::envelope::{Envelope, EnvelopeParts};
 /// UTF-8 percent-encoding, every non-ASCII character.
 const ESCAPED: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
 
-pub(super) fn encode(envelope: &Envelope, values: HeaderValues) -> TransportMessage {
-    let mut headers = Vec::with_capacity(5 + envelope.extensions().size_hint().0);
-    let mut push = |name: &str, value: &str| {
-        let value = match values {
-            HeaderValues::PercentEncoded => Cow::from(utf8_percent_encode(value, ESCAPED)),
-            HeaderValues::Raw => Cow::Borrowed(value),
-        };
-        headers.push((format!("{HEADER_PREFIX}{name}"), value.into_owned()));
+/// The `ce-` headers of `envelope`: the spec's attribute names as static strings, extension
+/// names built once each.
+pub(super) fn headers(
+    envelope: &Envelope,
+    values: HeaderValues,
+) -> Vec<(Cow<'static, str>, Cow<'_, str>)> {
+    let mut headers = Vec::with_capacity(7 + envelope.extensions().size_hint().0);
+    let value = |v| match values {
+        HeaderValues::PercentEncoded => Cow::from(utf8_percent_encode(v, ESCAPED)),
+        HeaderValues::Raw => Cow::Borrowed(v),
     };
-    push("specversion", SPEC_VERSION);
-    push("id", envelope.id());
-    push("source", envelope.source());
-    push("type", envelope.ty());
+    headers.push((Cow::Borrowed("ce-specversion"), Cow::Borrowed(SPEC_VERSION)));
+    headers.push((Cow::Borrowed("ce-id"), value(envelope.id())));
+    headers.push((Cow::Borrowed("ce-source"), value(envelope.source())));
+    headers.push((Cow::Borrowed("ce-type"), value(envelope.ty())));
     if let Some(subject) = envelope.subject() {
-        push("subject", subject);
+        headers.push((Cow::Borrowed("ce-subject"), value(subject)));
     }
     if let Some(time) = envelope.time_rfc3339() {
-        push("time", &time);
+        // RFC 3339 text is printable ASCII without space, `"` or `%`: nothing to escape.
+        headers.push((Cow::Borrowed("ce-time"), Cow::Owned(time)));
     }
     if let Some(schema) = envelope.dataschema() {
-        push("dataschema", schema);
+        headers.push((Cow::Borrowed("ce-dataschema"), value(schema)));
     }
-    for (name, value) in envelope.extensions() {
-        push(name, value);
+    for (name, v) in envelope.extensions() {
+        headers.push((Cow::Owned(format!("{HEADER_PREFIX}{name}")), value(v)));
     }
+    headers
+}
+
+pub(super) fn encode(envelope: &Envelope, values: HeaderValues) -> TransportMessage {
     TransportMessage {
-        headers,
+        headers: headers(envelope, values)
+            .into_iter()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect(),
         content_type: envelope.datacontenttype().map(str::to_owned),
         body: envelope.data().clone(),
     }

@@ -107,8 +107,20 @@ pub fn encode(envelope: &Envelope, mode: Mode, values: HeaderValues) -> Transpor
     }
 }
 
+/// Binary mode's `ce-` headers for `envelope`, without building a [`TransportMessage`]: for
+/// adapters that write straight into their client's header type. The spec's attribute names
+/// come as `&'static str`; the data and `datacontenttype` are the adapter's to place.
+pub fn binary_headers(
+    envelope: &Envelope,
+    values: HeaderValues,
+) -> Vec<(std::borrow::Cow<'static, str>, std::borrow::Cow<'_, str>)> {
+    binary::headers(envelope, values)
+}
+
 /// Decodes a message in either mode: structured when the content type is an
-/// `application/cloudevents` type, binary otherwise.
+/// `application/cloudevents` type, binary when there is a `ce-specversion` header, and
+/// structured again when there is neither a content type nor that header: the NATS binding's
+/// structured mode is a bare JSON payload without headers.
 pub fn decode(message: &TransportMessage, values: HeaderValues) -> Result<Envelope, DecodeError> {
     match message.content_type.as_deref() {
         Some(ct) if is_cloudevents_format(ct) => {
@@ -118,6 +130,11 @@ pub fn decode(message: &TransportMessage, values: HeaderValues) -> Result<Envelo
             } else {
                 Err(DecodeError::UnsupportedFormat(ct.to_owned()))
             }
+        }
+        None if message.header("ce-specversion").is_none()
+            && message.body.trim_ascii_start().starts_with(b"{") =>
+        {
+            structured::decode(&message.body)
         }
         _ => binary::decode(message, values),
     }

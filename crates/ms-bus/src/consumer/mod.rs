@@ -67,6 +67,7 @@ mod retry;
 use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
@@ -140,10 +141,19 @@ impl Consumer {
     {
         let deliveries = subscriber.subscribe(&self.subscription).await?;
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run(self, deliveries, handler, stopped));
+        let running = Arc::new(AtomicBool::new(true));
+        let origin: Arc<str> = self.subscription.origin().into();
+        let guard = RunningGuard(running.clone());
+        let task = tokio::spawn(async move {
+            // Cleared however the task ends, aborted included.
+            let _guard = guard;
+            run(self, deliveries, handler, stopped).await
+        });
         Ok(ConsumerHandle {
             stop: Some(stop),
             task,
+            running,
+            origin,
         })
     }
 }
@@ -153,9 +163,30 @@ impl Consumer {
 pub struct ConsumerHandle {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), BusError>>,
+    running: Arc<AtomicBool>,
+    origin: Arc<str>,
+}
+
+/// Marks the consumer stopped when the task ends or is dropped.
+struct RunningGuard(Arc<AtomicBool>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl ConsumerHandle {
+    /// A health check that fails once this consumer has stopped (feature `health`).
+    #[cfg(feature = "health")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+    pub fn check(&self) -> crate::health::ConsumerCheck {
+        crate::health::ConsumerCheck {
+            running: self.running.clone(),
+            name: self.origin.clone(),
+        }
+    }
+
     /// Stops taking deliveries, waits for the in-flight handlers and their settlements, and
     /// returns the consumer's end state (an error if the handler's service failed).
     pub async fn shutdown(mut self) -> Result<(), BusError> {
@@ -185,9 +216,14 @@ impl ConsumerHandle {
         self.task.abort();
     }
 
+    /// The topic or destination this consumer reads.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
     /// Whether the consumer has stopped (shut down, or its stream ended).
     pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
+        !self.running.load(Ordering::Acquire) || self.task.is_finished()
     }
 }
 

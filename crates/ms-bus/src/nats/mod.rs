@@ -48,13 +48,14 @@
 mod consume;
 mod naming;
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::str::FromStr as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage, stream};
+use async_nats::{HeaderMap, HeaderName, Subject};
 use futures_util::future::BoxFuture;
 
 use crate::codec::{self, HeaderValues, Mode, TransportMessage};
@@ -130,6 +131,10 @@ impl NatsBusBuilder {
     }
 
     /// The bus.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime: async-nats's JetStream context spawns a task.
     pub fn build(self) -> NatsBus {
         NatsBus {
             inner: Arc::new(Inner {
@@ -154,6 +159,15 @@ impl NatsBus {
             mode: Mode::Binary,
             window: DEFAULT_PUBLISH_WINDOW,
             propagation: default_propagation(),
+        }
+    }
+
+    /// A health check that JetStream answers (feature `health`).
+    #[cfg(feature = "health")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+    pub fn check(&self) -> crate::health::JetStreamCheck {
+        crate::health::JetStreamCheck {
+            client: self.inner.client.clone(),
         }
     }
 
@@ -218,38 +232,58 @@ impl Inner {
 
     fn encode(&self, envelope: &Envelope) -> (HeaderMap, bytes::Bytes) {
         let envelope = outgoing(&*self.propagation, envelope);
-        let message = codec::encode(&envelope, self.mode, HeaderValues::PercentEncoded);
         let mut headers = HeaderMap::new();
-        headers.insert(MSG_ID_HEADER, envelope.id());
-        if let Some(content_type) = &message.content_type {
-            headers.insert(CONTENT_TYPE_HEADER, content_type.as_str());
-        }
-        for (name, value) in message.headers {
-            // Header names are `ce-` plus an extension name (lower-case letters and
-            // digits) and values are percent-encoded: both always valid.
-            if let Ok(name) = async_nats::HeaderName::from_str(&name) {
-                headers.insert(name, value);
+        headers.insert(HeaderName::from_static(MSG_ID_HEADER), envelope.id());
+        let body = match self.mode {
+            Mode::Structured => {
+                headers.insert(
+                    HeaderName::from_static(CONTENT_TYPE_HEADER),
+                    codec::STRUCTURED_JSON_CONTENT_TYPE,
+                );
+                codec::to_json(&envelope)
             }
-        }
-        (headers, message.body)
+            _ => {
+                if let Some(content_type) = envelope.datacontenttype() {
+                    headers.insert(HeaderName::from_static(CONTENT_TYPE_HEADER), content_type);
+                }
+                for (name, value) in codec::binary_headers(&envelope, HeaderValues::PercentEncoded)
+                {
+                    let name = match name {
+                        Cow::Borrowed(name) => HeaderName::from_static(name),
+                        // `ce-` plus an extension name (lower-case letters and digits): valid.
+                        Cow::Owned(name) => match HeaderName::from_str(&name) {
+                            Ok(name) => name,
+                            Err(_) => continue,
+                        },
+                    };
+                    headers.insert(name, value.as_ref());
+                }
+                envelope.data().clone()
+            }
+        };
+        (headers, body)
     }
 
     async fn start_publish(
         &self,
-        kind: Kind,
-        name: &str,
+        subject: &Subject,
         envelope: &Envelope,
     ) -> Result<PublishAckFuture, BusError> {
-        validate_name(name)?;
-        self.ensure_stream(kind, name).await?;
         let (headers, body) = self.encode(envelope);
         self.jetstream
             .send_publish(
-                naming::subject(&self.prefix, kind, name),
+                subject.clone(),
                 PublishMessage::build().payload(body).headers(headers),
             )
             .await
             .map_err(|e| BusError::NotConfirmed(e.into()))
+    }
+
+    /// Validates the name, makes sure its stream exists, and returns its subject.
+    async fn prepare(&self, kind: Kind, name: &str) -> Result<Subject, BusError> {
+        validate_name(name)?;
+        self.ensure_stream(kind, name).await?;
+        Ok(Subject::from(naming::subject(&self.prefix, kind, name)))
     }
 
     async fn publish_one(
@@ -258,9 +292,26 @@ impl Inner {
         name: &str,
         envelope: &Envelope,
     ) -> Result<(), BusError> {
-        let ack = self.start_publish(kind, name, envelope).await?;
-        ack.await.map_err(|e| BusError::NotConfirmed(e.into()))?;
-        Ok(())
+        let subject = self.prepare(kind, name).await?;
+        let result = async {
+            let ack = self.start_publish(&subject, envelope).await?;
+            ack.await.map_err(|e| BusError::NotConfirmed(e.into()))?;
+            Ok(())
+        }
+        .await;
+        self.forget_stream_on_error(kind, name, &result);
+        result
+    }
+
+    /// After a failed publish the stream may be gone (deleted by an operator, a server that
+    /// lost its store): ask the server again next time instead of trusting the cache.
+    fn forget_stream_on_error(&self, kind: Kind, name: &str, result: &Result<(), BusError>) {
+        if result.is_err() {
+            self.streams
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&naming::stream(&self.prefix, kind, name));
+        }
     }
 
     async fn publish_many(
@@ -269,20 +320,26 @@ impl Inner {
         name: &str,
         envelopes: &[Envelope],
     ) -> Result<(), BusError> {
-        let mut pending = std::collections::VecDeque::with_capacity(self.window);
-        for envelope in envelopes {
-            if pending.len() >= self.window
-                && let Some(ack) = pending.pop_front()
-            {
-                let ack: PublishAckFuture = ack;
+        let subject = self.prepare(kind, name).await?;
+        let result = async {
+            let mut pending = std::collections::VecDeque::with_capacity(self.window);
+            for envelope in envelopes {
+                if pending.len() >= self.window
+                    && let Some(ack) = pending.pop_front()
+                {
+                    let ack: PublishAckFuture = ack;
+                    ack.await.map_err(|e| BusError::NotConfirmed(e.into()))?;
+                }
+                pending.push_back(self.start_publish(&subject, envelope).await?);
+            }
+            for ack in pending {
                 ack.await.map_err(|e| BusError::NotConfirmed(e.into()))?;
             }
-            pending.push_back(self.start_publish(kind, name, envelope).await?);
+            Ok(())
         }
-        for ack in pending {
-            ack.await.map_err(|e| BusError::NotConfirmed(e.into()))?;
-        }
-        Ok(())
+        .await;
+        self.forget_stream_on_error(kind, name, &result);
+        result
     }
 
     /// Publishes a raw transport message (a dead letter) to a command destination's stream.
