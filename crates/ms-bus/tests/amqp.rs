@@ -549,3 +549,37 @@ async fn a_closed_bus_ends_its_subscriptions_and_refuses_to_publish() {
     });
     end.await.expect("the stream ends");
 }
+
+#[tokio::test]
+async fn a_deleted_queue_is_declared_again_by_senders_and_consumers() {
+    let Some(rabbit) = ms_testkit::amqp().await else {
+        return;
+    };
+    let bus = bus(&rabbit).await;
+    let log = Log::default();
+    let consumer = Consumer::new(Subscription::commands("work").unwrap())
+        .serve(&bus, recording(log.clone(), ack))
+        .await
+        .unwrap();
+    bus.send("work", &event(1)).await.unwrap();
+
+    // An operator deletes the queue: RabbitMQ cancels the consumer, and the sender's
+    // knowledge that the queue exists is stale.
+    let connection = rabbit.connection().await;
+    let channel = connection.create_channel().await.unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while log.len() < 1 {
+        assert!(Instant::now() < deadline, "the first command never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    channel
+        .queue_delete("work".into(), lapin::options::QueueDeleteOptions::default())
+        .await
+        .unwrap();
+
+    // The send is returned as unroutable, declares the queue again and is republished; the
+    // consumer's stream reopens on the declared queue.
+    bus.send("work", &event(2)).await.unwrap();
+    wait_until(consumer, || log.len() == 2).await;
+    assert_eq!(log.all()[1].envelope.subject(), Some("inv-2"));
+}
