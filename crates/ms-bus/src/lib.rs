@@ -91,8 +91,6 @@
 //! - ms-tracing's W3C trace-context propagation: [`propagation::Propagation`] is the hook;
 //!   until it lands only the correlation id travels (and `traceparent`/`tracestate`
 //!   extensions set by the caller are carried but not acted upon).
-//! - Per-partition-key ordering holds with a consumer of concurrency 1; there is no
-//!   key-aware parallelism yet.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

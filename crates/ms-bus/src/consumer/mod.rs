@@ -60,6 +60,7 @@
 //! and settles them, then returns. Deliveries the adapter had prefetched but not handed out
 //! are not settled: the broker redelivers them.
 
+mod lanes;
 mod message;
 mod outcome;
 mod retry;
@@ -76,6 +77,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower::Service;
 
+use lanes::PartitionLanes;
 pub use message::Message;
 pub use outcome::{Outcome, Reject};
 pub use retry::{DEFAULT_INITIAL_DELAY, DEFAULT_MAX_DELAY, DEFAULT_MAX_DELIVERIES, RetryPolicy};
@@ -95,6 +97,7 @@ pub struct Consumer {
     concurrency: usize,
     retry: RetryPolicy,
     propagation: Arc<dyn Propagation>,
+    partition_key_order: bool,
 }
 
 impl Consumer {
@@ -106,13 +109,22 @@ impl Consumer {
             concurrency: DEFAULT_CONCURRENCY,
             retry: RetryPolicy::default(),
             propagation: default_propagation(),
+            partition_key_order: true,
         }
     }
 
-    /// Sets how many messages are handled at once (at least 1). With 1, messages are handled
-    /// in delivery order, which per-partition-key ordering needs.
+    /// Sets how many messages are handled at once (at least 1).
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Whether messages with the same `partitionkey` are handled one after the other, in
+    /// delivery order, while messages of other keys (or none) run concurrently (default
+    /// `true`). The order is the broker's delivery order: a message that is retried after a
+    /// delay comes back behind later ones of its key.
+    pub fn partition_key_order(mut self, ordered: bool) -> Self {
+        self.partition_key_order = ordered;
         self
     }
 
@@ -239,7 +251,9 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    let mut in_flight: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
+    let mut in_flight: FuturesUnordered<BoxFuture<'static, Option<String>>> =
+        FuturesUnordered::new();
+    let mut lanes = PartitionLanes::default();
     let mut ready = false;
     let mut result = Ok(());
     loop {
@@ -256,32 +270,52 @@ where
                         break;
                     }
                 },
-                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                Some(key) = in_flight.next(), if !in_flight.is_empty() => lanes.finish(key),
             }
+            continue;
+        }
+        // A message whose predecessor of the same key finished goes before new deliveries.
+        if let Some((delivery, key)) = lanes.next_runnable() {
+            in_flight.push(handle(&consumer, &mut service, delivery, key));
+            ready = false;
             continue;
         }
         tokio::select! {
             biased;
             _ = &mut stopped => break,
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            item = deliveries.next(), if in_flight.len() < consumer.concurrency => match item {
+            Some(key) = in_flight.next(), if !in_flight.is_empty() => lanes.finish(key),
+            item = deliveries.next(), if in_flight.len() + lanes.held() < consumer.concurrency => match item {
                 None => break,
                 Some(Err(e)) => tracing::warn!(error = %e, "subscription error; the adapter reconnects"),
                 Some(Ok(delivery)) => {
-                    in_flight.push(handle(&consumer, &mut service, delivery));
-                    ready = false;
+                    let admitted = if consumer.partition_key_order {
+                        lanes.admit(delivery)
+                    } else {
+                        Some((delivery, None))
+                    };
+                    if let Some((delivery, key)) = admitted {
+                        in_flight.push(handle(&consumer, &mut service, delivery, key));
+                        ready = false;
+                    }
                 }
             },
         }
     }
-    // Drain: finish and settle what the handler already has. Deliveries still in the stream
-    // are dropped unsettled with it, for the broker to redeliver.
+    // Drain: finish and settle what the handler already has. Deliveries still in the stream,
+    // or held behind their partition key, are dropped unsettled, for the broker to redeliver.
     drop(deliveries);
+    drop(lanes);
     while in_flight.next().await.is_some() {}
     result
 }
 
-fn handle<S>(consumer: &Consumer, service: &mut S, delivery: Delivery) -> BoxFuture<'static, ()>
+/// Starts handling `delivery`; the future settles it and yields `key` back for the lanes.
+fn handle<S>(
+    consumer: &Consumer,
+    service: &mut S,
+    delivery: Delivery,
+    key: Option<String>,
+) -> BoxFuture<'static, Option<String>>
 where
     S: Service<Message> + Send + 'static,
     S::Response: Into<Outcome>,
@@ -294,7 +328,10 @@ where
         Ok(envelope) => Arc::new(envelope),
         Err(error) => {
             let reason = format!("not a valid CloudEvents event: {error}");
-            return Box::pin(async move { settle_dead_letter(&*acker, &info, &reason).await });
+            return Box::pin(async move {
+                settle_dead_letter(&*acker, &info, &reason).await;
+                key
+            });
         }
     };
     let retry = consumer.retry;
@@ -304,7 +341,10 @@ where
             info.attempt,
             retry.max_deliveries_count()
         );
-        return Box::pin(async move { settle_dead_letter(&*acker, &info, &reason).await });
+        return Box::pin(async move {
+            settle_dead_letter(&*acker, &info, &reason).await;
+            key
+        });
     }
     let call = service.call(Message::new(envelope.clone(), info.clone(), acker.clone()));
     let call: crate::propagation::HandlerFuture =
@@ -316,6 +356,7 @@ where
             Err(panic) => Err(panic_message(&*panic).into()),
         };
         settle(&*acker, &info, retry, result).await;
+        key
     })
 }
 
