@@ -4,8 +4,9 @@
 //! with the same headers and bytes, publisher confirms, a consumer with the same prefetch
 //! acking each message.
 //!
-//! Messages: 256 bytes of data and 6 CloudEvents attributes, as in FACTS.md. Published
-//! messages are routed to a queue (a consumer drains it), so the broker stores each one.
+//! Messages: 256 bytes of data and 6 CloudEvents attributes, as in FACTS.md, persistent.
+//! Published messages are routed to a durable queue, so the broker stores each one; the queue
+//! is purged before each bench.
 //!
 //! Run: `cargo bench -p ms-benches --bench bus_amqp -- --warm-up-time 1 --measurement-time 3`
 //! (needs RabbitMQ on `MS_TEST_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`, with
@@ -21,7 +22,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::StreamExt as _;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -158,6 +159,15 @@ async fn raw_publish_batch(
     }
 }
 
+/// Empties the publish benches' queue, so each bench starts from the same broker state.
+fn purge(s: &Setup) {
+    s.rt.block_on(
+        s.raw_channel
+            .queue_purge("bench.sink".into(), QueuePurgeOptions::default()),
+    )
+    .expect("purge");
+}
+
 async fn wait_for(count: &AtomicUsize, target: usize) {
     while count.load(Ordering::Relaxed) < target {
         tokio::time::sleep(Duration::from_micros(200)).await;
@@ -192,12 +202,12 @@ fn setup() -> Option<Setup> {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .expect("confirms");
-        // Publishes from both clients land in one queue that a raw consumer drains.
+        // Publishes from both clients land in one queue, emptied before each bench (a
+        // consumer draining it would compete with whichever client is measured).
         bound_queue(&channel, "bench.sink", "bench.publish").await;
-        raw_consumer(&raw, "bench.sink", Arc::new(AtomicUsize::new(0))).await;
         (bus, raw, channel)
     });
-    Some(Setup {
+    let setup = Setup {
         rt,
         _rabbit: rabbit,
         bus,
@@ -205,12 +215,25 @@ fn setup() -> Option<Setup> {
         raw_channel,
         message: raw_message(),
         events: (0..END_TO_END).map(envelope).collect(),
-    })
+    };
+    // Warm the broker's message store with both clients before anything is measured.
+    setup.rt.block_on(async {
+        for _ in 0..3 {
+            raw_publish_batch(&setup.raw_channel, "bench.publish", &setup.message, BATCH).await;
+            setup
+                .bus
+                .publish_batch("bench.publish", &setup.events[..BATCH])
+                .await
+                .expect("publish");
+        }
+    });
+    Some(setup)
 }
 
 fn publish(c: &mut Criterion, s: &Setup) {
     let mut group = c.benchmark_group("bus_amqp/publish_single");
     group.throughput(Throughput::Elements(1));
+    purge(s);
     group.bench_function("ms_bus", |b| {
         b.to_async(&s.rt).iter(|| async {
             s.bus
@@ -219,6 +242,7 @@ fn publish(c: &mut Criterion, s: &Setup) {
                 .expect("publish");
         });
     });
+    purge(s);
     group.bench_function("raw_lapin", |b| {
         b.to_async(&s.rt).iter(|| async {
             let confirm = s
@@ -241,6 +265,7 @@ fn publish(c: &mut Criterion, s: &Setup) {
     group
         .throughput(Throughput::Elements(BATCH as u64))
         .sample_size(10);
+    purge(s);
     group.bench_function("ms_bus", |b| {
         b.to_async(&s.rt).iter(|| async {
             s.bus
@@ -249,6 +274,7 @@ fn publish(c: &mut Criterion, s: &Setup) {
                 .expect("publish");
         });
     });
+    purge(s);
     group.bench_function("raw_lapin", |b| {
         b.to_async(&s.rt)
             .iter(|| raw_publish_batch(&s.raw_channel, "bench.publish", &s.message, BATCH));
