@@ -59,17 +59,13 @@ impl Queue {
     }
 
     pub(super) fn push_all(&self, batch: impl IntoIterator<Item = Item>) {
-        let mut added = 0;
-        {
-            let mut items = self.items.lock().unwrap_or_else(PoisonError::into_inner);
-            for item in batch {
-                items.push_back(item);
-                added += 1;
-            }
-        }
-        for _ in 0..added {
-            self.available.notify_one();
-        }
+        self.items
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(batch);
+        // One wake-up is enough: a consumer that takes an item and sees more wakes the next
+        // (see `pop`), so a batch does not cost a thread wake-up per item.
+        self.available.notify_one();
     }
 
     /// The next item, waiting until there is one.
