@@ -583,3 +583,65 @@ async fn a_deleted_queue_is_declared_again_by_senders_and_consumers() {
     wait_until(consumer, || log.len() == 2).await;
     assert_eq!(log.all()[1].envelope.subject(), Some("inv-2"));
 }
+
+#[tokio::test]
+async fn structured_mode_publishes_one_json_document_and_reads_back_equal() {
+    let Some(rabbit) = ms_testkit::amqp().await else {
+        return;
+    };
+    let bus = AmqpBus::builder(rabbit.url())
+        .mode(ms_bus::codec::Mode::Structured)
+        .connect()
+        .await
+        .unwrap();
+    let command = Envelope::builder("billing.invoice.issue", "/api")
+        .subject("inv 7")
+        .partition_key("inv-7")
+        .data("application/json", &br#"{"n":7}"#[..])
+        .build()
+        .unwrap();
+    bus.send("billing.invoice", &command).await.unwrap();
+
+    let connection = rabbit.connection().await;
+    let channel = connection.create_channel().await.unwrap();
+    let got = channel
+        .basic_get("billing.invoice".into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("the command is in its queue");
+    let properties = &got.delivery.properties;
+    assert_eq!(
+        properties
+            .content_type()
+            .as_ref()
+            .map(lapin::types::ShortString::as_str),
+        Some("application/cloudevents+json")
+    );
+    let headers = properties.headers().clone().unwrap_or_default();
+    assert!(
+        headers
+            .inner()
+            .keys()
+            .all(|k| !k.as_str().starts_with("ce-")),
+        "{headers:?}"
+    );
+    let document: serde_json::Value = serde_json::from_slice(&got.delivery.data).unwrap();
+    assert_eq!(document["id"], command.id());
+    assert_eq!(document["data"]["n"], 7);
+    // Back to the queue, and through the adapter.
+    got.delivery
+        .acker
+        .nack(lapin::options::BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let log = Log::default();
+    let consumer = Consumer::new(Subscription::commands("billing.invoice").unwrap())
+        .serve(&bus, recording(log.clone(), ack))
+        .await
+        .unwrap();
+    wait_until(consumer, || log.len() == 1).await;
+    assert_eq!(log.all()[0].envelope, command);
+}

@@ -42,11 +42,23 @@
 //!
 //! # On the broker
 //!
-//! Events go to a durable topic exchange, one durable queue per consumer group; commands go
-//! to a durable queue named after the destination; retries wait in per-delay queues whose
-//! dead-letter exchange sends them back; dead letters go to the subscription's dead-letter
-//! queue with the reason in headers. The names and the reasons are in the `topology` module's
-//! source; [`DEFAULT_EVENTS_EXCHANGE`] is the exchange's default name.
+//! | what | where | declared by |
+//! |---|---|---|
+//! | events | durable topic exchange [`DEFAULT_EVENTS_EXCHANGE`] (`ms.events`), routing key = topic | the bus, on every (re)connection |
+//! | a consumer group | durable queue `{topic}:{group}`, bound with the topic | the subscriber |
+//! | commands | durable queue named after the destination, through the default exchange | the sender and the subscriber |
+//! | a retry after `d` | durable queue `{queue}:retry:{ms}` with `x-message-ttl` = `ms` and the default exchange as dead-letter exchange, routing key `{queue}` | the acker, before each retry |
+//! | dead letters | the subscription's dead-letter destination, a command queue | the acker |
+//!
+//! `:` is not allowed in bus names, so group and retry queues never collide with a command
+//! destination. Retries wait in queues per delay rather than with a per-message `expiration`,
+//! because RabbitMQ expires messages only at the head of a queue: a message waiting five
+//! minutes would hold back one behind it that should wait a second. The delay is rounded down
+//! to one of four steps per doubling (at most 20 % short), which keeps such queues few; an
+//! idle one deletes itself an hour after its delay. RabbitMQ 3.10.8 here has no
+//! delayed-message plugin. Dead letters are published by the adapter (then the original is
+//! acked) rather than rejected to a dead-letter exchange, because RabbitMQ's dead-lettering
+//! cannot add the reason headers.
 //!
 //! Messages are persistent and encoded with the crate's [`codec`](crate::codec::encode) in binary content
 //! mode by default, per the CloudEvents RabbitMQ binding: the `ce-` attributes as headers
