@@ -645,3 +645,43 @@ async fn structured_mode_publishes_one_json_document_and_reads_back_equal() {
     wait_until(consumer, || log.len() == 1).await;
     assert_eq!(log.all()[0].envelope, command);
 }
+
+#[tokio::test]
+async fn a_command_sent_from_a_handler_carries_the_incoming_correlation_id() {
+    let Some(rabbit) = ms_testkit::amqp().await else {
+        return;
+    };
+    let bus = bus(&rabbit).await;
+    let correlation = ms_tracing::CorrelationId::generate();
+    let forwarded = Log::default();
+    let forward = Consumer::new(Subscription::commands("first").unwrap())
+        .serve(&bus, {
+            let bus = bus.clone();
+            tower::service_fn(move |_m: Message| {
+                let bus = bus.clone();
+                async move {
+                    // No correlation id set here: the bus adds the one being handled.
+                    let next = Envelope::builder("work.step.two", "/work").build()?;
+                    bus.send("second", &next).await?;
+                    Ok::<_, BoxError>(Outcome::Ack)
+                }
+            })
+        })
+        .await
+        .unwrap();
+    let second = Consumer::new(Subscription::commands("second").unwrap())
+        .serve(&bus, recording(forwarded.clone(), ack))
+        .await
+        .unwrap();
+    let first = Envelope::builder("work.step.one", "/work")
+        .correlation_id(&correlation)
+        .build()
+        .unwrap();
+    bus.send("first", &first).await.unwrap();
+    wait_until(second, || forwarded.len() == 1).await;
+    forward.shutdown().await.unwrap();
+    assert_eq!(
+        forwarded.all()[0].envelope.correlation_id(),
+        Some(correlation)
+    );
+}
