@@ -326,15 +326,27 @@ pub async fn groups_get_one_copy_each_and_share_within<F: Fixture>(fixture: &F) 
     let (a, b) = (Seen::default(), Seen::default());
     // One message at a time per instance, and a handler that takes a moment, so that both
     // instances of group A get work whatever the scheduling.
-    let slow = |_: &Message| {
-        std::thread::sleep(Duration::from_millis(2));
-        Ok(Outcome::Ack)
-    };
     let mut handles = Vec::new();
     for tag in 0..2 {
         let bus = fixture.connect().await;
         let consumer = Consumer::new(sub_events(&topic, "group-a").prefetch(1)).concurrency(1);
-        handles.push(serve(&bus, consumer, &a, tag, slow).await);
+        // The handler waits (as one doing I/O would) instead of blocking its thread: a
+        // blocking handler could keep the other instance's task from ever being scheduled.
+        let handle = consumer
+            .serve(&bus, {
+                let a = a.clone();
+                tower::service_fn(move |m: Message| {
+                    let a = a.clone();
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        a.push(m.id(), m.attempt(), tag);
+                        Ok::<_, Infallible>(())
+                    }
+                })
+            })
+            .await
+            .unwrap_or_else(|e| panic!("subscribing: {e}"));
+        handles.push(handle);
     }
     let bus_b = fixture.connect().await;
     handles.push(
