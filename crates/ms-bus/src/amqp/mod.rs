@@ -75,7 +75,10 @@
 //! - Deliveries are counted by the adapter (a `ms-attempt` header), since RabbitMQ 3.10
 //!   classic queues count nothing: a retry raises it, and so does a redelivery after a crash
 //!   (the message is re-queued as a counted copy), so a message that kills its consumer every
-//!   time is still dead-lettered after the maximum number of deliveries.
+//!   time is still dead-lettered after the maximum number of deliveries. RabbitMQ flags a
+//!   message `redelivered` whenever a consumer had it and did not settle it, so one that was
+//!   only prefetched when its consumer stopped counts as a delivery too (as JetStream counts
+//!   its pulled messages); such copies go to the back of the queue.
 //! - `in_progress` is a no-op: RabbitMQ has no per-message deadline, and
 //!   [`Subscription::ack_wait`](crate::Subscription::ack_wait) is ignored. RabbitMQ's own
 //!   `consumer_timeout` (30 minutes by default) still closes the channel of a handler that
