@@ -15,9 +15,10 @@ use crate::{BusError, Envelope, Subscriber};
 ///
 /// A topic is a [`validate_name`](crate::validate_name)-valid name such as
 /// `invoicing.invoice`. Every consumer *group* subscribed to the topic receives each event
-/// once; the instances of one group share the work. Events published while no group is
-/// subscribed are kept or dropped as the broker does (JetStream keeps them in the stream; a
-/// RabbitMQ topic exchange and the memory bus drop them): subscribe before publishing.
+/// once; the instances of one group share the work. A group receives the events published
+/// after it first subscribed (JetStream keeps earlier ones in the stream, but a new group's
+/// durable consumer starts after them; a RabbitMQ topic exchange and the memory bus drop
+/// events no queue is bound for): subscribe before publishing.
 ///
 /// Publishing returns only after the broker confirmed the event (a JetStream publish ack, a
 /// RabbitMQ publisher confirm). An error means "not confirmed": republishing the same envelope
