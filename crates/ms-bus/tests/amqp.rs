@@ -549,3 +549,139 @@ async fn a_closed_bus_ends_its_subscriptions_and_refuses_to_publish() {
     });
     end.await.expect("the stream ends");
 }
+
+#[tokio::test]
+async fn a_deleted_queue_is_declared_again_by_senders_and_consumers() {
+    let Some(rabbit) = ms_testkit::amqp().await else {
+        return;
+    };
+    let bus = bus(&rabbit).await;
+    let log = Log::default();
+    let consumer = Consumer::new(Subscription::commands("work").unwrap())
+        .serve(&bus, recording(log.clone(), ack))
+        .await
+        .unwrap();
+    bus.send("work", &event(1)).await.unwrap();
+
+    // An operator deletes the queue: RabbitMQ cancels the consumer, and the sender's
+    // knowledge that the queue exists is stale.
+    let connection = rabbit.connection().await;
+    let channel = connection.create_channel().await.unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while log.len() < 1 {
+        assert!(Instant::now() < deadline, "the first command never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    channel
+        .queue_delete("work".into(), lapin::options::QueueDeleteOptions::default())
+        .await
+        .unwrap();
+
+    // The send is returned as unroutable, declares the queue again and is republished; the
+    // consumer's stream reopens on the declared queue.
+    bus.send("work", &event(2)).await.unwrap();
+    wait_until(consumer, || log.len() == 2).await;
+    assert_eq!(log.all()[1].envelope.subject(), Some("inv-2"));
+}
+
+#[tokio::test]
+async fn structured_mode_publishes_one_json_document_and_reads_back_equal() {
+    let Some(rabbit) = ms_testkit::amqp().await else {
+        return;
+    };
+    let bus = AmqpBus::builder(rabbit.url())
+        .mode(ms_bus::codec::Mode::Structured)
+        .connect()
+        .await
+        .unwrap();
+    let command = Envelope::builder("billing.invoice.issue", "/api")
+        .subject("inv 7")
+        .partition_key("inv-7")
+        .data("application/json", &br#"{"n":7}"#[..])
+        .build()
+        .unwrap();
+    bus.send("billing.invoice", &command).await.unwrap();
+
+    let connection = rabbit.connection().await;
+    let channel = connection.create_channel().await.unwrap();
+    let got = channel
+        .basic_get("billing.invoice".into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("the command is in its queue");
+    let properties = &got.delivery.properties;
+    assert_eq!(
+        properties
+            .content_type()
+            .as_ref()
+            .map(lapin::types::ShortString::as_str),
+        Some("application/cloudevents+json")
+    );
+    let headers = properties.headers().clone().unwrap_or_default();
+    assert!(
+        headers
+            .inner()
+            .keys()
+            .all(|k| !k.as_str().starts_with("ce-")),
+        "{headers:?}"
+    );
+    let document: serde_json::Value = serde_json::from_slice(&got.delivery.data).unwrap();
+    assert_eq!(document["id"], command.id());
+    assert_eq!(document["data"]["n"], 7);
+    // Back to the queue, and through the adapter.
+    got.delivery
+        .acker
+        .nack(lapin::options::BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let log = Log::default();
+    let consumer = Consumer::new(Subscription::commands("billing.invoice").unwrap())
+        .serve(&bus, recording(log.clone(), ack))
+        .await
+        .unwrap();
+    wait_until(consumer, || log.len() == 1).await;
+    assert_eq!(log.all()[0].envelope, command);
+}
+
+#[tokio::test]
+async fn a_command_sent_from_a_handler_carries_the_incoming_correlation_id() {
+    let Some(rabbit) = ms_testkit::amqp().await else {
+        return;
+    };
+    let bus = bus(&rabbit).await;
+    let correlation = ms_tracing::CorrelationId::generate();
+    let forwarded = Log::default();
+    let forward = Consumer::new(Subscription::commands("first").unwrap())
+        .serve(&bus, {
+            let bus = bus.clone();
+            tower::service_fn(move |_m: Message| {
+                let bus = bus.clone();
+                async move {
+                    // No correlation id set here: the bus adds the one being handled.
+                    let next = Envelope::builder("work.step.two", "/work").build()?;
+                    bus.send("second", &next).await?;
+                    Ok::<_, BoxError>(Outcome::Ack)
+                }
+            })
+        })
+        .await
+        .unwrap();
+    let second = Consumer::new(Subscription::commands("second").unwrap())
+        .serve(&bus, recording(forwarded.clone(), ack))
+        .await
+        .unwrap();
+    let first = Envelope::builder("work.step.one", "/work")
+        .correlation_id(&correlation)
+        .build()
+        .unwrap();
+    bus.send("first", &first).await.unwrap();
+    wait_until(second, || forwarded.len() == 1).await;
+    forward.shutdown().await.unwrap();
+    assert_eq!(
+        forwarded.all()[0].envelope.correlation_id(),
+        Some(correlation)
+    );
+}

@@ -131,8 +131,10 @@ pub(crate) struct Outgoing {
 
 /// Why a publishing round stopped.
 enum Failure {
-    /// The broker refused (nack, returned as unroutable): republishing will not help.
+    /// The broker refused (a nack, a declaration it rejected): republishing will not help.
     Refused(BusError),
+    /// The broker returned a mandatory message: no queue took it.
+    Returned(BusError),
     /// The session broke: republish what is not confirmed on a new one.
     Broken(BoxError),
 }
@@ -257,6 +259,7 @@ impl Link {
     ) -> Result<(), BusError> {
         let deadline = Instant::now() + self.config.publish_timeout;
         let mut confirmed = vec![false; messages.len()];
+        let mut redeclared = false;
         loop {
             let session = self.session_before(deadline).await?;
             let round = async {
@@ -277,7 +280,17 @@ impl Link {
             };
             let error = match tokio::time::timeout_at(deadline, round).await {
                 Ok(Ok(())) => return Ok(()),
-                Ok(Err(Failure::Refused(error))) => {
+                // The destination's queue was deleted since this session declared it:
+                // declare it again and republish, once.
+                Ok(Err(Failure::Returned(error)))
+                    if !redeclared && matches!(prepare, Prepare::Queue(_)) =>
+                {
+                    session.forget(prepare);
+                    redeclared = true;
+                    tracing::debug!(%error, "a queue declared earlier is gone; declaring it again");
+                    continue;
+                }
+                Ok(Err(Failure::Refused(error) | Failure::Returned(error))) => {
                     session.forget(prepare);
                     return Err(error);
                 }
@@ -366,7 +379,7 @@ async fn publish_round(
 fn check(confirmation: lapin::Result<Confirmation>, message: &Outgoing) -> Result<(), Failure> {
     match confirmation {
         Ok(Confirmation::Ack(None)) => Ok(()),
-        Ok(Confirmation::Ack(Some(returned))) => Err(Failure::Refused(BusError::NotConfirmed(
+        Ok(Confirmation::Ack(Some(returned))) => Err(Failure::Returned(BusError::NotConfirmed(
             format!(
                 "RabbitMQ returned the message as unroutable (to `{}`): {} {}",
                 message.routing_key, returned.reply_code, returned.reply_text

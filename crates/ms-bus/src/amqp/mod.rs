@@ -42,11 +42,23 @@
 //!
 //! # On the broker
 //!
-//! Events go to a durable topic exchange, one durable queue per consumer group; commands go
-//! to a durable queue named after the destination; retries wait in per-delay queues whose
-//! dead-letter exchange sends them back; dead letters go to the subscription's dead-letter
-//! queue with the reason in headers. The names and the reasons are in the `topology` module's
-//! source; [`DEFAULT_EVENTS_EXCHANGE`] is the exchange's default name.
+//! | what | where | declared by |
+//! |---|---|---|
+//! | events | durable topic exchange [`DEFAULT_EVENTS_EXCHANGE`] (`ms.events`), routing key = topic | the bus, on every (re)connection |
+//! | a consumer group | durable queue `{topic}:{group}`, bound with the topic | the subscriber |
+//! | commands | durable queue named after the destination, through the default exchange | the sender and the subscriber |
+//! | a retry after `d` | durable queue `{queue}:retry:{ms}` with `x-message-ttl` = `ms` and the default exchange as dead-letter exchange, routing key `{queue}` | the acker, before each retry |
+//! | dead letters | the subscription's dead-letter destination, a command queue | the acker |
+//!
+//! `:` is not allowed in bus names, so group and retry queues never collide with a command
+//! destination. Retries wait in queues per delay rather than with a per-message `expiration`,
+//! because RabbitMQ expires messages only at the head of a queue: a message waiting five
+//! minutes would hold back one behind it that should wait a second. The delay is rounded down
+//! to one of four steps per doubling (at most 20 % short), which keeps such queues few; an
+//! idle one deletes itself an hour after its delay. RabbitMQ 3.10.8 here has no
+//! delayed-message plugin. Dead letters are published by the adapter (then the original is
+//! acked) rather than rejected to a dead-letter exchange, because RabbitMQ's dead-lettering
+//! cannot add the reason headers.
 //!
 //! Messages are persistent and encoded with the crate's [`codec`](crate::codec::encode) in binary content
 //! mode by default, per the CloudEvents RabbitMQ binding: the `ce-` attributes as headers
@@ -63,7 +75,10 @@
 //! - Deliveries are counted by the adapter (a `ms-attempt` header), since RabbitMQ 3.10
 //!   classic queues count nothing: a retry raises it, and so does a redelivery after a crash
 //!   (the message is re-queued as a counted copy), so a message that kills its consumer every
-//!   time is still dead-lettered after the maximum number of deliveries.
+//!   time is still dead-lettered after the maximum number of deliveries. RabbitMQ flags a
+//!   message `redelivered` whenever a consumer had it and did not settle it, so one that was
+//!   only prefetched when its consumer stopped counts as a delivery too (as JetStream counts
+//!   its pulled messages); such copies go to the back of the queue.
 //! - `in_progress` is a no-op: RabbitMQ has no per-message deadline, and
 //!   [`Subscription::ack_wait`](crate::Subscription::ack_wait) is ignored. RabbitMQ's own
 //!   `consumer_timeout` (30 minutes by default) still closes the channel of a handler that
@@ -75,6 +90,9 @@
 mod acker;
 mod builder;
 mod headers;
+#[cfg(feature = "health")]
+#[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+mod health;
 mod link;
 mod subscriber;
 mod topology;
@@ -87,6 +105,8 @@ pub use builder::{
     AmqpBusBuilder, DEFAULT_CONFIRM_WINDOW, DEFAULT_PUBLISH_TIMEOUT,
     DEFAULT_RECONNECT_INITIAL_DELAY, DEFAULT_RECONNECT_MAX_DELAY,
 };
+#[cfg(feature = "health")]
+pub use health::RabbitMqCheck;
 pub use topology::DEFAULT_EVENTS_EXCHANGE;
 
 use crate::codec::{self, HeaderValues, Mode};
@@ -130,6 +150,13 @@ impl AmqpBus {
     /// that the next operation triggers).
     pub async fn is_connected(&self) -> bool {
         self.link.is_connected().await
+    }
+
+    /// A health check of this bus's RabbitMQ connection, across reconnections (feature `health`).
+    #[cfg(feature = "health")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+    pub fn check(&self) -> RabbitMqCheck {
+        RabbitMqCheck::new(self.link.clone())
     }
 
     /// Closes the connection: subscriptions end, publishing fails with [`BusError::Closed`].

@@ -140,7 +140,11 @@ async fn next(mut state: State) -> Option<(Result<Delivery, BusError>, State)> {
                 return Some((Ok(delivery), state));
             }
             Some(Err(error)) => {
-                live.session.mark_broken();
+                // A channel-level error (the broker closed only this channel) reopens the
+                // consumer on the same connection; a dead connection is replaced.
+                if !live.session.connection.status().connected() {
+                    live.session.mark_broken();
+                }
                 state.live = None;
                 return Some((Err(BusError::Connection(error.into())), state));
             }

@@ -1,0 +1,278 @@
+//! Interoperability with the CloudEvents Python SDK's RabbitMQ binding, through a real broker:
+//! what the adapter publishes, fetched from its queue as any AMQP client would see it, is read
+//! by the SDK; what the SDK encodes, published as an AMQP message (`ce-` headers as long
+//! strings, `content_type` property), is consumed by the adapter. The SDK has no AMQP client
+//! of its own; the test moves the messages with lapin, as pika would hand them to the SDK.
+//!
+//! Skips loudly when python3 or the SDK is missing, and fails instead under
+//! `MS_TEST_REQUIRE_SERVICES=1` (CI installs the SDK).
+#![cfg(feature = "amqp")]
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use ms_bus::amqp::AmqpBus;
+use ms_bus::consumer::{Consumer, Message};
+use ms_bus::{CommandSender, Envelope, Subscription};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+const PEER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/interop/cloudevents_peer.py"
+);
+
+fn python_with_sdk() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import cloudevents.core.bindings.rabbitmq"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("MS_TEST_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "python3 with the CloudEvents SDK (`pip install cloudevents`) is required"
+        );
+        eprintln!("SKIPPED amqp_interop: python3 with the CloudEvents SDK is not installed");
+    }
+    ok
+}
+
+fn peer(request: &Value) -> Value {
+    let mut child = Command::new("python3")
+        .arg(PEER)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "the peer failed");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn text(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).unwrap(),
+        other => panic!("a ce- header that is not a long string: {other:?}"),
+    }
+}
+
+fn ours() -> Vec<Envelope> {
+    let time = OffsetDateTime::parse("2026-11-26T14:10:00.5+01:00", &Rfc3339).unwrap();
+    vec![
+        Envelope::builder("invoicing.invoice.created", "/invoicing")
+            .subject("Euro € 😀 \"quoted\" 100% a+b")
+            .time(time)
+            .partition_key("inv-1001")
+            .tenant_id("acme")
+            .json_data(&json!({"number": "inv-1001", "total_cents": 4200}))
+            .unwrap()
+            .build()
+            .unwrap(),
+        Envelope::builder("files.blob.stored", "/files")
+            .data("application/octet-stream", vec![0_u8, 1, 2, 250, 255])
+            .build()
+            .unwrap(),
+    ]
+}
+
+#[tokio::test]
+async fn the_python_sdk_reads_what_the_adapter_publishes() {
+    let Some(rabbit) = ms_testkit::amqp().await else {
+        return;
+    };
+    if !python_with_sdk() {
+        return;
+    }
+    let bus = AmqpBus::connect(rabbit.url()).await.unwrap();
+    let connection = rabbit.connection().await;
+    let channel = connection.create_channel().await.unwrap();
+
+    // Ours → the broker → the SDK.
+    let sent = ours();
+    bus.send_batch("interop.to-python", &sent).await.unwrap();
+    let mut messages = Vec::new();
+    for _ in &sent {
+        let got = channel
+            .basic_get("interop.to-python".into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .expect("a message in the queue");
+        let properties = &got.delivery.properties;
+        let headers: serde_json::Map<String, Value> = properties
+            .headers()
+            .as_ref()
+            .unwrap()
+            .inner()
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with("ce-"))
+            .map(|(k, v)| (k.to_string(), Value::String(text(v))))
+            .collect();
+        messages.push(json!({
+            "binding": "rabbitmq",
+            "headers": headers,
+            "content_type": properties.content_type().as_ref().map(ShortString::as_str),
+            "body_b64": BASE64.encode(&got.delivery.data),
+        }));
+    }
+    let answer = peer(&json!({ "decode": messages }));
+    for (event, decoded) in sent.iter().zip(answer["decoded"].as_array().unwrap()) {
+        let attributes = &decoded["attributes"];
+        assert_eq!(attributes["id"], event.id());
+        assert_eq!(attributes["type"], event.ty());
+        assert_eq!(attributes["source"], event.source());
+        assert_eq!(attributes["subject"].as_str(), event.subject());
+        assert_eq!(
+            attributes["datacontenttype"].as_str(),
+            event.datacontenttype()
+        );
+        assert_eq!(attributes["partitionkey"].as_str(), event.partition_key());
+        if let Some(time) = event.time() {
+            let theirs = OffsetDateTime::parse(attributes["time"].as_str().unwrap(), &Rfc3339);
+            assert_eq!(theirs.unwrap(), time);
+        }
+        assert_eq!(decoded["data_b64"], BASE64.encode(event.data()));
+    }
+}
+
+#[tokio::test]
+async fn the_adapter_consumes_what_the_python_sdk_encodes() {
+    let Some(rabbit) = ms_testkit::amqp().await else {
+        return;
+    };
+    if !python_with_sdk() {
+        return;
+    }
+    let bus = AmqpBus::connect(rabbit.url()).await.unwrap();
+    let connection = rabbit.connection().await;
+    let channel = connection.create_channel().await.unwrap();
+    let answer = peer(&json!({ "decode": [] }));
+
+    // The SDK's RabbitMQ messages (binary and structured) → the broker → ours.
+    let theirs: Vec<Value> = answer["encoded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["binding"] == "rabbitmq")
+        .cloned()
+        .collect();
+    assert!(theirs.len() >= 4, "{theirs:?}");
+    channel
+        .queue_declare(
+            "interop.from-python".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for message in &theirs {
+        let mut headers = FieldTable::default();
+        for (name, value) in message["headers"].as_object().unwrap() {
+            headers.insert(
+                name.as_str().into(),
+                AMQPValue::LongString(value.as_str().unwrap().into()),
+            );
+        }
+        let mut properties = lapin::BasicProperties::default().with_headers(headers);
+        if let Some(content_type) = message["content_type"].as_str() {
+            properties = properties.with_content_type(content_type.into());
+        }
+        let body = BASE64
+            .decode(message["body_b64"].as_str().unwrap())
+            .unwrap();
+        channel
+            .basic_publish(
+                "".into(),
+                "interop.from-python".into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await
+            .unwrap();
+    }
+    let received: Arc<Mutex<Vec<Envelope>>> = Arc::default();
+    let consumer = Consumer::new(Subscription::commands("interop.from-python").unwrap())
+        .serve(&bus, {
+            let received = received.clone();
+            tower::service_fn(move |m: Message| {
+                received.lock().unwrap().push(m.into_envelope());
+                async { Ok::<_, std::convert::Infallible>(()) }
+            })
+        })
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        consumer.shutdown_when(|| received.lock().unwrap().len() == theirs.len()),
+    )
+    .await
+    .expect("every SDK message was consumed (none dead-lettered)")
+    .unwrap();
+    let received = received.lock().unwrap();
+    assert_eq!(received.len(), theirs.len());
+    for message in &theirs {
+        // The consumer handles messages concurrently: match them by id, not by position.
+        let id = message["expected"]["attributes"]["id"].as_str().unwrap();
+        // Each event was sent in both content modes: both copies must decode alike.
+        let copies: Vec<&Envelope> = received.iter().filter(|e| e.id() == id).collect();
+        assert_eq!(copies.len(), 2, "{id}");
+        for envelope in copies {
+            assert_matches(envelope, message);
+        }
+    }
+}
+
+/// `envelope` is what the SDK encoded in `message` (its `expected` attributes and data).
+fn assert_matches(envelope: &Envelope, message: &Value) {
+    let expected = &message["expected"];
+    let attributes = &expected["attributes"];
+    assert_eq!(attributes["id"], envelope.id(), "{message}");
+    assert_eq!(attributes["type"], envelope.ty());
+    assert_eq!(attributes["source"], envelope.source());
+    assert_eq!(attributes["subject"].as_str(), envelope.subject());
+    assert_eq!(
+        attributes["datacontenttype"].as_str(),
+        envelope.datacontenttype()
+    );
+    assert_eq!(
+        attributes["partitionkey"].as_str(),
+        envelope.partition_key()
+    );
+    let time = OffsetDateTime::parse(attributes["time"].as_str().unwrap(), &Rfc3339).unwrap();
+    assert_eq!(envelope.time(), Some(time));
+    // The peer reports JSON data re-serialized compactly; compare it as JSON.
+    let expected_data = BASE64
+        .decode(expected["data_b64"].as_str().unwrap())
+        .unwrap();
+    if envelope.datacontenttype() == Some("application/json") {
+        let ours: Value = serde_json::from_slice(envelope.data()).unwrap();
+        assert_eq!(
+            ours,
+            serde_json::from_slice::<Value>(&expected_data).unwrap()
+        );
+    } else {
+        assert_eq!(
+            envelope.data().as_ref(),
+            expected_data.as_slice(),
+            "{message}"
+        );
+    }
+}
