@@ -88,9 +88,11 @@ pub fn current_correlation_id() -> Option<CorrelationId> {
 ///   never come from different traces).
 /// - `scope` runs the handler inside a `process {type}` consumer span related to the
 ///   producer's span by [`ConsumerRelation`] (by default its child, and linked to it), and
-///   with the envelope's correlation ID current. An absent or invalid `correlationid` gets a
-///   fresh ID (an invalid one is reported by a `warn` event naming the reason, never the
-///   value); an invalid `traceparent` starts a new trace. Neither fails the message.
+///   with the envelope's correlation ID current. A message with an absent or invalid
+///   `correlationid` starts a conversation of its own, correlated by the envelope's id
+///   (or, should that not be a valid correlation ID, a generated one); an invalid one is
+///   reported by a `warn` event naming the reason, never the value. An invalid
+///   `traceparent` starts a new trace. Neither fails the message.
 ///
 /// ```
 /// use ms_bus::propagation::TraceContextPropagation;
@@ -143,10 +145,17 @@ impl Propagation for TraceContextPropagation {
                 target: "ms_bus::propagation",
                 envelope_id = envelope.id(),
                 %reason,
-                "incoming correlationid rejected, processing under a fresh one"
+                "incoming correlationid rejected, processing under the envelope id"
             );
         }
-        let id = received.correlation_id_or_new();
+        // A message without a (valid) correlation ID starts a conversation, correlated by the
+        // message's own id, as NServiceBus does: unique like a generated one, the same on a
+        // redelivery, and without generating a UUID per message.
+        let id = received
+            .correlation_id()
+            .cloned()
+            .or_else(|| CorrelationId::parse(envelope.id()).ok())
+            .unwrap_or_else(CorrelationId::generate);
         let span = received.consumer_span(envelope.ty(), self.relation);
         Box::pin(id.scope(handler.instrument(span)))
     }

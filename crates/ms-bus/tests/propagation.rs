@@ -265,7 +265,7 @@ async fn a_link_only_consumer_starts_its_own_trace_linked_to_the_producer() {
 }
 
 /// Extensions a foreign or hostile producer might send, each of which must leave the handler
-/// running under a fresh correlation ID and, for a bad `traceparent`, a new trace.
+/// running under a fresh correlation ID (its own envelope id) and, for a bad `traceparent`, a new trace.
 fn hostile() -> Vec<(&'static str, Vec<(&'static str, String)>)> {
     let good_parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned();
     vec![
@@ -370,6 +370,8 @@ async fn hostile_context_on_an_incoming_envelope_gets_a_fresh_id_and_trace() {
         if sent_id.is_some() {
             assert_ne!(Some(current.as_str()), sent_id, "{name}");
         }
+        // A conversation of its own: correlated by the message's id.
+        assert_eq!(current.as_str(), envelope.id(), "{name}");
         fresh_ids.push(current.clone());
 
         let process = only(&spans, &format!("process {ty}"), &SpanKind::Consumer);
