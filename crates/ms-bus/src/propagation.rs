@@ -1,8 +1,16 @@
 //! The hook through which trace and correlation context travels with messages: injected into
 //! outgoing envelopes by publishers, restored around the handler by the consumer runtime.
 //!
+//! The default, [`TraceContextPropagation`], is ms-tracing's message propagation: the
+//! current span's W3C trace context (`traceparent`, `tracestate`) and the
+//! [current correlation ID](CorrelationId::current) go out with each envelope, and each
+//! handler runs inside a consumer span (a child of the producer's span, and linked to it)
+//! with the envelope's correlation ID current. The correlation ID is ms-tracing's: the one
+//! its `CorrelationIdLayer` sets for an HTTP request is the one a message published from that
+//! request carries, and the one a handler sees is the one its HTTP and gRPC calls send.
+//!
 //! ```
-//! use ms_bus::propagation::{current_correlation_id, CorrelationPropagation, Propagation};
+//! use ms_bus::propagation::{default_propagation, Propagation};
 //! use ms_bus::Envelope;
 //! use ms_tracing::CorrelationId;
 //!
@@ -12,30 +20,27 @@
 //! let incoming = Envelope::builder("invoicing.invoice.created", "/invoicing")
 //!     .correlation_id(&incoming_id)
 //!     .build()?;
-//! let propagation = CorrelationPropagation;
+//! let propagation = default_propagation();
 //!
 //! // The consumer runtime runs each handler inside `scope`; an event the handler publishes
 //! // gets the incoming correlation id through `inject`.
+//! let handler_propagation = propagation.clone();
 //! let outcome = propagation
 //!     .scope(&incoming, Box::pin(async move {
-//!         assert_eq!(current_correlation_id().as_ref(), Some(&incoming_id));
+//!         assert_eq!(CorrelationId::current().as_ref(), Some(&incoming_id));
 //!         let reply = Envelope::builder("payments.payment.requested", "/payments").build()?;
-//!         let sent = propagation.inject(&reply).expect("a correlation id to add");
+//!         let sent = handler_propagation.inject(&reply).expect("a correlation id to add");
 //!         assert_eq!(sent.correlation_id().as_ref(), Some(&incoming_id));
 //!         Ok(ms_bus::consumer::Outcome::Ack)
 //!     }))
 //!     .await;
 //! assert!(outcome.is_ok());
-//! assert_eq!(current_correlation_id(), None); // only inside the handler
+//! assert_eq!(CorrelationId::current(), None); // only inside the handler
 //! # Ok(()) }
 //! ```
 //!
-//! # Where ms-tracing plugs in
-//!
-//! ms-tracing's message propagation (W3C `traceparent`/`tracestate` and the correlation id,
-//! with the current span restored around the handler) implements [`Propagation`] and is
-//! passed to the adapters' builders and the [`Consumer`](crate::consumer::Consumer). Until
-//! then the default, [`CorrelationPropagation`], carries the correlation id only.
+//! Without an OpenTelemetry layer in the subscriber there is no valid span context, so only
+//! the correlation ID travels; the consumer span is then a disabled `tracing` span.
 //!
 //! # Stability
 //!
@@ -46,8 +51,10 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use ms_tracing::CorrelationId;
+use ms_tracing::message::{self, ConsumerRelation, MessageHeaders};
+use tracing::Instrument as _;
 
-use crate::envelope::CORRELATION_ID_EXTENSION;
+use crate::envelope::{CORRELATION_ID_EXTENSION, TRACESTATE_EXTENSION};
 use crate::{BoxError, Envelope, consumer::Outcome};
 
 /// The future of one handler call, as the runtime passes it through [`Propagation::scope`].
@@ -65,18 +72,98 @@ pub trait Propagation: Send + Sync + std::fmt::Debug + 'static {
     fn scope(&self, envelope: &Envelope, handler: HandlerFuture) -> HandlerFuture;
 }
 
-tokio::task_local! {
-    static CURRENT_CORRELATION_ID: CorrelationId;
-}
-
-/// The correlation id of the message whose handler is running, under
-/// [`CorrelationPropagation`].
+/// The correlation id of the work the calling task is doing: ms-tracing's
+/// [`CorrelationId::current`], which this delegates to (kept so that callers of earlier
+/// versions still build; new code calls `CorrelationId::current` directly).
 pub fn current_correlation_id() -> Option<CorrelationId> {
-    CURRENT_CORRELATION_ID.try_with(Clone::clone).ok()
+    CorrelationId::current()
 }
 
-/// The default [`Propagation`]: restores the incoming `correlationid` around the handler and
-/// copies it into envelopes published from there that have none.
+/// The default [`Propagation`]: W3C trace context and the correlation ID, through
+/// ms-tracing's [`message`] module.
+///
+/// - `inject` adds the current span's `traceparent` (and `tracestate`, when not empty) and
+///   the [current correlation ID](CorrelationId::current), each only when the envelope has
+///   none (an envelope with its own `traceparent` keeps its `tracestate` too, so the two
+///   never come from different traces).
+/// - `scope` runs the handler inside a `process {type}` consumer span related to the
+///   producer's span by [`ConsumerRelation`] (by default its child, and linked to it), and
+///   with the envelope's correlation ID current. A message with an absent or invalid
+///   `correlationid` starts a conversation of its own, correlated by the envelope's id
+///   (or, should that not be a valid correlation ID, a generated one); an invalid one is
+///   reported by a `warn` event naming the reason, never the value. An invalid
+///   `traceparent` starts a new trace. Neither fails the message.
+///
+/// ```
+/// use ms_bus::propagation::TraceContextPropagation;
+/// use ms_tracing::message::ConsumerRelation;
+///
+/// // Batch or fan-out work that should start a trace of its own, linked to the producer's.
+/// let propagation = TraceContextPropagation::new().relation(ConsumerRelation::LinkOnly);
+/// # let _ = propagation;
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+#[must_use]
+pub struct TraceContextPropagation {
+    relation: ConsumerRelation,
+}
+
+impl TraceContextPropagation {
+    /// Consumer spans are children of the producer's span and linked to it.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets how a consumer span relates to the producer's span.
+    pub fn relation(mut self, relation: ConsumerRelation) -> Self {
+        self.relation = relation;
+        self
+    }
+}
+
+impl Propagation for TraceContextPropagation {
+    fn inject(&self, envelope: &Envelope) -> Option<Envelope> {
+        // Nothing to decide when the caller set both already: skip reading the context.
+        if envelope.traceparent().is_some()
+            && envelope.extension(CORRELATION_ID_EXTENSION).is_some()
+        {
+            return None;
+        }
+        let mut outgoing = Outgoing {
+            original: envelope,
+            with: None,
+        };
+        message::inject(&mut outgoing);
+        outgoing.with
+    }
+
+    fn scope(&self, envelope: &Envelope, handler: HandlerFuture) -> HandlerFuture {
+        let received = message::extract(&Incoming(envelope));
+        if let Some(reason) = received.rejected_correlation_id() {
+            // The reason only: the value is a foreign producer's text (log injection).
+            tracing::warn!(
+                target: "ms_bus::propagation",
+                envelope_id = envelope.id(),
+                %reason,
+                "incoming correlationid rejected, processing under the envelope id"
+            );
+        }
+        // A message without a (valid) correlation ID starts a conversation, correlated by the
+        // message's own id, as NServiceBus does: unique like a generated one, the same on a
+        // redelivery, and without generating a UUID per message.
+        let id = received
+            .correlation_id()
+            .cloned()
+            .or_else(|| CorrelationId::parse(envelope.id()).ok())
+            .unwrap_or_else(CorrelationId::generate);
+        let span = received.consumer_span(envelope.ty(), self.relation);
+        Box::pin(id.scope(handler.instrument(span)))
+    }
+}
+
+/// A [`Propagation`] that carries the correlation ID only, with no spans: the
+/// [current](CorrelationId::current) one into envelopes that have none, and the envelope's
+/// (when present and valid) around the handler.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CorrelationPropagation;
 
@@ -85,7 +172,7 @@ impl Propagation for CorrelationPropagation {
         if envelope.extension(CORRELATION_ID_EXTENSION).is_some() {
             return None;
         }
-        let current = current_correlation_id()?;
+        let current = CorrelationId::current()?;
         let mut with = envelope.clone();
         // The name is a constant that satisfies the extension naming rule.
         with.set_extension(CORRELATION_ID_EXTENSION, current.as_str())
@@ -95,15 +182,16 @@ impl Propagation for CorrelationPropagation {
 
     fn scope(&self, envelope: &Envelope, handler: HandlerFuture) -> HandlerFuture {
         match envelope.correlation_id() {
-            Some(id) => Box::pin(CURRENT_CORRELATION_ID.scope(id, handler)),
+            Some(id) => Box::pin(id.scope(handler)),
             None => handler,
         }
     }
 }
 
-/// The propagation adapters and the runtime use unless told otherwise.
+/// The propagation adapters and the runtime use unless told otherwise:
+/// [`TraceContextPropagation::new`].
 pub fn default_propagation() -> Arc<dyn Propagation> {
-    Arc::new(CorrelationPropagation)
+    Arc::new(TraceContextPropagation::new())
 }
 
 /// `envelope` with context injected, borrowed when there was nothing to add. For adapters.
@@ -111,4 +199,94 @@ pub fn outgoing<'a>(propagation: &dyn Propagation, envelope: &'a Envelope) -> Co
     propagation
         .inject(envelope)
         .map_or(Cow::Borrowed(envelope), Cow::Owned)
+}
+
+/// A received envelope's extensions, read in place as message headers.
+struct Incoming<'a>(&'a Envelope);
+
+impl MessageHeaders for Incoming<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0.extension(name)
+    }
+
+    fn set(&mut self, _name: &str, _value: String) {
+        // Extraction only reads; a received envelope is never changed.
+    }
+}
+
+/// An outgoing envelope's extensions as message headers: the envelope is copied (its
+/// attributes, once) only when a header is actually added, and headers it has are kept.
+struct Outgoing<'a> {
+    original: &'a Envelope,
+    with: Option<Envelope>,
+}
+
+impl MessageHeaders for Outgoing<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.with.as_ref().unwrap_or(self.original).extension(name)
+    }
+
+    fn set(&mut self, name: &str, value: String) {
+        let keep = self.original.extension(name).is_some()
+            // A `tracestate` belongs to the `traceparent` beside it.
+            || (name == TRACESTATE_EXTENSION && self.original.traceparent().is_some());
+        if keep {
+            return;
+        }
+        let with = self.with.get_or_insert_with(|| self.original.clone());
+        // The names ms-tracing writes (`traceparent`, `tracestate`, `correlationid`) satisfy
+        // the extension naming rule, so this cannot fail; were it to, the header is left out
+        // rather than the message.
+        let _ = with.set_extension(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::TRACEPARENT_EXTENSION;
+
+    fn envelope() -> Envelope {
+        Envelope::builder("test.thing.happened", "/test")
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn nothing_to_inject_outside_any_context() {
+        assert!(TraceContextPropagation::new().inject(&envelope()).is_none());
+    }
+
+    #[test]
+    fn the_callers_own_correlation_id_and_traceparent_are_kept() {
+        let theirs = CorrelationId::parse("theirs").unwrap();
+        let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let own = Envelope::builder("test.thing.happened", "/test")
+            .correlation_id(&theirs)
+            .traceparent(traceparent)
+            .build()
+            .unwrap();
+        let ours = CorrelationId::parse("ours").unwrap();
+        let injected = ours.sync_scope(|| TraceContextPropagation::new().inject(&own));
+        assert!(injected.is_none());
+        assert_eq!(
+            Outgoing {
+                original: &own,
+                with: None
+            }
+            .get(TRACEPARENT_EXTENSION),
+            Some(traceparent)
+        );
+    }
+
+    #[test]
+    fn the_current_correlation_id_is_added_when_absent() {
+        let ours = CorrelationId::parse("ours").unwrap();
+        let injected = ours
+            .clone()
+            .sync_scope(|| TraceContextPropagation::new().inject(&envelope()))
+            .expect("a correlation id to add");
+        assert_eq!(injected.correlation_id(), Some(ours));
+        assert_eq!(injected.traceparent(), None); // no OpenTelemetry layer, no span context
+    }
 }

@@ -90,7 +90,7 @@ impl AmqpBusBuilder {
     }
 
     /// Sets the context propagation injected into published envelopes (ms-tracing plugs in
-    /// here; default [`CorrelationPropagation`](crate::propagation::CorrelationPropagation)).
+    /// here; default [`TraceContextPropagation`](crate::propagation::TraceContextPropagation)).
     pub fn propagation(mut self, propagation: Arc<dyn Propagation>) -> Self {
         self.propagation = propagation;
         self

@@ -102,7 +102,7 @@ pub struct Consumer {
 
 impl Consumer {
     /// A consumer of `subscription` with the defaults: [`DEFAULT_CONCURRENCY`],
-    /// [`RetryPolicy::default`], [`CorrelationPropagation`](crate::propagation::CorrelationPropagation).
+    /// [`RetryPolicy::default`], [`TraceContextPropagation`](crate::propagation::TraceContextPropagation).
     pub fn new(subscription: Subscription) -> Self {
         Self {
             subscription,

@@ -1,0 +1,403 @@
+//! ms-tracing's context through the bus: an HTTP request (under `CorrelationIdLayer` and
+//! `ServerTraceLayer`) publishes an event; a consumer handles it and publishes a follow-up
+//! that a second consumer handles. One trace and one correlation ID end to end, read back
+//! from the in-memory exporter; and hostile context on an incoming envelope never stops a
+//! handler.
+//!
+//! ```text
+//! POST /orders (server) ─ process orders.order.placed ─ process billing.invoice.created
+//! ```
+#![cfg(feature = "memory")]
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use http::{Request, StatusCode};
+use ms_bus::consumer::{Consumer, ConsumerHandle, Message};
+use ms_bus::memory::MemoryBus;
+use ms_bus::propagation::TraceContextPropagation;
+use ms_bus::{Envelope, EventPublisher, Subscription};
+use ms_tracing::message::ConsumerRelation;
+use ms_tracing::testing::TestTracing;
+use ms_tracing::{CorrelationId, CorrelationIdLayer, ServerTraceLayer};
+use opentelemetry::trace::{SpanId, SpanKind, TraceId};
+use opentelemetry_sdk::trace::SpanData;
+use tower::ServiceExt as _;
+
+/// What a handler saw: the envelope and the correlation ID current while it ran.
+type Seen = Arc<Mutex<Vec<(Envelope, Option<CorrelationId>)>>>;
+
+/// A consumer that records what it saw and, when `follow_up` says so, publishes an event to
+/// that topic from inside the handler (context passed by no one).
+async fn consume(
+    bus: &MemoryBus,
+    topic: &str,
+    seen: &Seen,
+    follow_up: Option<(&'static str, &'static str)>,
+) -> ConsumerHandle {
+    let (bus_for_handler, seen) = (bus.clone(), seen.clone());
+    Consumer::new(Subscription::events(topic, "tests").unwrap())
+        .serve(
+            bus,
+            tower::service_fn(move |message: Message| {
+                let (bus, seen) = (bus_for_handler.clone(), seen.clone());
+                async move {
+                    if let Some((topic, ty)) = follow_up {
+                        let event = Envelope::builder(ty, "/billing").build().unwrap();
+                        bus.publish(topic, &event).await.unwrap();
+                    }
+                    let envelope = message.into_envelope();
+                    seen.lock()
+                        .unwrap()
+                        .push((envelope, CorrelationId::current()));
+                    Ok::<_, Infallible>(())
+                }
+            }),
+        )
+        .await
+        .unwrap()
+}
+
+fn only<'a>(spans: &'a [SpanData], name: &str, kind: &SpanKind) -> &'a SpanData {
+    let found: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == name && s.span_kind == *kind)
+        .collect();
+    assert_eq!(found.len(), 1, "{name} {kind:?} in {spans:#?}");
+    found[0]
+}
+
+fn assert_child(child: &SpanData, parent: &SpanData) {
+    assert_eq!(
+        child.span_context.trace_id(),
+        parent.span_context.trace_id(),
+        "{} in the trace of {}",
+        child.name,
+        parent.name
+    );
+    assert_eq!(
+        child.parent_span_id,
+        parent.span_context.span_id(),
+        "{} <- {}",
+        parent.name,
+        child.name
+    );
+}
+
+/// `POST /orders` through an axum app under `CorrelationIdLayer` and `ServerTraceLayer`,
+/// whose handler publishes `orders.order.placed`; returns the correlation ID the response
+/// echoed.
+async fn post_order(bus: &MemoryBus) -> CorrelationId {
+    let app = axum::Router::new()
+        .route(
+            "/orders",
+            axum::routing::post({
+                let bus = bus.clone();
+                move || async move {
+                    let event = Envelope::builder("orders.order.placed", "/orders")
+                        .build()
+                        .unwrap();
+                    bus.publish("orders.order", &event).await.unwrap();
+                    StatusCode::ACCEPTED
+                }
+            }),
+        )
+        .layer(ServerTraceLayer::new())
+        .layer(CorrelationIdLayer::new());
+    let response = app
+        .oneshot(
+            Request::post("/orders")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let echoed =
+        CorrelationId::parse(response.headers()["x-correlation-id"].to_str().unwrap()).unwrap();
+    // The server span ends with the response body.
+    drop(response);
+
+    echoed
+}
+
+#[tokio::test]
+async fn one_trace_and_one_correlation_id_from_http_through_two_consumers() {
+    // Single-threaded runtime: every task below runs under this subscriber.
+    let tracing = TestTracing::new();
+    let _guard = tracing.set_default();
+    // The default propagation, as every adapter and consumer gets it.
+    let bus = MemoryBus::new();
+
+    let (placed, invoiced): (Seen, Seen) = Default::default();
+    let billing = consume(
+        &bus,
+        "orders.order",
+        &placed,
+        Some(("billing.invoice", "billing.invoice.created")),
+    )
+    .await;
+    let reporting = consume(&bus, "billing.invoice", &invoiced, None).await;
+
+    let echoed = post_order(&bus).await;
+
+    billing
+        .shutdown_when(|| placed.lock().unwrap().len() == 1)
+        .await
+        .unwrap();
+    reporting
+        .shutdown_when(|| invoiced.lock().unwrap().len() == 1)
+        .await
+        .unwrap();
+
+    // One correlation ID: echoed on the response, in both envelopes, current in both handlers.
+    for (envelope, current) in [&placed.lock().unwrap()[0], &invoiced.lock().unwrap()[0]] {
+        assert_eq!(
+            envelope.correlation_id().as_ref(),
+            Some(&echoed),
+            "{}",
+            envelope.ty()
+        );
+        assert_eq!(current.as_ref(), Some(&echoed), "{}", envelope.ty());
+        assert!(envelope.traceparent().is_some(), "{}", envelope.ty());
+    }
+
+    // One trace, with the right parents and links.
+    let spans = tracing.spans();
+    let server: Vec<_> = spans
+        .iter()
+        .filter(|s| s.span_kind == SpanKind::Server)
+        .collect();
+    assert_eq!(server.len(), 1, "{spans:#?}");
+    let server = server[0];
+    assert_eq!(
+        server.parent_span_id,
+        SpanId::INVALID,
+        "the request starts the trace"
+    );
+    let placed_span = only(&spans, "process orders.order.placed", &SpanKind::Consumer);
+    let invoiced_span = only(
+        &spans,
+        "process billing.invoice.created",
+        &SpanKind::Consumer,
+    );
+    assert_child(placed_span, server);
+    assert_child(invoiced_span, placed_span);
+    assert_eq!(
+        placed_span.links.links[0].span_context.span_id(),
+        server.span_context.span_id()
+    );
+    assert_eq!(
+        invoiced_span.links.links[0].span_context.span_id(),
+        placed_span.span_context.span_id()
+    );
+    for span in [placed_span, invoiced_span] {
+        assert_eq!(
+            TestTracing::attribute(span, "correlation.id").as_deref(),
+            Some(echoed.as_str()),
+            "{}",
+            span.name
+        );
+    }
+    // The envelopes carry the publishing span: the server's, then the first consumer's.
+    let traceparent = |span: &SpanData| {
+        format!(
+            "00-{}-{}-01",
+            span.span_context.trace_id(),
+            span.span_context.span_id()
+        )
+    };
+    assert_eq!(
+        placed.lock().unwrap()[0].0.traceparent(),
+        Some(traceparent(server).as_str())
+    );
+    assert_eq!(
+        invoiced.lock().unwrap()[0].0.traceparent(),
+        Some(traceparent(placed_span).as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_link_only_consumer_starts_its_own_trace_linked_to_the_producer() {
+    let tracing = TestTracing::new();
+    let _guard = tracing.set_default();
+    let bus = MemoryBus::new();
+    let seen = Seen::default();
+    let handle = Consumer::new(Subscription::events("orders.order", "tests").unwrap())
+        .propagation(Arc::new(
+            TraceContextPropagation::new().relation(ConsumerRelation::LinkOnly),
+        ))
+        .serve(&bus, {
+            let seen = seen.clone();
+            tower::service_fn(move |message: Message| {
+                seen.lock().unwrap().push((message.into_envelope(), None));
+                async { Ok::<_, Infallible>(()) }
+            })
+        })
+        .await
+        .unwrap();
+
+    let producer = tracing::info_span!("producer");
+    let event = Envelope::builder("orders.order.placed", "/orders")
+        .build()
+        .unwrap();
+    tracing::Instrument::instrument(bus.publish("orders.order", &event), producer.clone())
+        .await
+        .unwrap();
+    drop(producer);
+    handle
+        .shutdown_when(|| seen.lock().unwrap().len() == 1)
+        .await
+        .unwrap();
+
+    let spans = tracing.spans();
+    let producer = only(&spans, "producer", &SpanKind::Internal);
+    let process = only(&spans, "process orders.order.placed", &SpanKind::Consumer);
+    assert_ne!(
+        process.span_context.trace_id(),
+        producer.span_context.trace_id()
+    );
+    assert_eq!(process.parent_span_id, SpanId::INVALID);
+    assert_eq!(
+        process.links.links[0].span_context.span_id(),
+        producer.span_context.span_id()
+    );
+}
+
+/// Extensions a foreign or hostile producer might send, each of which must leave the handler
+/// running under a fresh correlation ID (its own envelope id) and, for a bad `traceparent`, a new trace.
+fn hostile() -> Vec<(&'static str, Vec<(&'static str, String)>)> {
+    let good_parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned();
+    vec![
+        ("over-long id", vec![("correlationid", "a".repeat(129))]),
+        (
+            "log injection",
+            vec![("correlationid", "x\r\nlevel=error forged".into())],
+        ),
+        ("non-ASCII id", vec![("correlationid", "ürün-42".into())]),
+        ("empty id", vec![("correlationid", String::new())]),
+        (
+            "version ff",
+            vec![(
+                "traceparent",
+                "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            )],
+        ),
+        (
+            "all-zero trace id",
+            vec![(
+                "traceparent",
+                "00-00000000000000000000000000000000-b7ad6b7169203331-01".into(),
+            )],
+        ),
+        (
+            "all-zero parent id",
+            vec![(
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01".into(),
+            )],
+        ),
+        (
+            "uppercase hex",
+            vec![(
+                "traceparent",
+                "00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01".into(),
+            )],
+        ),
+        (
+            "garbage",
+            vec![
+                ("traceparent", "\u{0}not a traceparent".into()),
+                ("tracestate", "=,=,=".into()),
+            ],
+        ),
+        (
+            "both bad",
+            vec![
+                ("correlationid", "💥".into()),
+                ("traceparent", "00-xyz".into()),
+            ],
+        ),
+        // A valid parent with a malformed tracestate: the trace is kept, the state dropped.
+        (
+            "bad tracestate only",
+            vec![
+                ("traceparent", good_parent),
+                ("tracestate", "@@@".repeat(400)),
+            ],
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn hostile_context_on_an_incoming_envelope_gets_a_fresh_id_and_trace() {
+    let tracing = TestTracing::new();
+    let _guard = tracing.set_default();
+    let bus = MemoryBus::new();
+    let seen = Seen::default();
+    let cases = hostile();
+    let handle = consume(&bus, "foreign.thing", &seen, None).await;
+    for (name, extensions) in &cases {
+        let mut event = Envelope::builder(
+            format!("foreign.thing.{}", name.replace(' ', "")),
+            "/foreign",
+        );
+        for (key, value) in extensions {
+            event = event.extension(*key, value.clone()).unwrap();
+        }
+        bus.publish("foreign.thing", &event.build().unwrap())
+            .await
+            .unwrap();
+    }
+    handle
+        .shutdown_when(|| seen.lock().unwrap().len() == cases.len())
+        .await
+        .unwrap();
+
+    let spans = tracing.spans();
+    let seen = seen.lock().unwrap();
+    let mut fresh_ids = Vec::new();
+    for (name, extensions) in &cases {
+        let ty = format!("foreign.thing.{}", name.replace(' ', ""));
+        let (envelope, current) = seen
+            .iter()
+            .find(|(envelope, _)| envelope.ty() == ty)
+            .unwrap_or_else(|| panic!("{name}: the handler did not run"));
+        let current = current
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}: no current id"));
+        let sent_id = envelope.extension("correlationid");
+        if sent_id.is_some() {
+            assert_ne!(Some(current.as_str()), sent_id, "{name}");
+        }
+        // A conversation of its own: correlated by the message's id.
+        assert_eq!(current.as_str(), envelope.id(), "{name}");
+        fresh_ids.push(current.clone());
+
+        let process = only(&spans, &format!("process {ty}"), &SpanKind::Consumer);
+        assert_ne!(process.span_context.trace_id(), TraceId::INVALID, "{name}");
+        let parent_kept = *name == "bad tracestate only";
+        if parent_kept {
+            assert_eq!(
+                process.span_context.trace_id().to_string(),
+                "0af7651916cd43dd8448eb211c80319c",
+                "{name}"
+            );
+            assert!(
+                process.span_context.trace_state().header().is_empty(),
+                "{name}"
+            );
+        } else if extensions.iter().any(|(key, _)| *key == "traceparent") {
+            assert_eq!(
+                process.parent_span_id,
+                SpanId::INVALID,
+                "{name}: a new trace"
+            );
+            assert!(process.links.links.is_empty(), "{name}: no link to garbage");
+        }
+    }
+    // Fresh means fresh: no two handlers shared an id.
+    fresh_ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    fresh_ids.dedup();
+    assert_eq!(fresh_ids.len(), cases.len());
+}
