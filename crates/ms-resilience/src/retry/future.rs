@@ -4,7 +4,6 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -25,7 +24,7 @@ pin_project! {
         R: RetryRequest<Req>,
     {
         service: S,
-        config: Arc<Config>,
+        config: &'static Config,
         classifier: C,
         requests: R,
         prepared: Option<R::Prepared>,
@@ -123,7 +122,7 @@ where
     #[inline]
     pub(crate) fn new(
         service: S,
-        config: &Arc<Config>,
+        config: &'static Config,
         classifier: C,
         requests: R,
         request: Req,
@@ -132,7 +131,7 @@ where
         let retrying = timed.then(|| Retrying::new(config));
         let mut future = Self {
             service,
-            config: config.clone(),
+            config,
             classifier,
             requests,
             prepared: None,

@@ -45,17 +45,24 @@
 //!
 //! # Cost
 //!
-//! A call that succeeds at once costs a copy of the request (for `Clone` requests), the clone
-//! and drop of the `Arc` that holds the settings, and no allocation, timer or clock read
-//! unless a timeout or deadline is set (then one allocation for the timer). With a budget, a
-//! success reads one shared word and writes nothing while the bucket is full. The state a
-//! retry needs (pending request, backoff sequence, timer) is allocated on the first retry, so
-//! that the future of a call that needs none stays small. See `BENCHMARKS.md` for figures:
-//! this is slower than tower's `Retry`, whose future holds less.
+//! A call that succeeds at once costs a copy of the request (for `Clone` requests) and no
+//! reference count, allocation, timer or clock read unless a timeout or deadline is set (then
+//! one allocation for the timer). With a budget, a success reads one shared word and writes
+//! nothing while the bucket is full. The state a retry needs (pending request, backoff
+//! sequence, timer) is allocated on the first retry, so that the future of a call that needs
+//! none stays small. See `BENCHMARKS.md` for figures.
+//!
+//! The layer interns its settings: [`Layer::layer`] keeps one `&'static` copy per distinct
+//! set of settings for the life of the process (about a hundred bytes each; layers built with
+//! equal settings share one), so that a call's future refers to them without raising and
+//! lowering a shared reference count. Settings that include a [`RetryBudget`] are equal only
+//! with that same budget (a clone of it): build the layers of one destination from one budget
+//! rather than a new budget per layer.
 
 mod budget;
 mod future;
 mod http;
+mod intern;
 mod request;
 
 use std::task::{Context, Poll};
@@ -81,7 +88,9 @@ pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// The default backoff's longest delay.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone)]
+/// The settings, interned by [`Layer::layer`] (see [`intern`](self::intern)) so that a call's
+/// future refers to them without an `Arc`.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Config {
     pub(crate) max_attempts: u32,
     pub(crate) backoff: ExponentialBackoff,
@@ -204,7 +213,7 @@ impl<S, C: Clone, R: Clone> Layer<S> for RetryLayer<C, R> {
         Retry {
             inner,
             timed: self.config.per_try_timeout.is_some() || self.config.deadline.is_some(),
-            config: std::sync::Arc::new(self.config.clone()),
+            config: intern::intern(&self.config),
             classifier: self.classifier.clone(),
             requests: self.requests.clone(),
         }
@@ -217,9 +226,11 @@ impl<S, C: Clone, R: Clone> Layer<S> for RetryLayer<C, R> {
 #[derive(Debug, Clone)]
 pub struct Retry<S, C, R> {
     inner: S,
-    config: std::sync::Arc<Config>,
+    /// Interned: a call copies the reference, where an `Arc` would cost two atomic
+    /// read-modify-writes on one shared cache line per call.
+    config: &'static Config,
     /// Whether attempts have a timer (per-try timeout or deadline); kept here so that a call
-    /// reads no setting through the `Arc`.
+    /// reads no setting through the reference.
     timed: bool,
     classifier: C,
     requests: R,
@@ -247,7 +258,7 @@ where
         let service = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::new(
             service,
-            &self.config,
+            self.config,
             self.classifier.clone(),
             self.requests.clone(),
             request,
