@@ -314,6 +314,8 @@ where
                 });
             };
             tracing::debug!(attempt = *this.attempts, ?delay, "retrying");
+            #[cfg(feature = "metrics")]
+            crate::metrics::increment(crate::metrics::RETRY_ATTEMPTS);
             if let Some(retrying) = this.retrying.as_mut() {
                 retrying.pending = Some(request);
                 let wake = Instant::now() + delay;
@@ -338,6 +340,8 @@ fn next_delay(
 ) -> Option<Duration> {
     if config.budget.as_ref().is_some_and(|b| !b.can_retry()) {
         tracing::debug!(attempts, "retry budget spent: not retrying");
+        #[cfg(feature = "metrics")]
+        crate::metrics::increment(crate::metrics::RETRY_BUDGET_EXHAUSTED);
         return None;
     }
     let backoff = delays
