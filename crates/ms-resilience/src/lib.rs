@@ -65,8 +65,9 @@
 //! - The gRPC classifier reads `grpc-status` from the response head (trailers-only errors,
 //!   which is how unary errors arrive); a status in trailers after a streamed body is not
 //!   classified.
-//! - Retry budgets are shared by cloning one [`RetryBudget`](retry::RetryBudget); there is no
-//!   registry keyed by destination as there is for breakers.
+//! - [`RetryBudgets`](retry::RetryBudgets) gives each destination its budget when its client
+//!   is built; the retry layer does not pick a budget per request from the request's
+//!   authority.
 //! - The lock-free windows are covered by a model-based property test and multi-threaded tests,
 //!   not by `loom`.
 #![forbid(unsafe_code)]

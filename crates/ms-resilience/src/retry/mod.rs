@@ -57,9 +57,11 @@
 //! equal settings share one), so that a call's future refers to them without raising and
 //! lowering a shared reference count. Settings that include a [`RetryBudget`] are equal only
 //! with that same budget (a clone of it): build the layers of one destination from one budget
-//! rather than a new budget per layer.
+//! ([`RetryBudgets`] gives the same one for a destination every time) rather than a new budget
+//! per layer.
 
 mod budget;
+mod budgets;
 mod future;
 mod http;
 mod intern;
@@ -75,6 +77,7 @@ use crate::backoff::ExponentialBackoff;
 use crate::classify::{Classify, ErrorsAsFailures, GrpcClassifier, HttpClassifier};
 
 pub use self::budget::RetryBudget;
+pub use self::budgets::RetryBudgets;
 pub use self::future::ResponseFuture;
 pub use self::http::{
     Buffering, DEFAULT_MAX_REPLAY_BYTES, HttpRequests, PreparedRequest, RetryBody, is_idempotent,
@@ -181,7 +184,8 @@ impl<C, R> RetryLayer<C, R> {
         self
     }
 
-    /// Retries only while `budget` allows; share one budget per destination.
+    /// Retries only while `budget` allows; share one budget per destination ([`RetryBudgets`]
+    /// keeps one per destination).
     pub fn budget(mut self, budget: RetryBudget) -> Self {
         self.config.budget = Some(budget);
         self
