@@ -11,6 +11,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
+use super::intern::Settings;
 use super::{Config, Prepare, RetryRequest};
 use crate::backoff::Delays;
 use crate::classify::{Classify, Outcome, RetryHint};
@@ -24,7 +25,7 @@ pin_project! {
         R: RetryRequest<Req>,
     {
         service: S,
-        config: &'static Config,
+        config: Settings,
         classifier: C,
         requests: R,
         prepared: Option<R::Prepared>,
@@ -122,13 +123,13 @@ where
     #[inline]
     pub(crate) fn new(
         service: S,
-        config: &'static Config,
+        config: Settings,
         classifier: C,
         requests: R,
         request: Req,
         timed: bool,
     ) -> Self {
-        let retrying = timed.then(|| Retrying::new(config));
+        let retrying = timed.then(|| Retrying::new(&config));
         let mut future = Self {
             service,
             config,
@@ -148,7 +149,7 @@ where
                     // The service was polled ready by our own `poll_ready`.
                     let call = future.service.call(request);
                     if let Some(retrying) = &mut future.retrying {
-                        retrying.arm_attempt_timer(config);
+                        retrying.arm_attempt_timer(&future.config);
                     }
                     future.state = State::Calling { future: call };
                 }

@@ -58,7 +58,11 @@
 //! lowering a shared reference count. Settings that include a [`RetryBudget`] are equal only
 //! with that same budget (a clone of it): build the layers of one destination from one budget
 //! ([`RetryBudgets`] gives the same one for a destination every time) rather than a new budget
-//! per layer.
+//! per layer. The table is bounded: the first [`MAX_INTERNED_RETRY_SETTINGS`] distinct sets of
+//! settings take this fast path; later ones (say, a fresh budget per connection) are held in
+//! an `Arc` that is freed with the layer's last service, and their calls pay one clone and
+//! drop of it (a few nanoseconds). Behaviour is the same either way, and memory stays bounded
+//! however many layers a program builds.
 
 mod budget;
 mod budgets;
@@ -76,12 +80,15 @@ use crate::BoxError;
 use crate::backoff::ExponentialBackoff;
 use crate::classify::{Classify, ErrorsAsFailures, GrpcClassifier, HttpClassifier};
 
+use self::intern::Settings;
+
 pub use self::budget::RetryBudget;
 pub use self::budgets::RetryBudgets;
 pub use self::future::ResponseFuture;
 pub use self::http::{
     Buffering, DEFAULT_MAX_REPLAY_BYTES, HttpRequests, PreparedRequest, RetryBody, is_idempotent,
 };
+pub use self::intern::MAX_INTERNED_RETRY_SETTINGS;
 pub use self::request::{CloneRequest, Prepare, RetryRequest};
 
 /// The default number of attempts, the first one included.
@@ -92,7 +99,7 @@ pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// The settings, interned by [`Layer::layer`] (see [`intern`](self::intern)) so that a call's
-/// future refers to them without an `Arc`.
+/// future refers to them without an `Arc` (up to [`MAX_INTERNED_RETRY_SETTINGS`] of them).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Config {
     pub(crate) max_attempts: u32,
@@ -106,6 +113,13 @@ pub(crate) struct Config {
 /// [`RetryLayer::new`] retries `Clone` requests counting every error as a retryable failure,
 /// [`RetryLayer::http`] and [`RetryLayer::grpc`] retry `http::Request`s through a replay
 /// buffer with the HTTP or gRPC classifier.
+///
+/// Cost: [`Layer::layer`] interns the settings, so a call through the service refers to them
+/// without a reference count. Only the first [`MAX_INTERNED_RETRY_SETTINGS`] distinct sets of
+/// settings in the process are interned (a [`RetryBudget`] counts by identity, so a fresh
+/// budget per layer is a new set each time); services built from later ones hold their
+/// settings in an `Arc` and pay one clone and drop of it per call. Memory stays bounded either
+/// way, and the behaviour is the same. See the [module docs](self#cost).
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RetryLayer<C = ErrorsAsFailures, R = CloneRequest> {
@@ -217,7 +231,7 @@ impl<S, C: Clone, R: Clone> Layer<S> for RetryLayer<C, R> {
         Retry {
             inner,
             timed: self.config.per_try_timeout.is_some() || self.config.deadline.is_some(),
-            config: intern::intern(&self.config),
+            settings: intern::intern(&self.config),
             classifier: self.classifier.clone(),
             requests: self.requests.clone(),
         }
@@ -230,9 +244,9 @@ impl<S, C: Clone, R: Clone> Layer<S> for RetryLayer<C, R> {
 #[derive(Debug, Clone)]
 pub struct Retry<S, C, R> {
     inner: S,
-    /// Interned: a call copies the reference, where an `Arc` would cost two atomic
-    /// read-modify-writes on one shared cache line per call.
-    config: &'static Config,
+    /// Interned while the table has room: a call copies the reference, where an `Arc` would
+    /// cost two atomic read-modify-writes on one shared cache line per call.
+    settings: Settings,
     /// Whether attempts have a timer (per-try timeout or deadline); kept here so that a call
     /// reads no setting through the reference.
     timed: bool,
@@ -262,7 +276,7 @@ where
         let service = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::new(
             service,
-            self.config,
+            self.settings.clone(),
             self.classifier.clone(),
             self.requests.clone(),
             request,

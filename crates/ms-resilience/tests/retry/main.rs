@@ -13,7 +13,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use ms_resilience::backoff::{ExponentialBackoff, Jitter};
-use ms_resilience::retry::{HttpRequests, RetryBody, RetryBudget, RetryBudgets, RetryLayer};
+use ms_resilience::retry::{
+    HttpRequests, MAX_INTERNED_RETRY_SETTINGS, RetryBody, RetryBudget, RetryBudgets, RetryLayer,
+};
 use ms_resilience::{BoxError, Error};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -200,6 +202,34 @@ async fn a_shared_budget_stops_retries_during_an_outage() {
         "the other client shares the budget: no retry"
     );
     assert!((budget.tokens() - 4.0).abs() < 1e-9);
+}
+
+#[tokio::test(start_paused = true)]
+async fn layers_built_with_a_fresh_budget_each_beyond_the_intern_bound_still_retry() {
+    // A layer stack built per connection with its own budget: more distinct settings than the
+    // process keeps interned, so the later layers hold theirs in an `Arc`.
+    for connection in 0..MAX_INTERNED_RETRY_SETTINGS + 20 {
+        let budget = RetryBudget::new(10, 0.1);
+        let (calls, inner) = flaky(1);
+        let service = ServiceBuilder::new()
+            .layer(
+                RetryLayer::new()
+                    .max_attempts(3)
+                    .backoff(fixed(MS))
+                    .budget(budget.clone()),
+            )
+            .service(inner);
+        assert_eq!(
+            service.oneshot(7).await.unwrap(),
+            7,
+            "connection {connection}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "connection {connection}");
+        assert!(
+            budget.tokens() < 10.0,
+            "connection {connection}: the retry was charged to this layer's own budget"
+        );
+    }
 }
 
 /// A body that cannot be cloned: chunks handed out once.
