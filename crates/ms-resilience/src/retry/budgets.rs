@@ -35,10 +35,11 @@ use super::RetryBudget;
 /// At most [`max_destinations`](Self::with_max_destinations) keys get a bucket of their own
 /// ([`DEFAULT_MAX_DESTINATIONS`](Self::DEFAULT_MAX_DESTINATIONS) unless told); keys beyond
 /// that share one overflow bucket, so retries to them are throttled together rather than not
-/// at all. A key's bucket is never replaced: a destination's throttling survives as long as
-/// the registry, and the retry layer, which keeps its settings (budget included) for the life
-/// of the process, sees a bounded number of budgets. Key by something stable (a service's
-/// authority), not by something that churns (a pod's address).
+/// at all. The bound keeps the registry's memory bounded however many keys it is asked
+/// for. A key's bucket is never replaced while the registry lives, so a destination's
+/// throttling is not reset by dropping and rebuilding its clients. Key by something stable (a
+/// service's authority), not by something that churns (a pod's address): churning keys fill
+/// the registry and then share the overflow bucket.
 #[derive(Clone)]
 pub struct RetryBudgets<K> {
     inner: Arc<Registry<K>>,

@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -11,7 +12,6 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
-use super::intern::Settings;
 use super::{Config, Prepare, RetryRequest};
 use crate::backoff::Delays;
 use crate::classify::{Classify, Outcome, RetryHint};
@@ -25,7 +25,7 @@ pin_project! {
         R: RetryRequest<Req>,
     {
         service: S,
-        config: Settings,
+        config: Arc<Config>,
         classifier: C,
         requests: R,
         prepared: Option<R::Prepared>,
@@ -123,7 +123,7 @@ where
     #[inline]
     pub(crate) fn new(
         service: S,
-        config: Settings,
+        config: Arc<Config>,
         classifier: C,
         requests: R,
         request: Req,

@@ -13,9 +13,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use ms_resilience::backoff::{ExponentialBackoff, Jitter};
-use ms_resilience::retry::{
-    HttpRequests, MAX_INTERNED_RETRY_SETTINGS, RetryBody, RetryBudget, RetryBudgets, RetryLayer,
-};
+use ms_resilience::retry::{HttpRequests, RetryBody, RetryBudget, RetryBudgets, RetryLayer};
 use ms_resilience::{BoxError, Error};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -205,10 +203,10 @@ async fn a_shared_budget_stops_retries_during_an_outage() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn layers_built_with_a_fresh_budget_each_beyond_the_intern_bound_still_retry() {
-    // A layer stack built per connection with its own budget: more distinct settings than the
-    // process keeps interned, so the later layers hold theirs in an `Arc`.
-    for connection in 0..MAX_INTERNED_RETRY_SETTINGS + 20 {
+async fn many_layers_built_with_a_fresh_budget_each_retry_and_charge_their_own_budget() {
+    // A layer stack built per connection with its own budget: every layer keeps its own
+    // settings, and a retry is charged to its own budget, never to another layer's.
+    for connection in 0..300 {
         let budget = RetryBudget::new(10, 0.1);
         let (calls, inner) = flaky(1);
         let service = ServiceBuilder::new()
