@@ -226,10 +226,14 @@ where
         let this = self.project();
         match this.inner.as_pin_mut() {
             Some(inner) => inner.poll(cx).map_err(Into::into),
-            None => Poll::Ready(Err(Error::BulkheadFull {
-                max_concurrent: *this.max_concurrent,
+            None => {
+                #[cfg(feature = "metrics")]
+                crate::metrics::increment(crate::metrics::BULKHEAD_REJECTIONS);
+                Poll::Ready(Err(Error::BulkheadFull {
+                    max_concurrent: *this.max_concurrent,
+                }
+                .into()))
             }
-            .into())),
         }
     }
 }

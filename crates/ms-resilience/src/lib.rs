@@ -48,6 +48,7 @@
 //! | [`rate_limit`] (feature `rate-limit`) | keyed GCRA (`governor`), fails fast with the wait; idle keys expire |
 //! | [`timeout`], [`bulkhead`] | a time limit and a concurrency limit with typed errors |
 //! | [`backoff`] | the jitter maths |
+//! | `metrics` (feature `metrics`) | breaker state and calls by outcome, retries and rejections through the `metrics` facade, recorded off the hot path |
 //!
 //! Every layer's own failure is an [`Error`] inside the `BoxError` it returns;
 //! [`Error::find`] gets it back, [`Error::is_retryable`] and [`Error::retry_after`] say what
@@ -55,17 +56,18 @@
 //!
 //! # Not here yet
 //!
-//! - Metrics are a snapshot to poll ([`CircuitBreaker::metrics`](circuit_breaker::CircuitBreaker::metrics),
-//!   [`RetryBudget::tokens`](retry::RetryBudget::tokens)); no `metrics` or OpenTelemetry
-//!   exporter. State changes reach callbacks, `tracing` and a `watch` channel (the latest
-//!   state), not a broadcast of every transition.
+//! - Metrics go through the `metrics` facade (feature `metrics`); there is no OpenTelemetry
+//!   exporter of our own (`metrics` has bridges). State changes reach callbacks, `tracing`, a
+//!   `watch` channel (the latest state) and the state gauge, not a broadcast of every
+//!   transition.
 //! - The replay buffer reads the body (up to its limit) before the first attempt, rather than
 //!   recording it as the first attempt streams it.
 //! - The gRPC classifier reads `grpc-status` from the response head (trailers-only errors,
 //!   which is how unary errors arrive); a status in trailers after a streamed body is not
 //!   classified.
-//! - Retry budgets are shared by cloning one [`RetryBudget`](retry::RetryBudget); there is no
-//!   registry keyed by destination as there is for breakers.
+//! - [`RetryBudgets`](retry::RetryBudgets) gives each destination its budget when its client
+//!   is built; the retry layer does not pick a budget per request from the request's
+//!   authority.
 //! - The lock-free windows are covered by a model-based property test and multi-threaded tests,
 //!   not by `loom`.
 #![forbid(unsafe_code)]
@@ -77,6 +79,9 @@ pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod classify;
 mod error;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 #[cfg(feature = "rate-limit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
 pub mod rate_limit;

@@ -237,10 +237,14 @@ where
         let this = self.project();
         match this.inner.as_pin_mut() {
             Some(inner) => inner.poll(cx).map_err(Into::into),
-            None => Poll::Ready(Err(Error::RateLimited {
-                retry_after: *this.retry_after,
+            None => {
+                #[cfg(feature = "metrics")]
+                crate::metrics::increment(crate::metrics::RATE_LIMIT_REJECTIONS);
+                Poll::Ready(Err(Error::RateLimited {
+                    retry_after: *this.retry_after,
+                }
+                .into()))
             }
-            .into())),
         }
     }
 }

@@ -244,24 +244,16 @@ impl CircuitBreaker {
     /// counted unless [`count_successful_calls`](CircuitBreakerBuilder::count_successful_calls)
     /// is on. Export them to your metrics system by polling this.
     pub fn metrics(&self) -> CircuitBreakerMetrics {
-        let shared = &*self.shared;
-        let stats = &shared.stats;
-        let window = match &shared.window {
-            Window::Count(w) => w.counts(),
-            Window::Time(w) => w.counts(shared.now_seconds()),
-        };
-        CircuitBreakerMetrics {
-            state: self.state(),
-            window,
-            successful_calls: shared
-                .config
-                .count_successful_calls
-                .then(|| stats.successful.load(Ordering::Relaxed)),
-            failed_calls: stats.failed.load(Ordering::Relaxed),
-            slow_calls: stats.slow.load(Ordering::Relaxed),
-            rejected_calls: stats.rejected.load(Ordering::Relaxed),
-            ignored_calls: stats.ignored.load(Ordering::Relaxed),
-        }
+        self.shared.snapshot(self.state())
+    }
+
+    /// Publishes [`metrics`](Self::metrics) through the `metrics` facade (see
+    /// [`crate::metrics`]): call it from a scrape handler or an interval. State changes
+    /// publish on their own.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn export_metrics(&self) {
+        self.shared.export_metrics(self.state());
     }
 
     /// Follows the state from async code (a health check, a dashboard): the receiver sees every
@@ -391,6 +383,32 @@ impl Drop for Permit {
 }
 
 impl Shared {
+    /// The counts, with `state` as the state.
+    fn snapshot(&self, state: State) -> CircuitBreakerMetrics {
+        let counters = &self.stats;
+        let window = match &self.window {
+            Window::Count(w) => w.counts(),
+            Window::Time(w) => w.counts(self.now_seconds()),
+        };
+        CircuitBreakerMetrics {
+            state,
+            window,
+            successful_calls: self
+                .config
+                .count_successful_calls
+                .then(|| counters.successful.load(Ordering::Relaxed)),
+            failed_calls: counters.failed.load(Ordering::Relaxed),
+            slow_calls: counters.slow.load(Ordering::Relaxed),
+            rejected_calls: counters.rejected.load(Ordering::Relaxed),
+            ignored_calls: counters.ignored.load(Ordering::Relaxed),
+        }
+    }
+
+    #[cfg(feature = "metrics")]
+    fn export_metrics(&self, state: State) {
+        crate::metrics::export_circuit_breaker(&self.config.name, &self.snapshot(state));
+    }
+
     fn lock(&self) -> MutexGuard<'_, Transitions> {
         // The guarded data stays consistent even if a listener panicked while it was held.
         self.transitions
@@ -635,5 +653,7 @@ impl Shared {
         for listener in &self.config.listeners {
             listener(&change);
         }
+        #[cfg(feature = "metrics")]
+        self.export_metrics(change.to);
     }
 }

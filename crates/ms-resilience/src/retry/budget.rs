@@ -45,6 +45,15 @@ struct Bucket {
     ratio: u64,
 }
 
+/// Two budgets are equal when they share one bucket (one is a clone of the other).
+impl PartialEq for RetryBudget {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl Eq for RetryBudget {}
+
 impl RetryBudget {
     /// A full bucket of `max_tokens` (at least 1) that each success refills by `token_ratio`
     /// (clamped to `0.001..=max_tokens`).

@@ -123,16 +123,16 @@ where
     #[inline]
     pub(crate) fn new(
         service: S,
-        config: &Arc<Config>,
+        config: Arc<Config>,
         classifier: C,
         requests: R,
         request: Req,
         timed: bool,
     ) -> Self {
-        let retrying = timed.then(|| Retrying::new(config));
+        let retrying = timed.then(|| Retrying::new(&config));
         let mut future = Self {
             service,
-            config: config.clone(),
+            config,
             classifier,
             requests,
             prepared: None,
@@ -149,7 +149,7 @@ where
                     // The service was polled ready by our own `poll_ready`.
                     let call = future.service.call(request);
                     if let Some(retrying) = &mut future.retrying {
-                        retrying.arm_attempt_timer(config);
+                        retrying.arm_attempt_timer(&future.config);
                     }
                     future.state = State::Calling { future: call };
                 }
@@ -315,6 +315,8 @@ where
                 });
             };
             tracing::debug!(attempt = *this.attempts, ?delay, "retrying");
+            #[cfg(feature = "metrics")]
+            crate::metrics::increment(crate::metrics::RETRY_ATTEMPTS);
             if let Some(retrying) = this.retrying.as_mut() {
                 retrying.pending = Some(request);
                 let wake = Instant::now() + delay;
@@ -339,6 +341,8 @@ fn next_delay(
 ) -> Option<Duration> {
     if config.budget.as_ref().is_some_and(|b| !b.can_retry()) {
         tracing::debug!(attempts, "retry budget spent: not retrying");
+        #[cfg(feature = "metrics")]
+        crate::metrics::increment(crate::metrics::RETRY_BUDGET_EXHAUSTED);
         return None;
     }
     let backoff = delays

@@ -13,7 +13,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use ms_resilience::backoff::{ExponentialBackoff, Jitter};
-use ms_resilience::retry::{HttpRequests, RetryBody, RetryBudget, RetryLayer};
+use ms_resilience::retry::{HttpRequests, RetryBody, RetryBudget, RetryBudgets, RetryLayer};
 use ms_resilience::{BoxError, Error};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -200,6 +200,34 @@ async fn a_shared_budget_stops_retries_during_an_outage() {
         "the other client shares the budget: no retry"
     );
     assert!((budget.tokens() - 4.0).abs() < 1e-9);
+}
+
+#[tokio::test(start_paused = true)]
+async fn many_layers_built_with_a_fresh_budget_each_retry_and_charge_their_own_budget() {
+    // A layer stack built per connection with its own budget: every layer keeps its own
+    // settings, and a retry is charged to its own budget, never to another layer's.
+    for connection in 0..300 {
+        let budget = RetryBudget::new(10, 0.1);
+        let (calls, inner) = flaky(1);
+        let service = ServiceBuilder::new()
+            .layer(
+                RetryLayer::new()
+                    .max_attempts(3)
+                    .backoff(fixed(MS))
+                    .budget(budget.clone()),
+            )
+            .service(inner);
+        assert_eq!(
+            service.oneshot(7).await.unwrap(),
+            7,
+            "connection {connection}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "connection {connection}");
+        assert!(
+            budget.tokens() < 10.0,
+            "connection {connection}: the retry was charged to this layer's own budget"
+        );
+    }
 }
 
 /// A body that cannot be cloned: chunks handed out once.
@@ -420,4 +448,71 @@ async fn calls_refused_by_an_open_breaker_neither_retry_nor_touch_the_budget() {
     ));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     assert!((budget.tokens() - 9.0).abs() < 1e-9, "{}", budget.tokens());
+}
+
+#[tokio::test(start_paused = true)]
+async fn budgets_per_destination_stop_retries_to_the_failing_one_only() {
+    let budgets: RetryBudgets<String> = RetryBudgets::new(10, 0.1);
+    let client = |destination: &str, failures: u32| {
+        let (calls, inner) = flaky(failures);
+        let service = ServiceBuilder::new()
+            .layer(
+                RetryLayer::new()
+                    .max_attempts(3)
+                    .backoff(fixed(MS))
+                    .budget(budgets.get(destination)),
+            )
+            .service(inner);
+        (calls, service)
+    };
+    // "orders" is down: every attempt fails. Each call takes a token per attempt.
+    let (orders_calls, orders) = client("orders:80", u32::MAX);
+    for _ in 0..4 {
+        orders.clone().oneshot(1).await.unwrap_err();
+    }
+    // 3 + 2 attempts spent five tokens (10 -> 5: no more retries); then one attempt each.
+    assert_eq!(orders_calls.load(Ordering::SeqCst), 3 + 2 + 1 + 1);
+    assert!(!budgets.get("orders:80").can_retry());
+
+    // "billing" fails once per call but has its own bucket: it still retries.
+    let (billing_calls, inner) = flaky(1);
+    let billing = ServiceBuilder::new()
+        .layer(
+            RetryLayer::new()
+                .max_attempts(3)
+                .backoff(fixed(MS))
+                .budget(budgets.get("billing:80")),
+        )
+        .service(inner);
+    assert_eq!(billing.oneshot(7).await.unwrap(), 7);
+    assert_eq!(billing_calls.load(Ordering::SeqCst), 2);
+
+    // A second client of "orders" (another layer, same destination) shares the spent bucket.
+    let (second_calls, second) = client("orders:80", u32::MAX);
+    second.oneshot(1).await.unwrap_err();
+    assert_eq!(second_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(budgets.len(), 2);
+}
+
+#[test]
+fn budgets_are_shared_by_clones_and_bounded() {
+    let budgets: RetryBudgets<String> = RetryBudgets::with_max_destinations(10, 0.1, 2);
+    let clone = budgets.clone();
+    assert!(budgets.is_empty());
+    assert_eq!(budgets.get("a"), clone.get("a"));
+    assert_ne!(budgets.get("a"), budgets.get("b"));
+    assert_eq!(budgets.len(), 2);
+    // Full: further destinations share one overflow bucket, and the count stays at the bound.
+    let overflow = budgets.get("c");
+    assert_eq!(overflow, clone.get("d"));
+    assert_ne!(overflow, budgets.get("a"));
+    assert_ne!(overflow, budgets.get("b"));
+    assert_eq!(clone.len(), 2);
+    // A known destination keeps its own bucket.
+    for _ in 0..5 {
+        budgets.get("a").record_failure();
+    }
+    assert!(!clone.get("a").can_retry());
+    assert!(clone.get("b").can_retry());
+    assert!(clone.get("c").can_retry());
 }
