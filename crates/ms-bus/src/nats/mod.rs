@@ -39,6 +39,10 @@
 //! - The consumers' `max_deliver` is unlimited: the consumer runtime counts deliveries and
 //!   dead-letters, so that no message is silently dropped by the server.
 //! - async-nats reconnects by itself; a pull stream that ends is opened again.
+//! - When a subscription is dropped (a consumer shutting down), the messages the pull stream
+//!   had received but not handed out are nak'ed without delay, so another instance of the
+//!   group gets them at once rather than after `ack_wait`. Messages still on the wire at that
+//!   instant are redelivered after `ack_wait`.
 //!
 //! Naming: with prefix `ms`, topic `invoicing.invoice` is subject `ms.ev.invoicing.invoice`
 //! in stream `ms_EV_invoicing_invoice` with one durable consumer per group; destination
