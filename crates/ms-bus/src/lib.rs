@@ -89,8 +89,6 @@
 //!   ([`Subscription::ack_wait`] is ignored); RabbitMQ's `consumer_timeout` (30 minutes by
 //!   default) bounds a handler. Retries wait in per-delay queues, rounded down to one of four
 //!   steps per doubling (at most 20 % short).
-//! - Throughput: NATS batched publish was measured 14–44 % behind raw async-nats on a loaded
-//!   machine (goal 15 %); see `BENCHMARKS.md`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
