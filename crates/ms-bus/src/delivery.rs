@@ -36,7 +36,8 @@ pub trait Acker: Send + Sync + 'static {
     fn dead_letter<'a>(&'a self, reason: &'a str) -> BoxFuture<'a, Result<(), BusError>>;
 
     /// The handler is still working: extend the ack deadline (NATS: `+WPI`). A no-op where
-    /// the broker has no deadline.
+    /// the broker has no per-message deadline (RabbitMQ, whose `consumer_timeout` nothing
+    /// from the client resets).
     fn in_progress(&self) -> BoxFuture<'_, Result<(), BusError>>;
 }
 

@@ -1,7 +1,7 @@
 //! A broker-agnostic event and command bus over CloudEvents 1.0 envelopes: publish events
 //! to topics (each consumer group gets a copy, instances of a group share them) and send
 //! commands to destinations, consume them with `tower::Service` handlers under one ack model,
-//! on NATS JetStream or in memory, with RabbitMQ to come.
+//! on NATS JetStream, RabbitMQ or in memory.
 //!
 //! ```
 //! # #[cfg(feature = "memory")]
@@ -57,12 +57,13 @@
 //!   with one ack model (ack, retry after a delay, dead letter, in progress), retries with
 //!   backoff, a maximum number of deliveries, and graceful shutdown.
 //! - [`dead_letter`]: the headers a dead letter carries. [`propagation`]: the hook for trace
-//!   and correlation context (ms-tracing plugs in there; the default carries the
-//!   correlation id).
+//!   and correlation context (the default, [`propagation::TraceContextPropagation`], carries
+//!   W3C trace context and ms-tracing's correlation id).
 //! - Adapters, each behind its cargo feature and in its own folder: `memory` (with fault
-//!   injection), `nats` (JetStream), `amqp` (RabbitMQ, to come).
+//!   injection), `nats` (JetStream), `amqp` (RabbitMQ: topic exchange, a queue per group and
+//!   per command destination, publisher confirms, retry queues, reconnection).
 //! - `conformance` (feature `testkit`): the suite every adapter runs against its real broker.
-//! - `health` (feature `health`): ms-health checks for consumers and JetStream.
+//! - `health` (feature `health`): ms-health checks for consumers, JetStream and RabbitMQ.
 //!
 //! # Adding an adapter
 //!
@@ -75,22 +76,20 @@
 //! `ms_bus::conformance_tests!(fixture)` with a `conformance::Fixture` on
 //! the real broker, and `broker_restart_loses_nothing_confirmed` with a private, killable
 //! broker from ms-testkit. The NATS adapter (`src/nats/`, `tests/conformance_nats.rs`) is
-//! the worked example. For RabbitMQ the mapping the traits were shaped for is: a topic
-//! exchange per bus for events and one durable queue per consumer group bound to the topic,
-//! one durable queue per command destination, publisher confirms before `publish` returns,
-//! `ce-` attributes as AMQP headers with [`codec::HeaderValues::Raw`] and `datacontenttype`
-//! in the `content_type` property (the CloudEvents RabbitMQ binding), retry after a delay
-//! through a delay queue or republish that carries the attempt count in a header, and the
-//! dead letter published with the [`dead_letter`] headers to the dead-letter destination's
-//! queue (via a dead-letter exchange) before the original is acked.
+//! the worked example; the RabbitMQ adapter (`src/amqp/`, `tests/conformance_amqp.rs`) shows
+//! how a broker without per-message deadlines or delivery counts fills the gaps (its module
+//! docs list the broker layout and the delivery guarantees).
 //!
 //! # What is missing
 //!
-//! - The RabbitMQ (`amqp`) adapter: the traits, the codec's raw header mode and the
-//!   conformance suite are ready for it; it is not written yet.
-//! - ms-tracing's W3C trace-context propagation: [`propagation::Propagation`] is the hook;
-//!   until it lands only the correlation id travels (and `traceparent`/`tracestate`
-//!   extensions set by the caller are carried but not acted upon).
+//! - Adapters do not wrap a publish in a producer span of its own: a consumer span's parent
+//!   is the span that published (an HTTP server span, say), and consumer spans are named after
+//!   the event type, not the topic or group ([`propagation::Propagation::scope`] receives the
+//!   envelope only).
+//! - On RabbitMQ, `in_progress` cannot extend anything: there is no per-message deadline
+//!   ([`Subscription::ack_wait`] is ignored); RabbitMQ's `consumer_timeout` (30 minutes by
+//!   default) bounds a handler. Retries wait in per-delay queues, rounded down to one of four
+//!   steps per doubling (at most 20 % short).
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

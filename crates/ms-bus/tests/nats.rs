@@ -1,5 +1,6 @@
 //! NATS-specific behaviour beyond the conformance suite: broker-side dedup by envelope id,
-//! structured-mode publishing, and events from a foreign producer in structured mode.
+//! structured-mode publishing, events from a foreign producer in structured mode, and the
+//! hand-over of prefetched messages on shutdown.
 #![cfg(feature = "nats")]
 
 use std::convert::Infallible;
@@ -105,4 +106,105 @@ async fn structured_mode_and_foreign_structured_events_round_trip() {
     until(|| seen.lock().unwrap().len() == 2).await;
     handle.shutdown().await.unwrap();
     assert_eq!(*seen.lock().unwrap(), [ours, foreign]);
+}
+
+/// A consumer that shuts down hands its prefetched messages back at once: with an ack wait
+/// of ten minutes, the group's other instance can only receive them within this test's
+/// timeout if they were nak'ed, not left to expire.
+#[tokio::test]
+async fn shutdown_hands_prefetched_messages_to_the_group_at_once() {
+    const COUNT: usize = 20;
+    let Some(test) = ms_testkit::nats().await else {
+        return;
+    };
+    let client = test.client().await;
+    let bus = NatsBus::builder(client.clone())
+        .prefix(test.prefix())
+        .unwrap()
+        .build();
+    let subscription = || {
+        Subscription::events("handover", "g")
+            .unwrap()
+            .prefetch(64)
+            .ack_wait(Duration::from_secs(600))
+    };
+    let mut ids = Vec::new();
+    // The group's consumer exists before the events, so that it gets them all.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let first: Arc<Mutex<Option<String>>> = Arc::default();
+    let handle_a = Consumer::new(subscription())
+        .concurrency(1)
+        .serve(&bus, {
+            let (gate, first) = (gate.clone(), first.clone());
+            tower::service_fn(move |m: Message| {
+                first
+                    .lock()
+                    .unwrap()
+                    .get_or_insert_with(|| m.id().to_owned());
+                let gate = gate.clone();
+                // Holds the one message it took until the test lets it go.
+                async move {
+                    let _permit = gate.acquire().await;
+                    Ok::<_, Infallible>(())
+                }
+            })
+        })
+        .await
+        .unwrap();
+    for _ in 0..COUNT {
+        let event = Envelope::builder("test.thing.happened", "/test")
+            .build()
+            .unwrap();
+        bus.publish("handover", &event).await.unwrap();
+        ids.push(event.id().to_owned());
+    }
+    // The server has handed every message to instance A (one in its handler, the rest in its
+    // pull stream's buffer) ...
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let stream_name = format!("{}_EV_handover", test.prefix().replace('.', "_"));
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = jetstream
+        .get_stream(&stream_name)
+        .await
+        .unwrap()
+        .get_consumer("g")
+        .await
+        .unwrap();
+    for _ in 0..6000 {
+        if consumer.info().await.unwrap().num_ack_pending == COUNT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(consumer.info().await.unwrap().num_ack_pending, COUNT);
+    // ... and the client has read them all: the server answers this PING after them.
+    client.flush().await.unwrap();
+
+    let shutdown_a = tokio::spawn(handle_a.shutdown());
+    let seen_b: Arc<Mutex<Vec<String>>> = Arc::default();
+    let handle_b = Consumer::new(subscription())
+        .serve(&bus, {
+            let seen_b = seen_b.clone();
+            tower::service_fn(move |m: Message| {
+                seen_b.lock().unwrap().push(m.id().to_owned());
+                async { Ok::<_, Infallible>(()) }
+            })
+        })
+        .await
+        .unwrap();
+    // A still holds its one message: B gets the other nineteen, long before the ack wait.
+    until(|| seen_b.lock().unwrap().len() == COUNT - 1).await;
+    gate.add_permits(1);
+    shutdown_a.await.unwrap().unwrap();
+    handle_b.shutdown().await.unwrap();
+
+    let first = first
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("A handled one message");
+    let mut received = seen_b.lock().unwrap().clone();
+    received.push(first);
+    received.sort();
+    ids.sort();
+    assert_eq!(received, ids);
 }

@@ -8,8 +8,20 @@
 //!   with the [`dead_letter`](crate::dead_letter) headers goes to the dead-letter queue,
 //!   confirmed, then the original is acked. RabbitMQ's own dead-lettering cannot add headers,
 //!   so the reason would be lost; publishing the copy keeps it.
-//! - in progress: a no-op. RabbitMQ has no per-message deadline to extend; it redelivers when
-//!   the channel closes, or after its `consumer_timeout` (30 minutes by default).
+//! - in progress: a no-op, because AMQP 0-9-1 has nothing to extend. RabbitMQ redelivers an
+//!   unsettled message only when its channel closes. The one deadline is the broker's
+//!   `consumer_timeout` (`rabbitmq.conf`, 30 minutes by default since RabbitMQ 3.8.15; a
+//!   per-queue `x-consumer-timeout` argument exists only from 3.12 on, not on the 3.10 here):
+//!   when a delivery stays unacknowledged longer, RabbitMQ closes the whole channel with
+//!   `PRECONDITION_FAILED`. Every unsettled delivery of that subscription is then requeued
+//!   (and counted as a delivery), their later settlements fail with [`BusError::Ack`], and
+//!   the subscription reopens its consumer. A handler that may run longer needs a larger
+//!   `consumer_timeout` on the broker; nothing the client sends resets the clock.
+//!
+//! Settlements go one `basic.ack` per message. Acking several at once (`multiple`) would
+//! settle every lower delivery tag of the channel too, including messages whose handlers are
+//! still running or about to retry or dead-letter them; it needs settling in delivery order,
+//! which the concurrent runtime does not do, so it is not used.
 //!
 //! If the copy cannot be published, the original is requeued (`basic.nack`), so it is
 //! delivered again rather than lost; a crash between the confirmed copy and the ack delivers

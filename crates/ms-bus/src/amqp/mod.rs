@@ -82,7 +82,8 @@
 //! - `in_progress` is a no-op: RabbitMQ has no per-message deadline, and
 //!   [`Subscription::ack_wait`](crate::Subscription::ack_wait) is ignored. RabbitMQ's own
 //!   `consumer_timeout` (30 minutes by default) still closes the channel of a handler that
-//!   runs longer, and the message is redelivered.
+//!   runs longer, which requeues every unsettled message of that subscription (see the
+//!   acker's notes in `acker.rs`); raise it on the broker for longer handlers.
 //! - Ordering: one queue delivers in order, so a group with one consumer at
 //!   [`concurrency(1)`](crate::consumer::Consumer::concurrency) sees the publisher's order,
 //!   except for messages that were retried or redelivered, which go to the back.

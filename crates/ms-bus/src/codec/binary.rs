@@ -15,6 +15,52 @@ use crate::envelope::{Envelope, EnvelopeParts};
 /// UTF-8 percent-encoding, every non-ASCII character.
 const ESCAPED: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
 
+/// The name of one binary-mode header: a spec attribute's full header name, or an
+/// extension's attribute name, to be written after the `ce-` prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryHeaderName<'a> {
+    /// A spec attribute: the whole header name, such as `ce-id`.
+    Attribute(&'static str),
+    /// An extension: its attribute name (such as `partitionkey`), without the prefix.
+    Extension(&'a str),
+}
+
+/// Calls `write` with each `ce-` header of `envelope`, in the order of
+/// [`headers`]; nothing is collected or allocated beyond percent-escaping and the time.
+pub(super) fn for_each_header<'e>(
+    envelope: &'e Envelope,
+    values: HeaderValues,
+    mut write: impl FnMut(BinaryHeaderName<'e>, Cow<'e, str>),
+) {
+    let value = |v| match values {
+        HeaderValues::PercentEncoded => Cow::from(utf8_percent_encode(v, ESCAPED)),
+        HeaderValues::Raw => Cow::Borrowed(v),
+    };
+    write(
+        BinaryHeaderName::Attribute("ce-specversion"),
+        Cow::Borrowed(SPEC_VERSION),
+    );
+    write(BinaryHeaderName::Attribute("ce-id"), value(envelope.id()));
+    write(
+        BinaryHeaderName::Attribute("ce-source"),
+        value(envelope.source()),
+    );
+    write(BinaryHeaderName::Attribute("ce-type"), value(envelope.ty()));
+    if let Some(subject) = envelope.subject() {
+        write(BinaryHeaderName::Attribute("ce-subject"), value(subject));
+    }
+    if let Some(time) = envelope.time_rfc3339() {
+        // RFC 3339 text is printable ASCII without space, `"` or `%`: nothing to escape.
+        write(BinaryHeaderName::Attribute("ce-time"), Cow::Owned(time));
+    }
+    if let Some(schema) = envelope.dataschema() {
+        write(BinaryHeaderName::Attribute("ce-dataschema"), value(schema));
+    }
+    for (name, v) in envelope.extensions() {
+        write(BinaryHeaderName::Extension(name), value(v));
+    }
+}
+
 /// The `ce-` headers of `envelope`: the spec's attribute names as static strings, extension
 /// names built once each.
 pub(super) fn headers(
@@ -22,27 +68,13 @@ pub(super) fn headers(
     values: HeaderValues,
 ) -> Vec<(Cow<'static, str>, Cow<'_, str>)> {
     let mut headers = Vec::with_capacity(7 + envelope.extensions().size_hint().0);
-    let value = |v| match values {
-        HeaderValues::PercentEncoded => Cow::from(utf8_percent_encode(v, ESCAPED)),
-        HeaderValues::Raw => Cow::Borrowed(v),
-    };
-    headers.push((Cow::Borrowed("ce-specversion"), Cow::Borrowed(SPEC_VERSION)));
-    headers.push((Cow::Borrowed("ce-id"), value(envelope.id())));
-    headers.push((Cow::Borrowed("ce-source"), value(envelope.source())));
-    headers.push((Cow::Borrowed("ce-type"), value(envelope.ty())));
-    if let Some(subject) = envelope.subject() {
-        headers.push((Cow::Borrowed("ce-subject"), value(subject)));
-    }
-    if let Some(time) = envelope.time_rfc3339() {
-        // RFC 3339 text is printable ASCII without space, `"` or `%`: nothing to escape.
-        headers.push((Cow::Borrowed("ce-time"), Cow::Owned(time)));
-    }
-    if let Some(schema) = envelope.dataschema() {
-        headers.push((Cow::Borrowed("ce-dataschema"), value(schema)));
-    }
-    for (name, v) in envelope.extensions() {
-        headers.push((Cow::Owned(format!("{HEADER_PREFIX}{name}")), value(v)));
-    }
+    for_each_header(envelope, values, |name, value| {
+        let name = match name {
+            BinaryHeaderName::Attribute(name) => Cow::Borrowed(name),
+            BinaryHeaderName::Extension(name) => Cow::Owned(format!("{HEADER_PREFIX}{name}")),
+        };
+        headers.push((name, value));
+    });
     headers
 }
 

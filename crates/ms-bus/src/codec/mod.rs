@@ -39,6 +39,7 @@ use bytes::Bytes;
 
 use crate::Envelope;
 
+pub use binary::BinaryHeaderName;
 pub use error::DecodeError;
 
 /// The media type of the JSON event format (structured mode).
@@ -115,6 +116,17 @@ pub fn binary_headers(
     values: HeaderValues,
 ) -> Vec<(std::borrow::Cow<'static, str>, std::borrow::Cow<'_, str>)> {
     binary::headers(envelope, values)
+}
+
+/// Binary mode's `ce-` headers for `envelope`, handed to `write` one by one: for adapters on
+/// a hot path, which then build no list and can reuse one buffer for extension header names
+/// (`ce-` followed by the [`BinaryHeaderName::Extension`] name).
+pub fn for_each_binary_header<'e>(
+    envelope: &'e Envelope,
+    values: HeaderValues,
+    write: impl FnMut(BinaryHeaderName<'e>, std::borrow::Cow<'e, str>),
+) {
+    binary::for_each_header(envelope, values, write);
 }
 
 /// Decodes a message in either mode: structured when the content type is an

@@ -58,7 +58,11 @@
 //!
 //! [`ConsumerHandle::shutdown`] stops taking deliveries, lets the in-flight handlers finish
 //! and settles them, then returns. Deliveries the adapter had prefetched but not handed out
-//! are not settled: the broker redelivers them.
+//! go back to the broker: the NATS adapter naks them without delay (another instance gets
+//! them at once), RabbitMQ requeues them when the channel closes; the memory bus prefetches nothing.
+//! Deliveries held behind an in-flight message of the same partition key are left
+//! unsettled, so that they cannot overtake it; the broker redelivers them after its ack
+//! deadline (NATS) or when the channel closes (RabbitMQ).
 
 mod lanes;
 mod message;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::{self, AckKind};
 use futures_util::StreamExt as _;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, FutureExt as _};
 
 use super::naming::{self, COMMAND_CONSUMER, Kind};
 use super::{Inner, MSG_ID_HEADER, NatsBus, PULL_EXPIRES, PULL_HEARTBEAT, transport_message};
@@ -102,6 +102,48 @@ struct PullState {
     prefetch: usize,
     messages: Option<pull::Stream>,
     context: Arc<DeliveryContext>,
+}
+
+/// Hands back what JetStream already delivered to this client but no handler has taken: when
+/// the subscription is dropped (a consumer shutting down), each such message is nak'ed without
+/// delay, so another instance of the group gets it at once instead of after `ack_wait`.
+impl Drop for PullState {
+    fn drop(&mut self) {
+        let Some(mut messages) = self.messages.take() else {
+            return;
+        };
+        // Only what is buffered already: `now_or_never` never waits for the server.
+        let mut unhandled = Vec::new();
+        while let Some(Some(item)) = messages.next().now_or_never() {
+            if let Ok(message) = item {
+                unhandled.push(message);
+            }
+        }
+        // Unsubscribes and stops the pull requests before anything else can be pulled.
+        drop(messages);
+        if unhandled.is_empty() {
+            return;
+        }
+        // Outside a runtime (the process is ending) the server redelivers after `ack_wait`.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let client = self.context.inner.jetstream.client();
+            let consumer = self.consumer.clone();
+            runtime.spawn(async move {
+                // The closed stream's pull request still waits on the server, which would
+                // hand a nak'ed message to it (nats-server hands messages to waiting requests
+                // without checking interest). Once this PING is answered the server knows the
+                // inbox has no subscriber; a consumer info request makes it drop requests
+                // without interest. Only then are the messages nak'ed.
+                let _ = client.flush().await;
+                let _ = consumer.get_info().await;
+                for message in unhandled {
+                    if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
+                        tracing::debug!(%error, "nak on shutdown failed; redelivered after ack_wait");
+                    }
+                }
+            });
+        }
+    }
 }
 
 async fn next_delivery(mut state: PullState) -> Option<(Result<Delivery, BusError>, PullState)> {

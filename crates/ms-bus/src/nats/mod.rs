@@ -39,6 +39,10 @@
 //! - The consumers' `max_deliver` is unlimited: the consumer runtime counts deliveries and
 //!   dead-letters, so that no message is silently dropped by the server.
 //! - async-nats reconnects by itself; a pull stream that ends is opened again.
+//! - When a subscription is dropped (a consumer shutting down), the messages the pull stream
+//!   had received but not handed out are nak'ed without delay, so another instance of the
+//!   group gets them at once rather than after `ack_wait`. Messages still on the wire at that
+//!   instant are redelivered after `ack_wait`.
 //!
 //! Naming: with prefix `ms`, topic `invoicing.invoice` is subject `ms.ev.invoicing.invoice`
 //! in stream `ms_EV_invoicing_invoice` with one durable consumer per group; destination
@@ -48,7 +52,6 @@
 mod consume;
 mod naming;
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 use std::str::FromStr as _;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -58,7 +61,7 @@ use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMes
 use async_nats::{HeaderMap, HeaderName, Subject};
 use futures_util::future::BoxFuture;
 
-use crate::codec::{self, HeaderValues, Mode, TransportMessage};
+use crate::codec::{self, BinaryHeaderName, HeaderValues, Mode, TransportMessage};
 use crate::propagation::{Propagation, default_propagation, outgoing};
 use crate::{BusError, CommandSender, Envelope, EventPublisher, validate_name};
 use naming::Kind;
@@ -246,18 +249,29 @@ impl Inner {
                 if let Some(content_type) = envelope.datacontenttype() {
                     headers.insert(HeaderName::from_static(CONTENT_TYPE_HEADER), content_type);
                 }
-                for (name, value) in codec::binary_headers(&envelope, HeaderValues::PercentEncoded)
-                {
-                    let name = match name {
-                        Cow::Borrowed(name) => HeaderName::from_static(name),
-                        // `ce-` plus an extension name (lower-case letters and digits): valid.
-                        Cow::Owned(name) => match HeaderName::from_str(&name) {
-                            Ok(name) => name,
-                            Err(_) => continue,
-                        },
-                    };
-                    headers.insert(name, value.as_ref());
-                }
+                // One buffer for the extension header names of this message.
+                let mut extension_name = String::new();
+                codec::for_each_binary_header(
+                    &envelope,
+                    HeaderValues::PercentEncoded,
+                    |name, value| {
+                        let name = match name {
+                            BinaryHeaderName::Attribute(name) => HeaderName::from_static(name),
+                            // `ce-` plus an extension name (lower-case letters and digits):
+                            // valid.
+                            BinaryHeaderName::Extension(name) => {
+                                extension_name.clear();
+                                extension_name.push_str(codec::HEADER_PREFIX);
+                                extension_name.push_str(name);
+                                match HeaderName::from_str(&extension_name) {
+                                    Ok(name) => name,
+                                    Err(_) => return,
+                                }
+                            }
+                        };
+                        headers.insert(name, value.as_ref());
+                    },
+                );
                 envelope.data().clone()
             }
         };
