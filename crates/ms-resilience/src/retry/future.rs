@@ -35,10 +35,45 @@ pin_project! {
         attempts: u64,
         // Everything only a retry (or a timeout) needs, allocated when first needed: a call
         // that succeeds at once keeps a future small enough to create and move cheaply.
-        retrying: Option<Box<Retrying<R::Request>>>,
+        retrying: RetrySlot<R::Request>,
         #[pin]
         state: State<S::Future, R::PrepareFuture>,
         _request: PhantomData<fn(Req)>,
+    }
+}
+
+/// The future's slot for [`Retrying`], empty until a retry (or a timer) needs it. Freeing a
+/// full slot is kept out of line, so that the drop of a future that needed no retry is small
+/// enough to be inlined into its caller: one reference count decrement and one check for
+/// `None` (and the future need not even be written to memory).
+struct RetrySlot<T>(Option<Box<Retrying<T>>>);
+
+impl<T> Drop for RetrySlot<T> {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(retrying) = self.0.take() {
+            free_retrying(retrying);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn free_retrying<T>(retrying: Box<Retrying<T>>) {
+    drop(retrying);
+}
+
+impl<T> std::ops::Deref for RetrySlot<T> {
+    type Target = Option<Box<Retrying<T>>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<T> std::ops::DerefMut for RetrySlot<T> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
     }
 }
 
@@ -153,7 +188,7 @@ where
             requests,
             prepared,
             attempts: 0,
-            retrying,
+            retrying: RetrySlot(retrying),
             state,
             _request: PhantomData,
         }
