@@ -1,5 +1,5 @@
 //! The hook through which trace and correlation context travels with messages: injected into
-//! outgoing envelopes by publishers, restored around the handler by the consumer runtime.
+//! outgoing envelopes by publishers, restored around the handler (its `call` and its future) by the consumer runtime.
 //!
 //! The default, [`TraceContextPropagation`], is ms-tracing's message propagation: the
 //! current span's W3C trace context (`traceparent`, `tracestate`) and the
@@ -22,7 +22,7 @@
 //!     .build()?;
 //! let propagation = default_propagation();
 //!
-//! // The consumer runtime runs each handler inside `scope`; an event the handler publishes
+//! // The consumer runtime runs each handler inside `scope_call` (`scope` for a ready future); an event the handler publishes
 //! // gets the incoming correlation id through `inject`.
 //! let handler_propagation = propagation.clone();
 //! let outcome = propagation
@@ -70,6 +70,22 @@ pub trait Propagation: Send + Sync + std::fmt::Debug + 'static {
     /// Runs `handler` with the context of `envelope` current (a task-local correlation id, a
     /// span whose parent is the envelope's `traceparent`).
     fn scope(&self, envelope: &Envelope, handler: HandlerFuture) -> HandlerFuture;
+
+    /// Calls `call` (once) and runs the future it returns, both with the context of
+    /// `envelope` current. The consumer runtime uses this, so that what a tower service does
+    /// synchronously in its `call` (read [`CorrelationId::current`], create a span, publish)
+    /// sees the message's context, as its future does.
+    ///
+    /// The default calls `call` outside the context and passes its future to
+    /// [`scope`](Self::scope) (implementations written before this method existed keep their
+    /// behaviour); the implementations in this module override it.
+    fn scope_call(
+        &self,
+        envelope: &Envelope,
+        call: &mut dyn FnMut() -> HandlerFuture,
+    ) -> HandlerFuture {
+        self.scope(envelope, call())
+    }
 }
 
 /// The correlation id of the work the calling task is doing: ms-tracing's
@@ -138,6 +154,24 @@ impl Propagation for TraceContextPropagation {
     }
 
     fn scope(&self, envelope: &Envelope, handler: HandlerFuture) -> HandlerFuture {
+        let (id, span) = self.context(envelope);
+        Box::pin(id.scope(handler.instrument(span)))
+    }
+
+    fn scope_call(
+        &self,
+        envelope: &Envelope,
+        call: &mut dyn FnMut() -> HandlerFuture,
+    ) -> HandlerFuture {
+        let (id, span) = self.context(envelope);
+        let handler = id.clone().sync_scope(|| span.in_scope(call));
+        Box::pin(id.scope(handler.instrument(span)))
+    }
+}
+
+impl TraceContextPropagation {
+    /// The correlation ID and consumer span to handle `envelope` under.
+    fn context(self, envelope: &Envelope) -> (CorrelationId, tracing::Span) {
         let received = message::extract(&Incoming(envelope));
         if let Some(reason) = received.rejected_correlation_id() {
             // The reason only: the value is a foreign producer's text (log injection).
@@ -157,7 +191,7 @@ impl Propagation for TraceContextPropagation {
             .or_else(|| CorrelationId::parse(envelope.id()).ok())
             .unwrap_or_else(CorrelationId::generate);
         let span = received.consumer_span(envelope.ty(), self.relation);
-        Box::pin(id.scope(handler.instrument(span)))
+        (id, span)
     }
 }
 
@@ -184,6 +218,20 @@ impl Propagation for CorrelationPropagation {
         match envelope.correlation_id() {
             Some(id) => Box::pin(id.scope(handler)),
             None => handler,
+        }
+    }
+
+    fn scope_call(
+        &self,
+        envelope: &Envelope,
+        call: &mut dyn FnMut() -> HandlerFuture,
+    ) -> HandlerFuture {
+        match envelope.correlation_id() {
+            Some(id) => {
+                let handler = id.clone().sync_scope(call);
+                Box::pin(id.scope(handler))
+            }
+            None => call(),
         }
     }
 }

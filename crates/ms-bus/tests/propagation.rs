@@ -24,6 +24,9 @@ use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry_sdk::trace::SpanData;
 use tower::ServiceExt as _;
 
+/// What a handler's `call` saw: the correlation ID and trace ID current in it.
+type InCall = Arc<Mutex<Vec<(Option<CorrelationId>, TraceId)>>>;
+
 /// What a handler saw: the envelope and the correlation ID current while it ran.
 type Seen = Arc<Mutex<Vec<(Envelope, Option<CorrelationId>)>>>;
 
@@ -400,4 +403,57 @@ async fn hostile_context_on_an_incoming_envelope_gets_a_fresh_id_and_trace() {
     fresh_ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     fresh_ids.dedup();
     assert_eq!(fresh_ids.len(), cases.len());
+}
+
+#[tokio::test]
+async fn the_handlers_call_runs_in_the_messages_context_not_only_its_future() {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    let tracing = TestTracing::new();
+    let _guard = tracing.set_default();
+    let bus = MemoryBus::new();
+    // What `call` itself (before any future exists) saw: correlation ID and trace ID.
+    let in_call = InCall::default();
+    let handle = Consumer::new(Subscription::events("orders.order", "tests").unwrap())
+        .serve(&bus, {
+            let in_call = in_call.clone();
+            // `service_fn` runs this closure in `Service::call`; the future does nothing.
+            tower::service_fn(move |_: Message| {
+                let trace_id = opentelemetry::trace::TraceContextExt::span(
+                    &tracing::Span::current().context(),
+                )
+                .span_context()
+                .trace_id();
+                let span = tracing::info_span!("opened in call");
+                drop(span);
+                in_call
+                    .lock()
+                    .unwrap()
+                    .push((CorrelationId::current(), trace_id));
+                async { Ok::<_, Infallible>(()) }
+            })
+        })
+        .await
+        .unwrap();
+
+    let sent_id = CorrelationId::parse("order-7").unwrap();
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let event = Envelope::builder("orders.order.placed", "/orders")
+        .correlation_id(&sent_id)
+        .traceparent(traceparent)
+        .build()
+        .unwrap();
+    bus.publish("orders.order", &event).await.unwrap();
+    handle
+        .shutdown_when(|| in_call.lock().unwrap().len() == 1)
+        .await
+        .unwrap();
+
+    let (current, trace_id) = in_call.lock().unwrap()[0].clone();
+    assert_eq!(current, Some(sent_id));
+    assert_eq!(trace_id.to_string(), "0af7651916cd43dd8448eb211c80319c");
+    let spans = tracing.spans();
+    let process = only(&spans, "process orders.order.placed", &SpanKind::Consumer);
+    let opened = only(&spans, "opened in call", &SpanKind::Internal);
+    assert_child(opened, process);
 }
