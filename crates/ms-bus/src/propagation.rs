@@ -1,5 +1,6 @@
 //! The hook through which trace and correlation context travels with messages: injected into
-//! outgoing envelopes by publishers, restored around the handler by the consumer runtime.
+//! outgoing envelopes by publishers, restored around the handler (its `call` and its future)
+//! by the consumer runtime.
 //!
 //! The default, [`TraceContextPropagation`], is ms-tracing's message propagation: the
 //! current span's W3C trace context (`traceparent`, `tracestate`) and the
@@ -22,8 +23,9 @@
 //!     .build()?;
 //! let propagation = default_propagation();
 //!
-//! // The consumer runtime runs each handler inside `scope`; an event the handler publishes
-//! // gets the incoming correlation id through `inject`.
+//! // The consumer runtime runs each handler inside `scope_call` (`scope` for a ready
+//! // future); an event the handler publishes gets the incoming correlation id through
+//! // `inject`.
 //! let handler_propagation = propagation.clone();
 //! let outcome = propagation
 //!     .scope(&incoming, Box::pin(async move {
@@ -67,9 +69,35 @@ pub trait Propagation: Send + Sync + std::fmt::Debug + 'static {
     /// Attributes the envelope already has are the caller's choice and are kept.
     fn inject(&self, envelope: &Envelope) -> Option<Envelope>;
 
+    /// [`inject`](Self::inject) for an envelope about to be published to `destination` (a
+    /// topic or a command destination). Adapters call this, through [`outgoing_to`], so that
+    /// an implementation can relate the message to its publication: the default
+    /// [`TraceContextPropagation`] opens a `publish {destination}` producer span and sends
+    /// its context. The default method ignores the destination and calls `inject`.
+    fn inject_to(&self, destination: &str, envelope: &Envelope) -> Option<Envelope> {
+        let _ = destination;
+        self.inject(envelope)
+    }
+
     /// Runs `handler` with the context of `envelope` current (a task-local correlation id, a
     /// span whose parent is the envelope's `traceparent`).
     fn scope(&self, envelope: &Envelope, handler: HandlerFuture) -> HandlerFuture;
+
+    /// Calls `call` (once) and runs the future it returns, both with the context of
+    /// `envelope` current. The consumer runtime uses this, so that what a tower service does
+    /// synchronously in its `call` (read [`CorrelationId::current`], create a span, publish)
+    /// sees the message's context, as its future does.
+    ///
+    /// The default calls `call` outside the context and passes its future to
+    /// [`scope`](Self::scope) (implementations written before this method existed keep their
+    /// behaviour); the implementations in this module override it.
+    fn scope_call(
+        &self,
+        envelope: &Envelope,
+        call: &mut dyn FnMut() -> HandlerFuture,
+    ) -> HandlerFuture {
+        self.scope(envelope, call())
+    }
 }
 
 /// The correlation id of the work the calling task is doing: ms-tracing's
@@ -82,6 +110,11 @@ pub fn current_correlation_id() -> Option<CorrelationId> {
 /// The default [`Propagation`]: W3C trace context and the correlation ID, through
 /// ms-tracing's [`message`] module.
 ///
+/// - `inject_to`, what adapters call on publish, opens a `publish {destination}` producer
+///   span (OpenTelemetry messaging conventions: child of the current span) and sends its
+///   context, so that a consumer span's parent is the publication, not whatever span
+///   published; then injects as `inject` does. The span marks the moment of sending: it
+///   ends once the envelope is prepared, not when the broker confirms.
 /// - `inject` adds the current span's `traceparent` (and `tracestate`, when not empty) and
 ///   the [current correlation ID](CorrelationId::current), each only when the envelope has
 ///   none (an envelope with its own `traceparent` keeps its `tracestate` too, so the two
@@ -137,7 +170,44 @@ impl Propagation for TraceContextPropagation {
         outgoing.with
     }
 
+    fn inject_to(&self, destination: &str, envelope: &Envelope) -> Option<Envelope> {
+        // An envelope with its own `traceparent` names the parent its producer chose (an
+        // outbox relay sends the context of the work that stored it): no span of ours.
+        if envelope.traceparent().is_some() {
+            return self.inject(envelope);
+        }
+        let mut outgoing = Outgoing {
+            original: envelope,
+            with: None,
+        };
+        // One producer span per message, also in a batch: each message is consumed on its
+        // own, so each consumer span gets a parent naming that message's publication.
+        // Without a subscriber that records it the span is disabled and costs a callsite
+        // check; with no OpenTelemetry layer its context is invalid and only the correlation
+        // ID travels, as before.
+        message::producer_span(destination).in_scope(|| message::inject(&mut outgoing));
+        outgoing.with
+    }
+
     fn scope(&self, envelope: &Envelope, handler: HandlerFuture) -> HandlerFuture {
+        let (id, span) = self.context(envelope);
+        Box::pin(id.scope(handler.instrument(span)))
+    }
+
+    fn scope_call(
+        &self,
+        envelope: &Envelope,
+        call: &mut dyn FnMut() -> HandlerFuture,
+    ) -> HandlerFuture {
+        let (id, span) = self.context(envelope);
+        let handler = id.clone().sync_scope(|| span.in_scope(call));
+        Box::pin(id.scope(handler.instrument(span)))
+    }
+}
+
+impl TraceContextPropagation {
+    /// The correlation ID and consumer span to handle `envelope` under.
+    fn context(self, envelope: &Envelope) -> (CorrelationId, tracing::Span) {
         let received = message::extract(&Incoming(envelope));
         if let Some(reason) = received.rejected_correlation_id() {
             // The reason only: the value is a foreign producer's text (log injection).
@@ -157,7 +227,7 @@ impl Propagation for TraceContextPropagation {
             .or_else(|| CorrelationId::parse(envelope.id()).ok())
             .unwrap_or_else(CorrelationId::generate);
         let span = received.consumer_span(envelope.ty(), self.relation);
-        Box::pin(id.scope(handler.instrument(span)))
+        (id, span)
     }
 }
 
@@ -186,6 +256,20 @@ impl Propagation for CorrelationPropagation {
             None => handler,
         }
     }
+
+    fn scope_call(
+        &self,
+        envelope: &Envelope,
+        call: &mut dyn FnMut() -> HandlerFuture,
+    ) -> HandlerFuture {
+        match envelope.correlation_id() {
+            Some(id) => {
+                let handler = id.clone().sync_scope(call);
+                Box::pin(id.scope(handler))
+            }
+            None => call(),
+        }
+    }
 }
 
 /// The propagation adapters and the runtime use unless told otherwise:
@@ -198,6 +282,18 @@ pub fn default_propagation() -> Arc<dyn Propagation> {
 pub fn outgoing<'a>(propagation: &dyn Propagation, envelope: &'a Envelope) -> Cow<'a, Envelope> {
     propagation
         .inject(envelope)
+        .map_or(Cow::Borrowed(envelope), Cow::Owned)
+}
+
+/// `envelope`, about to be published to `destination`, with context injected through
+/// [`Propagation::inject_to`]; borrowed when there was nothing to add. What adapters call.
+pub fn outgoing_to<'a>(
+    propagation: &dyn Propagation,
+    destination: &str,
+    envelope: &'a Envelope,
+) -> Cow<'a, Envelope> {
+    propagation
+        .inject_to(destination, envelope)
         .map_or(Cow::Borrowed(envelope), Cow::Owned)
 }
 

@@ -5,7 +5,8 @@
 //! handler.
 //!
 //! ```text
-//! POST /orders (server) ─ process orders.order.placed ─ process billing.invoice.created
+//! POST /orders (server) ─ publish orders.order (producer) ─ process orders.order.placed
+//!   ─ publish billing.invoice (producer) ─ process billing.invoice.created
 //! ```
 #![cfg(feature = "memory")]
 
@@ -23,6 +24,9 @@ use ms_tracing::{CorrelationId, CorrelationIdLayer, ServerTraceLayer};
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry_sdk::trace::SpanData;
 use tower::ServiceExt as _;
+
+/// What a handler's `call` saw: the correlation ID and trace ID current in it.
+type InCall = Arc<Mutex<Vec<(Option<CorrelationId>, TraceId)>>>;
 
 /// What a handler saw: the envelope and the correlation ID current while it ran.
 type Seen = Arc<Mutex<Vec<(Envelope, Option<CorrelationId>)>>>;
@@ -181,17 +185,32 @@ async fn one_trace_and_one_correlation_id_from_http_through_two_consumers() {
         "process billing.invoice.created",
         &SpanKind::Consumer,
     );
-    assert_child(placed_span, server);
-    assert_child(invoiced_span, placed_span);
+    // Each publication is a producer span named after its destination, child of the span
+    // that published; each consumer span is the child of, and linked to, that producer span.
+    let publish_placed = only(&spans, "publish orders.order", &SpanKind::Producer);
+    let publish_invoiced = only(&spans, "publish billing.invoice", &SpanKind::Producer);
+    assert_child(publish_placed, server);
+    assert_child(placed_span, publish_placed);
+    assert_child(publish_invoiced, placed_span);
+    assert_child(invoiced_span, publish_invoiced);
     assert_eq!(
         placed_span.links.links[0].span_context.span_id(),
-        server.span_context.span_id()
+        publish_placed.span_context.span_id()
     );
     assert_eq!(
         invoiced_span.links.links[0].span_context.span_id(),
-        placed_span.span_context.span_id()
+        publish_invoiced.span_context.span_id()
     );
-    for span in [placed_span, invoiced_span] {
+    for (span, destination) in [
+        (publish_placed, "orders.order"),
+        (publish_invoiced, "billing.invoice"),
+    ] {
+        assert_eq!(
+            TestTracing::attribute(span, "messaging.destination.name").as_deref(),
+            Some(destination)
+        );
+    }
+    for span in [publish_placed, placed_span, publish_invoiced, invoiced_span] {
         assert_eq!(
             TestTracing::attribute(span, "correlation.id").as_deref(),
             Some(echoed.as_str()),
@@ -199,7 +218,7 @@ async fn one_trace_and_one_correlation_id_from_http_through_two_consumers() {
             span.name
         );
     }
-    // The envelopes carry the publishing span: the server's, then the first consumer's.
+    // The envelopes carry their producer spans.
     let traceparent = |span: &SpanData| {
         format!(
             "00-{}-{}-01",
@@ -209,11 +228,11 @@ async fn one_trace_and_one_correlation_id_from_http_through_two_consumers() {
     };
     assert_eq!(
         placed.lock().unwrap()[0].0.traceparent(),
-        Some(traceparent(server).as_str())
+        Some(traceparent(publish_placed).as_str())
     );
     assert_eq!(
         invoiced.lock().unwrap()[0].0.traceparent(),
-        Some(traceparent(placed_span).as_str())
+        Some(traceparent(publish_invoiced).as_str())
     );
 }
 
@@ -252,15 +271,17 @@ async fn a_link_only_consumer_starts_its_own_trace_linked_to_the_producer() {
 
     let spans = tracing.spans();
     let producer = only(&spans, "producer", &SpanKind::Internal);
+    let publish = only(&spans, "publish orders.order", &SpanKind::Producer);
     let process = only(&spans, "process orders.order.placed", &SpanKind::Consumer);
+    assert_child(publish, producer);
     assert_ne!(
         process.span_context.trace_id(),
-        producer.span_context.trace_id()
+        publish.span_context.trace_id()
     );
     assert_eq!(process.parent_span_id, SpanId::INVALID);
     assert_eq!(
         process.links.links[0].span_context.span_id(),
-        producer.span_context.span_id()
+        publish.span_context.span_id()
     );
 }
 
@@ -400,4 +421,57 @@ async fn hostile_context_on_an_incoming_envelope_gets_a_fresh_id_and_trace() {
     fresh_ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     fresh_ids.dedup();
     assert_eq!(fresh_ids.len(), cases.len());
+}
+
+#[tokio::test]
+async fn the_handlers_call_runs_in_the_messages_context_not_only_its_future() {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    let tracing = TestTracing::new();
+    let _guard = tracing.set_default();
+    let bus = MemoryBus::new();
+    // What `call` itself (before any future exists) saw: correlation ID and trace ID.
+    let in_call = InCall::default();
+    let handle = Consumer::new(Subscription::events("orders.order", "tests").unwrap())
+        .serve(&bus, {
+            let in_call = in_call.clone();
+            // `service_fn` runs this closure in `Service::call`; the future does nothing.
+            tower::service_fn(move |_: Message| {
+                let trace_id = opentelemetry::trace::TraceContextExt::span(
+                    &tracing::Span::current().context(),
+                )
+                .span_context()
+                .trace_id();
+                let span = tracing::info_span!("opened in call");
+                drop(span);
+                in_call
+                    .lock()
+                    .unwrap()
+                    .push((CorrelationId::current(), trace_id));
+                async { Ok::<_, Infallible>(()) }
+            })
+        })
+        .await
+        .unwrap();
+
+    let sent_id = CorrelationId::parse("order-7").unwrap();
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let event = Envelope::builder("orders.order.placed", "/orders")
+        .correlation_id(&sent_id)
+        .traceparent(traceparent)
+        .build()
+        .unwrap();
+    bus.publish("orders.order", &event).await.unwrap();
+    handle
+        .shutdown_when(|| in_call.lock().unwrap().len() == 1)
+        .await
+        .unwrap();
+
+    let (current, trace_id) = in_call.lock().unwrap()[0].clone();
+    assert_eq!(current, Some(sent_id));
+    assert_eq!(trace_id.to_string(), "0af7651916cd43dd8448eb211c80319c");
+    let spans = tracing.spans();
+    let process = only(&spans, "process orders.order.placed", &SpanKind::Consumer);
+    let opened = only(&spans, "opened in call", &SpanKind::Internal);
+    assert_child(opened, process);
 }

@@ -173,7 +173,7 @@ impl AmqpBus {
         mandatory: bool,
     ) -> Result<Outgoing, BusError> {
         validate_name(routing_key)?;
-        let envelope = propagation::outgoing(&*self.propagation, envelope);
+        let envelope = propagation::outgoing_to(&*self.propagation, routing_key, envelope);
         let message = codec::encode(&envelope, self.mode, HeaderValues::Raw);
         let (properties, body) = headers::to_amqp(message, envelope.id())?;
         Ok(Outgoing {

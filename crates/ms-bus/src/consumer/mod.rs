@@ -350,10 +350,20 @@ where
             key
         });
     }
-    let call = service.call(Message::new(envelope.clone(), info.clone(), acker.clone()));
-    let call: crate::propagation::HandlerFuture =
-        Box::pin(async move { call.await.map(Into::into).map_err(Into::into) });
-    let scoped = consumer.propagation.scope(&envelope, call);
+    // `call` runs inside the message's context too: tower services do work in `call`
+    // itself (read the correlation id, open a span, publish), not only in its future.
+    let mut message = Some(Message::new(envelope.clone(), info.clone(), acker.clone()));
+    let mut call = || -> crate::propagation::HandlerFuture {
+        let Some(message) = message.take() else {
+            // `scope_call` calls once; a second call has no message to give.
+            return Box::pin(std::future::ready(Err(
+                "the propagation called the handler twice".into(),
+            )));
+        };
+        let call = service.call(message);
+        Box::pin(async move { call.await.map(Into::into).map_err(Into::into) })
+    };
+    let scoped = consumer.propagation.scope_call(&envelope, &mut call);
     Box::pin(async move {
         let result = match AssertUnwindSafe(scoped).catch_unwind().await {
             Ok(result) => result,

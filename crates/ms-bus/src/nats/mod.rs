@@ -62,7 +62,7 @@ use async_nats::{HeaderMap, HeaderName, Subject};
 use futures_util::future::BoxFuture;
 
 use crate::codec::{self, BinaryHeaderName, HeaderValues, Mode, TransportMessage};
-use crate::propagation::{Propagation, default_propagation, outgoing};
+use crate::propagation::{Propagation, default_propagation, outgoing_to};
 use crate::{BusError, CommandSender, Envelope, EventPublisher, validate_name};
 use naming::Kind;
 
@@ -233,8 +233,8 @@ impl Inner {
         Ok(stream_name)
     }
 
-    fn encode(&self, envelope: &Envelope) -> (HeaderMap, bytes::Bytes) {
-        let envelope = outgoing(&*self.propagation, envelope);
+    fn encode(&self, destination: &str, envelope: &Envelope) -> (HeaderMap, bytes::Bytes) {
+        let envelope = outgoing_to(&*self.propagation, destination, envelope);
         let mut headers = HeaderMap::new();
         headers.insert(HeaderName::from_static(MSG_ID_HEADER), envelope.id());
         let body = match self.mode {
@@ -280,10 +280,11 @@ impl Inner {
 
     async fn start_publish(
         &self,
+        name: &str,
         subject: &Subject,
         envelope: &Envelope,
     ) -> Result<PublishAckFuture, BusError> {
-        let (headers, body) = self.encode(envelope);
+        let (headers, body) = self.encode(name, envelope);
         self.jetstream
             .send_publish(
                 subject.clone(),
@@ -308,7 +309,7 @@ impl Inner {
     ) -> Result<(), BusError> {
         let subject = self.prepare(kind, name).await?;
         let result = async {
-            let ack = self.start_publish(&subject, envelope).await?;
+            let ack = self.start_publish(name, &subject, envelope).await?;
             ack.await.map_err(|e| BusError::NotConfirmed(e.into()))?;
             Ok(())
         }
@@ -344,7 +345,7 @@ impl Inner {
                     let ack: PublishAckFuture = ack;
                     ack.await.map_err(|e| BusError::NotConfirmed(e.into()))?;
                 }
-                pending.push_back(self.start_publish(&subject, envelope).await?);
+                pending.push_back(self.start_publish(name, &subject, envelope).await?);
             }
             for ack in pending {
                 ack.await.map_err(|e| BusError::NotConfirmed(e.into()))?;
