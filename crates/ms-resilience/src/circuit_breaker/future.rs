@@ -25,7 +25,41 @@ pin_project! {
         future: Option<F>,
         permit: Permit,
         classifier: C,
-        rejected: Option<Box<Error>>,
+        rejected: RejectionSlot,
+    }
+}
+
+/// The future's slot for a rejected call's error, empty for an admitted call. Taking and
+/// freeing a full slot are kept out of line, so that the future's poll and drop stay small
+/// enough to be inlined into the caller: fewer calls and stack stores between the breaker's
+/// reference-count increment in `call` and its decrement when the outcome is recorded.
+struct RejectionSlot(Option<Box<Error>>);
+
+impl Drop for RejectionSlot {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(error) = self.0.take() {
+            free_rejection(error);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn free_rejection(error: Box<Error>) {
+    drop(error);
+}
+
+/// The error of a rejected call's future: the rejection on the first poll, a plain error on
+/// any later one.
+#[cold]
+#[inline(never)]
+fn take_rejection(slot: &mut RejectionSlot) -> BoxError {
+    // An unsizing coercion, not `into()`: `From` would wrap the `Box<Error>` in a second box,
+    // and `Error::find` could no longer downcast it.
+    match slot.0.take() {
+        Some(error) => error,
+        None => "circuit breaker future polled after completion".into(),
     }
 }
 
@@ -36,7 +70,7 @@ impl<F, C> ResponseFuture<F, C> {
             future: Some(future),
             permit,
             classifier,
-            rejected: None,
+            rejected: RejectionSlot(None),
         }
     }
 
@@ -45,7 +79,7 @@ impl<F, C> ResponseFuture<F, C> {
             future: None,
             permit: Permit::none(),
             classifier,
-            rejected: Some(Box::new(error)),
+            rejected: RejectionSlot(Some(Box::new(error))),
         }
     }
 }
@@ -64,7 +98,14 @@ where
 {
     type Output = Result<Res, BoxError>;
 
-    #[inline]
+    // Always inlined: left to itself the compiler keeps this a call, and the call's register
+    // saves are stores between the breaker's reference-count increment in `call` and its
+    // decrement here, which cost more than the work itself (closed_breaker_per_call in the
+    // resilience bench: about 10.5 ns as a call, about 8 ns inlined). What is inlined is small:
+    // the rare paths (rejection, timed calls, anything but a success into a healthy window)
+    // are out of line.
+    #[allow(clippy::inline_always)]
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.future.as_pin_mut() {
@@ -74,15 +115,7 @@ where
                 this.permit.finish(this.classifier.classify(&result));
                 Poll::Ready(result.map_err(Into::into))
             }
-            None => {
-                // An unsizing coercion, not `into()`: `From` would wrap the `Box<Error>` in a
-                // second box, and `Error::find` could no longer downcast it.
-                let error: BoxError = match this.rejected.take() {
-                    Some(error) => error,
-                    None => "circuit breaker future polled after completion".into(),
-                };
-                Poll::Ready(Err(error))
-            }
+            None => Poll::Ready(Err(take_rejection(this.rejected))),
         }
     }
 }

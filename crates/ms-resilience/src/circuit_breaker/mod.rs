@@ -363,22 +363,40 @@ impl Permit {
     #[inline]
     pub(crate) fn finish(&mut self, outcome: Outcome) {
         if let Some(breaker) = self.breaker.take() {
-            let elapsed = (self.started != 0).then(|| {
-                Duration::from_nanos(breaker.shared.now_nanos().saturating_sub(self.started - 1))
-            });
-            breaker.shared.record(self.word, outcome, elapsed);
+            if self.started == 0 {
+                breaker.shared.record(self.word, outcome, None);
+            } else {
+                record_timed(&breaker, self.word, self.started, outcome);
+            }
         }
     }
 }
 
+/// Records the outcome of a timed call (slow-call detection is on). Out of line: reading the
+/// clock costs far more than the call, and the untimed path stays small enough to inline.
+#[inline(never)]
+fn record_timed(breaker: &CircuitBreaker, word: Word, started: u64, outcome: Outcome) {
+    let elapsed = Duration::from_nanos(breaker.shared.now_nanos().saturating_sub(started - 1));
+    breaker.shared.record(word, outcome, Some(elapsed));
+}
+
 impl Drop for Permit {
+    /// A recorded permit (the common case) holds nothing; an unrecorded one is let go out of
+    /// line, so that this drop is small enough to be inlined into the response future's.
     #[inline]
     fn drop(&mut self) {
-        if let Some(breaker) = &self.breaker
-            && self.word.state() == State::HalfOpen
-        {
-            breaker.shared.release(self.word);
+        if let Some(breaker) = self.breaker.take() {
+            release_unrecorded(&breaker, self.word);
         }
+    }
+}
+
+/// Gives back the half-open trial of a permit dropped unrecorded (the call was cancelled).
+#[cold]
+#[inline(never)]
+fn release_unrecorded(breaker: &CircuitBreaker, word: Word) {
+    if word.state() == State::HalfOpen {
+        breaker.shared.release(word);
     }
 }
 
@@ -484,9 +502,28 @@ impl Shared {
         }
     }
 
-    /// Records the outcome of a call admitted under `word`.
+    /// Records the outcome of a call admitted under `word`. The healthy case, an untimed
+    /// success into a closed count window already full of successes, changes nothing but the
+    /// success counter; it is handled here, and the rest out of line, so that the response
+    /// future's poll stays small enough to be inlined into its caller.
     #[inline]
     fn record(&self, word: Word, outcome: Outcome, elapsed: Option<Duration>) {
+        if matches!(outcome, Outcome::Success)
+            && elapsed.is_none()
+            && word.state() == State::Closed
+            && let Window::Count(window) = &self.window
+            && window.is_full_of_successes()
+        {
+            if self.config.count_successful_calls {
+                self.stats.successful.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        self.record_slow(word, outcome, elapsed);
+    }
+
+    #[inline(never)]
+    fn record_slow(&self, word: Word, outcome: Outcome, elapsed: Option<Duration>) {
         let failure = match outcome {
             Outcome::Success => false,
             Outcome::Failure { .. } => true,

@@ -128,16 +128,21 @@ impl CountWindow {
         }
     }
 
+    /// Whether the ring is full of plain successes: the fastest path, a healthy service. A
+    /// further success written into any slot leaves the ring as it was, and where the cursor
+    /// points no longer matters either (after k more records the ring holds those k and N - k
+    /// successes, whichever slot it starts from), so it needs no write and no cursor move. This
+    /// turns the hot path's only atomic read-modify-write on the breaker into a load.
+    #[inline]
+    pub(crate) fn is_full_of_successes(&self) -> bool {
+        self.totals.load(Relaxed) == self.full_of_successes
+    }
+
     /// Records an outcome. Returns the new counts if they changed; `None` when the outcome
     /// replaced an equal one (the steady state of a healthy service: no rate can have moved).
     #[inline]
     pub(crate) fn record(&self, outcome: Recorded) -> Option<WindowCounts> {
-        // Fastest path, a healthy service: the ring is full of plain successes and this is one
-        // more. Writing it into any slot leaves the ring as it was, and where the cursor points
-        // no longer matters either (after k more records the ring holds those k and N - k
-        // successes, whichever slot it starts from), so skip the write and the cursor. This
-        // turns the hot path's only atomic read-modify-write on the breaker into a load.
-        if outcome == Recorded::SUCCESS && self.totals.load(Relaxed) == self.full_of_successes {
+        if outcome == Recorded::SUCCESS && self.is_full_of_successes() {
             return None;
         }
         let mut cursor = self.cursor.load(Relaxed);
