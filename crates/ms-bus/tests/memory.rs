@@ -146,6 +146,44 @@ async fn handlers_publish_with_the_incoming_correlation_id() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_panic_in_the_handlers_call_is_retried_and_the_consumer_keeps_running() {
+    let bus = MemoryBus::new();
+    let handled: Log = Arc::default();
+    let sent = events(2);
+    let first = sent[0].id().to_owned();
+    let h = Consumer::new(Subscription::events("t", "g").unwrap())
+        .concurrency(1)
+        .retry(RetryPolicy::default().max_deliveries(3))
+        .serve(&bus, {
+            let handled = handled.clone();
+            let first = first.clone();
+            tower::service_fn(move |m: Message| {
+                // This runs in `call` itself, before any future exists.
+                assert!(
+                    !(m.id() == first && m.attempt() == 1),
+                    "handler bug in call"
+                );
+                handled
+                    .lock()
+                    .unwrap()
+                    .push((m.id().to_owned(), m.attempt()));
+                async { Ok::<_, Infallible>(()) }
+            })
+        })
+        .await
+        .unwrap();
+    bus.publish_batch("t", &sent).await.unwrap();
+    until(|| handled.lock().unwrap().len() == 2).await;
+    h.shutdown().await.unwrap();
+    let handled = handled.lock().unwrap().clone();
+    assert!(handled.contains(&(first, 2)), "{handled:?}");
+    assert!(
+        handled.contains(&(sent[1].id().to_owned(), 1)),
+        "{handled:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn rejects_dead_letter_at_once_and_panics_are_retried() {
     let bus = MemoryBus::new();
     let attempts: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();

@@ -363,7 +363,17 @@ where
         let call = service.call(message);
         Box::pin(async move { call.await.map(Into::into).map_err(Into::into) })
     };
-    let scoped = consumer.propagation.scope_call(&envelope, &mut call);
+    // A panic in the handler's synchronous `call` is the same handler failure as one in its
+    // future: retried, then dead-lettered, while the consumer keeps running.
+    let scoped = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        consumer.propagation.scope_call(&envelope, &mut call)
+    })) {
+        Ok(scoped) => scoped,
+        Err(panic) => {
+            let error: BoxError = panic_message(&*panic).into();
+            Box::pin(std::future::ready(Err(error)))
+        }
+    };
     Box::pin(async move {
         let result = match AssertUnwindSafe(scoped).catch_unwind().await {
             Ok(result) => result,
