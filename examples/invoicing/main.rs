@@ -8,9 +8,17 @@
 //! once ms-bus and ms-outbox have landed. Until then this program says what it will show and
 //! demonstrates the pieces that exist, then exits 0.
 
-use ms_bus::Envelope;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use ms_bus::consumer::{Consumer, Message};
+use ms_bus::memory::MemoryBus;
+use ms_bus::{Envelope, EventPublisher, Subscription};
 use ms_health::{CheckResult, HealthRegistry, check_fn};
+use ms_resilience::circuit_breaker::CircuitBreaker;
 use ms_tracing::CorrelationId;
+use tokio::sync::mpsc;
+use tower::{ServiceBuilder, ServiceExt};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -40,6 +48,55 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         event.ty(),
         event.subject().unwrap_or_default(),
         event.id()
+    );
+
+    // The event goes through the in-memory bus to a consumer group; the handler runs with the
+    // event's correlation ID as the current one, without anyone passing it along.
+    let bus = MemoryBus::new();
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+    let consumer = Consumer::new(Subscription::events("invoicing.invoices", "reporting")?)
+        .serve(
+            &bus,
+            tower::service_fn(move |message: Message| {
+                let _ = seen_tx.send((message.id().to_owned(), CorrelationId::current()));
+                async { Ok::<_, Infallible>(()) }
+            }),
+        )
+        .await?;
+    bus.publish("invoicing.invoices", &event).await?;
+    let (id, current) = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
+        .await?
+        .ok_or("the consumer stopped before it handled the event")?;
+    consumer.shutdown().await?;
+    println!(
+        "  ms-bus      memory bus             handled {id} in group reporting, correlation ID {}",
+        current.map_or_else(|| "none".to_owned(), |c| c.to_string())
+    );
+
+    // A call to a flaky dependency through a circuit breaker: it opens after enough failures
+    // and then fails fast instead of waiting on the dependency.
+    let breaker = CircuitBreaker::builder()
+        .name("payments")
+        .minimum_number_of_calls(4)
+        .build();
+    let payments =
+        ServiceBuilder::new()
+            .layer(breaker.layer())
+            .service_fn(|cents: u64| async move {
+                if cents == 0 {
+                    Err::<u64, ms_resilience::BoxError>("payments is down".into())
+                } else {
+                    Ok(cents)
+                }
+            });
+    for _ in 0..4 {
+        let _ = payments.clone().oneshot(0).await;
+    }
+    let fast_fail = payments.clone().oneshot(4200).await.err();
+    println!(
+        "  ms-resilience circuit breaker      {:?} after 4 failures: {}",
+        breaker.state(),
+        fast_fail.map_or_else(|| "call went through".to_owned(), |e| e.to_string())
     );
 
     let registry = HealthRegistry::builder()

@@ -26,7 +26,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub enum Error {
     /// The circuit breaker rejected the call without calling the service. Retrying before
     /// `retry_in` hits the same open circuit; route to another endpoint or degrade.
-    #[error("circuit breaker `{name}` is open{}", retry_in.map(|d| format!(", calls permitted again in {d:?}")).unwrap_or_default())]
+    #[error("circuit breaker `{name}` is open{}", retry_in.map(|d| format!(", calls permitted again in {d:.1?}")).unwrap_or_default())]
     CircuitOpen {
         /// The breaker's name (its key for keyed breakers).
         name: std::sync::Arc<str>,
