@@ -1,8 +1,6 @@
 //! `CorrelationIdLayer` against hostile and ordinary headers, in process and over a real socket.
 
 use std::convert::Infallible;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 
 use http::{HeaderName, Request, Response};
 use ms_tracing::correlation::{
@@ -182,43 +180,6 @@ async fn ignoring_incoming_ids_always_generates_and_rejects_nothing() {
     let outcome = send(&layer, &[("x-correlation-id", b"outside-id")]).await;
     assert!(is_fresh(&outcome.echoed));
     assert_eq!(layer.rejected(), 0);
-}
-
-/// A `tracing` writer that keeps everything written to it.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[test]
-fn a_rejection_is_logged_with_its_reason_but_without_the_value() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    tracing::subscriber::with_default(subscriber, || {
-        runtime.block_on(async {
-            let layer = CorrelationIdLayer::new();
-            send(&layer, &[("x-correlation-id", b"INJECTED\tlevel=admin")]).await;
-        });
-    });
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(log.contains("incoming correlation ID rejected"), "{log}");
-    assert!(log.contains("forbidden byte at offset 8"), "{log}");
-    assert!(!log.contains("INJECTED"), "{log}");
 }
 
 /// Header names are case-insensitive on the wire: a raw HTTP/1.1 request with mixed-case names,
