@@ -100,13 +100,6 @@ pub trait Propagation: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
-/// The correlation id of the work the calling task is doing: ms-tracing's
-/// [`CorrelationId::current`], which this delegates to (kept so that callers of earlier
-/// versions still build; new code calls `CorrelationId::current` directly).
-pub fn current_correlation_id() -> Option<CorrelationId> {
-    CorrelationId::current()
-}
-
 /// The default [`Propagation`]: W3C trace context and the correlation ID, through
 /// ms-tracing's [`message`] module.
 ///
@@ -276,13 +269,6 @@ impl Propagation for CorrelationPropagation {
 /// [`TraceContextPropagation::new`].
 pub fn default_propagation() -> Arc<dyn Propagation> {
     Arc::new(TraceContextPropagation::new())
-}
-
-/// `envelope` with context injected, borrowed when there was nothing to add. For adapters.
-pub fn outgoing<'a>(propagation: &dyn Propagation, envelope: &'a Envelope) -> Cow<'a, Envelope> {
-    propagation
-        .inject(envelope)
-        .map_or(Cow::Borrowed(envelope), Cow::Owned)
 }
 
 /// `envelope`, about to be published to `destination`, with context injected through
