@@ -122,7 +122,10 @@ mod tests {
     fn long_names_are_shortened_deterministically_and_stay_distinct() {
         let a = "a".repeat(60);
         let b = format!("{}b", "a".repeat(59));
-        let (da, db) = (derived_name(&a, "_pending_idx"), derived_name(&b, "_pending_idx"));
+        let (da, db) = (
+            derived_name(&a, "_pending_idx"),
+            derived_name(&b, "_pending_idx"),
+        );
         assert!(da.len() <= MAX_IDENT && db.len() <= MAX_IDENT);
         assert_ne!(da, db);
         assert_eq!(da, derived_name(&a, "_pending_idx"));
@@ -133,7 +136,10 @@ mod tests {
     fn placeholders_are_all_substituted() {
         let schema = OutboxSchema::new(TableName::new("billing.outbox").unwrap());
         for qualify in [false, true] {
-            let sql = schema.render(include_str!("../migrations/postgres/0001_outbox.sql"), qualify);
+            let sql = schema.render(
+                include_str!("../migrations/postgres/0001_outbox.sql"),
+                qualify,
+            );
             assert!(!sql.contains('{'), "{sql}");
             assert!(sql.contains(r#""billing"."outbox_dead_letters""#));
         }

@@ -113,7 +113,10 @@ pub(crate) trait ClaimedBatch: Send {
     /// The claimed rows, in id order (taken once).
     fn take_rows(&mut self) -> Vec<StoredRow>;
     /// Records the outcome and commits.
-    fn finish(self: Box<Self>, outcome: BatchOutcome) -> BoxFuture<'static, Result<(), OutboxError>>;
+    fn finish(
+        self: Box<Self>,
+        outcome: BatchOutcome,
+    ) -> BoxFuture<'static, Result<(), OutboxError>>;
 }
 
 /// A dead-lettered row.
@@ -187,8 +190,7 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn discard(&self, id: i64) -> BoxFuture<'_, Result<bool, OutboxError>>;
     fn backlog(&self) -> BoxFuture<'_, Result<Backlog, OutboxError>>;
     /// Deletes up to `limit` rows published more than `older_than` ago; returns how many.
-    fn cleanup(&self, older_than: Duration, limit: i64)
-    -> BoxFuture<'_, Result<u64, OutboxError>>;
+    fn cleanup(&self, older_than: Duration, limit: i64) -> BoxFuture<'_, Result<u64, OutboxError>>;
     /// Whether several relays may run at once (each on its own shards).
     fn shards_concurrently(&self) -> bool;
 }

@@ -260,7 +260,10 @@ impl ClaimedBatch for PgBatch {
         std::mem::take(&mut self.rows)
     }
 
-    fn finish(self: Box<Self>, outcome: BatchOutcome) -> BoxFuture<'static, Result<(), OutboxError>> {
+    fn finish(
+        self: Box<Self>,
+        outcome: BatchOutcome,
+    ) -> BoxFuture<'static, Result<(), OutboxError>> {
         Box::pin(async move {
             let PgBatch {
                 mut tx, statements, ..
@@ -278,7 +281,8 @@ impl ClaimedBatch for PgBatch {
             }
             if !outcome.failed.is_empty() {
                 let ids: Vec<i64> = outcome.failed.iter().map(|f| f.id).collect();
-                let strikes: Vec<i32> = outcome.failed.iter().map(|f| i32::from(f.strike)).collect();
+                let strikes: Vec<i32> =
+                    outcome.failed.iter().map(|f| i32::from(f.strike)).collect();
                 let errors: Vec<&str> = outcome.failed.iter().map(|f| f.error.as_str()).collect();
                 let delays: Vec<i64> = outcome
                     .failed

@@ -215,7 +215,10 @@ impl ClaimedBatch for SqliteBatch {
         std::mem::take(&mut self.rows)
     }
 
-    fn finish(self: Box<Self>, outcome: BatchOutcome) -> BoxFuture<'static, Result<(), OutboxError>> {
+    fn finish(
+        self: Box<Self>,
+        outcome: BatchOutcome,
+    ) -> BoxFuture<'static, Result<(), OutboxError>> {
         Box::pin(async move {
             let SqliteBatch {
                 mut tx, statements, ..

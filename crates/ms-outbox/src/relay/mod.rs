@@ -13,7 +13,8 @@
 //! let outbox = Outbox::<Sqlite>::default();
 //! outbox.migrate(&pool).await?;
 //! let bus = MemoryBus::new();
-//! let mut deliveries = bus.subscribe(Subscription::events("invoicing.invoice", "reporting")).await?;
+//! let reporting = Subscription::events("invoicing.invoice", "reporting")?;
+//! let mut deliveries = bus.subscribe(&reporting).await?;
 //! let relay = Relay::builder(outbox.clone(), pool.clone(), bus.clone()).build().spawn();
 //!
 //! let mut tx = pool.begin().await?;
@@ -22,8 +23,8 @@
 //! tx.commit().await?;
 //!
 //! let delivery = deliveries.next().await.expect("published")?;
-//! assert_eq!(delivery.envelope().subject(), Some("inv-1"));
-//! delivery.ack().await?;
+//! assert_eq!(delivery.message()?.subject(), Some("inv-1"));
+//! delivery.acker().ack().await?;
 //! relay.shutdown().await?;
 //! # Ok(())
 //! # }
@@ -93,8 +94,8 @@ use tokio::task::JoinSet;
 
 pub use config::{
     DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_DELAY,
-    DEFAULT_MIN_RETRY_DELAY, DEFAULT_POLL_INTERVAL, DEFAULT_PUBLISH_TIMEOUT,
-    DEFAULT_STRIKE_WINDOW, OnPoison, Retention,
+    DEFAULT_MIN_RETRY_DELAY, DEFAULT_POLL_INTERVAL, DEFAULT_PUBLISH_TIMEOUT, DEFAULT_STRIKE_WINDOW,
+    OnPoison, Retention,
 };
 pub use status::RelayStatus;
 
@@ -161,7 +162,10 @@ impl Relay {
 
     /// Runs the relay until `shutdown` completes; then lets each worker finish (commit) its
     /// current batch and returns.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), OutboxError> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), OutboxError> {
         let shared = self.shared;
         shared.state.running.store(true, Ordering::Relaxed);
         let queue = Arc::new(ShardQueue::default());
@@ -178,7 +182,11 @@ impl Relay {
                 None => poll_now.notify_one(),
             })));
         }
-        background.spawn(poll(Arc::clone(&shared), Arc::clone(&queue), Arc::clone(&poll_now)));
+        background.spawn(poll(
+            Arc::clone(&shared),
+            Arc::clone(&queue),
+            Arc::clone(&poll_now),
+        ));
         if let Retention::Keep(retention) = shared.config.retention {
             background.spawn(cleanup(Arc::clone(&shared), retention));
         }
@@ -187,7 +195,11 @@ impl Relay {
         // rolled back and published again, but there is no reason to.
         let mut workers = JoinSet::new();
         for _ in 0..shared.config.concurrency.max(1) {
-            workers.spawn(work(Arc::clone(&shared), Arc::clone(&queue), stopped.clone()));
+            workers.spawn(work(
+                Arc::clone(&shared),
+                Arc::clone(&queue),
+                stopped.clone(),
+            ));
         }
 
         tokio::pin!(shutdown);

@@ -118,7 +118,9 @@ pub(crate) async fn round(shared: &Shared, shard: i16) -> Result<Round, OutboxEr
             }
             Err(error) => {
                 failed = true;
-                shared.state.error(format!("publish to {}: {error}", group.destination));
+                shared
+                    .state
+                    .error(format!("publish to {}: {error}", group.destination));
                 // Find the row that fails: publish one at a time, in order, up to it. The rows
                 // after it stay pending (its key is held back; the others go next round).
                 for (i, envelope) in group.envelopes.iter().enumerate() {
@@ -137,7 +139,13 @@ pub(crate) async fn round(shared: &Shared, shard: i16) -> Result<Round, OutboxEr
                             latencies.push(group.rows[i].created_at);
                         }
                         Err(error) => {
-                            record_failure(shared, &mut outcome, group.ids[i], &group.rows[i], &error);
+                            record_failure(
+                                shared,
+                                &mut outcome,
+                                group.ids[i],
+                                &group.rows[i],
+                                &error,
+                            );
                             break;
                         }
                     }
@@ -157,7 +165,10 @@ pub(crate) async fn round(shared: &Shared, shard: i16) -> Result<Round, OutboxEr
         .state
         .failures
         .fetch_add(failures as u64, Ordering::Relaxed);
-    shared.state.parked.fetch_add(parked as u64, Ordering::Relaxed);
+    shared
+        .state
+        .parked
+        .fetch_add(parked as u64, Ordering::Relaxed);
     record_metrics(shared, published, failures, parked, &latencies);
     Ok(Round::Claimed {
         full: claimed >= shared.config.batch_size,
@@ -179,9 +190,10 @@ fn group(rows: Vec<StoredRow>, outcome: &mut BatchOutcome) -> Vec<Group> {
         let envelope = match ms_bus::codec::from_json(row.envelope.as_bytes()) {
             Ok(envelope) => envelope,
             Err(error) => {
-                outcome
-                    .parked
-                    .push((row.id, format!("the stored envelope cannot be decoded: {error}")));
+                outcome.parked.push((
+                    row.id,
+                    format!("the stored envelope cannot be decoded: {error}"),
+                ));
                 continue;
             }
         };
