@@ -17,12 +17,12 @@ pub(crate) fn key_hash(key: &str) -> u32 {
 /// The shard of a key: its hash reduced to `0..shards`.
 pub(crate) fn shard_of(hash: u32, shards: u16) -> i16 {
     // `shards` is at most `MAX_SHARDS` (≤ i16::MAX), so the remainder fits.
-    (hash % u32::from(shards.max(1))) as i16
+    i16::try_from(hash % u32::from(shards.max(1))).unwrap_or(0)
 }
 
 /// The key as the 4-byte signed integer PostgreSQL's two-argument advisory locks take.
 pub(crate) fn lock_id(hash: u32) -> i32 {
-    hash as i32
+    hash.cast_signed()
 }
 
 #[cfg(test)]

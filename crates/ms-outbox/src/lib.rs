@@ -6,7 +6,7 @@
 //! - [`Relay`] publishes committed rows and removes them once the broker confirmed them
 //!   (at least once; the envelope id is the broker's dedup key). Its module docs explain the
 //!   design: shards, advisory-lock leases, commit order per key, poison rows.
-//! - [`Inbox`] records which envelopes a consumer has handled, in the consumer's transaction.
+//! - `Inbox` records which envelopes a consumer has handled, in the consumer's transaction.
 //!
 //! PostgreSQL (feature `postgres`) runs any number of relays at once; SQLite (feature
 //! `sqlite`, the default) is the embedded choice, one relay per database.

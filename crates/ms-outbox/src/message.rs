@@ -80,6 +80,7 @@ impl OutboxMessage {
     }
 
     /// Orders this message with the others of `key` (see the type's docs for the default).
+    #[must_use]
     pub fn partition_key(mut self, key: impl Into<String>) -> Self {
         self.partition_key = Some(key.into());
         self

@@ -61,8 +61,8 @@ impl OutboxSchema {
             dead_letters: dead_letters_name.quoted(),
             dead_letters_name,
             channel: derived_name(&full.replace('.', "_"), "_wakeup"),
-            key_lock_space: key_hash(&format!("ms_outbox:key:{full}")) as i32,
-            shard_lock_space: key_hash(&format!("ms_outbox:shard:{full}")) as i32,
+            key_lock_space: key_hash(&format!("ms_outbox:key:{full}")).cast_signed(),
+            shard_lock_space: key_hash(&format!("ms_outbox:shard:{full}")).cast_signed(),
             name,
         }
     }

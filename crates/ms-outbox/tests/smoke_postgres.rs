@@ -37,9 +37,7 @@ async fn a_rolled_back_event_is_never_published_and_a_committed_one_once() {
         .subscribe(&Subscription::events("test.events", "checker").unwrap())
         .await
         .unwrap();
-    let relay = Relay::builder(outbox.clone(), pool.clone(), bus.clone())
-        .build()
-        .spawn();
+    let relay = Relay::builder(&outbox, &pool, bus.clone()).build().spawn();
 
     let mut tx = pool.begin().await.unwrap();
     outbox
@@ -90,7 +88,7 @@ async fn concurrent_writers_keep_each_key_in_commit_order() {
         .unwrap();
     let relays: Vec<_> = (0..2)
         .map(|_| {
-            Relay::builder(outbox.clone(), pool.clone(), bus.clone())
+            Relay::builder(&outbox, &pool, bus.clone())
                 .batch_size(50)
                 .concurrency(2)
                 .build()
@@ -122,7 +120,7 @@ async fn concurrent_writers_keep_each_key_in_commit_order() {
                 .await
                 .unwrap();
                 outbox
-                    .enqueue(&mut *tx, event(&key, n as u32))
+                    .enqueue(&mut *tx, event(&key, n.cast_unsigned()))
                     .await
                     .unwrap();
                 tx.commit().await.unwrap();

@@ -24,7 +24,7 @@ pub trait Backend: sqlx::Database + sealed::Sealed {}
 impl<DB: sqlx::Database + sealed::Sealed> Backend for DB {}
 
 pub(crate) mod sealed {
-    use super::*;
+    use super::{Arc, BoxFuture, OutboxError, OutboxInner, PreparedRow, Store};
 
     /// What each database implements; sealed so that the set can grow without breaking anyone.
     // The sealed trait's items are nameable only inside this crate, whatever rustc's

@@ -539,9 +539,9 @@ impl Store for PgStore {
             let dead: i64 = row.try_get(2)?;
             let oldest_tx: Option<f64> = row.try_get(3)?;
             Ok(Backlog {
-                pending: pending.max(0) as u64,
+                pending: pending.max(0).cast_unsigned(),
                 oldest,
-                dead_letters: dead.max(0) as u64,
+                dead_letters: dead.max(0).cast_unsigned(),
                 oldest_transaction: oldest_tx
                     .filter(|s| s.is_finite() && *s >= 0.0)
                     .map(Duration::from_secs_f64),

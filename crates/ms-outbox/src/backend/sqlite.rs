@@ -436,9 +436,9 @@ impl Store for SqliteStore {
             let oldest: Option<i64> = row.try_get(1)?;
             let dead: i64 = row.try_get(2)?;
             Ok(Backlog {
-                pending: pending.max(0) as u64,
+                pending: pending.max(0).cast_unsigned(),
                 oldest: oldest.map(from_ms),
-                dead_letters: dead.max(0) as u64,
+                dead_letters: dead.max(0).cast_unsigned(),
                 oldest_transaction: None,
             })
         })

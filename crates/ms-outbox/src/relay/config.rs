@@ -85,7 +85,7 @@ impl RelayConfig {
     /// The delay before a row's next attempt after `attempts` failures: exponential, with
     /// "equal jitter" so that rows failing together do not come back together.
     pub(crate) fn retry_delay(&self, attempts: i32) -> Duration {
-        let exp = attempts.clamp(0, 20) as u32;
+        let exp = u32::try_from(attempts.clamp(0, 20)).unwrap_or(0);
         let full = self
             .min_retry_delay
             .saturating_mul(1u32 << exp)

@@ -15,7 +15,7 @@
 //! let bus = MemoryBus::new();
 //! let reporting = Subscription::events("invoicing.invoice", "reporting")?;
 //! let mut deliveries = bus.subscribe(&reporting).await?;
-//! let relay = Relay::builder(outbox.clone(), pool.clone(), bus.clone()).build().spawn();
+//! let relay = Relay::builder(&outbox, &pool, bus.clone()).build().spawn();
 //!
 //! let mut tx = pool.begin().await?;
 //! let created = Envelope::builder("invoicing.invoice.created", "/invoicing").subject("inv-1").build()?;
@@ -23,8 +23,9 @@
 //! tx.commit().await?;
 //!
 //! let delivery = deliveries.next().await.expect("published")?;
-//! assert_eq!(delivery.message()?.subject(), Some("inv-1"));
-//! delivery.acker().ack().await?;
+//! let (envelope, _info, acker) = delivery.into_parts();
+//! assert_eq!(envelope?.subject(), Some("inv-1"));
+//! acker.ack().await?;
 //! relay.shutdown().await?;
 //! # Ok(())
 //! # }
@@ -113,14 +114,14 @@ const CLEANUP_BATCH: i64 = 10_000;
 
 /// Publishes committed outbox rows to a bus. See the [module docs](self) for the design.
 pub struct Relay {
-    shared: Arc<Shared>,
+    ctx: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Relay")
-            .field("table", &self.shared.table)
-            .field("config", &self.shared.config)
+            .field("table", &self.ctx.table)
+            .field("config", &self.ctx.config)
             .finish_non_exhaustive()
     }
 }
@@ -128,12 +129,12 @@ impl std::fmt::Debug for Relay {
 impl Relay {
     /// Configures a relay of `outbox` (on `pool`) to `bus`, any ms-bus adapter: events go to
     /// [`EventPublisher::publish_batch`], commands to [`CommandSender::send_batch`].
-    pub fn builder<DB, P>(outbox: Outbox<DB>, pool: sqlx::Pool<DB>, bus: P) -> RelayBuilder
+    pub fn builder<DB, P>(outbox: &Outbox<DB>, pool: &sqlx::Pool<DB>, bus: P) -> RelayBuilder
     where
         DB: Backend,
         P: EventPublisher + CommandSender + 'static,
     {
-        let store = outbox.store(&pool);
+        let store = outbox.store(pool);
         let table = outbox.table().to_string();
         let mut config = RelayConfig::default();
         if !store.shards_concurrently() {
@@ -152,7 +153,7 @@ impl Relay {
     /// Starts the relay on the current tokio runtime.
     pub fn spawn(self) -> RelayHandle {
         let (stop, stopped) = watch::channel(false);
-        let state = Arc::clone(&self.shared.state);
+        let state = Arc::clone(&self.ctx.state);
         let task = tokio::spawn(self.run_until(async move {
             let mut stopped = stopped;
             let _ = stopped.wait_for(|stop| *stop).await;
@@ -166,8 +167,8 @@ impl Relay {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), OutboxError> {
-        let shared = self.shared;
-        shared.state.running.store(true, Ordering::Relaxed);
+        let ctx = self.ctx;
+        ctx.state.running.store(true, Ordering::Relaxed);
         let queue = Arc::new(ShardQueue::default());
         let poll_now = Arc::new(tokio::sync::Notify::new());
         let (stop, stopped) = watch::channel(false);
@@ -177,29 +178,25 @@ impl Relay {
         {
             let queue = Arc::clone(&queue);
             let poll_now = Arc::clone(&poll_now);
-            background.spawn(shared.store.listen(Arc::new(move |shard| match shard {
+            background.spawn(ctx.store.listen(Arc::new(move |shard| match shard {
                 Some(shard) => queue.mark(shard),
                 None => poll_now.notify_one(),
             })));
         }
         background.spawn(poll(
-            Arc::clone(&shared),
+            Arc::clone(&ctx),
             Arc::clone(&queue),
             Arc::clone(&poll_now),
         ));
-        if let Retention::Keep(retention) = shared.config.retention {
-            background.spawn(cleanup(Arc::clone(&shared), retention));
+        if let Retention::Keep(retention) = ctx.config.retention {
+            background.spawn(cleanup(Arc::clone(&ctx), retention));
         }
 
         // Workers finish their batch before stopping: a batch cut mid-publish would only be
         // rolled back and published again, but there is no reason to.
         let mut workers = JoinSet::new();
-        for _ in 0..shared.config.concurrency.max(1) {
-            workers.spawn(work(
-                Arc::clone(&shared),
-                Arc::clone(&queue),
-                stopped.clone(),
-            ));
+        for _ in 0..ctx.config.concurrency.max(1) {
+            workers.spawn(work(Arc::clone(&ctx), Arc::clone(&queue), stopped.clone()));
         }
 
         tokio::pin!(shutdown);
@@ -215,19 +212,19 @@ impl Relay {
         }
         let _ = stop.send(true);
         while let Some(joined) = workers.join_next().await {
-            if let Err(e) = joined {
-                if outcome.is_ok() {
-                    outcome = Err(OutboxError::RelayStopped(e.to_string()));
-                }
+            if let Err(e) = joined
+                && outcome.is_ok()
+            {
+                outcome = Err(OutboxError::RelayStopped(e.to_string()));
             }
         }
         background.shutdown().await;
-        shared.state.running.store(false, Ordering::Relaxed);
+        ctx.state.running.store(false, Ordering::Relaxed);
         outcome
     }
 }
 
-async fn work(shared: Arc<Shared>, queue: Arc<ShardQueue>, mut stopped: watch::Receiver<bool>) {
+async fn work(ctx: Arc<Shared>, queue: Arc<ShardQueue>, mut stopped: watch::Receiver<bool>) {
     let mut errors: u32 = 0;
     loop {
         let shard = tokio::select! {
@@ -235,7 +232,7 @@ async fn work(shared: Arc<Shared>, queue: Arc<ShardQueue>, mut stopped: watch::R
             _ = stopped.wait_for(|stop| *stop) => return,
             shard = queue.next() => shard,
         };
-        match worker::round(&shared, shard).await {
+        match worker::round(&ctx, shard).await {
             Ok(Round::Busy) => {
                 errors = 0;
                 queue.done(shard, false);
@@ -245,24 +242,24 @@ async fn work(shared: Arc<Shared>, queue: Arc<ShardQueue>, mut stopped: watch::R
                 queue.done(shard, full);
                 if failed {
                     // Something could not be published: give the broker a moment.
-                    pause(&shared, 1, &mut stopped).await;
+                    pause(&ctx, 1, &mut stopped).await;
                 }
             }
             Err(error) => {
                 errors = errors.saturating_add(1);
-                shared.state.batch_errors.fetch_add(1, Ordering::Relaxed);
-                shared.state.error(error.to_string());
+                ctx.state.batch_errors.fetch_add(1, Ordering::Relaxed);
+                ctx.state.error(error.to_string());
                 tracing::warn!(%error, shard, "outbox relay: batch rolled back; retrying");
                 queue.done(shard, true);
-                pause(&shared, errors, &mut stopped).await;
+                pause(&ctx, errors, &mut stopped).await;
             }
         }
     }
 }
 
 /// Waits `min_retry_delay · 2^(n-1)` (capped at 5 s) or until shutdown.
-async fn pause(shared: &Shared, n: u32, stopped: &mut watch::Receiver<bool>) {
-    let delay = shared
+async fn pause(ctx: &Shared, n: u32, stopped: &mut watch::Receiver<bool>) {
+    let delay = ctx
         .config
         .min_retry_delay
         .saturating_mul(1 << n.saturating_sub(1).min(10))
@@ -273,38 +270,39 @@ async fn pause(shared: &Shared, n: u32, stopped: &mut watch::Receiver<bool>) {
     }
 }
 
-async fn poll(shared: Arc<Shared>, queue: Arc<ShardQueue>, poll_now: Arc<tokio::sync::Notify>) {
+async fn poll(ctx: Arc<Shared>, queue: Arc<ShardQueue>, poll_now: Arc<tokio::sync::Notify>) {
     let mut polls: u32 = 0;
     loop {
-        match shared.store.pending_shards().await {
+        match ctx.store.pending_shards().await {
             Ok(shards) => {
-                shared.state.heartbeat();
+                ctx.state.heartbeat();
                 for shard in shards {
                     queue.mark(shard);
                 }
             }
             Err(error) => {
-                shared.state.error(error.to_string());
+                ctx.state.error(error.to_string());
                 tracing::warn!(%error, "outbox relay: poll failed");
             }
         }
-        if polls % BACKLOG_EVERY_POLLS == 0 {
-            if let Ok(backlog) = shared.store.backlog().await {
-                shared.state.set_backlog(backlog);
-                record_backlog(&shared, &backlog);
-            }
+        if polls.is_multiple_of(BACKLOG_EVERY_POLLS)
+            && let Ok(backlog) = ctx.store.backlog().await
+        {
+            ctx.state.set_backlog(backlog);
+            record_backlog(&ctx, &backlog);
         }
         polls = polls.wrapping_add(1);
         tokio::select! {
-            () = tokio::time::sleep(shared.config.poll_interval) => {}
+            () = tokio::time::sleep(ctx.config.poll_interval) => {}
             () = poll_now.notified() => {}
         }
     }
 }
 
 #[cfg(feature = "metrics")]
-fn record_backlog(shared: &Shared, backlog: &crate::Backlog) {
-    let table = shared.table.clone();
+#[allow(clippy::cast_precision_loss)] // Gauges are f64; row counts past 2^52 are not a concern.
+fn record_backlog(ctx: &Shared, backlog: &crate::Backlog) {
+    let table = ctx.table.clone();
     metrics::gauge!("ms_outbox_backlog_rows", "table" => table.clone()).set(backlog.pending as f64);
     metrics::gauge!("ms_outbox_dead_letter_rows", "table" => table.clone())
         .set(backlog.dead_letters as f64);
@@ -322,14 +320,14 @@ fn record_backlog(shared: &Shared, backlog: &crate::Backlog) {
 #[cfg(not(feature = "metrics"))]
 fn record_backlog(_: &Shared, _: &crate::Backlog) {}
 
-async fn cleanup(shared: Arc<Shared>, retention: Duration) {
+async fn cleanup(ctx: Arc<Shared>, retention: Duration) {
     let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         loop {
-            match shared.store.cleanup(retention, CLEANUP_BATCH).await {
+            match ctx.store.cleanup(retention, CLEANUP_BATCH).await {
                 // Bounded statements, one after another, until a short one: short
                 // transactions, no lock held long, vacuum keeps up.
-                Ok(deleted) if deleted >= CLEANUP_BATCH as u64 => continue,
+                Ok(deleted) if deleted >= CLEANUP_BATCH.cast_unsigned() => {}
                 Ok(_) => break,
                 Err(error) => {
                     tracing::warn!(%error, "outbox relay: cleanup failed");
@@ -424,7 +422,7 @@ impl RelayBuilder {
     /// The relay.
     pub fn build(self) -> Relay {
         Relay {
-            shared: Arc::new(Shared {
+            ctx: Arc::new(Shared {
                 store: self.store,
                 target: self.target,
                 config: self.config,

@@ -30,7 +30,9 @@ impl ShardQueue {
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
         // A panic while holding this lock cannot leave the maps inconsistent (every update is
         // a single insert or remove), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Notes that `shard` may have work.

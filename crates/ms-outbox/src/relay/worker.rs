@@ -72,15 +72,15 @@ struct Meta {
     attempts: i32,
 }
 
-pub(crate) async fn round(shared: &Shared, shard: i16) -> Result<Round, OutboxError> {
-    let config = &shared.config;
+pub(crate) async fn round(ctx: &Shared, shard: i16) -> Result<Round, OutboxError> {
+    let config = &ctx.config;
     let hold_keys = config.on_poison == OnPoison::BlockKey;
     let limit = i64::try_from(config.batch_size).unwrap_or(i64::MAX);
-    let mut batch = match shared.store.claim(shard, limit, hold_keys).await? {
+    let mut batch = match ctx.store.claim(shard, limit, hold_keys).await? {
         Claim::Busy => return Ok(Round::Busy),
         Claim::Batch(batch) => batch,
     };
-    shared.state.heartbeat();
+    ctx.state.heartbeat();
     let rows = batch.take_rows();
     let claimed = rows.len();
     if claimed == 0 {
@@ -101,7 +101,7 @@ pub(crate) async fn round(shared: &Shared, shard: i16) -> Result<Round, OutboxEr
     // Destinations are independent streams: publish them at once. Within one, order is the
     // adapters' `publish_batch` contract.
     let results = join_all(groups.iter().map(|g| {
-        let publish = shared
+        let publish = ctx
             .target
             .publish_batch(g.kind, &g.destination, &g.envelopes);
         timed(config.publish_timeout, publish)
@@ -118,15 +118,14 @@ pub(crate) async fn round(shared: &Shared, shard: i16) -> Result<Round, OutboxEr
             }
             Err(error) => {
                 failed = true;
-                shared
-                    .state
+                ctx.state
                     .error(format!("publish to {}: {error}", group.destination));
                 // Find the row that fails: publish one at a time, in order, up to it. The rows
                 // after it stay pending (its key is held back; the others go next round).
                 for (i, envelope) in group.envelopes.iter().enumerate() {
                     let single = timed(
                         config.publish_timeout,
-                        shared.target.publish_batch(
+                        ctx.target.publish_batch(
                             group.kind,
                             &group.destination,
                             std::slice::from_ref(envelope),
@@ -139,13 +138,7 @@ pub(crate) async fn round(shared: &Shared, shard: i16) -> Result<Round, OutboxEr
                             latencies.push(group.rows[i].created_at);
                         }
                         Err(error) => {
-                            record_failure(
-                                shared,
-                                &mut outcome,
-                                group.ids[i],
-                                &group.rows[i],
-                                &error,
-                            );
+                            record_failure(ctx, &mut outcome, group.ids[i], &group.rows[i], &error);
                             break;
                         }
                     }
@@ -160,18 +153,14 @@ pub(crate) async fn round(shared: &Shared, shard: i16) -> Result<Round, OutboxEr
     batch.finish(outcome).await?;
 
     // Counted only once committed: until then a crash would publish them again.
-    shared.state.published(published);
-    shared
-        .state
+    ctx.state.published(published);
+    ctx.state
         .failures
         .fetch_add(failures as u64, Ordering::Relaxed);
-    shared
-        .state
-        .parked
-        .fetch_add(parked as u64, Ordering::Relaxed);
-    record_metrics(shared, published, failures, parked, &latencies);
+    ctx.state.parked.fetch_add(parked as u64, Ordering::Relaxed);
+    record_metrics(ctx, published, failures, parked, &latencies);
     Ok(Round::Claimed {
-        full: claimed >= shared.config.batch_size,
+        full: claimed >= ctx.config.batch_size,
         failed,
     })
 }
@@ -227,13 +216,13 @@ fn group(rows: Vec<StoredRow>, outcome: &mut BatchOutcome) -> Vec<Group> {
 }
 
 fn record_failure(
-    shared: &Shared,
+    ctx: &Shared,
     outcome: &mut BatchOutcome,
     id: i64,
     meta: &Meta,
     error: &BusError,
 ) {
-    let config = &shared.config;
+    let config = &ctx.config;
     let message = error.to_string();
     // A name the bus refuses will never be accepted: park at once.
     if matches!(error, BusError::InvalidName { .. }) {
@@ -242,12 +231,14 @@ fn record_failure(
     }
     // During a broker outage every row fails; those failures say nothing about the rows and
     // must not park them. A failure counts only while the broker is demonstrably up.
-    let broker_up = shared
+    let broker_up = ctx
         .state
         .last_published()
         .is_some_and(|at| at.elapsed() < config.strike_window);
     let strike = broker_up && !matches!(error, BusError::Connection(_) | BusError::Closed);
-    if strike && meta.strikes.saturating_add(1) >= config.max_attempts as i32 {
+    if strike
+        && meta.strikes.saturating_add(1) >= i32::try_from(config.max_attempts).unwrap_or(i32::MAX)
+    {
         outcome.parked.push((
             id,
             format!("{message} (after {} attempts)", meta.attempts + 1),
@@ -276,13 +267,13 @@ async fn timed(
 
 #[cfg(feature = "metrics")]
 fn record_metrics(
-    shared: &Shared,
+    ctx: &Shared,
     published: usize,
     failures: usize,
     parked: usize,
     latencies: &[OffsetDateTime],
 ) {
-    let table = shared.table.clone();
+    let table = ctx.table.clone();
     metrics::counter!("ms_outbox_published_total", "table" => table.clone())
         .increment(published as u64);
     if failures > 0 {
