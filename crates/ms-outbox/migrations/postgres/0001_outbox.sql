@@ -4,7 +4,7 @@
 -- projects that run their migrations with their own tool.
 
 CREATE TABLE IF NOT EXISTS {outbox} (
-    id              BIGSERIAL PRIMARY KEY,
+    id              BIGSERIAL,
     -- hash(partition_key) mod shards: relays own shards, one at a time each.
     shard           SMALLINT    NOT NULL,
     partition_key   TEXT        NOT NULL,
@@ -21,7 +21,10 @@ CREATE TABLE IF NOT EXISTS {outbox} (
     last_attempt_at TIMESTAMPTZ,
     last_error      TEXT,
     -- Set instead of deleting when published rows are kept for a retention period.
-    published_at    TIMESTAMPTZ
+    published_at    TIMESTAMPTZ,
+    -- Shard first: with a key on `id` alone, the planner walks it in id order and filters
+    -- the shard, reading every shard's rows to find one shard's batch.
+    PRIMARY KEY (shard, id)
 );
 
 -- The relay's claim: the oldest pending rows of a shard. Partial, so kept rows cost nothing.

@@ -160,9 +160,9 @@ impl PgStore {
             claim: Arc::from(format!(
                 "{select} FROM {t} o WHERE {pending} ORDER BY o.id LIMIT $2"
             )),
-            delete: Arc::from(format!("DELETE FROM {t} WHERE id = ANY($1)")),
+            delete: Arc::from(format!("DELETE FROM {t} WHERE shard = $2 AND id = ANY($1)")),
             mark: Arc::from(format!(
-                "UPDATE {t} SET published_at = now() WHERE id = ANY($1)"
+                "UPDATE {t} SET published_at = now() WHERE shard = $2 AND id = ANY($1)"
             )),
             fail: Arc::from(format!(
                 "UPDATE {t} o SET attempts = o.attempts + 1, strikes = o.strikes + f.strike, \
@@ -170,12 +170,12 @@ impl PgStore {
                      available_at = now() + f.delay_ms * interval '1 millisecond' \
                  FROM unnest($1::int8[], $2::int4[], $3::text[], $4::int8[]) \
                      AS f(id, strike, error, delay_ms) \
-                 WHERE o.id = f.id"
+                 WHERE o.shard = $5 AND o.id = f.id"
             )),
             park: Arc::from(format!(
                 "WITH moved AS ( \
                      DELETE FROM {t} o USING unnest($1::int8[], $2::text[]) AS p(id, error) \
-                     WHERE o.id = p.id \
+                     WHERE o.shard = $4 AND o.id = p.id \
                      RETURNING o.id, o.shard, o.partition_key, o.kind, o.destination, \
                          o.envelope, o.created_at, o.attempts, p.error) \
                  INSERT INTO {d} (id, shard, partition_key, kind, destination, envelope, \
@@ -251,6 +251,7 @@ pub(crate) async fn apply_migrations(
 
 struct PgBatch {
     tx: sqlx::Transaction<'static, Postgres>,
+    shard: i16,
     rows: Vec<StoredRow>,
     statements: Arc<Statements>,
 }
@@ -266,7 +267,10 @@ impl ClaimedBatch for PgBatch {
     ) -> BoxFuture<'static, Result<(), OutboxError>> {
         Box::pin(async move {
             let PgBatch {
-                mut tx, statements, ..
+                mut tx,
+                statements,
+                shard,
+                ..
             } = *self;
             if !outcome.published.is_empty() {
                 let statement = if outcome.keep_published {
@@ -276,6 +280,7 @@ impl ClaimedBatch for PgBatch {
                 };
                 sqlx::query(AssertSqlSafe(Arc::clone(statement)))
                     .bind(&outcome.published)
+                    .bind(shard)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -294,6 +299,7 @@ impl ClaimedBatch for PgBatch {
                     .bind(&strikes)
                     .bind(&errors)
                     .bind(&delays)
+                    .bind(shard)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -304,6 +310,7 @@ impl ClaimedBatch for PgBatch {
                     .bind(&ids)
                     .bind(&errors)
                     .bind(outcome.parked_blocks_key)
+                    .bind(shard)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -392,6 +399,7 @@ impl Store for PgStore {
                 .collect::<Result<Vec<_>, sqlx::Error>>()?;
             Ok(Claim::Batch(Box::new(PgBatch {
                 tx,
+                shard,
                 rows,
                 statements: Arc::clone(&self.statements),
             })))
@@ -553,7 +561,7 @@ impl Store for PgStore {
         Box::pin(async move {
             let t = &self.schema().outbox;
             let done = sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM {t} WHERE id IN (SELECT id FROM {t} \
+                "DELETE FROM {t} WHERE (shard, id) IN (SELECT shard, id FROM {t} \
                  WHERE published_at < now() - $1 * interval '1 millisecond' LIMIT $2)"
             )))
             .bind(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX))
