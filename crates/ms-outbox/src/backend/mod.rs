@@ -74,6 +74,7 @@ pub(crate) struct StoredRow {
     pub(crate) created_at: OffsetDateTime,
     pub(crate) strikes: i32,
     pub(crate) attempts: i32,
+    pub(crate) key: String,
 }
 
 /// A row whose publication failed and that stays for a later attempt.

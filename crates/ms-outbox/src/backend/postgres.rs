@@ -144,7 +144,7 @@ impl PgStore {
         let s = &outbox.schema;
         let (t, d) = (&s.outbox, &s.dead_letters);
         let select = "SELECT o.id, o.kind, o.destination, o.envelope, o.created_at, \
-                      o.strikes, o.attempts";
+                      o.strikes, o.attempts, o.partition_key";
         let pending = "o.shard = $1 AND o.published_at IS NULL \
                        AND (o.available_at IS NULL OR o.available_at <= now())";
         let statements = Statements {
@@ -394,6 +394,7 @@ impl Store for PgStore {
                         created_at: row.try_get(4)?,
                         strikes: row.try_get(5)?,
                         attempts: row.try_get(6)?,
+                        key: row.try_get(7)?,
                     })
                 })
                 .collect::<Result<Vec<_>, sqlx::Error>>()?;

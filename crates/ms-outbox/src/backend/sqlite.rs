@@ -96,7 +96,7 @@ impl SqliteStore {
         let s = &outbox.schema;
         let (t, d) = (&s.outbox, &s.dead_letters);
         let select = "SELECT o.id, o.kind, o.destination, o.envelope, o.created_at, \
-                      o.strikes, o.attempts";
+                      o.strikes, o.attempts, o.partition_key";
         let pending = "o.published_at IS NULL AND (o.available_at IS NULL OR o.available_at <= ?1)";
         let statements = Statements {
             claim_holding_keys: Arc::from(format!(
@@ -277,6 +277,7 @@ fn stored_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRow, sqlx::Error> {
         created_at: from_ms(row.try_get(4)?),
         strikes: row.try_get(5)?,
         attempts: row.try_get(6)?,
+        key: row.try_get(7)?,
     })
 }
 

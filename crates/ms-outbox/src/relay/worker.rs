@@ -67,6 +67,7 @@ struct Group {
 }
 
 struct Meta {
+    key: String,
     created_at: OffsetDateTime,
     strikes: i32,
     attempts: i32,
@@ -120,29 +121,7 @@ pub(crate) async fn round(ctx: &Shared, shard: i16) -> Result<Round, OutboxError
                 failed = true;
                 ctx.state
                     .error(format!("publish to {}: {error}", group.destination));
-                // Find the row that fails: publish one at a time, in order, up to it. The rows
-                // after it stay pending (its key is held back; the others go next round).
-                for (i, envelope) in group.envelopes.iter().enumerate() {
-                    let single = timed(
-                        config.publish_timeout,
-                        ctx.target.publish_batch(
-                            group.kind,
-                            &group.destination,
-                            std::slice::from_ref(envelope),
-                        ),
-                    )
-                    .await;
-                    match single {
-                        Ok(()) => {
-                            outcome.published.push(group.ids[i]);
-                            latencies.push(group.rows[i].created_at);
-                        }
-                        Err(error) => {
-                            record_failure(ctx, &mut outcome, group.ids[i], &group.rows[i], &error);
-                            break;
-                        }
-                    }
-                }
+                isolate(ctx, group, &mut outcome, &mut latencies, hold_keys).await;
             }
         }
     }
@@ -163,6 +142,80 @@ pub(crate) async fn round(ctx: &Shared, shard: i16) -> Result<Round, OutboxError
         full: claimed >= ctx.config.batch_size,
         failed,
     })
+}
+
+/// After a group's batch failed: finds the failing rows one at a time and publishes the
+/// others. Rows before a failing row are published; the failing row is recorded; the rows after
+/// it (without its key's, when keys are held) are tried again as a batch. When two attempts in
+/// a row fail on their very first row, nothing is getting through (an outage, most likely):
+/// the rest stays pending for the next round.
+async fn isolate(
+    ctx: &Shared,
+    group: &Group,
+    outcome: &mut BatchOutcome,
+    latencies: &mut Vec<OffsetDateTime>,
+    hold_keys: bool,
+) {
+    let timeout = ctx.config.publish_timeout;
+    let publish = |envelopes: Vec<Envelope>| async move {
+        timed(
+            timeout,
+            ctx.target
+                .publish_batch(group.kind, &group.destination, &envelopes),
+        )
+        .await
+    };
+    let mut pending: Vec<usize> = (0..group.ids.len()).collect();
+    let mut held: Vec<&str> = Vec::new();
+    let mut first_row_failures = 0;
+    let mut batch_failed = true;
+    while !pending.is_empty() {
+        if !batch_failed {
+            let envelopes = pending
+                .iter()
+                .map(|&i| group.envelopes[i].clone())
+                .collect();
+            if publish(envelopes).await.is_ok() {
+                for &i in &pending {
+                    outcome.published.push(group.ids[i]);
+                    latencies.push(group.rows[i].created_at);
+                }
+                return;
+            }
+        }
+        let mut failed_at = None;
+        for (position, &i) in pending.iter().enumerate() {
+            match publish(vec![group.envelopes[i].clone()]).await {
+                Ok(()) => {
+                    outcome.published.push(group.ids[i]);
+                    latencies.push(group.rows[i].created_at);
+                }
+                Err(error) => {
+                    record_failure(ctx, outcome, group.ids[i], &group.rows[i], &error);
+                    failed_at = Some(position);
+                    break;
+                }
+            }
+        }
+        let Some(position) = failed_at else { return };
+        first_row_failures = if position == 0 {
+            first_row_failures + 1
+        } else {
+            0
+        };
+        if first_row_failures >= 2 {
+            return;
+        }
+        if hold_keys {
+            held.push(&group.rows[pending[position]].key);
+        }
+        pending = pending[position + 1..]
+            .iter()
+            .copied()
+            .filter(|&i| !held.contains(&group.rows[i].key.as_str()))
+            .collect();
+        batch_failed = false;
+    }
 }
 
 /// Splits a batch by destination, keeping id order; rows that cannot be decoded are parked at
@@ -187,6 +240,7 @@ fn group(rows: Vec<StoredRow>, outcome: &mut BatchOutcome) -> Vec<Group> {
             }
         };
         let meta = Meta {
+            key: row.key,
             created_at: row.created_at,
             strikes: row.strikes,
             attempts: row.attempts,
