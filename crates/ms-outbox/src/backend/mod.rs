@@ -182,6 +182,7 @@ pub(crate) trait Store: Send + Sync + 'static {
         shard: i16,
         limit: i64,
         hold_keys: bool,
+        keep_published: bool,
     ) -> BoxFuture<'_, Result<Claim, OutboxError>>;
     /// Runs forever, calling `wake(Some(shard))` for each committed write it hears of and
     /// `wake(None)` when it may have missed some (reconnection).

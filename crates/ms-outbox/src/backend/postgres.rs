@@ -125,8 +125,8 @@ async fn enqueue(
 
 /// The relay's statements, rendered once per outbox.
 struct Statements {
-    claim_holding_keys: Sql,
-    claim: Sql,
+    /// Claims, indexed by `[hold_keys][keep_published]`.
+    claim: [[Sql; 2]; 2],
     delete: Sql,
     mark: Sql,
     fail: Sql,
@@ -143,23 +143,37 @@ impl PgStore {
     fn new(pool: PgPool, outbox: Arc<OutboxInner>) -> Self {
         let s = &outbox.schema;
         let (t, d) = (&s.outbox, &s.dead_letters);
-        let select = "SELECT o.id, o.kind, o.destination, o.envelope, o.created_at, \
-                      o.strikes, o.attempts, o.partition_key";
+        // The claim removes (or marks) the rows it returns, optimistically: when everything is
+        // confirmed the batch only has to commit. It runs under a savepoint, so that a batch
+        // with failures can be rolled back to "nothing claimed" and recorded row by row.
         let pending = "o.shard = $1 AND o.published_at IS NULL \
                        AND (o.available_at IS NULL OR o.available_at <= now())";
+        let holding = format!(
+            "AND NOT EXISTS (SELECT 1 FROM {t} w WHERE w.shard = $1 AND w.attempts > 0 \
+                 AND w.published_at IS NULL AND w.partition_key = o.partition_key \
+                 AND w.id < o.id) \
+             AND NOT EXISTS (SELECT 1 FROM {d} x WHERE x.blocks_key AND x.shard = $1 \
+                 AND x.partition_key = o.partition_key)"
+        );
+        let returning = "RETURNING id, kind, destination, envelope, created_at, strikes, \
+                         attempts, partition_key";
+        let claim = |hold: bool, keep: bool| -> Sql {
+            let verb = if keep {
+                format!("UPDATE {t} SET published_at = now()")
+            } else {
+                format!("DELETE FROM {t}")
+            };
+            let holds = if hold { holding.as_str() } else { "" };
+            Arc::from(format!(
+                "{verb} WHERE shard = $1 AND id IN (SELECT o.id FROM {t} o \
+                 WHERE {pending} {holds} ORDER BY o.id LIMIT $2) {returning}"
+            ))
+        };
         let statements = Statements {
-            claim_holding_keys: Arc::from(format!(
-                "{select} FROM {t} o WHERE {pending} \
-                 AND NOT EXISTS (SELECT 1 FROM {t} w WHERE w.shard = $1 AND w.attempts > 0 \
-                     AND w.published_at IS NULL AND w.partition_key = o.partition_key \
-                     AND w.id < o.id) \
-                 AND NOT EXISTS (SELECT 1 FROM {d} x WHERE x.blocks_key AND x.shard = $1 \
-                     AND x.partition_key = o.partition_key) \
-                 ORDER BY o.id LIMIT $2"
-            )),
-            claim: Arc::from(format!(
-                "{select} FROM {t} o WHERE {pending} ORDER BY o.id LIMIT $2"
-            )),
+            claim: [
+                [claim(false, false), claim(false, true)],
+                [claim(true, false), claim(true, true)],
+            ],
             delete: Arc::from(format!("DELETE FROM {t} WHERE shard = $2 AND id = ANY($1)")),
             mark: Arc::from(format!(
                 "UPDATE {t} SET published_at = now() WHERE shard = $2 AND id = ANY($1)"
@@ -252,6 +266,7 @@ pub(crate) async fn apply_migrations(
 struct PgBatch {
     tx: sqlx::Transaction<'static, Postgres>,
     shard: i16,
+    claimed: usize,
     rows: Vec<StoredRow>,
     statements: Arc<Statements>,
 }
@@ -270,8 +285,20 @@ impl ClaimedBatch for PgBatch {
                 mut tx,
                 statements,
                 shard,
+                claimed,
                 ..
             } = *self;
+            let all_published = outcome.failed.is_empty()
+                && outcome.parked.is_empty()
+                && outcome.published.len() == claimed;
+            if all_published {
+                // The claim already removed (or marked) them.
+                tx.commit().await?;
+                return Ok(());
+            }
+            sqlx::raw_sql("ROLLBACK TO SAVEPOINT ms_outbox_claim")
+                .execute(&mut *tx)
+                .await?;
             if !outcome.published.is_empty() {
                 let statement = if outcome.keep_published {
                     &statements.mark
@@ -358,6 +385,7 @@ impl Store for PgStore {
         shard: i16,
         limit: i64,
         hold_keys: bool,
+        keep_published: bool,
     ) -> BoxFuture<'_, Result<Claim, OutboxError>> {
         Box::pin(async move {
             let mut tx = self.pool.begin().await?;
@@ -366,20 +394,22 @@ impl Store for PgStore {
             // lost connection) that leaves them pending. It is taken in its own statement so
             // that the claim's snapshot is taken after it, and sees what the previous holder
             // committed.
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
-                .bind(self.schema().shard_lock_space)
-                .bind(i32::from(shard))
-                .fetch_one(&mut *tx)
-                .await?;
+            // (Both numbers are integers this crate computed: safe to format into the text,
+            // which saves a round trip for the savepoint.)
+            let locked: bool = sqlx::raw_sql(AssertSqlSafe(format!(
+                "SELECT pg_try_advisory_xact_lock({}, {}); SAVEPOINT ms_outbox_claim",
+                self.schema().shard_lock_space,
+                shard
+            )))
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
             if !locked {
                 return Ok(Claim::Busy);
             }
-            let statement = if hold_keys {
-                &self.statements.claim_holding_keys
-            } else {
-                &self.statements.claim
-            };
-            let rows = sqlx::query(AssertSqlSafe(Arc::clone(statement)))
+            let statement =
+                &self.statements.claim[usize::from(hold_keys)][usize::from(keep_published)];
+            let mut rows = sqlx::query(AssertSqlSafe(Arc::clone(statement)))
                 .bind(shard)
                 .bind(limit)
                 .fetch_all(&mut *tx)
@@ -398,9 +428,12 @@ impl Store for PgStore {
                     })
                 })
                 .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            // RETURNING follows no particular order.
+            rows.sort_unstable_by_key(|row| row.id);
             Ok(Claim::Batch(Box::new(PgBatch {
                 tx,
                 shard,
+                claimed: rows.len(),
                 rows,
                 statements: Arc::clone(&self.statements),
             })))

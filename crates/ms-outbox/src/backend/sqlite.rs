@@ -313,6 +313,7 @@ impl Store for SqliteStore {
         _shard: i16,
         limit: i64,
         hold_keys: bool,
+        _keep_published: bool,
     ) -> BoxFuture<'_, Result<Claim, OutboxError>> {
         Box::pin(async move {
             // The write lock first: a second relay on the same file waits for this batch to

@@ -77,7 +77,12 @@ pub(crate) async fn round(ctx: &Shared, shard: i16) -> Result<Round, OutboxError
     let config = &ctx.config;
     let hold_keys = config.on_poison == OnPoison::BlockKey;
     let limit = i64::try_from(config.batch_size).unwrap_or(i64::MAX);
-    let mut batch = match ctx.store.claim(shard, limit, hold_keys).await? {
+    let keep_published = matches!(config.retention, Retention::Keep(_));
+    let mut batch = match ctx
+        .store
+        .claim(shard, limit, hold_keys, keep_published)
+        .await?
+    {
         Claim::Busy => return Ok(Round::Busy),
         Claim::Batch(batch) => batch,
     };
@@ -93,7 +98,7 @@ pub(crate) async fn round(ctx: &Shared, shard: i16) -> Result<Round, OutboxError
     }
 
     let mut outcome = BatchOutcome {
-        keep_published: matches!(config.retention, Retention::Keep(_)),
+        keep_published,
         parked_blocks_key: hold_keys,
         ..BatchOutcome::default()
     };
