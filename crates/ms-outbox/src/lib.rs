@@ -23,6 +23,9 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// Each database uses part of the shared machinery; the all-features build (CI's clippy) still
+// finds code no database uses.
+#![cfg_attr(not(all(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 
 mod backend;
 mod error;
