@@ -76,8 +76,53 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         current.map_or_else(|| "none".to_owned(), |c| c.to_string())
     );
 
-    // The business change and its event commit together (the outbox row is written in the
-    // same SQLite transaction as the invoice); the relay then publishes the committed event.
+    outbox_demo(&bus).await?;
+
+    // A call to a flaky dependency through a circuit breaker: it opens after enough failures
+    // and then fails fast instead of waiting on the dependency.
+    let breaker = CircuitBreaker::builder()
+        .name("payments")
+        .minimum_number_of_calls(4)
+        .build();
+    let payments =
+        ServiceBuilder::new()
+            .layer(breaker.layer())
+            .service_fn(|cents: u64| async move {
+                if cents == 0 {
+                    Err::<u64, ms_resilience::BoxError>("payments is down".into())
+                } else {
+                    Ok(cents)
+                }
+            });
+    for _ in 0..4 {
+        let _ = payments.clone().oneshot(0).await;
+    }
+    let fast_fail = payments.clone().oneshot(4200).await.err();
+    println!(
+        "  ms-resilience circuit breaker      {:?} after 4 failures: {}",
+        breaker.state(),
+        fast_fail.map_or_else(|| "call went through".to_owned(), |e| e.to_string())
+    );
+
+    let registry = HealthRegistry::builder()
+        .readiness("clock", check_fn(|| async { CheckResult::pass() }))
+        .build()?;
+    let readiness = registry.readiness().await;
+    println!(
+        "  ms-health   readiness probe        {}",
+        readiness.status.as_str()
+    );
+
+    if !once {
+        println!();
+        println!("(Nothing stays up yet; `-- --once` already runs the same and exits.)");
+    }
+    Ok(())
+}
+
+/// The business change and its event commit together (the outbox row is written in the same
+/// SQLite transaction as the invoice); the relay then publishes the committed event.
+async fn outbox_demo(bus: &MemoryBus) -> Result<(), Box<dyn std::error::Error>> {
     let db_path = std::env::temp_dir().join(format!("ms-invoicing-{}.db", std::process::id()));
     let pool = SqlitePoolOptions::new()
         .connect_with(
@@ -94,7 +139,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (audit_tx, mut audit_rx) = mpsc::unbounded_channel();
     let audit = Consumer::new(Subscription::events("invoicing.invoices", "audit")?)
         .serve(
-            &bus,
+            bus,
             tower::service_fn(move |message: Message| {
                 let _ = audit_tx.send(message.id().to_owned());
                 async { Ok::<_, Infallible>(()) }
@@ -139,45 +184,5 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             " (a different event arrived!)"
         }
     );
-
-    // A call to a flaky dependency through a circuit breaker: it opens after enough failures
-    // and then fails fast instead of waiting on the dependency.
-    let breaker = CircuitBreaker::builder()
-        .name("payments")
-        .minimum_number_of_calls(4)
-        .build();
-    let payments =
-        ServiceBuilder::new()
-            .layer(breaker.layer())
-            .service_fn(|cents: u64| async move {
-                if cents == 0 {
-                    Err::<u64, ms_resilience::BoxError>("payments is down".into())
-                } else {
-                    Ok(cents)
-                }
-            });
-    for _ in 0..4 {
-        let _ = payments.clone().oneshot(0).await;
-    }
-    let fast_fail = payments.clone().oneshot(4200).await.err();
-    println!(
-        "  ms-resilience circuit breaker      {:?} after 4 failures: {}",
-        breaker.state(),
-        fast_fail.map_or_else(|| "call went through".to_owned(), |e| e.to_string())
-    );
-
-    let registry = HealthRegistry::builder()
-        .readiness("clock", check_fn(|| async { CheckResult::pass() }))
-        .build()?;
-    let readiness = registry.readiness().await;
-    println!(
-        "  ms-health   readiness probe        {}",
-        readiness.status.as_str()
-    );
-
-    if !once {
-        println!();
-        println!("(Nothing stays up yet; `-- --once` already runs the same and exits.)");
-    }
     Ok(())
 }
