@@ -90,7 +90,9 @@ pub(crate) async fn round(ctx: &Shared, shard: i16) -> Result<Round, OutboxError
     let rows = batch.take_rows();
     let claimed = rows.len();
     if claimed == 0 {
-        // Dropping the batch rolls back its empty transaction and frees the shard.
+        // End the transaction now: a dropped one is rolled back only when its connection is
+        // next used, and would hold the shard's lock until then.
+        batch.finish(BatchOutcome::default()).await?;
         return Ok(Round::Claimed {
             full: false,
             failed: false,
