@@ -75,6 +75,8 @@ pub(crate) struct StoredRow {
     pub(crate) strikes: i32,
     pub(crate) attempts: i32,
     pub(crate) key: String,
+    /// When the relay last failed to publish it (the relay's clock).
+    pub(crate) last_attempt_at: Option<OffsetDateTime>,
 }
 
 /// A row whose publication failed and that stays for a later attempt.
@@ -98,6 +100,9 @@ pub(crate) struct BatchOutcome {
     pub(crate) keep_published: bool,
     /// Whether a parked row holds back the later rows of its key.
     pub(crate) parked_blocks_key: bool,
+    /// When the failed rows were tried (the relay's clock, so that it compares with the
+    /// relay's own record of its last successful publication).
+    pub(crate) attempted_at: Option<OffsetDateTime>,
 }
 
 /// The result of trying to claim a shard.

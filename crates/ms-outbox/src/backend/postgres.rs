@@ -156,7 +156,7 @@ impl PgStore {
                  AND x.partition_key = o.partition_key)"
         );
         let returning = "RETURNING id, kind, destination, envelope, created_at, strikes, \
-                         attempts, partition_key";
+                         attempts, partition_key, last_attempt_at";
         let claim = |hold: bool, keep: bool| -> Sql {
             let verb = if keep {
                 format!("UPDATE {t} SET published_at = now()")
@@ -180,7 +180,7 @@ impl PgStore {
             )),
             fail: Arc::from(format!(
                 "UPDATE {t} o SET attempts = o.attempts + 1, strikes = o.strikes + f.strike, \
-                     last_error = f.error, last_attempt_at = now(), \
+                     last_error = f.error, last_attempt_at = $6, \
                      available_at = now() + f.delay_ms * interval '1 millisecond' \
                  FROM unnest($1::int8[], $2::int4[], $3::text[], $4::int8[]) \
                      AS f(id, strike, error, delay_ms) \
@@ -327,6 +327,7 @@ impl ClaimedBatch for PgBatch {
                     .bind(&errors)
                     .bind(&delays)
                     .bind(shard)
+                    .bind(outcome.attempted_at)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -425,6 +426,7 @@ impl Store for PgStore {
                         strikes: row.try_get(5)?,
                         attempts: row.try_get(6)?,
                         key: row.try_get(7)?,
+                        last_attempt_at: row.try_get(8)?,
                     })
                 })
                 .collect::<Result<Vec<_>, sqlx::Error>>()?;

@@ -63,7 +63,11 @@ impl sealed::Sealed for Sqlite {
 }
 
 pub(crate) fn now_ms() -> i64 {
-    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+    to_ms(OffsetDateTime::now_utc())
+}
+
+fn to_ms(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 pub(crate) fn from_ms(ms: i64) -> OffsetDateTime {
@@ -96,7 +100,7 @@ impl SqliteStore {
         let s = &outbox.schema;
         let (t, d) = (&s.outbox, &s.dead_letters);
         let select = "SELECT o.id, o.kind, o.destination, o.envelope, o.created_at, \
-                      o.strikes, o.attempts, o.partition_key";
+                      o.strikes, o.attempts, o.partition_key, o.last_attempt_at";
         let pending = "o.published_at IS NULL AND (o.available_at IS NULL OR o.available_at <= ?1)";
         let statements = Statements {
             claim_holding_keys: Arc::from(format!(
@@ -244,7 +248,7 @@ impl ClaimedBatch for SqliteBatch {
                     .bind(failed.id)
                     .bind(i32::from(failed.strike))
                     .bind(&failed.error)
-                    .bind(now)
+                    .bind(outcome.attempted_at.map_or(now, to_ms))
                     .bind(millis(failed.retry_in))
                     .execute(&mut *tx)
                     .await?;
@@ -278,6 +282,7 @@ fn stored_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRow, sqlx::Error> {
         strikes: row.try_get(5)?,
         attempts: row.try_get(6)?,
         key: row.try_get(7)?,
+        last_attempt_at: row.try_get::<Option<i64>, _>(8)?.map(from_ms),
     })
 }
 

@@ -68,6 +68,7 @@ struct Group {
 
 struct Meta {
     key: String,
+    last_attempt_at: Option<OffsetDateTime>,
     created_at: OffsetDateTime,
     strikes: i32,
     attempts: i32,
@@ -248,6 +249,7 @@ fn group(rows: Vec<StoredRow>, outcome: &mut BatchOutcome) -> Vec<Group> {
         };
         let meta = Meta {
             key: row.key,
+            last_attempt_at: row.last_attempt_at,
             created_at: row.created_at,
             strikes: row.strikes,
             attempts: row.attempts,
@@ -291,11 +293,16 @@ fn record_failure(
         return;
     }
     // During a broker outage every row fails; those failures say nothing about the rows and
-    // must not park them. A failure counts only while the broker is demonstrably up.
-    let broker_up = ctx
-        .state
-        .last_published()
-        .is_some_and(|at| at.elapsed() < config.strike_window);
+    // must not park them. A failure counts only while the broker is demonstrably up: the
+    // relay published something since this row last failed (or, for its first failure, within
+    // the strike window). An outage therefore costs a row at most one strike.
+    let now = OffsetDateTime::now_utc();
+    outcome.attempted_at = Some(now);
+    let broker_up = match (ctx.state.last_published_at(), meta.last_attempt_at) {
+        (Some(published), Some(previous_failure)) => published > previous_failure,
+        (Some(published), None) => now - published < config.strike_window,
+        (None, _) => false,
+    };
     let strike = broker_up && !matches!(error, BusError::Connection(_) | BusError::Closed);
     if strike
         && meta.strikes.saturating_add(1) >= i32::try_from(config.max_attempts).unwrap_or(i32::MAX)
