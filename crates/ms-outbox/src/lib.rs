@@ -29,6 +29,7 @@
 
 mod backend;
 mod error;
+pub mod inbox;
 mod key;
 mod message;
 mod outbox;
@@ -38,6 +39,7 @@ mod table_name;
 
 pub use backend::{Backend, Backlog, DeadLetter};
 pub use error::OutboxError;
+pub use inbox::{DEFAULT_INBOX_CLEANUP_BATCH, DEFAULT_INBOX_TABLE, Inbox};
 pub use message::{MessageKind, OutboxMessage};
 pub use outbox::{DEFAULT_SHARDS, DEFAULT_TABLE, MAX_SHARDS, Outbox, OutboxBuilder};
 pub use relay::{OnPoison, Relay, RelayBuilder, RelayHandle, RelayMonitor, RelayStatus, Retention};

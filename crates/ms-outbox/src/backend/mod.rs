@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use time::OffsetDateTime;
 
-use crate::OutboxError;
 use crate::outbox::OutboxInner;
+use crate::{Migration, OutboxError, TableName};
 
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -24,7 +24,10 @@ pub trait Backend: sqlx::Database + sealed::Sealed {}
 impl<DB: sqlx::Database + sealed::Sealed> Backend for DB {}
 
 pub(crate) mod sealed {
-    use super::{Arc, BoxFuture, OutboxError, OutboxInner, PreparedRow, Store};
+    use super::{
+        Arc, BoxFuture, Duration, InboxStatements, Migration, OutboxError, OutboxInner,
+        PreparedRow, Store, TableName,
+    };
 
     /// What each database implements; sealed so that the set can grow without breaking anyone.
     // The sealed trait's items are nameable only inside this crate, whatever rustc's
@@ -50,7 +53,52 @@ pub(crate) mod sealed {
         /// Everything that works on a pool rather than in the caller's transaction.
         #[doc(hidden)]
         fn store(pool: sqlx::Pool<Self>, outbox: Arc<OutboxInner>) -> Arc<dyn Store>;
+
+        /// Applies `migrations` to `object` (a table) under the database's migration lock,
+        /// recording the version reached in `ms_outbox_schema` next to `like`.
+        #[doc(hidden)]
+        fn apply_migrations<'a>(
+            pool: &'a sqlx::Pool<Self>,
+            like: &'a TableName,
+            object: &'a str,
+            migrations: &'a [Migration],
+        ) -> BoxFuture<'a, Result<(), OutboxError>>;
+
+        /// The inbox migration files: version, description, SQL with placeholders.
+        #[doc(hidden)]
+        const INBOX_MIGRATIONS: &'static [(i64, &'static str, &'static str)];
+
+        /// The inbox's statements for the quoted table `inbox`.
+        #[doc(hidden)]
+        fn inbox_statements(inbox: &str) -> InboxStatements;
+
+        /// Records `envelope_id` as handled by `consumer` in the caller's transaction; `true`
+        /// when it was not recorded yet.
+        #[doc(hidden)]
+        fn inbox_record<'a>(
+            conn: &'a mut Self::Connection,
+            statements: &'a InboxStatements,
+            consumer: &'a str,
+            envelope_id: &'a str,
+        ) -> BoxFuture<'a, Result<bool, OutboxError>>;
+
+        /// Deletes up to `limit` inbox rows handled more than `older_than` ago, in one
+        /// statement; returns how many.
+        #[doc(hidden)]
+        fn inbox_cleanup<'a>(
+            pool: &'a sqlx::Pool<Self>,
+            statements: &'a InboxStatements,
+            older_than: Duration,
+            limit: i64,
+        ) -> BoxFuture<'a, Result<u64, OutboxError>>;
     }
+}
+
+/// An inbox's statements, rendered once (sqlx caches prepared statements by their text).
+#[derive(Debug)]
+pub(crate) struct InboxStatements {
+    pub(crate) record: Arc<str>,
+    pub(crate) cleanup: Arc<str>,
 }
 
 /// A message ready to be written: validated, keyed, encoded.

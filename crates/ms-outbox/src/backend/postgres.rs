@@ -9,7 +9,8 @@ use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
 
 use super::{
-    Backlog, BatchOutcome, Claim, ClaimedBatch, DeadLetter, PreparedRow, Store, StoredRow, sealed,
+    Backlog, BatchOutcome, Claim, ClaimedBatch, DeadLetter, InboxStatements, PreparedRow, Store,
+    StoredRow, sealed,
 };
 use crate::key::{key_hash, lock_id};
 use crate::outbox::OutboxInner;
@@ -38,6 +39,69 @@ impl sealed::Sealed for Postgres {
 
     fn store(pool: PgPool, outbox: Arc<OutboxInner>) -> Arc<dyn Store> {
         Arc::new(PgStore::new(pool, outbox))
+    }
+
+    fn apply_migrations<'a>(
+        pool: &'a PgPool,
+        like: &'a crate::TableName,
+        object: &'a str,
+        migrations: &'a [crate::Migration],
+    ) -> BoxFuture<'a, Result<(), OutboxError>> {
+        Box::pin(apply_migrations(pool, like, object, migrations))
+    }
+
+    const INBOX_MIGRATIONS: &'static [(i64, &'static str, &'static str)] = &[(
+        1,
+        "inbox table",
+        include_str!("../../migrations/postgres/0001_inbox.sql"),
+    )];
+
+    fn inbox_statements(inbox: &str) -> InboxStatements {
+        InboxStatements {
+            // Without a conflict target: the primary key is the only unique constraint. A
+            // concurrent transaction's uncommitted row with the same key makes this wait for
+            // that transaction, then do nothing (it committed) or insert (it rolled back).
+            record: Arc::from(format!(
+                "INSERT INTO {inbox} (consumer, envelope_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            )),
+            cleanup: Arc::from(format!(
+                "DELETE FROM {inbox} WHERE (consumer, envelope_id) IN ( \
+                     SELECT consumer, envelope_id FROM {inbox} \
+                     WHERE handled_at < now() - $1 * interval '1 millisecond' LIMIT $2)"
+            )),
+        }
+    }
+
+    fn inbox_record<'a>(
+        conn: &'a mut PgConnection,
+        statements: &'a InboxStatements,
+        consumer: &'a str,
+        envelope_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, OutboxError>> {
+        Box::pin(async move {
+            let done = sqlx::query(AssertSqlSafe(Arc::clone(&statements.record)))
+                .bind(consumer)
+                .bind(envelope_id)
+                .execute(&mut *conn)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn inbox_cleanup<'a>(
+        pool: &'a PgPool,
+        statements: &'a InboxStatements,
+        older_than: Duration,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<u64, OutboxError>> {
+        Box::pin(async move {
+            let done = sqlx::query(AssertSqlSafe(Arc::clone(&statements.cleanup)))
+                .bind(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX))
+                .bind(limit)
+                .execute(pool)
+                .await?;
+            Ok(done.rows_affected())
+        })
     }
 }
 

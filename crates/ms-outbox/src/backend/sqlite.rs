@@ -10,7 +10,8 @@ use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
 
 use super::{
-    Backlog, BatchOutcome, Claim, ClaimedBatch, DeadLetter, PreparedRow, Store, StoredRow, sealed,
+    Backlog, BatchOutcome, Claim, ClaimedBatch, DeadLetter, InboxStatements, PreparedRow, Store,
+    StoredRow, sealed,
 };
 use crate::outbox::OutboxInner;
 use crate::schema::{OutboxSchema, outbox_migrations, versions_table};
@@ -59,6 +60,67 @@ impl sealed::Sealed for Sqlite {
 
     fn store(pool: SqlitePool, outbox: Arc<OutboxInner>) -> Arc<dyn Store> {
         Arc::new(SqliteStore::new(pool, outbox))
+    }
+
+    fn apply_migrations<'a>(
+        pool: &'a SqlitePool,
+        like: &'a crate::TableName,
+        object: &'a str,
+        migrations: &'a [crate::Migration],
+    ) -> BoxFuture<'a, Result<(), OutboxError>> {
+        Box::pin(apply_migrations(pool, like, object, migrations))
+    }
+
+    const INBOX_MIGRATIONS: &'static [(i64, &'static str, &'static str)] = &[(
+        1,
+        "inbox table",
+        include_str!("../../migrations/sqlite/0001_inbox.sql"),
+    )];
+
+    fn inbox_statements(inbox: &str) -> InboxStatements {
+        InboxStatements {
+            record: Arc::from(format!(
+                "INSERT INTO {inbox} (consumer, envelope_id, handled_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO NOTHING"
+            )),
+            cleanup: Arc::from(format!(
+                "DELETE FROM {inbox} WHERE (consumer, envelope_id) IN ( \
+                     SELECT consumer, envelope_id FROM {inbox} WHERE handled_at < ?1 LIMIT ?2)"
+            )),
+        }
+    }
+
+    fn inbox_record<'a>(
+        conn: &'a mut SqliteConnection,
+        statements: &'a InboxStatements,
+        consumer: &'a str,
+        envelope_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, OutboxError>> {
+        Box::pin(async move {
+            let done = sqlx::query(AssertSqlSafe(Arc::clone(&statements.record)))
+                .bind(consumer)
+                .bind(envelope_id)
+                .bind(now_ms())
+                .execute(&mut *conn)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn inbox_cleanup<'a>(
+        pool: &'a SqlitePool,
+        statements: &'a InboxStatements,
+        older_than: Duration,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<u64, OutboxError>> {
+        Box::pin(async move {
+            let done = sqlx::query(AssertSqlSafe(Arc::clone(&statements.cleanup)))
+                .bind(now_ms().saturating_sub(millis(older_than)))
+                .bind(limit)
+                .execute(pool)
+                .await?;
+            Ok(done.rows_affected())
+        })
     }
 }
 
