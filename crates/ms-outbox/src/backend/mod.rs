@@ -158,7 +158,8 @@ pub(crate) enum Claim {
     /// Another relay (or another worker) is draining the shard.
     Busy,
     /// The shard's next rows, locked until the batch is finished or dropped (dropping rolls
-    /// back: the rows stay pending).
+    /// back: the rows stay pending). SQLite does not hold its database-wide write lock while
+    /// the batch is published: there the single relay worker is what keeps batches apart.
     Batch(Box<dyn ClaimedBatch>),
 }
 

@@ -1,5 +1,12 @@
 //! SQLite, the embedded default: one writer at a time, so ids are commit order already; the
-//! relay drains the whole table as one shard, in `BEGIN IMMEDIATE` transactions.
+//! relay drains the whole table as one shard.
+//!
+//! SQLite has one write lock for the whole database, so the relay never holds it while it
+//! publishes: a slow or unreachable broker would otherwise fail every application write with
+//! "database is locked" once the busy timeout passes, the very coupling an outbox removes. A
+//! batch is read in one short `BEGIN IMMEDIATE` transaction and its outcome written in
+//! another. One relay per database (the documented setup) has one worker, so its batches do
+//! not overlap; a second relay on the same file would publish duplicates, never lose a row.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -258,7 +265,7 @@ pub(crate) async fn apply_migrations(
 }
 
 struct SqliteBatch {
-    tx: sqlx::Transaction<'static, Sqlite>,
+    pool: SqlitePool,
     rows: Vec<StoredRow>,
     statements: Arc<Statements>,
 }
@@ -287,8 +294,10 @@ impl ClaimedBatch for SqliteBatch {
     ) -> BoxFuture<'static, Result<(), OutboxError>> {
         Box::pin(async move {
             let SqliteBatch {
-                mut tx, statements, ..
+                pool, statements, ..
             } = *self;
+            // Rows deleted meanwhile (by a second relay) make these statements no-ops.
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
             let now = now_ms();
             if !outcome.published.is_empty() {
                 let ids = json_ids(&outcome.published);
@@ -383,8 +392,9 @@ impl Store for SqliteStore {
         _keep_published: bool,
     ) -> BoxFuture<'_, Result<Claim, OutboxError>> {
         Box::pin(async move {
-            // The write lock first: a second relay on the same file waits for this batch to
-            // be committed instead of reading the same rows.
+            // `BEGIN IMMEDIATE` waits for a writer that is still committing (an enqueue wakes
+            // the relay before its commit), so the read sees its rows; the lock is let go
+            // before publishing (see the module docs).
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
             let statement = if hold_keys {
                 &self.statements.claim_holding_keys
@@ -399,8 +409,9 @@ impl Store for SqliteStore {
                 .iter()
                 .map(stored_row)
                 .collect::<Result<Vec<_>, _>>()?;
+            tx.commit().await?;
             Ok(Claim::Batch(Box::new(SqliteBatch {
-                tx,
+                pool: self.pool.clone(),
                 rows,
                 statements: Arc::clone(&self.statements),
             })))

@@ -227,23 +227,29 @@ async fn isolate(
 }
 
 /// Splits a batch by destination, keeping id order; rows that cannot be decoded are parked at
-/// once (retrying cannot fix them).
+/// once (retrying cannot fix them). When a parked row blocks its key, the later rows of its
+/// key in the batch are left out (they stay pending, and later claims leave them out until the
+/// parked row is replayed or discarded): published now, they would go out ahead of it.
 fn group(rows: Vec<StoredRow>, outcome: &mut BatchOutcome) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
+    let mut held: Vec<String> = Vec::new();
     for row in rows {
-        let Some(kind) = MessageKind::from_code(row.kind) else {
-            outcome
-                .parked
-                .push((row.id, format!("unknown message kind {}", row.kind)));
+        if held.contains(&row.key) {
             continue;
+        }
+        let envelope = match MessageKind::from_code(row.kind) {
+            None => Err(format!("unknown message kind {}", row.kind)),
+            Some(kind) => ms_bus::codec::from_json(row.envelope.as_bytes())
+                .map(|envelope| (kind, envelope))
+                .map_err(|error| format!("the stored envelope cannot be decoded: {error}")),
         };
-        let envelope = match ms_bus::codec::from_json(row.envelope.as_bytes()) {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                outcome.parked.push((
-                    row.id,
-                    format!("the stored envelope cannot be decoded: {error}"),
-                ));
+        let (kind, envelope) = match envelope {
+            Ok(decoded) => decoded,
+            Err(reason) => {
+                outcome.parked.push((row.id, reason));
+                if outcome.parked_blocks_key {
+                    held.push(row.key);
+                }
                 continue;
             }
         };
