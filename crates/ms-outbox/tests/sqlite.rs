@@ -225,7 +225,8 @@ async fn an_undecodable_row_is_parked_at_once_while_the_others_flow() {
     // A row no writer of this crate could produce: a damaged or hand-edited table.
     let bad_id = sqlx::query(
         "INSERT INTO ms_outbox (shard, partition_key, kind, destination, envelope, created_at) \
-         VALUES (0, 'poison', 0, 'test.events', 'not json', 0)",
+         VALUES (0, 'poison', 0, 'test.events', 'not json', \
+                 CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))",
     )
     .execute(&pool)
     .await

@@ -155,6 +155,9 @@ impl Relay {
     pub fn spawn(self) -> RelayHandle {
         let (stop, stopped) = watch::channel(false);
         let state = Arc::clone(&self.ctx.state);
+        // Running from now on, not from the task's first poll: a status or health check read
+        // right after `spawn` must not report a stopped relay.
+        state.running.store(true, Ordering::Relaxed);
         let task = tokio::spawn(self.run_until(async move {
             let mut stopped = stopped;
             let _ = stopped.wait_for(|stop| *stop).await;
