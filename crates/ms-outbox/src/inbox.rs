@@ -220,6 +220,7 @@ fn render<DB: Backend>(table: &TableName, sql: &str) -> String {
         _ => format!(r#""{index}""#),
     };
     sql.replace("{inbox_handled_idx}", &index)
+        .replace("{inbox_table}", &format!(r#""{}""#, table.table()))
         .replace("{inbox}", &table.quoted())
 }
 
@@ -237,6 +238,7 @@ mod tests {
         let sql = &inbox.migrations()[0].sql;
         assert!(!sql.contains('{'), "{sql}");
         assert!(sql.contains(r#""billing"."inbox_handled_idx""#), "{sql}");
+        assert!(sql.contains(r#"ON "inbox" ("#), "{sql}");
     }
 
     #[tokio::test]

@@ -322,3 +322,37 @@ async fn postgres_concurrent_duplicate_delivery_is_handled_once() {
 async fn postgres_a_concurrent_duplicate_takes_over_when_the_first_rolls_back() {
     concurrent_duplicates(false).await;
 }
+
+#[tokio::test]
+async fn sqlite_a_schema_qualified_inbox_works() {
+    let db = TempDb::new("inbox").await;
+    qualified_inbox(&db.pool, "main.processed").await;
+}
+
+#[tokio::test]
+async fn postgres_a_schema_qualified_inbox_works() {
+    let Some(db) = ms_testkit::postgres().await else {
+        return;
+    };
+    let pool = db.pool().await;
+    sqlx::query("CREATE SCHEMA billing")
+        .execute(&pool)
+        .await
+        .unwrap();
+    qualified_inbox(&pool, "billing.processed").await;
+}
+
+async fn qualified_inbox<DB: Backend>(pool: &Pool<DB>, name: &str)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    let inbox = Inbox::<DB>::new(ms_outbox::TableName::new(name).unwrap());
+    inbox.migrate(pool).await.unwrap();
+    inbox.migrate(pool).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    assert!(inbox.record_id(&mut *tx, "billing", "e-1").await.unwrap());
+    assert!(!inbox.record_id(&mut *tx, "billing", "e-1").await.unwrap());
+    tx.commit().await.unwrap();
+    let young = Duration::from_secs(3600);
+    assert_eq!(inbox.cleanup(pool, young, 0).await.unwrap(), 0);
+}

@@ -505,3 +505,23 @@ async fn shutdown_waits_for_the_batch_in_flight_and_commits_it() {
     next(&mut deliveries).await;
     nothing_more(&mut deliveries).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_qualified_outbox_migrates_and_relays() {
+    let db = TempDb::new();
+    let pool = db.pool().await;
+    let outbox = Outbox::<Sqlite>::new(ms_outbox::TableName::new("main.events").unwrap());
+    outbox.migrate(&pool).await.unwrap();
+    outbox.migrate(&pool).await.unwrap();
+    let bus = MemoryBus::new();
+    let mut deliveries = bus
+        .subscribe(&Subscription::events("test.events", "checker").unwrap())
+        .await
+        .unwrap();
+    let relay = Relay::builder(&outbox, &pool, bus.clone()).build().spawn();
+    enqueue(&pool, &outbox, event("a", 1)).await;
+    let (key, seq, _) = next(&mut deliveries).await;
+    assert_eq!((key.as_str(), seq), ("a", 1));
+    relay.shutdown().await.unwrap();
+    assert_eq!(outbox.backlog(&pool).await.unwrap().pending, 0);
+}
