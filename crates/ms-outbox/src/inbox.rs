@@ -51,7 +51,10 @@
 //! in the handler's transaction, so that the wait happens before any other work.
 //!
 //! On SQLite writers take turns anyway: the second transaction waits for the database's write
-//! lock (up to the connection's busy timeout), then finds the id.
+//! lock (up to the connection's busy timeout), then finds the id. That wait needs `record` to
+//! be the transaction's first statement, or the transaction to start with
+//! `pool.begin_with("BEGIN IMMEDIATE")`: a transaction that has read before its first write
+//! may be answered "database is locked" at once rather than wait.
 //!
 //! # Cleanup
 //!
