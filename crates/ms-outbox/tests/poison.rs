@@ -1,6 +1,7 @@
 //! A row the broker refuses (an envelope over NATS's payload limit) is parked with its error;
 //! its key waits or not, as configured; other keys keep flowing; parked rows can be replayed
 //! or discarded. Real PostgreSQL, real NATS JetStream.
+#![cfg(feature = "postgres")]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

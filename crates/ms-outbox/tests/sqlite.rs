@@ -1,5 +1,6 @@
 //! The outbox's semantics on SQLite, the embedded default (one relay per database), with a
 //! database file and the memory bus: the same promises as on PostgreSQL.
+#![cfg(feature = "sqlite")]
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

@@ -2,6 +2,7 @@
 //! relay publishes them, so the consumer's trace continues the request that wrote the event.
 //! (Alone in its binary: it installs a thread-local tracing subscriber, and `tracing` caches
 //! callsite interest process-wide.)
+#![cfg(feature = "sqlite")]
 
 use std::time::Duration;
 
