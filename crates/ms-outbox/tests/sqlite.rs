@@ -526,3 +526,52 @@ async fn a_schema_qualified_outbox_migrates_and_relays() {
     relay.shutdown().await.unwrap();
     assert_eq!(outbox.backlog(&pool).await.unwrap().pending, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repaired_dead_letter_replays_ahead_of_the_rows_of_its_key_that_waited() {
+    let (_db, pool, outbox, bus, mut deliveries) = setup().await;
+    // A damaged row: parked at its first attempt, holding back the later rows of its key.
+    let parked_id = sqlx::query(
+        "INSERT INTO ms_outbox (shard, partition_key, kind, destination, envelope, created_at) \
+         VALUES (0, 'k', 0, 'test.events', 'not json', \
+                 CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))",
+    )
+    .execute(&pool)
+    .await
+    .unwrap()
+    .last_insert_rowid();
+    enqueue(&pool, &outbox, event("k", 2)).await;
+    enqueue(&pool, &outbox, event("k", 3)).await;
+    enqueue(&pool, &outbox, event("x", 1)).await;
+
+    let relay = Relay::builder(&outbox, &pool, bus.clone())
+        .poll_interval(LONG_POLL)
+        .build()
+        .spawn();
+    let (key, seq, _) = next(&mut deliveries).await;
+    assert_eq!((key.as_str(), seq), ("x", 1));
+    nothing_more(&mut deliveries).await;
+    let dead = outbox.dead_letters(&pool, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].id, dead[0].attempts), (parked_id, 1));
+
+    // Repaired, and replayed under its own id: it goes out first, then the key's rows.
+    let envelope = event("k", 1).envelope().clone();
+    let json = String::from_utf8(ms_bus::codec::to_json(&envelope).to_vec()).unwrap();
+    sqlx::query("UPDATE ms_outbox_dead_letters SET envelope = ?2 WHERE id = ?1")
+        .bind(parked_id)
+        .bind(json)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(outbox.replay(&pool, parked_id).await.unwrap());
+    assert!(!outbox.replay(&pool, parked_id).await.unwrap());
+    for expected in 1..=3 {
+        let (key, seq, _) = next(&mut deliveries).await;
+        assert_eq!((key.as_str(), seq), ("k", expected));
+    }
+    nothing_more(&mut deliveries).await;
+    assert!(outbox.dead_letters(&pool, 10).await.unwrap().is_empty());
+    relay.shutdown().await.unwrap();
+    assert_eq!(outbox.backlog(&pool).await.unwrap().pending, 0);
+}
