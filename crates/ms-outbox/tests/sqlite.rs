@@ -575,3 +575,95 @@ async fn a_repaired_dead_letter_replays_ahead_of_the_rows_of_its_key_that_waited
     relay.shutdown().await.unwrap();
     assert_eq!(outbox.backlog(&pool).await.unwrap().pending, 0);
 }
+
+/// The memory bus, unreachable while `down` is set: every publication fails as a lost
+/// connection would.
+#[derive(Clone)]
+struct FlakyBus {
+    bus: MemoryBus,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    refused: Arc<AtomicU32>,
+}
+
+impl FlakyBus {
+    fn reachable(&self) -> Result<(), BusError> {
+        if self.down.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(BusError::Connection("broker unreachable".into()));
+        }
+        Ok(())
+    }
+}
+
+impl EventPublisher for FlakyBus {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        event: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            self.reachable()?;
+            self.bus.publish(topic, event).await
+        })
+    }
+}
+
+impl CommandSender for FlakyBus {
+    fn send<'a>(
+        &'a self,
+        destination: &'a str,
+        command: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            self.reachable()?;
+            self.bus.send(destination, command).await
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_parks_nothing_and_each_key_resumes_in_order() {
+    let (_db, pool, outbox, bus, mut deliveries) = setup().await;
+    let flaky = FlakyBus {
+        bus,
+        down: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        refused: Arc::new(AtomicU32::new(0)),
+    };
+    // Few attempts and short delays: were outage failures counted, rows would be parked soon.
+    let relay = Relay::builder(&outbox, &pool, flaky.clone())
+        .max_attempts(2)
+        .retry_delay(Duration::from_millis(10), Duration::from_millis(50))
+        .build()
+        .spawn();
+    // The broker was up a moment ago: the relay's strike window is open.
+    enqueue(&pool, &outbox, event("warm", 1)).await;
+    next(&mut deliveries).await;
+    flaky.down.store(true, Ordering::SeqCst);
+    for seq in 1..=5 {
+        for key in ["a", "b"] {
+            enqueue(&pool, &outbox, event(key, seq)).await;
+        }
+    }
+    // Many refused attempts, well past max_attempts.
+    tokio::time::timeout(WAIT, async {
+        while flaky.refused.load(Ordering::SeqCst) < 20 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the relay keeps trying");
+    assert!(outbox.dead_letters(&pool, 10).await.unwrap().is_empty());
+    assert_eq!(relay.status().parked, 0);
+
+    flaky.down.store(false, Ordering::SeqCst);
+    let mut last: HashMap<String, u32> = HashMap::new();
+    for _ in 0..10 {
+        let (key, seq, _) = next(&mut deliveries).await;
+        let previous = last.insert(key.clone(), seq).unwrap_or(0);
+        assert_eq!(seq, previous + 1, "key {key}: {seq} after {previous}");
+    }
+    nothing_more(&mut deliveries).await;
+    relay.shutdown().await.unwrap();
+    let backlog = outbox.backlog(&pool).await.unwrap();
+    assert_eq!((backlog.pending, backlog.dead_letters), (0, 0));
+}
