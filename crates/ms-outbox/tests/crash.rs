@@ -72,7 +72,7 @@ async fn child_relay() {
         .prefix(prefix)
         .unwrap()
         .build();
-    let relay = Relay::builder(outbox(), pool, bus)
+    let relay = Relay::builder(&outbox(), &pool, bus)
         .batch_size(BATCH)
         .concurrency(WORKERS)
         .build()

@@ -65,7 +65,7 @@ async fn four_relays_and_eight_writers_lose_nothing_duplicate_nothing_and_keep_k
             .unwrap()
             .build();
         relays.push(
-            Relay::builder(outbox.clone(), pool, bus)
+            Relay::builder(&outbox, &pool, bus)
                 .batch_size(BATCH)
                 .concurrency(CONCURRENCY)
                 .build()
