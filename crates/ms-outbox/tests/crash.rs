@@ -189,8 +189,8 @@ async fn a_relay_killed_mid_batch_loses_nothing_and_duplicates_at_most_its_batch
     let tap = Tap::start(nats.client().await, bus.event_subject(TOPIC)).await;
     let mut consumer = Consumer::start(&bus, Subscription::events(TOPIC, "checker").unwrap()).await;
 
-    // Half the events first, so the relay starts behind and claims full batches; the other
-    // half while it runs and is killed.
+    // Most events first, so the relay starts behind and claims full batches; the rest while
+    // it runs and is killed.
     let started = Instant::now();
     let per_writer = PREFILL / WRITERS;
     common::join_writers(common::spawn_writers(
@@ -209,9 +209,10 @@ async fn a_relay_killed_mid_batch_loses_nothing_and_duplicates_at_most_its_batch
         let tapped = tap.counts();
         kills.push(format!(
             "kill {n} after {:?}: the relay had reported {published} published; {pending} \
-             rows pending; tap {} messages",
+             rows pending; so far {} messages on the wire, {} republished",
             started.elapsed(),
-            tapped.messages
+            tapped.messages,
+            tapped.republished()
         ));
         assert!(pending > 0, "killed while rows were pending");
         relay = start(n + 1);
