@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use ms_bus::Subscription;
 use ms_bus::nats::NatsBus;
 use ms_outbox::{Outbox, Relay, TableName};
-use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
 
 use common::{Consumer, TOPIC, Tap};
 
@@ -85,32 +85,7 @@ async fn a_relay_losing_its_connection_mid_batch_loses_and_reorders_nothing() {
         );
     }
 
-    // Terminate the backend of a relay that holds a shard lock, i.e. one between its claim
-    // and its commit, again and again while there is work.
-    let mut terminated = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while terminated < TERMINATIONS && Instant::now() < deadline {
-        let done: Vec<bool> = sqlx::query_scalar(
-            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
-             JOIN pg_stat_activity a ON a.pid = l.pid \
-             WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = $1 \
-             LIMIT 1",
-        )
-        .bind(APPLICATION)
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-        terminated += done.into_iter().filter(|&t| t).count();
-        if common::pending(&outbox, &pool).await == 0 {
-            break;
-        }
-        // Nothing signals "a batch is in flight" to another process: poll.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        terminated >= TERMINATIONS / 3,
-        "only {terminated} mid-batch terminations"
-    );
+    let terminated = terminate_mid_batch(&pool, &outbox).await;
     let terminations_done = started.elapsed();
     common::join_writers(writers).await;
     consumer
@@ -140,4 +115,34 @@ async fn a_relay_losing_its_connection_mid_batch_loses_and_reorders_nothing() {
         batch_errors.iter().sum::<u64>() > 0,
         "the terminations cut batches"
     );
+}
+
+/// Terminates the backend of a relay that holds a shard lock, i.e. one between its claim and
+/// its commit, again and again while there is work; returns how many it terminated.
+async fn terminate_mid_batch(pool: &PgPool, outbox: &Outbox<Postgres>) -> usize {
+    let mut terminated = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while terminated < TERMINATIONS && Instant::now() < deadline {
+        let done: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
+             JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = $1 \
+             LIMIT 1",
+        )
+        .bind(APPLICATION)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        terminated += done.into_iter().filter(|&t| t).count();
+        if common::pending(outbox, pool).await == 0 {
+            break;
+        }
+        // Nothing signals "a batch is in flight" to another process: poll.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        terminated >= TERMINATIONS / 3,
+        "only {terminated} mid-batch terminations"
+    );
+    terminated
 }
