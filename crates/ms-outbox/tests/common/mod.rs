@@ -262,18 +262,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// republished envelope (same `Nats-Msg-Id`) from its stream, but a plain subscriber still sees
 /// it, so this counts what relays actually published.
 pub(crate) struct Tap {
-    seen: Arc<Mutex<TapCounts>>,
+    seen: Arc<Mutex<(TapCounts, HashSet<String>)>>,
     task: JoinHandle<()>,
 }
 
 /// What a [`Tap`] saw.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct TapCounts {
     /// Messages seen.
     pub(crate) messages: u64,
     /// Distinct `Nats-Msg-Id`s seen.
     pub(crate) distinct: u64,
-    ids: HashSet<String>,
 }
 
 impl TapCounts {
@@ -288,7 +287,7 @@ impl Tap {
     pub(crate) async fn start(client: async_nats::Client, subject: String) -> Self {
         let mut messages = client.subscribe(subject).await.unwrap();
         client.flush().await.unwrap();
-        let seen = Arc::new(Mutex::new(TapCounts::default()));
+        let seen = Arc::new(Mutex::new((TapCounts::default(), HashSet::new())));
         let task = tokio::spawn({
             let seen = seen.clone();
             async move {
@@ -299,10 +298,10 @@ impl Tap {
                         .and_then(|h| h.get(ms_bus::nats::MSG_ID_HEADER))
                         .map(|v| v.as_str().to_owned())
                         .unwrap_or_default();
-                    let mut seen = lock(&seen);
-                    seen.messages += 1;
-                    if seen.ids.insert(id) {
-                        seen.distinct += 1;
+                    let (counts, ids) = &mut *lock(&seen);
+                    counts.messages += 1;
+                    if ids.insert(id) {
+                        counts.distinct += 1;
                     }
                 }
             }
@@ -312,12 +311,7 @@ impl Tap {
 
     /// What it saw so far.
     pub(crate) fn counts(&self) -> TapCounts {
-        let seen = lock(&self.seen);
-        TapCounts {
-            messages: seen.messages,
-            distinct: seen.distinct,
-            ids: HashSet::new(),
-        }
+        lock(&self.seen).0
     }
 }
 
