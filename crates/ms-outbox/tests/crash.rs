@@ -6,6 +6,8 @@
 //! [`CHILD_ENV`] set so that [`child_relay`] (a no-op in a normal run) runs a relay until it is
 //! killed.
 
+#![cfg(feature = "postgres")]
+
 mod common;
 
 use std::os::unix::process::ExitStatusExt as _;

@@ -4,6 +4,8 @@
 //! duplicates at most, never a loss, and never a row published for the first time after a later
 //! row of its key.
 
+#![cfg(feature = "postgres")]
+
 mod common;
 
 use std::str::FromStr as _;

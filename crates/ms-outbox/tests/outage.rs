@@ -2,6 +2,8 @@
 //! keep enqueueing and the relay keeps trying, then restarted. Nothing is lost, every key stays
 //! in order, nothing is parked in the dead letters, and the backlog drains.
 
+#![cfg(feature = "postgres")]
+
 mod common;
 
 use std::sync::Arc;

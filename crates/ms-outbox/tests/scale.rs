@@ -1,6 +1,8 @@
 //! Four relays and eight concurrent writers, 100,000 events through NATS JetStream: none lost,
 //! none published twice, every key in commit order, checked at the consumer.
 
+#![cfg(feature = "postgres")]
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -16,7 +18,7 @@ use common::{Consumer, TOPIC, Tap};
 const EVENTS: u32 = 100_000;
 const WRITERS: u32 = 8;
 /// Events per writer transaction, all of one key.
-const PER_TX: u32 = 10;
+const PER_TX: u32 = 20;
 const KEYS: u32 = 100;
 const RELAYS: usize = 4;
 const BATCH: usize = 500;
