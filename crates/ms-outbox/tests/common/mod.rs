@@ -52,25 +52,35 @@ pub(crate) fn event(key: &str, seq: u32) -> OutboxMessage {
 
 /// One transaction: bumps `key`'s counter by `count` and enqueues the events it numbers.
 pub(crate) async fn write(pool: &PgPool, outbox: &Outbox<Postgres>, key: &str, count: u32) {
-    let mut tx = pool.begin().await.unwrap();
+    try_write(pool, outbox, key, count).await.unwrap();
+}
+
+/// [`write`], returning the database's error (an outage) instead of panicking. The counter
+/// and the events commit together, so a retried transaction can never number an event twice.
+pub(crate) async fn try_write(
+    pool: &PgPool,
+    outbox: &Outbox<Postgres>,
+    key: &str,
+    count: u32,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut tx = pool.begin().await?;
     let last: i32 = sqlx::query_scalar(
         "INSERT INTO counters VALUES ($1, $2) ON CONFLICT (key) \
          DO UPDATE SET n = counters.n + $2 RETURNING n",
     )
     .bind(key)
-    .bind(i32::try_from(count).unwrap())
+    .bind(i32::try_from(count)?)
     .fetch_one(&mut *tx)
-    .await
-    .unwrap();
-    let last = u32::try_from(last).unwrap();
+    .await?;
+    let last = u32::try_from(last)?;
     outbox
         .enqueue_all(
             &mut *tx,
             (last + 1 - count..=last).map(|seq| event(key, seq)),
         )
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+        .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Writers enqueueing `per_writer` events each, `per_tx` to a transaction, on `keys` keys
