@@ -112,6 +112,8 @@ use crate::{Outbox, OutboxError};
 const BACKLOG_EVERY_POLLS: u32 = 10;
 /// Rows deleted per cleanup statement when published rows are kept for a while.
 const CLEANUP_BATCH: i64 = 10_000;
+/// The longest pause between two rounds of partition upkeep.
+const PARTITION_UPKEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Publishes committed outbox rows to a bus. See the [module docs](self) for the design.
 pub struct Relay {
@@ -196,6 +198,9 @@ impl Relay {
         ));
         if let Retention::Keep(retention) = ctx.config.retention {
             background.spawn(cleanup(Arc::clone(&ctx), retention));
+        }
+        if ctx.store.partitioned() {
+            background.spawn(partitions(Arc::clone(&ctx)));
         }
 
         // Workers finish their batch before stopping: a batch cut mid-publish would only be
@@ -352,6 +357,66 @@ async fn cleanup(ctx: Arc<Shared>, retention: Duration) {
         tokio::time::sleep(every).await;
     }
 }
+
+/// Creates partitions ahead and drops old ones (partitioned outboxes), at startup and then
+/// every tenth of the retention (between 1 s and a minute).
+async fn partitions(ctx: Arc<Shared>) {
+    let (keep, every) = match ctx.config.retention {
+        Retention::Keep(keep) => (
+            keep,
+            (keep / 10).clamp(Duration::from_secs(1), PARTITION_UPKEEP_EVERY),
+        ),
+        // Published rows are gone already: a past partition without pending rows is empty.
+        Retention::Delete => (Duration::ZERO, PARTITION_UPKEEP_EVERY),
+    };
+    loop {
+        match ctx.store.maintain_partitions(keep).await {
+            Ok(Some(report)) => {
+                if report.created > 0 || !report.dropped.is_empty() {
+                    tracing::info!(
+                        table = %ctx.table,
+                        created = report.created,
+                        dropped = ?report.dropped,
+                        "outbox relay: partitions maintained"
+                    );
+                }
+                if !report.pinned.is_empty() {
+                    tracing::warn!(
+                        table = %ctx.table,
+                        pinned = ?report.pinned,
+                        "outbox relay: partitions past retention kept: they hold pending rows"
+                    );
+                }
+                record_partitions(&ctx, &report);
+            }
+            Ok(None) => {
+                tracing::warn!(
+                    table = %ctx.table,
+                    "outbox relay: configured partitioned, but the table is not; \
+                     no partition upkeep"
+                );
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "outbox relay: partition upkeep failed; retrying later");
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(feature = "metrics")]
+#[allow(clippy::cast_precision_loss)] // Gauges are f64.
+fn record_partitions(ctx: &Shared, report: &crate::backend::PartitionReport) {
+    let table = ctx.table.clone();
+    metrics::gauge!("ms_outbox_pinned_partitions", "table" => table.clone())
+        .set(report.pinned.len() as f64);
+    metrics::counter!("ms_outbox_partitions_dropped_total", "table" => table)
+        .increment(report.dropped.len() as u64);
+}
+
+#[cfg(not(feature = "metrics"))]
+fn record_partitions(_: &Shared, _: &crate::backend::PartitionReport) {}
 
 /// Configures a [`Relay`]; every default is a named constant.
 #[must_use]
