@@ -227,6 +227,13 @@ impl PgStore {
         );
         let returning = "RETURNING id, kind, destination, envelope, created_at, strikes, \
                          attempts, partition_key, last_attempt_at";
+        // On a partitioned table the row's `created_at` lets the executor probe only the
+        // partition that holds it (run-time pruning), not every partition's key.
+        let chosen = if outbox.partitioning.is_some() {
+            "(id, created_at) IN (SELECT o.id, o.created_at"
+        } else {
+            "id IN (SELECT o.id"
+        };
         let claim = |hold: bool, keep: bool| -> Sql {
             let verb = if keep {
                 format!("UPDATE {t} SET published_at = now()")
@@ -235,7 +242,7 @@ impl PgStore {
             };
             let holds = if hold { holding.as_str() } else { "" };
             Arc::from(format!(
-                "{verb} WHERE shard = $1 AND id IN (SELECT o.id FROM {t} o \
+                "{verb} WHERE shard = $1 AND {chosen} FROM {t} o \
                  WHERE {pending} {holds} ORDER BY o.id LIMIT $2) {returning}"
             ))
         };

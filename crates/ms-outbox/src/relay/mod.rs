@@ -79,6 +79,56 @@
 //! that shard at once. Notifications can be lost (a listener reconnecting), so relays also
 //! poll every [`poll_interval`](RelayBuilder::poll_interval) with a loose index scan of the
 //! shards that have pending rows (one index probe per shard).
+//!
+//! # Partitioned retention
+//!
+//! Published rows leave the table in one of three ways, chosen by [`Retention`] and
+//! [`OutboxBuilder::partitioned`](crate::OutboxBuilder::partitioned):
+//!
+//! - [`Retention::Delete`]: each batch's rows are deleted in the transaction that confirms
+//!   them. The table holds only the backlog; vacuum reclaims the dead tuples as it goes.
+//! - [`Retention::Keep`] on a plain table: rows are marked published and deleted after the
+//!   retention by the relay, in bounded batches. Deleting is still work for vacuum, and a busy
+//!   table with a long retention accumulates dead tuples and index bloat between vacuums.
+//! - [`Retention::Keep`] on a table partitioned by time (PostgreSQL only): the table is
+//!   `PARTITION BY RANGE (created_at)`, one partition per hour or day, and the relay drops a
+//!   whole partition once its range ended more than the retention ago. `DROP TABLE` is O(1)
+//!   whatever the partition holds and leaves no dead tuple behind: no bloat, no vacuum debt.
+//!
+//! On a partitioned outbox the relay also keeps partitions ready: at start and then every
+//! tenth of the retention (between a second and a minute; every minute with
+//! [`Retention::Delete`]) it creates the current interval's partition and the next
+//! [`PARTITIONS_AHEAD`](crate::PARTITIONS_AHEAD), and drops the old ones. Each change is a short
+//! transaction under an advisory lock (concurrent relays take turns) and a 500 ms lock
+//! timeout (DDL queued behind a long transaction would block every query behind it; it tries
+//! again next round). With [`Retention::Delete`] partitions are created all the same and past
+//! ones are dropped once they hold no pending row (they are empty then).
+//!
+//! The trade-offs:
+//!
+//! - **A pending row pins its partition.** A partition is dropped only if it holds no
+//!   unpublished row (checked under the table lock, so a row written meanwhile is never lost):
+//!   a row held back by failures keeps its whole partition, past the retention. The relay logs
+//!   a warning naming such partitions and sets the `ms_outbox_pinned_partitions` gauge
+//!   (feature `metrics`); parking or discarding the row releases it.
+//! - **Rows are kept between the retention and the retention plus one interval**, since a
+//!   partition goes only when its newest possible row is old enough.
+//! - **The primary key includes `created_at`**: `(shard, id, created_at)`, since a
+//!   partitioned table's unique keys must contain the partition key. Ids still come from one
+//!   sequence. The claim matches rows on `(id, created_at)`, so each confirmed row is found in
+//!   its own partition; the rarer per-row statements (a failure, a parked row) probe every
+//!   partition's key, which is why intervals should keep their count in the tens, not
+//!   thousands.
+//! - **A default partition** takes rows no partition covers: a dead letter replayed after its
+//!   partition was dropped, or rows written while every relay was down longer than the
+//!   partitions ahead. Its published rows are deleted in batches after the retention, as on a
+//!   plain table, and its rows of a range move into the partition when the relay creates it.
+//!   Dropping and creating partitions lock the table exclusively for a moment.
+//! - **The layout is chosen when the table is created** (the `0001_outbox_partitioned.sql`
+//!   migration instead of `0001_outbox.sql`); an existing table keeps its layout. Switching
+//!   means a new table: point writers at it, let a relay of the old one drain it, drop it.
+//! - **Not on SQLite**, which has no partitioning (and an embedded, single-writer outbox rarely
+//!   keeps enough rows for bloat to matter).
 
 mod config;
 mod queue;
