@@ -429,3 +429,79 @@ async fn every_row_is_published_once_in_order_with_rows_kept() {
 async fn every_row_is_published_once_in_order_with_rows_deleted() {
     every_row_once(Retention::Delete).await;
 }
+
+/// A partition kept past the retention for a pending row shows on a gauge; dropped ones on
+/// a counter (metrics-util's debugging recorder, local to the test's thread, which runs every
+/// task of the relay).
+#[cfg(feature = "metrics")]
+#[test]
+fn pinned_and_dropped_partitions_show_in_the_metrics() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let test = async {
+        let Some(db) = ms_testkit::postgres().await else {
+            return;
+        };
+        let pool = db.pool().await;
+        let outbox = outbox_named("pins");
+        outbox.migrate(&pool).await.unwrap();
+        let (empty_hour, _) = past_partition(&pool, "pins", 30).await;
+        let (pinned_hour, pinned) = past_partition(&pool, "pins", 20).await;
+        enqueue(&pool, &outbox, vec![event("a", 1), event("b", 1)]).await;
+        sqlx::query("UPDATE pins SET created_at = $1 WHERE partition_key = 'a'")
+            .bind(empty_hour + Duration::from_secs(60))
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "UPDATE pins SET created_at = $1, available_at = now() + interval '1 day' \
+             WHERE partition_key = 'b'",
+        )
+        .bind(pinned_hour + Duration::from_secs(60))
+        .execute(&pool)
+        .await
+        .unwrap();
+        let relay = Relay::builder(&outbox, &pool, MemoryBus::new())
+            .retention(Retention::Keep(Duration::from_secs(1)))
+            .build()
+            .spawn();
+        let (mut pinned_gauge, mut dropped) = (None, 0);
+        let waited = tokio::time::timeout(WAIT, async {
+            while !(pinned_gauge == Some(1.0) && dropped >= 1) {
+                for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+                    let key = key.key();
+                    if !key
+                        .labels()
+                        .any(|l| l.key() == "table" && l.value() == "pins")
+                    {
+                        continue;
+                    }
+                    match (key.name(), value) {
+                        ("ms_outbox_pinned_partitions", DebugValue::Gauge(v)) => {
+                            pinned_gauge = Some(v.0);
+                        }
+                        ("ms_outbox_partitions_dropped_total", DebugValue::Counter(n)) => {
+                            dropped += n;
+                        }
+                        _ => {}
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(
+            waited.is_ok(),
+            "pinned gauge {pinned_gauge:?}, dropped {dropped}"
+        );
+        assert!(partitions(&pool, "pins").await.contains(&pinned));
+        relay.shutdown().await.unwrap();
+    };
+    metrics::with_local_recorder(&recorder, || runtime.block_on(test));
+}
