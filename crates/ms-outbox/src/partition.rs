@@ -37,6 +37,11 @@ impl PartitionInterval {
         }
     }
 
+    /// The end of the partition starting at `start` (`None` past the calendar's end).
+    pub(crate) fn end(self, start: OffsetDateTime) -> Option<OffsetDateTime> {
+        start.checked_add(time::Duration::try_from(self.duration()).ok()?)
+    }
+
     /// The start of the partition that holds `at`.
     pub(crate) fn floor(self, at: OffsetDateTime) -> OffsetDateTime {
         let at = at.to_offset(UtcOffset::UTC);
@@ -87,7 +92,7 @@ impl PartitionInterval {
             Time::from_hms(hour, 0, 0).ok()?,
         )
         .assume_utc();
-        Some((interval, start, start + interval.duration()))
+        Some((interval, start, interval.end(start)?))
     }
 }
 

@@ -21,6 +21,8 @@ use crate::{OutboxError, PartitionInterval};
 const LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '500ms'";
 /// PostgreSQL's "would overlap partition" (an existing partition covers the range already).
 const INVALID_OBJECT_DEFINITION: &str = "42P17";
+/// PostgreSQL's "relation does not exist".
+const UNDEFINED_TABLE: &str = "42P01";
 
 /// Whether the outbox table exists and is partitioned.
 pub(super) async fn is_partitioned(
@@ -61,10 +63,13 @@ pub(super) async fn create_ahead(
     let mut start = interval.floor(now);
     let mut created = 0;
     for _ in 0..=PARTITIONS_AHEAD {
-        if create(pool, schema, interval, start).await? {
+        let Some(end) = interval.end(start) else {
+            break;
+        };
+        if create(pool, schema, interval, start, end).await? {
             created += 1;
         }
-        start += interval.duration();
+        start = end;
     }
     Ok(created)
 }
@@ -81,12 +86,10 @@ async fn create(
     schema: &OutboxSchema,
     interval: PartitionInterval,
     start: OffsetDateTime,
+    end: OffsetDateTime,
 ) -> Result<bool, OutboxError> {
     let partition = schema.partition(&interval.suffix(start)).quoted();
-    let (from, to) = (
-        timestamp_literal(start),
-        timestamp_literal(start + interval.duration()),
-    );
+    let (from, to) = (timestamp_literal(start), timestamp_literal(end));
     let mut tx = begin(pool, schema).await?;
     let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
         .bind(&partition)
@@ -145,19 +148,31 @@ pub(super) async fn drop_old(
         let Some((_, _, end)) = PartitionInterval::parse_suffix(&name[at..]) else {
             continue;
         };
-        if schema.partition(&name[at..]).table() != name || end + keep > now {
+        let expired = time::Duration::try_from(keep)
+            .ok()
+            .and_then(|keep| end.checked_add(keep))
+            .is_some_and(|expiry| expiry <= now);
+        if schema.partition(&name[at..]).table() != name || !expired {
             continue;
         }
         let partition = schema.partition(&name[at..]).quoted();
         let pending =
             format!("SELECT EXISTS (SELECT 1 FROM {partition} WHERE published_at IS NULL)");
-        // A cheap look first, without the lock.
-        let pinned: bool = sqlx::query_scalar(AssertSqlSafe(pending.clone()))
+        // A cheap look first, without the lock. (Another relay may have dropped it since the
+        // listing.)
+        match sqlx::query_scalar(AssertSqlSafe(pending.clone()))
             .fetch_one(pool)
-            .await?;
-        if pinned {
-            report.pinned.push(name);
-            continue;
+            .await
+        {
+            Ok(true) => {
+                report.pinned.push(name);
+                continue;
+            }
+            Ok(false) => {}
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(UNDEFINED_TABLE) => {
+                continue;
+            }
+            Err(e) => return Err(e.into()),
         }
         // Dropping a partition locks the whole table exclusively, for a moment. The look is
         // repeated under that lock: a transaction still writing into the partition (a replayed
@@ -170,6 +185,13 @@ pub(super) async fn drop_old(
         )))
         .execute(&mut *tx)
         .await?;
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(&partition)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !exists {
+            continue;
+        }
         let pinned: bool = sqlx::query_scalar(AssertSqlSafe(pending))
             .fetch_one(&mut *tx)
             .await?;
