@@ -6,6 +6,9 @@
 //! - [`Relay`] publishes committed rows and removes them once the broker confirmed them
 //!   (at least once; the envelope id is the broker's dedup key). Its module docs explain the
 //!   design: shards, advisory-lock leases, commit order per key, poison rows.
+//! - Published rows are deleted per batch, kept for a while ([`Retention::Keep`]), or, on a
+//!   PostgreSQL table [partitioned by time](OutboxBuilder::partitioned), dropped a whole
+//!   partition at a time: no bloat.
 //! - [`Inbox`] records which envelopes a consumer has handled, in the consumer's transaction.
 //! - `health::RelayCheck` (feature `health`) is an ms-health check of a running relay: alive,
 //!   heartbeat fresh, backlog moving.
