@@ -276,14 +276,21 @@ async fn rows_that_landed_in_the_default_partition_move_into_a_new_partition() {
     let pool = db.pool().await;
     let outbox = outbox_named("late");
     outbox.migrate(&pool).await.unwrap();
-    // The current hour's partition is missing (say every process was down for hours).
-    let (_, suffix) = hour(&pool, 0).await;
-    let current = format!("late{suffix}");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {current}")))
+    // A partition is missing (say every process was down for hours): the rows of its range
+    // land in the default partition. (A partition ahead rather than the current one, so that the
+    // test holds across an hour boundary.)
+    let (start, suffix) = hour(&pool, -2).await;
+    let missing = format!("late{suffix}");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {missing}")))
         .execute(&pool)
         .await
         .unwrap();
     enqueue(&pool, &outbox, vec![event("k", 1), event("k", 2)]).await;
+    sqlx::query("UPDATE late SET created_at = $1")
+        .bind(start + Duration::from_secs(60))
+        .execute(&pool)
+        .await
+        .unwrap();
     assert_eq!(
         homes(&pool, "late", "k").await,
         vec!["late_default".to_owned(); 2]
@@ -291,7 +298,7 @@ async fn rows_that_landed_in_the_default_partition_move_into_a_new_partition() {
 
     // The next upkeep (here a migrate; the relay's does the same) creates it and moves them.
     outbox.migrate(&pool).await.unwrap();
-    assert_eq!(homes(&pool, "late", "k").await, vec![current; 2]);
+    assert_eq!(homes(&pool, "late", "k").await, vec![missing; 2]);
 
     let bus = MemoryBus::new();
     let mut deliveries = bus
@@ -313,12 +320,12 @@ async fn a_keys_rows_are_published_in_order_across_partitions() {
     let pool = db.pool().await;
     let outbox = outbox_named("ordered");
     outbox.migrate(&pool).await.unwrap();
-    let (previous_hour, previous) = past_partition(&pool, "ordered", 1).await;
+    let (previous_hour, previous) = past_partition(&pool, "ordered", 2).await;
     let keys = ["k0", "k1", "k2"];
     for seq in 1..=60 {
         enqueue(&pool, &outbox, keys.iter().map(|k| event(k, seq)).collect()).await;
     }
-    // Each key's first 20 rows belong to the previous hour, the next 10 to a time no
+    // Each key's first 20 rows belong to two hours ago, the next 10 to a time no
     // partition covers (the default partition), the rest to the current hour.
     sqlx::query(
         "WITH ranked AS (SELECT id, row_number() OVER (PARTITION BY partition_key ORDER BY id) \
