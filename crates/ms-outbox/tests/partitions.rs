@@ -512,3 +512,34 @@ fn pinned_and_dropped_partitions_show_in_the_metrics() {
     };
     metrics::with_local_recorder(&recorder, || runtime.block_on(test));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_table_does_not_fail_migrate_the_partitions_come_later() {
+    let Some(db) = ms_testkit::postgres().await else {
+        return;
+    };
+    let pool = db.pool().await;
+    let outbox = outbox_named("busy_parts");
+    outbox.migrate(&pool).await.unwrap();
+    let (_, suffix) = hour(&pool, -2).await;
+    let missing = format!("busy_parts{suffix}");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {missing}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    // A long transaction reading the table (a relay's batch, a report) holds a lock that
+    // creating a partition must wait for.
+    let mut reader = pool.begin().await.unwrap();
+    sqlx::query("SELECT count(*) FROM busy_parts")
+        .execute(&mut *reader)
+        .await
+        .unwrap();
+    outbox
+        .migrate(&pool)
+        .await
+        .expect("a busy table only postpones the partitions");
+    assert!(!partitions(&pool, "busy_parts").await.contains(&missing));
+    reader.commit().await.unwrap();
+    outbox.migrate(&pool).await.unwrap();
+    assert!(partitions(&pool, "busy_parts").await.contains(&missing));
+}

@@ -439,8 +439,25 @@ impl Store for PgStore {
             .await?;
             if let Some(interval) = interval {
                 if partitions::is_partitioned(&self.pool, schema).await? {
-                    // Writers need no relay to find a partition for today's rows.
-                    partitions::create_ahead(&self.pool, schema, interval).await?;
+                    // Writers need no relay to find a partition for today's rows. A lock held
+                    // long elsewhere (a relay publishing a slow batch) must not fail the
+                    // service's start: rows go to the default partition meanwhile, and the
+                    // relay creates the partitions (and moves them) on its next round.
+                    match partitions::create_ahead(&self.pool, schema, interval).await {
+                        Err(OutboxError::Database(sqlx::Error::Database(e)))
+                            if e.code().as_deref() == Some(partitions::LOCK_NOT_AVAILABLE) =>
+                        {
+                            tracing::warn!(
+                                table = %schema.name,
+                                error = %e,
+                                "outbox: partitions not created yet (table busy); \
+                                 the relay will"
+                            );
+                        }
+                        other => {
+                            other?;
+                        }
+                    }
                 } else {
                     tracing::warn!(
                         table = %schema.name,

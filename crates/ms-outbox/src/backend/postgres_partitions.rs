@@ -21,6 +21,8 @@ use crate::{OutboxError, PartitionInterval};
 const LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '500ms'";
 /// PostgreSQL's "would overlap partition" (an existing partition covers the range already).
 const INVALID_OBJECT_DEFINITION: &str = "42P17";
+/// PostgreSQL's "lock not available" (the lock timeout expired).
+pub(super) const LOCK_NOT_AVAILABLE: &str = "55P03";
 /// PostgreSQL's "relation does not exist".
 const UNDEFINED_TABLE: &str = "42P01";
 
