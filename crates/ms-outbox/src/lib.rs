@@ -6,6 +6,9 @@
 //! - [`Relay`] publishes committed rows and removes them once the broker confirmed them
 //!   (at least once; the envelope id is the broker's dedup key). Its module docs explain the
 //!   design: shards, advisory-lock leases, commit order per key, poison rows.
+//! - Published rows are deleted per batch, kept for a while ([`Retention::Keep`]), or, on a
+//!   PostgreSQL table [partitioned by time](OutboxBuilder::partitioned), dropped a whole
+//!   partition at a time: no bloat.
 //! - [`Inbox`] records which envelopes a consumer has handled, in the consumer's transaction.
 //! - `health::RelayCheck` (feature `health`) is an ms-health check of a running relay: alive,
 //!   heartbeat fresh, backlog moving.
@@ -38,6 +41,7 @@ pub mod inbox;
 mod key;
 mod message;
 mod outbox;
+mod partition;
 pub mod relay;
 mod schema;
 mod table_name;
@@ -49,6 +53,7 @@ pub use health::RelayCheck;
 pub use inbox::{DEFAULT_INBOX_CLEANUP_BATCH, DEFAULT_INBOX_TABLE, Inbox};
 pub use message::{MessageKind, OutboxMessage};
 pub use outbox::{DEFAULT_SHARDS, DEFAULT_TABLE, MAX_SHARDS, Outbox, OutboxBuilder};
+pub use partition::{PARTITIONS_AHEAD, PartitionInterval};
 pub use relay::{OnPoison, Relay, RelayBuilder, RelayHandle, RelayMonitor, RelayStatus, Retention};
 pub use schema::Migration;
 pub use table_name::{InvalidTableName, MAX_IDENTIFIER_LEN, TableName};

@@ -42,6 +42,8 @@ pub(crate) struct OutboxSchema {
     pub(crate) outbox: String,
     /// Quoted, qualified dead-letter table.
     pub(crate) dead_letters: String,
+    /// Quoted, qualified default partition (partitioned outboxes, PostgreSQL).
+    pub(crate) default_partition: String,
     pub(crate) dead_letters_name: TableName,
     /// The LISTEN/NOTIFY channel (PostgreSQL).
     pub(crate) channel: String,
@@ -59,12 +61,18 @@ impl OutboxSchema {
         Self {
             outbox: name.quoted(),
             dead_letters: dead_letters_name.quoted(),
+            default_partition: qualified(&name, &derived_name(&table, "_default")).quoted(),
             dead_letters_name,
             channel: derived_name(&full.replace('.', "_"), "_wakeup"),
             key_lock_space: key_hash(&format!("ms_outbox:key:{full}")).cast_signed(),
             shard_lock_space: key_hash(&format!("ms_outbox:shard:{full}")).cast_signed(),
             name,
         }
+    }
+
+    /// The partition of this outbox whose name ends with `suffix`, in the outbox's schema.
+    pub(crate) fn partition(&self, suffix: &str) -> TableName {
+        qualified(&self.name, &derived_name(self.name.table(), suffix))
     }
 
     /// Substitutes the placeholders of a migration file.
@@ -82,6 +90,7 @@ impl OutboxSchema {
             .replace("{outbox_failing_idx}", &index(table, "_failing_idx"))
             .replace("{outbox_published_idx}", &index(table, "_published_idx"))
             .replace("{dead_letters_key_idx}", &index(dead, "_key_idx"))
+            .replace("{outbox_default}", &self.default_partition)
             .replace("{outbox_table}", &format!(r#""{table}""#))
             .replace("{dead_letters_table}", &format!(r#""{dead}""#))
             .replace("{outbox}", &self.outbox)
@@ -104,9 +113,18 @@ pub(crate) fn versions_table(like: &TableName) -> String {
     qualified(like, "ms_outbox_schema").quoted()
 }
 
-/// The outbox migrations of database `DB`, rendered for `schema`.
-pub(crate) fn outbox_migrations<DB: crate::Backend>(schema: &OutboxSchema) -> Vec<Migration> {
-    DB::MIGRATIONS
+/// The outbox migrations of database `DB`, rendered for `schema`: the partitioned variant
+/// when `partitioned` (PostgreSQL).
+pub(crate) fn outbox_migrations<DB: crate::Backend>(
+    schema: &OutboxSchema,
+    partitioned: bool,
+) -> Vec<Migration> {
+    let files = if partitioned {
+        DB::PARTITIONED_MIGRATIONS
+    } else {
+        DB::MIGRATIONS
+    };
+    files
         .iter()
         .map(|&(version, description, sql)| Migration {
             version,
@@ -144,6 +162,12 @@ mod tests {
             );
             assert!(!sql.contains('{'), "{sql}");
             assert!(sql.contains(r#""billing"."outbox_dead_letters""#));
+            let sql = schema.render(
+                include_str!("../migrations/postgres/0001_outbox_partitioned.sql"),
+                qualify,
+            );
+            assert!(!sql.contains('{'), "{sql}");
+            assert!(sql.contains(r#""billing"."outbox_default" PARTITION OF"#));
         }
         let sql = schema.render(include_str!("../migrations/sqlite/0001_outbox.sql"), true);
         assert!(!sql.contains('{'), "{sql}");

@@ -14,6 +14,8 @@ use crate::{Migration, OutboxError, TableName};
 
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+mod postgres_partitions;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
@@ -45,6 +47,11 @@ pub(crate) mod sealed {
         /// The migration files: version, description, SQL with placeholders.
         #[doc(hidden)]
         const MIGRATIONS: &'static [(i64, &'static str, &'static str)];
+
+        /// The migration files of a table partitioned by time (PostgreSQL; SQLite has no
+        /// partitions and never asks for them).
+        #[doc(hidden)]
+        const PARTITIONED_MIGRATIONS: &'static [(i64, &'static str, &'static str)];
 
         /// Whether index names carry the schema (SQLite) or take the table's (PostgreSQL).
         #[doc(hidden)]
@@ -249,4 +256,27 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn cleanup(&self, older_than: Duration, limit: i64) -> BoxFuture<'_, Result<u64, OutboxError>>;
     /// Whether several relays may run at once (each on its own shards).
     fn shards_concurrently(&self) -> bool;
+    /// Whether the outbox was configured partitioned (the relay then runs
+    /// [`maintain_partitions`](Self::maintain_partitions)).
+    fn partitioned(&self) -> bool {
+        false
+    }
+    /// Creates the partitions ahead and drops those whose whole range ended more than
+    /// `keep` ago and that hold no pending row. `None` when the table is not partitioned.
+    fn maintain_partitions(
+        &self,
+        keep: Duration,
+    ) -> BoxFuture<'_, Result<Option<PartitionReport>, OutboxError>> {
+        let _ = keep;
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// What a round of partition upkeep did.
+#[derive(Debug, Default)]
+pub(crate) struct PartitionReport {
+    pub(crate) created: usize,
+    pub(crate) dropped: Vec<String>,
+    /// Partitions old enough to drop, kept because they hold pending rows.
+    pub(crate) pinned: Vec<String>,
 }

@@ -8,9 +8,10 @@ use sqlx::postgres::{PgConnection, PgListener, PgPool, Postgres};
 use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
 
+use super::postgres_partitions as partitions;
 use super::{
-    Backlog, BatchOutcome, Claim, ClaimedBatch, DeadLetter, InboxStatements, PreparedRow, Store,
-    StoredRow, sealed,
+    Backlog, BatchOutcome, Claim, ClaimedBatch, DeadLetter, InboxStatements, PartitionReport,
+    PreparedRow, Store, StoredRow, sealed,
 };
 use crate::key::{key_hash, lock_id};
 use crate::outbox::OutboxInner;
@@ -26,6 +27,11 @@ impl sealed::Sealed for Postgres {
         1,
         "outbox and dead-letter tables",
         include_str!("../../migrations/postgres/0001_outbox.sql"),
+    )];
+    const PARTITIONED_MIGRATIONS: &'static [(i64, &'static str, &'static str)] = &[(
+        1,
+        "outbox (partitioned by created_at) and dead-letter tables",
+        include_str!("../../migrations/postgres/0001_outbox_partitioned.sql"),
     )];
     const QUALIFIED_INDEXES: bool = false;
 
@@ -221,6 +227,13 @@ impl PgStore {
         );
         let returning = "RETURNING id, kind, destination, envelope, created_at, strikes, \
                          attempts, partition_key, last_attempt_at";
+        // On a partitioned table the row's `created_at` lets the executor probe only the
+        // partition that holds it (run-time pruning), not every partition's key.
+        let chosen = if outbox.partitioning.is_some() {
+            "(id, created_at) IN (SELECT o.id, o.created_at"
+        } else {
+            "id IN (SELECT o.id"
+        };
         let claim = |hold: bool, keep: bool| -> Sql {
             let verb = if keep {
                 format!("UPDATE {t} SET published_at = now()")
@@ -229,7 +242,7 @@ impl PgStore {
             };
             let holds = if hold { holding.as_str() } else { "" };
             Arc::from(format!(
-                "{verb} WHERE shard = $1 AND id IN (SELECT o.id FROM {t} o \
+                "{verb} WHERE shard = $1 AND {chosen} FROM {t} o \
                  WHERE {pending} {holds} ORDER BY o.id LIMIT $2) {returning}"
             ))
         };
@@ -416,13 +429,44 @@ impl Store for PgStore {
     fn migrate(&self) -> BoxFuture<'_, Result<(), OutboxError>> {
         Box::pin(async move {
             let schema = self.schema();
+            let interval = self.outbox.partitioning;
             apply_migrations(
                 &self.pool,
                 &schema.name,
                 &schema.name.to_string(),
-                &outbox_migrations::<Postgres>(schema),
+                &outbox_migrations::<Postgres>(schema, interval.is_some()),
             )
-            .await
+            .await?;
+            if let Some(interval) = interval {
+                if partitions::is_partitioned(&self.pool, schema).await? {
+                    // Writers need no relay to find a partition for today's rows. A lock held
+                    // long elsewhere (a relay publishing a slow batch) must not fail the
+                    // service's start: rows go to the default partition meanwhile, and the
+                    // relay creates the partitions (and moves them) on its next round.
+                    match partitions::create_ahead(&self.pool, schema, interval).await {
+                        Err(OutboxError::Database(sqlx::Error::Database(e)))
+                            if e.code().as_deref() == Some(partitions::LOCK_NOT_AVAILABLE) =>
+                        {
+                            tracing::warn!(
+                                table = %schema.name,
+                                error = %e,
+                                "outbox: partitions not created yet (table busy); \
+                                 the relay will"
+                            );
+                        }
+                        other => {
+                            other?;
+                        }
+                    }
+                } else {
+                    tracing::warn!(
+                        table = %schema.name,
+                        "outbox: configured partitioned, but the table was created \
+                         unpartitioned and stays so (switching needs a new table)"
+                    );
+                }
+            }
+            Ok(())
         })
     }
 
@@ -659,7 +703,16 @@ impl Store for PgStore {
 
     fn cleanup(&self, older_than: Duration, limit: i64) -> BoxFuture<'_, Result<u64, OutboxError>> {
         Box::pin(async move {
-            let t = &self.schema().outbox;
+            let s = self.schema();
+            // A partitioned table's partitions are dropped whole once old enough; only the
+            // default partition's rows are deleted one by one.
+            let t = if self.outbox.partitioning.is_some()
+                && partitions::is_partitioned(&self.pool, s).await?
+            {
+                &s.default_partition
+            } else {
+                &s.outbox
+            };
             let done = sqlx::query(AssertSqlSafe(format!(
                 "DELETE FROM {t} WHERE (shard, id) IN (SELECT shard, id FROM {t} \
                  WHERE published_at < now() - $1 * interval '1 millisecond' LIMIT $2)"
@@ -674,5 +727,30 @@ impl Store for PgStore {
 
     fn shards_concurrently(&self) -> bool {
         true
+    }
+
+    fn partitioned(&self) -> bool {
+        self.outbox.partitioning.is_some()
+    }
+
+    fn maintain_partitions(
+        &self,
+        keep: Duration,
+    ) -> BoxFuture<'_, Result<Option<PartitionReport>, OutboxError>> {
+        Box::pin(async move {
+            let s = self.schema();
+            let Some(interval) = self.outbox.partitioning else {
+                return Ok(None);
+            };
+            if !partitions::is_partitioned(&self.pool, s).await? {
+                return Ok(None);
+            }
+            let mut report = PartitionReport {
+                created: partitions::create_ahead(&self.pool, s, interval).await?,
+                ..PartitionReport::default()
+            };
+            partitions::drop_old(&self.pool, s, keep, &mut report).await?;
+            Ok(Some(report))
+        })
     }
 }

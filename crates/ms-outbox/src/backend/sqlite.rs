@@ -33,6 +33,9 @@ impl sealed::Sealed for Sqlite {
         "outbox and dead-letter tables",
         include_str!("../../migrations/sqlite/0001_outbox.sql"),
     )];
+    // SQLite has no table partitioning; `OutboxBuilder::partitioned` exists only for
+    // PostgreSQL, so this is never chosen.
+    const PARTITIONED_MIGRATIONS: &'static [(i64, &'static str, &'static str)] = Self::MIGRATIONS;
     const QUALIFIED_INDEXES: bool = true;
 
     fn enqueue<'a>(
@@ -365,7 +368,7 @@ impl Store for SqliteStore {
                 &self.pool,
                 &schema.name,
                 &schema.name.to_string(),
-                &outbox_migrations::<Sqlite>(schema),
+                &outbox_migrations::<Sqlite>(schema, false),
             )
             .await
         })

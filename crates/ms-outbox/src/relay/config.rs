@@ -44,10 +44,17 @@ pub enum OnPoison {
 pub enum Retention {
     /// Deleted in the transaction that confirms them: one batch at a time, so the table never
     /// holds more than the backlog and vacuum keeps up.
+    /// (On a partitioned outbox, past partitions are dropped once empty.)
     #[default]
     Delete,
     /// Marked published and deleted after this long, in bounded batches, by the relay (an
     /// audit trail, or replay from the table).
+    ///
+    /// On a [partitioned](crate::OutboxBuilder::partitioned) outbox (PostgreSQL) the relay
+    /// instead drops whole partitions once their range ended this long ago, in O(1) and
+    /// without dead tuples; rows then stay up to one partition interval longer, and a
+    /// partition holding a pending row is kept until the row is gone. See
+    /// [partitioned retention](crate::relay#partitioned-retention).
     Keep(Duration),
 }
 

@@ -79,6 +79,56 @@
 //! that shard at once. Notifications can be lost (a listener reconnecting), so relays also
 //! poll every [`poll_interval`](RelayBuilder::poll_interval) with a loose index scan of the
 //! shards that have pending rows (one index probe per shard).
+//!
+//! # Partitioned retention
+//!
+//! Published rows leave the table in one of three ways, chosen by [`Retention`] and
+//! [`OutboxBuilder::partitioned`](crate::OutboxBuilder::partitioned):
+//!
+//! - [`Retention::Delete`]: each batch's rows are deleted in the transaction that confirms
+//!   them. The table holds only the backlog; vacuum reclaims the dead tuples as it goes.
+//! - [`Retention::Keep`] on a plain table: rows are marked published and deleted after the
+//!   retention by the relay, in bounded batches. Deleting is still work for vacuum, and a busy
+//!   table with a long retention accumulates dead tuples and index bloat between vacuums.
+//! - [`Retention::Keep`] on a table partitioned by time (PostgreSQL only): the table is
+//!   `PARTITION BY RANGE (created_at)`, one partition per hour or day, and the relay drops a
+//!   whole partition once its range ended more than the retention ago. `DROP TABLE` is O(1)
+//!   whatever the partition holds and leaves no dead tuple behind: no bloat, no vacuum debt.
+//!
+//! On a partitioned outbox the relay also keeps partitions ready: at start and then every
+//! tenth of the retention (between a second and a minute; every minute with
+//! [`Retention::Delete`]) it creates the current interval's partition and the next
+//! [`PARTITIONS_AHEAD`](crate::PARTITIONS_AHEAD), and drops the old ones. Each change is a short
+//! transaction under an advisory lock (concurrent relays take turns) and a 500 ms lock
+//! timeout (DDL queued behind a long transaction would block every query behind it; it tries
+//! again next round). With [`Retention::Delete`] partitions are created all the same and past
+//! ones are dropped once they hold no pending row (they are empty then).
+//!
+//! The trade-offs:
+//!
+//! - **A pending row pins its partition.** A partition is dropped only if it holds no
+//!   unpublished row (checked under the table lock, so a row written meanwhile is never lost):
+//!   a row held back by failures keeps its whole partition, past the retention. The relay logs
+//!   a warning naming such partitions and sets the `ms_outbox_pinned_partitions` gauge
+//!   (feature `metrics`); parking or discarding the row releases it.
+//! - **Rows are kept between the retention and the retention plus one interval**, since a
+//!   partition goes only when its newest possible row is old enough.
+//! - **The primary key includes `created_at`**: `(shard, id, created_at)`, since a
+//!   partitioned table's unique keys must contain the partition key. Ids still come from one
+//!   sequence. The claim matches rows on `(id, created_at)`, so each confirmed row is found in
+//!   its own partition; the rarer per-row statements (a failure, a parked row) probe every
+//!   partition's key, which is why intervals should keep their count in the tens, not
+//!   thousands.
+//! - **A default partition** takes rows no partition covers: a dead letter replayed after its
+//!   partition was dropped, or rows written while every relay was down longer than the
+//!   partitions ahead. Its published rows are deleted in batches after the retention, as on a
+//!   plain table, and its rows of a range move into the partition when the relay creates it.
+//!   Dropping and creating partitions lock the table exclusively for a moment.
+//! - **The layout is chosen when the table is created** (the `0001_outbox_partitioned.sql`
+//!   migration instead of `0001_outbox.sql`); an existing table keeps its layout. Switching
+//!   means a new table: point writers at it, let a relay of the old one drain it, drop it.
+//! - **Not on SQLite**, which has no partitioning (and an embedded, single-writer outbox rarely
+//!   keeps enough rows for bloat to matter).
 
 mod config;
 mod queue;
@@ -112,6 +162,8 @@ use crate::{Outbox, OutboxError};
 const BACKLOG_EVERY_POLLS: u32 = 10;
 /// Rows deleted per cleanup statement when published rows are kept for a while.
 const CLEANUP_BATCH: i64 = 10_000;
+/// The longest pause between two rounds of partition upkeep.
+const PARTITION_UPKEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Publishes committed outbox rows to a bus. See the [module docs](self) for the design.
 pub struct Relay {
@@ -196,6 +248,9 @@ impl Relay {
         ));
         if let Retention::Keep(retention) = ctx.config.retention {
             background.spawn(cleanup(Arc::clone(&ctx), retention));
+        }
+        if ctx.store.partitioned() {
+            background.spawn(partitions(Arc::clone(&ctx)));
         }
 
         // Workers finish their batch before stopping: a batch cut mid-publish would only be
@@ -352,6 +407,66 @@ async fn cleanup(ctx: Arc<Shared>, retention: Duration) {
         tokio::time::sleep(every).await;
     }
 }
+
+/// Creates partitions ahead and drops old ones (partitioned outboxes), at startup and then
+/// every tenth of the retention (between 1 s and a minute).
+async fn partitions(ctx: Arc<Shared>) {
+    let (keep, every) = match ctx.config.retention {
+        Retention::Keep(keep) => (
+            keep,
+            (keep / 10).clamp(Duration::from_secs(1), PARTITION_UPKEEP_EVERY),
+        ),
+        // Published rows are gone already: a past partition without pending rows is empty.
+        Retention::Delete => (Duration::ZERO, PARTITION_UPKEEP_EVERY),
+    };
+    loop {
+        match ctx.store.maintain_partitions(keep).await {
+            Ok(Some(report)) => {
+                if report.created > 0 || !report.dropped.is_empty() {
+                    tracing::info!(
+                        table = %ctx.table,
+                        created = report.created,
+                        dropped = ?report.dropped,
+                        "outbox relay: partitions maintained"
+                    );
+                }
+                if !report.pinned.is_empty() {
+                    tracing::warn!(
+                        table = %ctx.table,
+                        pinned = ?report.pinned,
+                        "outbox relay: partitions past retention kept: they hold pending rows"
+                    );
+                }
+                record_partitions(&ctx, &report);
+            }
+            Ok(None) => {
+                tracing::warn!(
+                    table = %ctx.table,
+                    "outbox relay: configured partitioned, but the table is not; \
+                     no partition upkeep"
+                );
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "outbox relay: partition upkeep failed; retrying later");
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(feature = "metrics")]
+#[allow(clippy::cast_precision_loss)] // Gauges are f64.
+fn record_partitions(ctx: &Shared, report: &crate::backend::PartitionReport) {
+    let table = ctx.table.clone();
+    metrics::gauge!("ms_outbox_pinned_partitions", "table" => table.clone())
+        .set(report.pinned.len() as f64);
+    metrics::counter!("ms_outbox_partitions_dropped_total", "table" => table)
+        .increment(report.dropped.len() as u64);
+}
+
+#[cfg(not(feature = "metrics"))]
+fn record_partitions(_: &Shared, _: &crate::backend::PartitionReport) {}
 
 /// Configures a [`Relay`]; every default is a named constant.
 #[must_use]
