@@ -1,5 +1,15 @@
 //! A transactional outbox and inbox on sqlx, and a relay that moves committed events to any
-//! ms-bus publisher.
+//! ms-bus publisher, in order per key and in parallel across keys.
+//!
+//! - [`Outbox::enqueue`] writes an event into the caller's own transaction, with the trace
+//!   context and correlation ID current at that moment.
+//! - [`Relay`] publishes committed rows and removes them once the broker confirmed them
+//!   (at least once; the envelope id is the broker's dedup key). Its module docs explain the
+//!   design: shards, advisory-lock leases, commit order per key, poison rows.
+//! - `Inbox` records which envelopes a consumer has handled, in the consumer's transaction.
+//!
+//! PostgreSQL (feature `postgres`) runs any number of relays at once; SQLite (feature
+//! `sqlite`, the default) is the embedded choice, one relay per database.
 //!
 //! ```
 //! use ms_outbox::TableName;
@@ -10,13 +20,23 @@
 //! assert!(TableName::new("outbox; DROP TABLE invoices").is_err());
 //! # Ok::<(), ms_outbox::InvalidTableName>(())
 //! ```
-//!
-//! This crate is at its first brick: the validated [`TableName`]. The migrations, `Outbox`
-//! and `Inbox`, and the relay are not here yet.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod backend;
+mod error;
+mod key;
+mod message;
+mod outbox;
+pub mod relay;
+mod schema;
 mod table_name;
 
+pub use backend::{Backend, Backlog, DeadLetter};
+pub use error::OutboxError;
+pub use message::{MessageKind, OutboxMessage};
+pub use outbox::{DEFAULT_SHARDS, DEFAULT_TABLE, MAX_SHARDS, Outbox, OutboxBuilder};
+pub use relay::{OnPoison, Relay, RelayBuilder, RelayHandle, RelayMonitor, RelayStatus, Retention};
+pub use schema::Migration;
 pub use table_name::{InvalidTableName, MAX_IDENTIFIER_LEN, TableName};

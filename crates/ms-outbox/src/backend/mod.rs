@@ -1,0 +1,196 @@
+//! The databases the outbox runs on, and what the relay asks of them.
+//!
+//! [`Backend`] is sealed: PostgreSQL and SQLite are implemented here, each in its own module,
+//! behind the `postgres` and `sqlite` features.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use time::OffsetDateTime;
+
+use crate::OutboxError;
+use crate::outbox::OutboxInner;
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+/// A database the outbox can live in: [`sqlx::Postgres`] (feature `postgres`) or
+/// [`sqlx::Sqlite`] (feature `sqlite`, the default).
+pub trait Backend: sqlx::Database + sealed::Sealed {}
+
+impl<DB: sqlx::Database + sealed::Sealed> Backend for DB {}
+
+pub(crate) mod sealed {
+    use super::{Arc, BoxFuture, OutboxError, OutboxInner, PreparedRow, Store};
+
+    /// What each database implements; sealed so that the set can grow without breaking anyone.
+    // The sealed trait's items are nameable only inside this crate, whatever rustc's
+    // visibility lints infer from its nominal `pub`.
+    #[allow(unreachable_pub, private_interfaces)]
+    pub trait Sealed: sqlx::Database {
+        /// Writes prepared rows in the caller's transaction.
+        #[doc(hidden)]
+        fn enqueue<'a>(
+            conn: &'a mut Self::Connection,
+            outbox: &'a OutboxInner,
+            rows: &'a [PreparedRow],
+        ) -> BoxFuture<'a, Result<(), OutboxError>>;
+
+        /// The migration files: version, description, SQL with placeholders.
+        #[doc(hidden)]
+        const MIGRATIONS: &'static [(i64, &'static str, &'static str)];
+
+        /// Whether index names carry the schema (SQLite) or take the table's (PostgreSQL).
+        #[doc(hidden)]
+        const QUALIFIED_INDEXES: bool;
+
+        /// Everything that works on a pool rather than in the caller's transaction.
+        #[doc(hidden)]
+        fn store(pool: sqlx::Pool<Self>, outbox: Arc<OutboxInner>) -> Arc<dyn Store>;
+    }
+}
+
+/// A message ready to be written: validated, keyed, encoded.
+#[derive(Debug)]
+pub(crate) struct PreparedRow {
+    pub(crate) shard: i16,
+    pub(crate) key_hash: u32,
+    pub(crate) key: String,
+    pub(crate) kind: i16,
+    pub(crate) destination: String,
+    pub(crate) envelope: String,
+}
+
+/// A pending row as the relay reads it.
+#[derive(Debug)]
+pub(crate) struct StoredRow {
+    pub(crate) id: i64,
+    pub(crate) kind: i16,
+    pub(crate) destination: String,
+    pub(crate) envelope: String,
+    pub(crate) created_at: OffsetDateTime,
+    pub(crate) strikes: i32,
+    pub(crate) attempts: i32,
+}
+
+/// A row whose publication failed and that stays for a later attempt.
+#[derive(Debug)]
+pub(crate) struct FailedRow {
+    pub(crate) id: i64,
+    pub(crate) error: String,
+    /// Whether the failure counts towards the dead letter.
+    pub(crate) strike: bool,
+    pub(crate) retry_in: Duration,
+}
+
+/// What became of a claimed batch.
+#[derive(Debug, Default)]
+pub(crate) struct BatchOutcome {
+    pub(crate) published: Vec<i64>,
+    pub(crate) failed: Vec<FailedRow>,
+    /// Rows moved to the dead letters, with the reason.
+    pub(crate) parked: Vec<(i64, String)>,
+    /// Keep published rows (marked) instead of deleting them.
+    pub(crate) keep_published: bool,
+    /// Whether a parked row holds back the later rows of its key.
+    pub(crate) parked_blocks_key: bool,
+}
+
+/// The result of trying to claim a shard.
+pub(crate) enum Claim {
+    /// Another relay (or another worker) is draining the shard.
+    Busy,
+    /// The shard's next rows, locked until the batch is finished or dropped (dropping rolls
+    /// back: the rows stay pending).
+    Batch(Box<dyn ClaimedBatch>),
+}
+
+/// A claimed batch, inside the transaction that will remove its published rows.
+pub(crate) trait ClaimedBatch: Send {
+    /// The claimed rows, in id order (taken once).
+    fn take_rows(&mut self) -> Vec<StoredRow>;
+    /// Records the outcome and commits.
+    fn finish(
+        self: Box<Self>,
+        outcome: BatchOutcome,
+    ) -> BoxFuture<'static, Result<(), OutboxError>>;
+}
+
+/// A dead-lettered row.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The id the row had in the outbox (and gets back when replayed).
+    pub id: i64,
+    /// Event or command.
+    pub kind: crate::MessageKind,
+    /// The topic or command destination.
+    pub destination: String,
+    /// The partition key.
+    pub partition_key: String,
+    /// The stored envelope, as CloudEvents structured JSON (it may be the reason it was
+    /// parked, so it is not decoded here).
+    pub envelope: String,
+    /// When it was enqueued.
+    pub created_at: OffsetDateTime,
+    /// Failed attempts before it was parked.
+    pub attempts: i32,
+    /// The last error.
+    pub error: String,
+    /// When it was parked.
+    pub parked_at: OffsetDateTime,
+    /// Whether the later rows of its key wait for it.
+    pub blocks_key: bool,
+}
+
+/// How far behind the relay is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct Backlog {
+    /// Rows not yet published (dead letters not included).
+    pub pending: u64,
+    /// When the oldest pending row was enqueued.
+    pub oldest: Option<OffsetDateTime>,
+    /// Rows parked in the dead-letter table.
+    pub dead_letters: u64,
+    /// The age of the oldest open transaction on the database (PostgreSQL), which holds back
+    /// vacuum and, when it wrote outbox rows, the events of its keys.
+    pub oldest_transaction: Option<Duration>,
+}
+
+impl Backlog {
+    /// The age of the oldest pending row at `now`.
+    pub fn oldest_age(&self, now: OffsetDateTime) -> Option<Duration> {
+        self.oldest
+            .map(|oldest| (now - oldest).try_into().unwrap_or(Duration::ZERO))
+    }
+}
+
+/// What the relay and the maintenance APIs ask of a database.
+pub(crate) trait Store: Send + Sync + 'static {
+    fn migrate(&self) -> BoxFuture<'_, Result<(), OutboxError>>;
+    /// Shards that have pending rows (all of them: cheap on the pending index).
+    fn pending_shards(&self) -> BoxFuture<'_, Result<Vec<i16>, OutboxError>>;
+    /// Claims up to `limit` rows of `shard`. With `hold_keys`, rows behind a failing or
+    /// blocking parked row of their key are left out.
+    fn claim(
+        &self,
+        shard: i16,
+        limit: i64,
+        hold_keys: bool,
+    ) -> BoxFuture<'_, Result<Claim, OutboxError>>;
+    /// Runs forever, calling `wake(Some(shard))` for each committed write it hears of and
+    /// `wake(None)` when it may have missed some (reconnection).
+    fn listen(&self, wake: Arc<dyn Fn(Option<i16>) + Send + Sync>) -> BoxFuture<'static, ()>;
+    fn dead_letters(&self, limit: i64) -> BoxFuture<'_, Result<Vec<DeadLetter>, OutboxError>>;
+    fn replay(&self, id: i64) -> BoxFuture<'_, Result<bool, OutboxError>>;
+    fn discard(&self, id: i64) -> BoxFuture<'_, Result<bool, OutboxError>>;
+    fn backlog(&self) -> BoxFuture<'_, Result<Backlog, OutboxError>>;
+    /// Deletes up to `limit` rows published more than `older_than` ago; returns how many.
+    fn cleanup(&self, older_than: Duration, limit: i64) -> BoxFuture<'_, Result<u64, OutboxError>>;
+    /// Whether several relays may run at once (each on its own shards).
+    fn shards_concurrently(&self) -> bool;
+}

@@ -1,0 +1,578 @@
+//! PostgreSQL: shards locked per batch, LISTEN/NOTIFY wake-up, several relays at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use sqlx::postgres::{PgConnection, PgListener, PgPool, Postgres};
+use sqlx::{AssertSqlSafe, Row};
+use time::OffsetDateTime;
+
+use super::{
+    Backlog, BatchOutcome, Claim, ClaimedBatch, DeadLetter, PreparedRow, Store, StoredRow, sealed,
+};
+use crate::key::{key_hash, lock_id};
+use crate::outbox::OutboxInner;
+use crate::schema::{OutboxSchema, outbox_migrations, versions_table};
+use crate::{MessageKind, OutboxError};
+
+/// A prepared statement's text, shared without copying (sqlx caches statements by text).
+type Sql = Arc<str>;
+
+#[allow(private_interfaces)] // Sealed: callable only inside this crate.
+impl sealed::Sealed for Postgres {
+    const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = &[(
+        1,
+        "outbox and dead-letter tables",
+        include_str!("../../migrations/postgres/0001_outbox.sql"),
+    )];
+    const QUALIFIED_INDEXES: bool = false;
+
+    fn enqueue<'a>(
+        conn: &'a mut PgConnection,
+        outbox: &'a OutboxInner,
+        rows: &'a [PreparedRow],
+    ) -> BoxFuture<'a, Result<(), OutboxError>> {
+        Box::pin(enqueue(conn, outbox, rows))
+    }
+
+    fn store(pool: PgPool, outbox: Arc<OutboxInner>) -> Arc<dyn Store> {
+        Arc::new(PgStore::new(pool, outbox))
+    }
+}
+
+async fn enqueue(
+    conn: &mut PgConnection,
+    outbox: &OutboxInner,
+    rows: &[PreparedRow],
+) -> Result<(), OutboxError> {
+    let schema = &outbox.schema;
+    if outbox.key_order || outbox.notify {
+        // Key locks first, in a fixed (sorted) order so that one call never deadlocks with
+        // another; ids are drawn after, while the locks are held until commit, so the rows of
+        // one key get ids in commit order. The notification goes out at commit.
+        let mut keys: Vec<i32> = if outbox.key_order {
+            rows.iter().map(|r| lock_id(r.key_hash)).collect()
+        } else {
+            Vec::new()
+        };
+        keys.sort_unstable();
+        keys.dedup();
+        let mut shards: Vec<i16> = if outbox.notify {
+            rows.iter().map(|r| r.shard).collect()
+        } else {
+            Vec::new()
+        };
+        shards.sort_unstable();
+        shards.dedup();
+        sqlx::query(
+            // `count(*)` over a subquery still evaluates its volatile target lists.
+            "SELECT (SELECT count(*) FROM (SELECT pg_advisory_xact_lock($1, k) \
+                                           FROM unnest($2::int4[]) AS k) AS locks), \
+                    (SELECT count(*) FROM (SELECT pg_notify($3, s::text) \
+                                           FROM unnest($4::int2[]) AS s) AS notes)",
+        )
+        .bind(schema.key_lock_space)
+        .bind(&keys)
+        .bind(&schema.channel)
+        .bind(&shards)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if let [row] = rows {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (shard, partition_key, kind, destination, envelope) \
+             VALUES ($1, $2, $3, $4, $5)",
+            schema.outbox
+        )))
+        .bind(row.shard)
+        .bind(&row.key)
+        .bind(row.kind)
+        .bind(&row.destination)
+        .bind(&row.envelope)
+        .execute(&mut *conn)
+        .await?;
+    } else {
+        let mut shard = Vec::with_capacity(rows.len());
+        let mut key = Vec::with_capacity(rows.len());
+        let mut kind = Vec::with_capacity(rows.len());
+        let mut destination = Vec::with_capacity(rows.len());
+        let mut envelope = Vec::with_capacity(rows.len());
+        for row in rows {
+            shard.push(row.shard);
+            key.push(row.key.as_str());
+            kind.push(row.kind);
+            destination.push(row.destination.as_str());
+            envelope.push(row.envelope.as_str());
+        }
+        // `unnest` yields the rows in array order and ids are drawn row by row, so the
+        // caller's order is the id order.
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {} (shard, partition_key, kind, destination, envelope) \
+             SELECT * FROM unnest($1::int2[], $2::text[], $3::int2[], $4::text[], $5::text[])",
+            schema.outbox
+        )))
+        .bind(&shard)
+        .bind(&key)
+        .bind(&kind)
+        .bind(&destination)
+        .bind(&envelope)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The relay's statements, rendered once per outbox.
+struct Statements {
+    claim_holding_keys: Sql,
+    claim: Sql,
+    delete: Sql,
+    mark: Sql,
+    fail: Sql,
+    park: Sql,
+}
+
+pub(crate) struct PgStore {
+    pool: PgPool,
+    outbox: Arc<OutboxInner>,
+    statements: Arc<Statements>,
+}
+
+impl PgStore {
+    fn new(pool: PgPool, outbox: Arc<OutboxInner>) -> Self {
+        let s = &outbox.schema;
+        let (t, d) = (&s.outbox, &s.dead_letters);
+        let select = "SELECT o.id, o.kind, o.destination, o.envelope, o.created_at, \
+                      o.strikes, o.attempts";
+        let pending = "o.shard = $1 AND o.published_at IS NULL \
+                       AND (o.available_at IS NULL OR o.available_at <= now())";
+        let statements = Statements {
+            claim_holding_keys: Arc::from(format!(
+                "{select} FROM {t} o WHERE {pending} \
+                 AND NOT EXISTS (SELECT 1 FROM {t} w WHERE w.shard = $1 AND w.attempts > 0 \
+                     AND w.published_at IS NULL AND w.partition_key = o.partition_key \
+                     AND w.id < o.id) \
+                 AND NOT EXISTS (SELECT 1 FROM {d} x WHERE x.blocks_key AND x.shard = $1 \
+                     AND x.partition_key = o.partition_key) \
+                 ORDER BY o.id LIMIT $2"
+            )),
+            claim: Arc::from(format!(
+                "{select} FROM {t} o WHERE {pending} ORDER BY o.id LIMIT $2"
+            )),
+            delete: Arc::from(format!("DELETE FROM {t} WHERE shard = $2 AND id = ANY($1)")),
+            mark: Arc::from(format!(
+                "UPDATE {t} SET published_at = now() WHERE shard = $2 AND id = ANY($1)"
+            )),
+            fail: Arc::from(format!(
+                "UPDATE {t} o SET attempts = o.attempts + 1, strikes = o.strikes + f.strike, \
+                     last_error = f.error, last_attempt_at = now(), \
+                     available_at = now() + f.delay_ms * interval '1 millisecond' \
+                 FROM unnest($1::int8[], $2::int4[], $3::text[], $4::int8[]) \
+                     AS f(id, strike, error, delay_ms) \
+                 WHERE o.shard = $5 AND o.id = f.id"
+            )),
+            park: Arc::from(format!(
+                "WITH moved AS ( \
+                     DELETE FROM {t} o USING unnest($1::int8[], $2::text[]) AS p(id, error) \
+                     WHERE o.shard = $4 AND o.id = p.id \
+                     RETURNING o.id, o.shard, o.partition_key, o.kind, o.destination, \
+                         o.envelope, o.created_at, o.attempts, p.error) \
+                 INSERT INTO {d} (id, shard, partition_key, kind, destination, envelope, \
+                     created_at, attempts, error, blocks_key) \
+                 SELECT id, shard, partition_key, kind, destination, envelope, created_at, \
+                     attempts + 1, error, $3 FROM moved"
+            )),
+        };
+        Self {
+            pool,
+            outbox,
+            statements: Arc::new(statements),
+        }
+    }
+
+    fn schema(&self) -> &OutboxSchema {
+        &self.outbox.schema
+    }
+}
+
+/// Applies `migrations` to `object` (a table) under a lock, recording the version reached.
+pub(crate) async fn apply_migrations(
+    pool: &PgPool,
+    like: &crate::TableName,
+    object: &str,
+    migrations: &[crate::Migration],
+) -> Result<(), OutboxError> {
+    let versions = versions_table(like);
+    let mut tx = pool.begin().await?;
+    // Concurrent `CREATE TABLE IF NOT EXISTS` can still fail on the catalog's unique index:
+    // migrators take turns.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(i64::from(key_hash("ms_outbox_schema")))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE IF NOT EXISTS {versions} (object TEXT PRIMARY KEY, \
+         version BIGINT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    let current: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT version FROM {versions} WHERE object = $1"
+    )))
+    .bind(object)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let current = current.unwrap_or(0);
+    let known = migrations.last().map_or(0, |m| m.version);
+    if current > known {
+        return Err(OutboxError::SchemaTooNew {
+            table: object.to_owned(),
+            found: current,
+            known,
+        });
+    }
+    for migration in migrations.iter().filter(|m| m.version > current) {
+        sqlx::raw_sql(AssertSqlSafe(migration.sql.clone()))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {versions} (object, version) VALUES ($1, $2) \
+         ON CONFLICT (object) DO UPDATE SET version = EXCLUDED.version, applied_at = now()"
+    )))
+    .bind(object)
+    .bind(known)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+struct PgBatch {
+    tx: sqlx::Transaction<'static, Postgres>,
+    shard: i16,
+    rows: Vec<StoredRow>,
+    statements: Arc<Statements>,
+}
+
+impl ClaimedBatch for PgBatch {
+    fn take_rows(&mut self) -> Vec<StoredRow> {
+        std::mem::take(&mut self.rows)
+    }
+
+    fn finish(
+        self: Box<Self>,
+        outcome: BatchOutcome,
+    ) -> BoxFuture<'static, Result<(), OutboxError>> {
+        Box::pin(async move {
+            let PgBatch {
+                mut tx,
+                statements,
+                shard,
+                ..
+            } = *self;
+            if !outcome.published.is_empty() {
+                let statement = if outcome.keep_published {
+                    &statements.mark
+                } else {
+                    &statements.delete
+                };
+                sqlx::query(AssertSqlSafe(Arc::clone(statement)))
+                    .bind(&outcome.published)
+                    .bind(shard)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if !outcome.failed.is_empty() {
+                let ids: Vec<i64> = outcome.failed.iter().map(|f| f.id).collect();
+                let strikes: Vec<i32> =
+                    outcome.failed.iter().map(|f| i32::from(f.strike)).collect();
+                let errors: Vec<&str> = outcome.failed.iter().map(|f| f.error.as_str()).collect();
+                let delays: Vec<i64> = outcome
+                    .failed
+                    .iter()
+                    .map(|f| i64::try_from(f.retry_in.as_millis()).unwrap_or(i64::MAX))
+                    .collect();
+                sqlx::query(AssertSqlSafe(Arc::clone(&statements.fail)))
+                    .bind(&ids)
+                    .bind(&strikes)
+                    .bind(&errors)
+                    .bind(&delays)
+                    .bind(shard)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if !outcome.parked.is_empty() {
+                let ids: Vec<i64> = outcome.parked.iter().map(|p| p.0).collect();
+                let errors: Vec<&str> = outcome.parked.iter().map(|p| p.1.as_str()).collect();
+                sqlx::query(AssertSqlSafe(Arc::clone(&statements.park)))
+                    .bind(&ids)
+                    .bind(&errors)
+                    .bind(outcome.parked_blocks_key)
+                    .bind(shard)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+}
+
+impl Store for PgStore {
+    fn migrate(&self) -> BoxFuture<'_, Result<(), OutboxError>> {
+        Box::pin(async move {
+            let schema = self.schema();
+            apply_migrations(
+                &self.pool,
+                &schema.name,
+                &schema.name.to_string(),
+                &outbox_migrations::<Postgres>(schema),
+            )
+            .await
+        })
+    }
+
+    fn pending_shards(&self) -> BoxFuture<'_, Result<Vec<i16>, OutboxError>> {
+        Box::pin(async move {
+            let t = &self.schema().outbox;
+            // A loose index scan: one index probe per shard, however many rows are pending.
+            let shards: Vec<i16> = sqlx::query_scalar(AssertSqlSafe(format!(
+                "WITH RECURSIVE s(shard) AS ( \
+                     SELECT min(shard) FROM {t} WHERE published_at IS NULL \
+                     UNION ALL \
+                     SELECT (SELECT min(shard) FROM {t} \
+                             WHERE published_at IS NULL AND shard > s.shard) \
+                     FROM s WHERE s.shard IS NOT NULL) \
+                 SELECT shard FROM s WHERE shard IS NOT NULL"
+            )))
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(shards)
+        })
+    }
+
+    fn claim(
+        &self,
+        shard: i16,
+        limit: i64,
+        hold_keys: bool,
+    ) -> BoxFuture<'_, Result<Claim, OutboxError>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await?;
+            // The shard lock is the relay's lease, fenced by the transaction itself: it ends
+            // with the commit that removes the published rows, or with the rollback (crash,
+            // lost connection) that leaves them pending. It is taken in its own statement so
+            // that the claim's snapshot is taken after it, and sees what the previous holder
+            // committed.
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
+                .bind(self.schema().shard_lock_space)
+                .bind(i32::from(shard))
+                .fetch_one(&mut *tx)
+                .await?;
+            if !locked {
+                return Ok(Claim::Busy);
+            }
+            let statement = if hold_keys {
+                &self.statements.claim_holding_keys
+            } else {
+                &self.statements.claim
+            };
+            let rows = sqlx::query(AssertSqlSafe(Arc::clone(statement)))
+                .bind(shard)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|row| {
+                    Ok(StoredRow {
+                        id: row.try_get(0)?,
+                        kind: row.try_get(1)?,
+                        destination: row.try_get(2)?,
+                        envelope: row.try_get(3)?,
+                        created_at: row.try_get(4)?,
+                        strikes: row.try_get(5)?,
+                        attempts: row.try_get(6)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            Ok(Claim::Batch(Box::new(PgBatch {
+                tx,
+                shard,
+                rows,
+                statements: Arc::clone(&self.statements),
+            })))
+        })
+    }
+
+    fn listen(&self, wake: Arc<dyn Fn(Option<i16>) + Send + Sync>) -> BoxFuture<'static, ()> {
+        let pool = self.pool.clone();
+        let channel = self.schema().channel.clone();
+        Box::pin(async move {
+            let mut pause = Duration::from_millis(100);
+            loop {
+                let mut listener = match PgListener::connect_with(&pool).await {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::warn!(%error, "outbox relay: cannot connect its listener; polling meanwhile");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                };
+                if let Err(error) = listener.listen(&channel).await {
+                    tracing::warn!(%error, "outbox relay: LISTEN failed; polling meanwhile");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+                pause = Duration::from_millis(100);
+                // Anything committed while we were not listening is found by a full scan.
+                wake(None);
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(notification)) => {
+                            wake(notification.payload().parse::<i16>().ok());
+                        }
+                        // The connection dropped; `try_recv` reconnects on the next call.
+                        Ok(None) => wake(None),
+                        Err(error) => {
+                            tracing::warn!(%error, "outbox relay: listener failed; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    fn dead_letters(&self, limit: i64) -> BoxFuture<'_, Result<Vec<DeadLetter>, OutboxError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT id, kind, destination, partition_key, envelope, created_at, attempts, \
+                 error, parked_at, blocks_key FROM {} ORDER BY id LIMIT $1",
+                self.schema().dead_letters
+            )))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.into_iter()
+                .map(|row| {
+                    let kind: i16 = row.try_get(1)?;
+                    Ok(DeadLetter {
+                        id: row.try_get(0)?,
+                        kind: MessageKind::from_code(kind).unwrap_or(MessageKind::Event),
+                        destination: row.try_get(2)?,
+                        partition_key: row.try_get(3)?,
+                        envelope: row.try_get(4)?,
+                        created_at: row.try_get(5)?,
+                        attempts: row.try_get(6)?,
+                        error: row.try_get(7)?,
+                        parked_at: row.try_get(8)?,
+                        blocks_key: row.try_get(9)?,
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(OutboxError::from)
+        })
+    }
+
+    fn replay(&self, id: i64) -> BoxFuture<'_, Result<bool, OutboxError>> {
+        Box::pin(async move {
+            let s = self.schema();
+            let shard: Option<i16> = sqlx::query_scalar(AssertSqlSafe(format!(
+                "WITH r AS (DELETE FROM {d} WHERE id = $1 RETURNING *) \
+                 INSERT INTO {t} (id, shard, partition_key, kind, destination, envelope, \
+                     created_at) \
+                 SELECT id, shard, partition_key, kind, destination, envelope, created_at \
+                 FROM r RETURNING shard",
+                d = s.dead_letters,
+                t = s.outbox
+            )))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(shard) = shard {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(&s.channel)
+                    .bind(shard.to_string())
+                    .execute(&self.pool)
+                    .await?;
+            }
+            Ok(shard.is_some())
+        })
+    }
+
+    fn discard(&self, id: i64) -> BoxFuture<'_, Result<bool, OutboxError>> {
+        Box::pin(async move {
+            let s = self.schema();
+            let shard: Option<i16> = sqlx::query_scalar(AssertSqlSafe(format!(
+                "DELETE FROM {} WHERE id = $1 RETURNING shard",
+                s.dead_letters
+            )))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(shard) = shard {
+                // Its key's later rows may have been waiting for it.
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(&s.channel)
+                    .bind(shard.to_string())
+                    .execute(&self.pool)
+                    .await?;
+            }
+            Ok(shard.is_some())
+        })
+    }
+
+    fn backlog(&self) -> BoxFuture<'_, Result<Backlog, OutboxError>> {
+        Box::pin(async move {
+            let s = self.schema();
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "SELECT (SELECT count(*) FROM {t} WHERE published_at IS NULL), \
+                        (SELECT min(created_at) FROM {t} WHERE published_at IS NULL), \
+                        (SELECT count(*) FROM {d}), \
+                        (SELECT EXTRACT(EPOCH FROM max(clock_timestamp() - xact_start))::float8 \
+                         FROM pg_stat_activity \
+                         WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                           AND xact_start IS NOT NULL)",
+                t = s.outbox,
+                d = s.dead_letters
+            )))
+            .fetch_one(&self.pool)
+            .await?;
+            let pending: i64 = row.try_get(0)?;
+            let oldest: Option<OffsetDateTime> = row.try_get(1)?;
+            let dead: i64 = row.try_get(2)?;
+            let oldest_tx: Option<f64> = row.try_get(3)?;
+            Ok(Backlog {
+                pending: pending.max(0).cast_unsigned(),
+                oldest,
+                dead_letters: dead.max(0).cast_unsigned(),
+                oldest_transaction: oldest_tx
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .map(Duration::from_secs_f64),
+            })
+        })
+    }
+
+    fn cleanup(&self, older_than: Duration, limit: i64) -> BoxFuture<'_, Result<u64, OutboxError>> {
+        Box::pin(async move {
+            let t = &self.schema().outbox;
+            let done = sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {t} WHERE (shard, id) IN (SELECT shard, id FROM {t} \
+                 WHERE published_at < now() - $1 * interval '1 millisecond' LIMIT $2)"
+            )))
+            .bind(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX))
+            .bind(limit)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    fn shards_concurrently(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,478 @@
+//! [`Relay`]: moves committed outbox rows to the bus, in order per partition key.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use ms_bus::memory::MemoryBus;
+//! use ms_bus::{Envelope, Subscriber, Subscription};
+//! use ms_outbox::{Outbox, OutboxMessage, Relay};
+//! use sqlx::Sqlite;
+//! use futures_util::StreamExt;
+//!
+//! let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+//! let outbox = Outbox::<Sqlite>::default();
+//! outbox.migrate(&pool).await?;
+//! let bus = MemoryBus::new();
+//! let reporting = Subscription::events("invoicing.invoice", "reporting")?;
+//! let mut deliveries = bus.subscribe(&reporting).await?;
+//! let relay = Relay::builder(&outbox, &pool, bus.clone()).build().spawn();
+//!
+//! let mut tx = pool.begin().await?;
+//! let created = Envelope::builder("invoicing.invoice.created", "/invoicing").subject("inv-1").build()?;
+//! outbox.enqueue(&mut *tx, OutboxMessage::event("invoicing.invoice", created)).await?;
+//! tx.commit().await?;
+//!
+//! let delivery = deliveries.next().await.expect("published")?;
+//! let (envelope, _info, acker) = delivery.into_parts();
+//! assert_eq!(envelope?.subject(), Some("inv-1"));
+//! acker.ack().await?;
+//! relay.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How it works, and why
+//!
+//! **Claiming.** Rows carry a shard: a stable hash of their partition key modulo the outbox's
+//! shard count. A relay worker drains one shard at a time in a transaction: it takes the
+//! shard's advisory lock with `pg_try_advisory_xact_lock` (a shard another relay holds is
+//! skipped, the way `SKIP LOCKED` skips rows, only a whole shard at a time), reads the shard's
+//! oldest pending rows in id order, publishes them, waits for the broker's confirmations,
+//! deletes (or marks) the confirmed rows and commits. The lock is the relay's lease and the
+//! transaction its fence: it ends with the commit that removes the rows, or with the rollback
+//! (crash, lost connection, timeout) that leaves them pending. No clock, no lease table, no
+//! takeover delay; any number of relay processes share the shards, each shard drained by one
+//! at a time, so throughput grows with relays and shards while each key stays in order.
+//!
+//! **The gap problem.** Offset-based relays (read rows with id above the last one published)
+//! skip or reorder rows when transactions commit out of id order: id 11 commits, is published,
+//! the offset moves past 10, then 10 commits. This relay keeps no offset: published rows
+//! leave the table, so a late row is simply the next pending one. What remains is order within
+//! a key, which needs ids to follow commit order per key. A writer therefore takes a
+//! transaction-scoped advisory lock on the key's hash before its row draws an id (see
+//! [`Outbox::enqueue`](crate::Outbox::enqueue)): a second transaction writing the same key
+//! waits until the first has committed, so its id is larger and its row becomes visible after
+//! the first one's. Keys never wait on each other (hash collisions aside). SQLite lets one
+//! writer at a time anyway.
+//!
+//! **Failures.** A batch the broker does not confirm is rolled back and retried. To find the
+//! row at fault the relay then publishes the batch's destination one row at a time: the rows
+//! before the failing one are kept as published; the failing row is retried later with
+//! exponential backoff, and (with [`OnPoison::BlockKey`], the default) the later rows of its key
+//! wait, while other keys flow. A failure counts towards the dead letter only while the broker
+//! is demonstrably up (the relay published something within the last minute), so an outage
+//! parks nothing; after [`max_attempts`](RelayBuilder::max_attempts) counted failures, or at
+//! once for a stored envelope that cannot be decoded, the row moves to the dead-letter table
+//! with its error ([`Outbox::dead_letters`](crate::Outbox::dead_letters),
+//! [`replay`](crate::Outbox::replay), [`discard`](crate::Outbox::discard)).
+//!
+//! **Crash cases.** Killed after publishing and before committing: the batch is published
+//! again by whoever takes the shard next, so consumers see at most one batch of duplicates
+//! per crashed worker, in order; the envelope id is the broker's dedup key (`Nats-Msg-Id`,
+//! AMQP `message-id`), so JetStream drops them within its duplicate window. A relay whose
+//! connection drops mid-publish (the lock released while it still publishes) can interleave
+//! its late duplicates with the next holder's publications: duplicates again, never a loss,
+//! and never a row published after a later row of its key *for the first time*.
+//!
+//! **Wake-up.** Writers `NOTIFY` the shard they wrote at commit; relays `LISTEN` and drain
+//! that shard at once. Notifications can be lost (a listener reconnecting), so relays also
+//! poll every [`poll_interval`](RelayBuilder::poll_interval) with a loose index scan of the
+//! shards that have pending rows (one index probe per shard).
+
+mod config;
+mod queue;
+mod status;
+mod worker;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ms_bus::{CommandSender, EventPublisher};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use config::{
+    DEFAULT_BATCH_SIZE, DEFAULT_CONCURRENCY, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RETRY_DELAY,
+    DEFAULT_MIN_RETRY_DELAY, DEFAULT_POLL_INTERVAL, DEFAULT_PUBLISH_TIMEOUT, DEFAULT_STRIKE_WINDOW,
+    OnPoison, Retention,
+};
+pub use status::RelayStatus;
+
+use self::config::RelayConfig;
+use self::queue::ShardQueue;
+use self::status::RelayState;
+use self::worker::{Round, Shared, Target};
+use crate::backend::Backend;
+use crate::{Outbox, OutboxError};
+
+/// How many poll intervals pass between two backlog measurements.
+const BACKLOG_EVERY_POLLS: u32 = 10;
+/// Rows deleted per cleanup statement when published rows are kept for a while.
+const CLEANUP_BATCH: i64 = 10_000;
+
+/// Publishes committed outbox rows to a bus. See the [module docs](self) for the design.
+pub struct Relay {
+    ctx: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("table", &self.ctx.table)
+            .field("config", &self.ctx.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// Configures a relay of `outbox` (on `pool`) to `bus`, any ms-bus adapter: events go to
+    /// [`EventPublisher::publish_batch`], commands to [`CommandSender::send_batch`].
+    pub fn builder<DB, P>(outbox: &Outbox<DB>, pool: &sqlx::Pool<DB>, bus: P) -> RelayBuilder
+    where
+        DB: Backend,
+        P: EventPublisher + CommandSender + 'static,
+    {
+        let store = outbox.store(pool);
+        let table = outbox.table().to_string();
+        let mut config = RelayConfig::default();
+        if !store.shards_concurrently() {
+            config.concurrency = 1;
+            // No notifications across processes: poll more often.
+            config.poll_interval = Duration::from_millis(100);
+        }
+        RelayBuilder {
+            store,
+            target: Arc::new(bus),
+            table,
+            config,
+        }
+    }
+
+    /// Starts the relay on the current tokio runtime.
+    pub fn spawn(self) -> RelayHandle {
+        let (stop, stopped) = watch::channel(false);
+        let state = Arc::clone(&self.ctx.state);
+        let task = tokio::spawn(self.run_until(async move {
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }));
+        RelayHandle { stop, task, state }
+    }
+
+    /// Runs the relay until `shutdown` completes; then lets each worker finish (commit) its
+    /// current batch and returns.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), OutboxError> {
+        let ctx = self.ctx;
+        ctx.state.running.store(true, Ordering::Relaxed);
+        let queue = Arc::new(ShardQueue::default());
+        let poll_now = Arc::new(tokio::sync::Notify::new());
+        let (stop, stopped) = watch::channel(false);
+
+        // Background tasks, aborted at shutdown (they hold no rows).
+        let mut background = JoinSet::new();
+        {
+            let queue = Arc::clone(&queue);
+            let poll_now = Arc::clone(&poll_now);
+            background.spawn(ctx.store.listen(Arc::new(move |shard| match shard {
+                Some(shard) => queue.mark(shard),
+                None => poll_now.notify_one(),
+            })));
+        }
+        background.spawn(poll(
+            Arc::clone(&ctx),
+            Arc::clone(&queue),
+            Arc::clone(&poll_now),
+        ));
+        if let Retention::Keep(retention) = ctx.config.retention {
+            background.spawn(cleanup(Arc::clone(&ctx), retention));
+        }
+
+        // Workers finish their batch before stopping: a batch cut mid-publish would only be
+        // rolled back and published again, but there is no reason to.
+        let mut workers = JoinSet::new();
+        for _ in 0..ctx.config.concurrency.max(1) {
+            workers.spawn(work(Arc::clone(&ctx), Arc::clone(&queue), stopped.clone()));
+        }
+
+        tokio::pin!(shutdown);
+        let mut outcome = Ok(());
+        tokio::select! {
+            () = &mut shutdown => {}
+            Some(joined) = workers.join_next() => {
+                outcome = Err(OutboxError::RelayStopped(match joined {
+                    Err(e) => e.to_string(),
+                    Ok(()) => "a worker stopped".to_owned(),
+                }));
+            }
+        }
+        let _ = stop.send(true);
+        while let Some(joined) = workers.join_next().await {
+            if let Err(e) = joined
+                && outcome.is_ok()
+            {
+                outcome = Err(OutboxError::RelayStopped(e.to_string()));
+            }
+        }
+        background.shutdown().await;
+        ctx.state.running.store(false, Ordering::Relaxed);
+        outcome
+    }
+}
+
+async fn work(ctx: Arc<Shared>, queue: Arc<ShardQueue>, mut stopped: watch::Receiver<bool>) {
+    let mut errors: u32 = 0;
+    loop {
+        let shard = tokio::select! {
+            biased;
+            _ = stopped.wait_for(|stop| *stop) => return,
+            shard = queue.next() => shard,
+        };
+        match worker::round(&ctx, shard).await {
+            Ok(Round::Busy) => {
+                errors = 0;
+                queue.done(shard, false);
+            }
+            Ok(Round::Claimed { full, failed }) => {
+                errors = 0;
+                queue.done(shard, full);
+                if failed {
+                    // Something could not be published: give the broker a moment.
+                    pause(&ctx, 1, &mut stopped).await;
+                }
+            }
+            Err(error) => {
+                errors = errors.saturating_add(1);
+                ctx.state.batch_errors.fetch_add(1, Ordering::Relaxed);
+                ctx.state.error(error.to_string());
+                tracing::warn!(%error, shard, "outbox relay: batch rolled back; retrying");
+                queue.done(shard, true);
+                pause(&ctx, errors, &mut stopped).await;
+            }
+        }
+    }
+}
+
+/// Waits `min_retry_delay · 2^(n-1)` (capped at 5 s) or until shutdown.
+async fn pause(ctx: &Shared, n: u32, stopped: &mut watch::Receiver<bool>) {
+    let delay = ctx
+        .config
+        .min_retry_delay
+        .saturating_mul(1 << n.saturating_sub(1).min(10))
+        .min(Duration::from_secs(5));
+    tokio::select! {
+        _ = stopped.wait_for(|stop| *stop) => {}
+        () = tokio::time::sleep(delay) => {}
+    }
+}
+
+async fn poll(ctx: Arc<Shared>, queue: Arc<ShardQueue>, poll_now: Arc<tokio::sync::Notify>) {
+    let mut polls: u32 = 0;
+    loop {
+        match ctx.store.pending_shards().await {
+            Ok(shards) => {
+                ctx.state.heartbeat();
+                for shard in shards {
+                    queue.mark(shard);
+                }
+            }
+            Err(error) => {
+                ctx.state.error(error.to_string());
+                tracing::warn!(%error, "outbox relay: poll failed");
+            }
+        }
+        if polls.is_multiple_of(BACKLOG_EVERY_POLLS)
+            && let Ok(backlog) = ctx.store.backlog().await
+        {
+            ctx.state.set_backlog(backlog);
+            record_backlog(&ctx, &backlog);
+        }
+        polls = polls.wrapping_add(1);
+        tokio::select! {
+            () = tokio::time::sleep(ctx.config.poll_interval) => {}
+            () = poll_now.notified() => {}
+        }
+    }
+}
+
+#[cfg(feature = "metrics")]
+#[allow(clippy::cast_precision_loss)] // Gauges are f64; row counts past 2^52 are not a concern.
+fn record_backlog(ctx: &Shared, backlog: &crate::Backlog) {
+    let table = ctx.table.clone();
+    metrics::gauge!("ms_outbox_backlog_rows", "table" => table.clone()).set(backlog.pending as f64);
+    metrics::gauge!("ms_outbox_dead_letter_rows", "table" => table.clone())
+        .set(backlog.dead_letters as f64);
+    let age = backlog
+        .oldest_age(time::OffsetDateTime::now_utc())
+        .unwrap_or_default();
+    metrics::gauge!("ms_outbox_oldest_pending_seconds", "table" => table.clone())
+        .set(age.as_secs_f64());
+    if let Some(tx) = backlog.oldest_transaction {
+        metrics::gauge!("ms_outbox_oldest_transaction_seconds", "table" => table)
+            .set(tx.as_secs_f64());
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+fn record_backlog(_: &Shared, _: &crate::Backlog) {}
+
+async fn cleanup(ctx: Arc<Shared>, retention: Duration) {
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        loop {
+            match ctx.store.cleanup(retention, CLEANUP_BATCH).await {
+                // Bounded statements, one after another, until a short one: short
+                // transactions, no lock held long, vacuum keeps up.
+                Ok(deleted) if deleted >= CLEANUP_BATCH.cast_unsigned() => {}
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "outbox relay: cleanup failed");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Configures a [`Relay`]; every default is a named constant.
+#[must_use]
+pub struct RelayBuilder {
+    store: Arc<dyn crate::backend::Store>,
+    target: Arc<dyn Target>,
+    table: String,
+    config: RelayConfig,
+}
+
+impl std::fmt::Debug for RelayBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayBuilder")
+            .field("table", &self.table)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayBuilder {
+    /// Rows per transaction ([`DEFAULT_BATCH_SIZE`]; at least 1).
+    pub fn batch_size(mut self, rows: usize) -> Self {
+        self.config.batch_size = rows.max(1);
+        self
+    }
+
+    /// Shards drained at once by this relay ([`DEFAULT_CONCURRENCY`]; always 1 on SQLite).
+    pub fn concurrency(mut self, workers: usize) -> Self {
+        if self.store.shards_concurrently() {
+            self.config.concurrency = workers.max(1);
+        }
+        self
+    }
+
+    /// How often to look for rows without being notified ([`DEFAULT_POLL_INTERVAL`]; 100 ms on
+    /// SQLite, where writers in other processes cannot notify).
+    pub fn poll_interval(mut self, every: Duration) -> Self {
+        self.config.poll_interval = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Counted failures before a row is parked ([`DEFAULT_MAX_ATTEMPTS`]; at least 1). A
+    /// failure counts only while the broker is up; see [`strike_window`](Self::strike_window).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.config.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The retry delays of a failing row: from `min`, doubling with jitter, up to `max`
+    /// ([`DEFAULT_MIN_RETRY_DELAY`], [`DEFAULT_MAX_RETRY_DELAY`]).
+    pub fn retry_delay(mut self, min: Duration, max: Duration) -> Self {
+        self.config.min_retry_delay = min;
+        self.config.max_retry_delay = max.max(min);
+        self
+    }
+
+    /// How long a batch's publication may take ([`DEFAULT_PUBLISH_TIMEOUT`]).
+    pub fn publish_timeout(mut self, limit: Duration) -> Self {
+        self.config.publish_timeout = limit;
+        self
+    }
+
+    /// A failure counts towards the dead letter only if the relay published something within
+    /// this window ([`DEFAULT_STRIKE_WINDOW`]).
+    pub fn strike_window(mut self, window: Duration) -> Self {
+        self.config.strike_window = window;
+        self
+    }
+
+    /// What a failing row holds back ([`OnPoison::BlockKey`]).
+    pub fn on_poison(mut self, policy: OnPoison) -> Self {
+        self.config.on_poison = policy;
+        self
+    }
+
+    /// What happens to published rows ([`Retention::Delete`]).
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.config.retention = retention;
+        self
+    }
+
+    /// The relay.
+    pub fn build(self) -> Relay {
+        Relay {
+            ctx: Arc::new(Shared {
+                store: self.store,
+                target: self.target,
+                config: self.config,
+                state: Arc::new(RelayState::default()),
+                table: self.table,
+            }),
+        }
+    }
+}
+
+/// A running relay: its status, and a graceful shutdown.
+#[derive(Debug)]
+pub struct RelayHandle {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), OutboxError>>,
+    state: Arc<RelayState>,
+}
+
+impl RelayHandle {
+    /// The relay's counters and last measured backlog.
+    pub fn status(&self) -> RelayStatus {
+        self.state.snapshot()
+    }
+
+    /// A cheap, cloneable view of the status, for health checks and dashboards.
+    pub fn monitor(&self) -> RelayMonitor {
+        RelayMonitor {
+            state: Arc::clone(&self.state),
+        }
+    }
+
+    /// Stops the relay: each worker commits its current batch, then the tasks end.
+    pub async fn shutdown(self) -> Result<(), OutboxError> {
+        let _ = self.stop.send(true);
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(OutboxError::RelayStopped(e.to_string())),
+        }
+    }
+}
+
+/// Reads a relay's status from anywhere (a health check, a metrics endpoint).
+#[derive(Debug, Clone)]
+pub struct RelayMonitor {
+    state: Arc<RelayState>,
+}
+
+impl RelayMonitor {
+    /// The relay's counters and last measured backlog.
+    pub fn status(&self) -> RelayStatus {
+        self.state.snapshot()
+    }
+}

@@ -1,0 +1,295 @@
+//! One relay worker: claim a shard's batch, publish it, record the outcome, commit.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, join_all};
+use ms_bus::{BusError, CommandSender, Envelope, EventPublisher};
+use time::OffsetDateTime;
+
+use super::config::{OnPoison, RelayConfig, Retention};
+use super::status::RelayState;
+use crate::MessageKind;
+use crate::OutboxError;
+use crate::backend::{BatchOutcome, Claim, FailedRow, Store, StoredRow};
+
+/// The bus as the relay sees it: both halves, behind one object.
+pub(crate) trait Target: Send + Sync + 'static {
+    fn publish_batch<'a>(
+        &'a self,
+        kind: MessageKind,
+        destination: &'a str,
+        envelopes: &'a [Envelope],
+    ) -> BoxFuture<'a, Result<(), BusError>>;
+}
+
+impl<P: EventPublisher + CommandSender + 'static> Target for P {
+    fn publish_batch<'a>(
+        &'a self,
+        kind: MessageKind,
+        destination: &'a str,
+        envelopes: &'a [Envelope],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        match kind {
+            MessageKind::Event => EventPublisher::publish_batch(self, destination, envelopes),
+            MessageKind::Command => CommandSender::send_batch(self, destination, envelopes),
+        }
+    }
+}
+
+/// Everything a worker shares with the relay's other tasks.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) target: Arc<dyn Target>,
+    pub(crate) config: RelayConfig,
+    pub(crate) state: Arc<RelayState>,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) table: String,
+}
+
+/// What one round on a shard did.
+pub(crate) enum Round {
+    /// Another relay holds the shard.
+    Busy,
+    /// Rows were claimed; `full` means there may be more; `failed` means some could not be
+    /// published (the worker backs off).
+    Claimed { full: bool, failed: bool },
+}
+
+/// The rows of one destination, in id order.
+struct Group {
+    kind: MessageKind,
+    destination: String,
+    ids: Vec<i64>,
+    rows: Vec<Meta>,
+    envelopes: Vec<Envelope>,
+}
+
+struct Meta {
+    created_at: OffsetDateTime,
+    strikes: i32,
+    attempts: i32,
+}
+
+pub(crate) async fn round(ctx: &Shared, shard: i16) -> Result<Round, OutboxError> {
+    let config = &ctx.config;
+    let hold_keys = config.on_poison == OnPoison::BlockKey;
+    let limit = i64::try_from(config.batch_size).unwrap_or(i64::MAX);
+    let mut batch = match ctx.store.claim(shard, limit, hold_keys).await? {
+        Claim::Busy => return Ok(Round::Busy),
+        Claim::Batch(batch) => batch,
+    };
+    ctx.state.heartbeat();
+    let rows = batch.take_rows();
+    let claimed = rows.len();
+    if claimed == 0 {
+        // Dropping the batch rolls back its empty transaction and frees the shard.
+        return Ok(Round::Claimed {
+            full: false,
+            failed: false,
+        });
+    }
+
+    let mut outcome = BatchOutcome {
+        keep_published: matches!(config.retention, Retention::Keep(_)),
+        parked_blocks_key: hold_keys,
+        ..BatchOutcome::default()
+    };
+    let groups = group(rows, &mut outcome);
+
+    // Destinations are independent streams: publish them at once. Within one, order is the
+    // adapters' `publish_batch` contract.
+    let results = join_all(groups.iter().map(|g| {
+        let publish = ctx
+            .target
+            .publish_batch(g.kind, &g.destination, &g.envelopes);
+        timed(config.publish_timeout, publish)
+    }))
+    .await;
+
+    let mut latencies = Vec::new();
+    let mut failed = !outcome.parked.is_empty();
+    for (group, result) in groups.iter().zip(results) {
+        match result {
+            Ok(()) => {
+                outcome.published.extend_from_slice(&group.ids);
+                latencies.extend(group.rows.iter().map(|m| m.created_at));
+            }
+            Err(error) => {
+                failed = true;
+                ctx.state
+                    .error(format!("publish to {}: {error}", group.destination));
+                // Find the row that fails: publish one at a time, in order, up to it. The rows
+                // after it stay pending (its key is held back; the others go next round).
+                for (i, envelope) in group.envelopes.iter().enumerate() {
+                    let single = timed(
+                        config.publish_timeout,
+                        ctx.target.publish_batch(
+                            group.kind,
+                            &group.destination,
+                            std::slice::from_ref(envelope),
+                        ),
+                    )
+                    .await;
+                    match single {
+                        Ok(()) => {
+                            outcome.published.push(group.ids[i]);
+                            latencies.push(group.rows[i].created_at);
+                        }
+                        Err(error) => {
+                            record_failure(ctx, &mut outcome, group.ids[i], &group.rows[i], &error);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let published = outcome.published.len();
+    let parked = outcome.parked.len();
+    let failures = outcome.failed.len() + parked;
+    batch.finish(outcome).await?;
+
+    // Counted only once committed: until then a crash would publish them again.
+    ctx.state.published(published);
+    ctx.state
+        .failures
+        .fetch_add(failures as u64, Ordering::Relaxed);
+    ctx.state.parked.fetch_add(parked as u64, Ordering::Relaxed);
+    record_metrics(ctx, published, failures, parked, &latencies);
+    Ok(Round::Claimed {
+        full: claimed >= ctx.config.batch_size,
+        failed,
+    })
+}
+
+/// Splits a batch by destination, keeping id order; rows that cannot be decoded are parked at
+/// once (retrying cannot fix them).
+fn group(rows: Vec<StoredRow>, outcome: &mut BatchOutcome) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for row in rows {
+        let Some(kind) = MessageKind::from_code(row.kind) else {
+            outcome
+                .parked
+                .push((row.id, format!("unknown message kind {}", row.kind)));
+            continue;
+        };
+        let envelope = match ms_bus::codec::from_json(row.envelope.as_bytes()) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                outcome.parked.push((
+                    row.id,
+                    format!("the stored envelope cannot be decoded: {error}"),
+                ));
+                continue;
+            }
+        };
+        let meta = Meta {
+            created_at: row.created_at,
+            strikes: row.strikes,
+            attempts: row.attempts,
+        };
+        let index = match groups
+            .iter()
+            .position(|g| g.kind == kind && g.destination == row.destination)
+        {
+            Some(index) => index,
+            None => {
+                groups.push(Group {
+                    kind,
+                    destination: row.destination,
+                    ids: Vec::new(),
+                    rows: Vec::new(),
+                    envelopes: Vec::new(),
+                });
+                groups.len() - 1
+            }
+        };
+        let group = &mut groups[index];
+        group.ids.push(row.id);
+        group.rows.push(meta);
+        group.envelopes.push(envelope);
+    }
+    groups
+}
+
+fn record_failure(
+    ctx: &Shared,
+    outcome: &mut BatchOutcome,
+    id: i64,
+    meta: &Meta,
+    error: &BusError,
+) {
+    let config = &ctx.config;
+    let message = error.to_string();
+    // A name the bus refuses will never be accepted: park at once.
+    if matches!(error, BusError::InvalidName { .. }) {
+        outcome.parked.push((id, message));
+        return;
+    }
+    // During a broker outage every row fails; those failures say nothing about the rows and
+    // must not park them. A failure counts only while the broker is demonstrably up.
+    let broker_up = ctx
+        .state
+        .last_published()
+        .is_some_and(|at| at.elapsed() < config.strike_window);
+    let strike = broker_up && !matches!(error, BusError::Connection(_) | BusError::Closed);
+    if strike
+        && meta.strikes.saturating_add(1) >= i32::try_from(config.max_attempts).unwrap_or(i32::MAX)
+    {
+        outcome.parked.push((
+            id,
+            format!("{message} (after {} attempts)", meta.attempts + 1),
+        ));
+        return;
+    }
+    outcome.failed.push(FailedRow {
+        id,
+        error: message,
+        strike,
+        retry_in: config.retry_delay(meta.attempts),
+    });
+}
+
+async fn timed(
+    limit: Duration,
+    publish: BoxFuture<'_, Result<(), BusError>>,
+) -> Result<(), BusError> {
+    match tokio::time::timeout(limit, publish).await {
+        Ok(result) => result,
+        Err(_) => Err(BusError::NotConfirmed(
+            format!("no confirmation within {limit:?}").into(),
+        )),
+    }
+}
+
+#[cfg(feature = "metrics")]
+fn record_metrics(
+    ctx: &Shared,
+    published: usize,
+    failures: usize,
+    parked: usize,
+    latencies: &[OffsetDateTime],
+) {
+    let table = ctx.table.clone();
+    metrics::counter!("ms_outbox_published_total", "table" => table.clone())
+        .increment(published as u64);
+    if failures > 0 {
+        metrics::counter!("ms_outbox_publish_failures_total", "table" => table.clone())
+            .increment(failures as u64);
+    }
+    if parked > 0 {
+        metrics::counter!("ms_outbox_dead_lettered_total", "table" => table.clone())
+            .increment(parked as u64);
+    }
+    let now = OffsetDateTime::now_utc();
+    let histogram = metrics::histogram!("ms_outbox_enqueue_to_publish_seconds", "table" => table);
+    for created in latencies {
+        histogram.record((now - *created).as_seconds_f64().max(0.0));
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+fn record_metrics(_: &Shared, _: usize, _: usize, _: usize, _: &[OffsetDateTime]) {}
