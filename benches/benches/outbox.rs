@@ -25,6 +25,10 @@
 //! - `outbox_ours/latency_1000_per_s` (not a criterion bench: printed on stderr, one line per
 //!   figure): a writer commits one event per millisecond for 5 s while the relay runs, woken
 //!   by LISTEN/NOTIFY; per event, from `commit()` returning to the sink receiving it.
+//! - `outbox_paired` (printed on stderr too): the raw drain, ours and the peer back to back in
+//!   each of 7 rounds (and the raw publish, ours and the peer to JetStream), with each
+//!   round's ratios and their medians: the goals are ratios, and on a shared machine the load
+//!   moves between criterion's groups, minutes apart.
 //!
 //! Every row carries a CloudEvents structured-JSON envelope of about 200 bytes (ours: one
 //! invoice per row, keys spread over the outbox's 32 shards; the raw drain's rows sit in one
@@ -136,7 +140,8 @@ impl BenchDb {
                 .expect("CREATE DATABASE");
             conn.close().await.expect("close");
             PgPoolOptions::new()
-                .max_connections(8)
+                // The relay's workers, listener and poller, plus the latency run's writers.
+                .max_connections(24)
                 .connect_with(options)
                 .await
                 .expect("connect to the bench database")
@@ -608,6 +613,27 @@ FROM generate_series(1, $2)";
         }
     }
 
+    impl Peer {
+        /// One full-table drain into the in-process sink.
+        pub(super) async fn drain_memory(&self, rows: u64) -> Duration {
+            let progress = Arc::new(Progress::default());
+            let sink = Arc::new(MemorySink(progress.clone()));
+            self.drain(sink, &progress, rows).await
+        }
+
+        /// One full-table drain into JetStream (the stream purged first, not measured).
+        pub(super) async fn drain_jetstream(&self, stream: &BenchStream, rows: u64) -> Duration {
+            let progress = Arc::new(Progress::default());
+            let sink = Arc::new(JetStreamSink {
+                js: stream.js.clone(),
+                subject: stream.subject.clone(),
+                progress: progress.clone(),
+            });
+            stream.purge().await;
+            self.drain(sink, &progress, rows).await
+        }
+    }
+
     pub(super) fn bench(
         c: &mut Criterion,
         rt: &tokio::runtime::Runtime,
@@ -620,11 +646,9 @@ FROM generate_series(1, $2)";
         group.throughput(Throughput::Elements(ROWS));
         group.bench_function("outbox_postgres_batch_1000_memory_sink", |b| {
             b.to_async(rt).iter_custom(|iters| async move {
-                let progress = Arc::new(Progress::default());
-                let sink = Arc::new(MemorySink(progress.clone()));
                 let mut measured = Duration::ZERO;
                 for _ in 0..iters {
-                    measured += peer.drain(sink.clone(), &progress, ROWS).await;
+                    measured += peer.drain_memory(ROWS).await;
                 }
                 measured
             });
@@ -632,16 +656,9 @@ FROM generate_series(1, $2)";
         if let Some(stream) = stream {
             group.bench_function("outbox_postgres_batch_1000_jetstream", |b| {
                 b.to_async(rt).iter_custom(|iters| async move {
-                    let progress = Arc::new(Progress::default());
-                    let sink = Arc::new(JetStreamSink {
-                        js: stream.js.clone(),
-                        subject: stream.subject.clone(),
-                        progress: progress.clone(),
-                    });
                     let mut measured = Duration::ZERO;
                     for _ in 0..iters {
-                        stream.purge().await;
-                        measured += peer.drain(sink.clone(), &progress, ROWS).await;
+                        measured += peer.drain_jetstream(stream, ROWS).await;
                     }
                     measured
                 });
@@ -909,46 +926,79 @@ mod ours {
 
     /// PostgreSQL → NATS JetStream through ms-bus's adapter, batches of 1,000, the same
     /// 1,024 acks in flight as the raw publisher.
+    /// ms-bus's NATS adapter with its own prefix (so its stream is this process's), the same
+    /// 1,024 acks in flight as the raw publisher.
+    pub(super) struct OursNats {
+        bus: NatsBus,
+        stream_name: String,
+    }
+
+    impl OursNats {
+        pub(super) fn new(rt: &tokio::runtime::Runtime, stream: &BenchStream) -> Self {
+            let prefix = format!("benchoutbox{}", std::process::id());
+            let bus = rt.block_on(async {
+                let bus = NatsBus::builder(stream.js.client().clone())
+                    .prefix(&prefix)
+                    .expect("valid prefix")
+                    .publish_window(super::ACK_WINDOW)
+                    .build();
+                bus.ensure_topic(TOPIC).await.expect("the topic's stream");
+                bus
+            });
+            let stream_name = format!("{prefix}_EV_{}", TOPIC.replace('.', "_"));
+            Self { bus, stream_name }
+        }
+
+        /// One full-table drain into JetStream (the stream purged first, not measured).
+        pub(super) async fn drain(
+            &self,
+            stream: &BenchStream,
+            outbox: &Outbox<sqlx::Postgres>,
+            pool: &sqlx::PgPool,
+            rows: u64,
+        ) -> Duration {
+            let js_stream = stream
+                .js
+                .get_stream(&self.stream_name)
+                .await
+                .expect("stream");
+            js_stream.purge().await.expect("purge");
+            drain(outbox, pool, self.bus.clone(), BATCH, rows).await
+        }
+    }
+
+    /// One full-table drain from PostgreSQL into the in-process sink, batches of 1,000.
+    pub(super) async fn drain_pg_sink(
+        outbox: &Outbox<sqlx::Postgres>,
+        pool: &sqlx::PgPool,
+        rows: u64,
+    ) -> Duration {
+        drain(outbox, pool, Arc::new(Sink::default()), BATCH, rows).await
+    }
+
+    /// PostgreSQL → NATS JetStream through ms-bus's adapter, batches of 1,000.
     pub(super) fn ours_pg_nats(
         c: &mut Criterion,
         rt: &tokio::runtime::Runtime,
         db: &BenchDb,
         outbox: &Outbox<sqlx::Postgres>,
         stream: &BenchStream,
+        nats: &OursNats,
     ) {
-        let prefix = format!("benchoutbox{}", std::process::id());
-        let bus = rt.block_on(async {
-            let bus = NatsBus::builder(stream.js.client().clone())
-                .prefix(&prefix)
-                .expect("valid prefix")
-                .publish_window(super::ACK_WINDOW)
-                .build();
-            bus.ensure_topic(TOPIC).await.expect("the topic's stream");
-            bus
-        });
-        let stream_name = format!("{prefix}_EV_{}", TOPIC.replace('.', "_"));
         let mut group = c.benchmark_group("outbox_ours");
         group.sample_size(10);
         group.sampling_mode(SamplingMode::Flat);
         group.throughput(Throughput::Elements(ROWS));
         group.bench_function(BenchmarkId::new("pg_jetstream", BATCH), |b| {
-            b.to_async(rt).iter_custom(|iters| {
-                let (bus, stream_name) = (bus.clone(), &stream_name);
-                async move {
-                    let mut measured = Duration::ZERO;
-                    for _ in 0..iters {
-                        let js_stream = stream.js.get_stream(stream_name).await.expect("stream");
-                        js_stream.purge().await.expect("purge");
-                        measured += drain(outbox, &db.pool, bus.clone(), BATCH, ROWS).await;
-                    }
-                    measured
+            b.to_async(rt).iter_custom(|iters| async move {
+                let mut measured = Duration::ZERO;
+                for _ in 0..iters {
+                    measured += nats.drain(stream, outbox, &db.pool, ROWS).await;
                 }
+                measured
             });
         });
         group.finish();
-        rt.block_on(async {
-            let _ = stream.js.delete_stream(&stream_name).await;
-        });
     }
 
     /// SQLite (a file, WAL) → in-process sink, batches of 1,000.
@@ -1013,18 +1063,24 @@ mod ours {
                 .spawn();
             // Let the relay's listener connect before the first commit.
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let mut committed = Vec::with_capacity(usize::try_from(EVENTS).expect("fits"));
+            // One transaction per tick, each in its own task: the rate holds even when a commit
+            // (an fsync) takes longer than a millisecond.
+            let mut writers = tokio::task::JoinSet::new();
             let mut tick = tokio::time::interval(Duration::from_millis(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let start = Instant::now();
             for message in messages(u64::from(EVENTS)) {
                 tick.tick().await;
-                let id = message.envelope().id().to_owned();
-                let mut tx = db.pool.begin().await.expect("begin");
-                outbox.enqueue(&mut *tx, message).await.expect("enqueue");
-                tx.commit().await.expect("commit");
-                committed.push((id, Instant::now()));
+                let (pool, outbox) = (db.pool.clone(), outbox.clone());
+                writers.spawn(async move {
+                    let id = message.envelope().id().to_owned();
+                    let mut tx = pool.begin().await.expect("begin");
+                    outbox.enqueue(&mut *tx, message).await.expect("enqueue");
+                    tx.commit().await.expect("commit");
+                    (id, Instant::now())
+                });
             }
+            let committed = writers.join_all().await;
             let writing = start.elapsed();
             wait_published(&handle, u64::from(EVENTS)).await;
             handle.shutdown().await.expect("relay shutdown");
@@ -1063,10 +1119,9 @@ mod ours {
     }
 }
 
-/// Whether the latency run (not a criterion bench: it prints percentiles) is selected: with no
-/// filter on the command line, or a filter that `outbox_ours/latency_1000_per_s` contains.
-fn latency_selected() -> bool {
-    const NAME: &str = "outbox_ours/latency_1000_per_s";
+/// Whether a run that is not a criterion bench (it prints its figures) is selected: with no
+/// filter on the command line, or a filter that `name` contains.
+fn selected(name: &str) -> bool {
     // Criterion's options that take a value: that value is not a filter.
     const WITH_VALUE: &[&str] = &[
         "--warm-up-time",
@@ -1095,7 +1150,87 @@ fn latency_selected() -> bool {
             filters.push(arg);
         }
     }
-    filters.is_empty() || filters.iter().any(|f| NAME.contains(f.as_str()))
+    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+}
+
+/// Rounds of the paired comparison.
+const PAIRED_ROUNDS: usize = 7;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn rate(rows: u64, took: Duration) -> f64 {
+    // Row counts here are far below 2^52.
+    #[allow(clippy::cast_precision_loss)]
+    let rows = rows as f64;
+    rows / took.as_secs_f64()
+}
+
+/// The goals compare ours with limits measured minutes apart by criterion; on a shared
+/// machine the load moves in between. This run measures the limit, ours and the peer back to
+/// back in each round, and prints each round's ratios and their medians: the load cancels out
+/// of a ratio as long as it holds for one round (about a second).
+fn paired(
+    rt: &tokio::runtime::Runtime,
+    db: &BenchDb,
+    text: &str,
+    outbox: &ms_outbox::Outbox<sqlx::Postgres>,
+    peer: &peer::Peer,
+    nats: Option<(&BenchStream, &ours::OursNats)>,
+) {
+    rt.block_on(async {
+        let body = bytes::Bytes::from(text.to_owned());
+        let (mut to_drain, mut to_peer, mut to_js, mut peer_to_limit) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for round in 1..=PAIRED_ROUNDS {
+            refill(&db.pool, text, ROWS).await;
+            let mut conn = db.pool.acquire().await.expect("connection");
+            let start = Instant::now();
+            assert_eq!(raw_drain(&mut conn, 1_000).await, ROWS);
+            let raw = rate(ROWS, start.elapsed());
+            drop(conn);
+            let ours = rate(ROWS, ours::drain_pg_sink(outbox, &db.pool, ROWS).await);
+            let theirs = rate(ROWS, peer.drain_memory(ROWS).await);
+            eprintln!(
+                "outbox_paired/memory round {round}: raw drain {raw:.0}/s, ours {ours:.0}/s ({:.0} % of raw), outbox-postgres {theirs:.0}/s ({:.0} % of raw)",
+                100.0 * ours / raw,
+                100.0 * theirs / raw
+            );
+            to_drain.push(ours / raw);
+            to_peer.push(ours / theirs);
+            if let Some((stream, nats)) = nats {
+                let ids = fresh_ids(ROWS);
+                stream.purge().await;
+                let start = Instant::now();
+                raw_publish(stream, &ids, &body).await;
+                let raw_js = rate(ROWS, start.elapsed());
+                let limit = raw.min(raw_js);
+                let ours_js = rate(ROWS, nats.drain(stream, outbox, &db.pool, ROWS).await);
+                let theirs_js = rate(ROWS, peer.drain_jetstream(stream, ROWS).await);
+                eprintln!(
+                    "outbox_paired/jetstream round {round}: raw publish {raw_js:.0}/s, limit min(drain, publish) {limit:.0}/s, ours {ours_js:.0}/s ({:.0} % of limit), outbox-postgres {theirs_js:.0}/s ({:.0} % of limit)",
+                    100.0 * ours_js / limit,
+                    100.0 * theirs_js / limit
+                );
+                to_js.push(ours_js / limit);
+                peer_to_limit.push(theirs_js / limit);
+            }
+        }
+        eprintln!(
+            "outbox_paired: median over {PAIRED_ROUNDS} rounds: PostgreSQL → in-process sink, ours = {:.0} % of the raw drain (goal ≥ 80 %), {:.2}× outbox-postgres",
+            100.0 * median(to_drain),
+            median(to_peer)
+        );
+        if !to_js.is_empty() {
+            eprintln!(
+                "outbox_paired: median over {PAIRED_ROUNDS} rounds: PostgreSQL → JetStream, ours = {:.0} % of min(raw drain, raw publish) (goal ≥ 70 %), outbox-postgres = {:.0} %",
+                100.0 * median(to_js),
+                100.0 * median(peer_to_limit)
+            );
+        }
+    });
 }
 
 fn outbox(c: &mut Criterion) {
@@ -1126,11 +1261,22 @@ fn outbox(c: &mut Criterion) {
         peer::bench(c, &rt, &peer, stream.as_ref());
         let outbox = ours::postgres_outbox(&rt, db);
         ours::ours_pg_memory(c, &rt, db, &outbox);
-        if let Some(stream) = &stream {
-            ours::ours_pg_nats(c, &rt, db, &outbox, stream);
+        let nats = stream.as_ref().map(|s| ours::OursNats::new(&rt, s));
+        if let (Some(stream), Some(nats)) = (&stream, &nats) {
+            ours::ours_pg_nats(c, &rt, db, &outbox, stream, nats);
         }
-        if latency_selected() {
+        if selected("outbox_ours/latency_1000_per_s") {
             ours::ours_latency_1000_per_s(&rt, db, &outbox);
+        }
+        if selected("outbox_paired") {
+            paired(
+                &rt,
+                db,
+                &text,
+                &outbox,
+                &peer,
+                stream.as_ref().zip(nats.as_ref()),
+            );
         }
     }
     ours::ours_sqlite_memory(c, &rt);
