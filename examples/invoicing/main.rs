@@ -15,8 +15,11 @@ use ms_bus::consumer::{Consumer, Message};
 use ms_bus::memory::MemoryBus;
 use ms_bus::{Envelope, EventPublisher, Subscription};
 use ms_health::{CheckResult, HealthRegistry, check_fn};
+use ms_outbox::{Outbox, OutboxMessage, Relay};
 use ms_resilience::circuit_breaker::CircuitBreaker;
 use ms_tracing::CorrelationId;
+use sqlx::Sqlite;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use tokio::sync::mpsc;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -73,6 +76,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         current.map_or_else(|| "none".to_owned(), |c| c.to_string())
     );
 
+    outbox_demo(&bus).await?;
+
     // A call to a flaky dependency through a circuit breaker: it opens after enough failures
     // and then fails fast instead of waiting on the dependency.
     let breaker = CircuitBreaker::builder()
@@ -112,5 +117,72 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!();
         println!("(Nothing stays up yet; `-- --once` already runs the same and exits.)");
     }
+    Ok(())
+}
+
+/// The business change and its event commit together (the outbox row is written in the same
+/// SQLite transaction as the invoice); the relay then publishes the committed event.
+async fn outbox_demo(bus: &MemoryBus) -> Result<(), Box<dyn std::error::Error>> {
+    let db_path = std::env::temp_dir().join(format!("ms-invoicing-{}.db", std::process::id()));
+    let pool = SqlitePoolOptions::new()
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(&db_path)
+                .create_if_missing(true),
+        )
+        .await?;
+    sqlx::query("CREATE TABLE invoices (id TEXT PRIMARY KEY, total_cents INTEGER NOT NULL)")
+        .execute(&pool)
+        .await?;
+    let outbox = Outbox::<Sqlite>::default();
+    outbox.migrate(&pool).await?;
+    let (audit_tx, mut audit_rx) = mpsc::unbounded_channel();
+    let audit = Consumer::new(Subscription::events("invoicing.invoices", "audit")?)
+        .serve(
+            bus,
+            tower::service_fn(move |message: Message| {
+                let _ = audit_tx.send(message.id().to_owned());
+                async { Ok::<_, Infallible>(()) }
+            }),
+        )
+        .await?;
+    let relay = Relay::builder(&outbox, &pool, bus.clone()).build().spawn();
+    let created = Envelope::builder("invoicing.invoice.created", "/invoicing")
+        .subject("inv-1002")
+        .data(
+            "application/json",
+            &br#"{"invoice":"inv-1002","total_cents":1900}"#[..],
+        )
+        .build()?;
+    let started = std::time::Instant::now();
+    let mut tx = pool.begin().await?;
+    sqlx::query("INSERT INTO invoices (id, total_cents) VALUES ('inv-1002', 1900)")
+        .execute(&mut *tx)
+        .await?;
+    outbox
+        .enqueue(
+            &mut *tx,
+            OutboxMessage::event("invoicing.invoices", created.clone()),
+        )
+        .await?;
+    tx.commit().await?;
+    let relayed = tokio::time::timeout(Duration::from_secs(10), audit_rx.recv())
+        .await?
+        .ok_or("the audit consumer stopped before it saw the event")?;
+    let elapsed = started.elapsed();
+    relay.shutdown().await?;
+    audit.shutdown().await?;
+    pool.close().await;
+    let _ = std::fs::remove_file(&db_path);
+    println!(
+        "  ms-outbox   outbox + relay         {} committed with invoice inv-1002, published {} ms later{}",
+        created.ty(),
+        elapsed.as_millis(),
+        if relayed == created.id() {
+            ""
+        } else {
+            " (a different event arrived!)"
+        }
+    );
     Ok(())
 }

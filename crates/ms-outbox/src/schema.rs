@@ -82,6 +82,8 @@ impl OutboxSchema {
             .replace("{outbox_failing_idx}", &index(table, "_failing_idx"))
             .replace("{outbox_published_idx}", &index(table, "_published_idx"))
             .replace("{dead_letters_key_idx}", &index(dead, "_key_idx"))
+            .replace("{outbox_table}", &format!(r#""{table}""#))
+            .replace("{dead_letters_table}", &format!(r#""{dead}""#))
             .replace("{outbox}", &self.outbox)
             .replace("{dead_letters}", &self.dead_letters)
     }
@@ -143,6 +145,9 @@ mod tests {
             assert!(!sql.contains('{'), "{sql}");
             assert!(sql.contains(r#""billing"."outbox_dead_letters""#));
         }
+        let sql = schema.render(include_str!("../migrations/sqlite/0001_outbox.sql"), true);
+        assert!(!sql.contains('{'), "{sql}");
+        assert!(sql.contains(r#"ON "outbox_dead_letters" ("#), "{sql}");
         assert_eq!(schema.channel, "billing_outbox_wakeup");
         assert_ne!(schema.key_lock_space, schema.shard_lock_space);
     }

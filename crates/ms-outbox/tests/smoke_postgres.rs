@@ -1,4 +1,5 @@
 //! The relay's basic promises on a real PostgreSQL and the memory bus.
+#![cfg(feature = "postgres")]
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,5 +1,7 @@
 -- ms-outbox 0001: the outbox and its dead letters (SQLite).
 -- Times are Unix milliseconds. See the PostgreSQL version for what each column means.
+-- SQLite takes the schema on the index's name, never on the `ON` table: {outbox_table} and
+-- {dead_letters_table} are the unqualified names.
 
 CREATE TABLE IF NOT EXISTS {outbox} (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -18,11 +20,11 @@ CREATE TABLE IF NOT EXISTS {outbox} (
 );
 
 CREATE INDEX IF NOT EXISTS {outbox_pending_idx}
-    ON {outbox} (id) WHERE published_at IS NULL;
+    ON {outbox_table} (id) WHERE published_at IS NULL;
 CREATE INDEX IF NOT EXISTS {outbox_failing_idx}
-    ON {outbox} (partition_key, id) WHERE attempts > 0 AND published_at IS NULL;
+    ON {outbox_table} (partition_key, id) WHERE attempts > 0 AND published_at IS NULL;
 CREATE INDEX IF NOT EXISTS {outbox_published_idx}
-    ON {outbox} (published_at) WHERE published_at IS NOT NULL;
+    ON {outbox_table} (published_at) WHERE published_at IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS {dead_letters} (
     id            INTEGER PRIMARY KEY,
@@ -39,4 +41,4 @@ CREATE TABLE IF NOT EXISTS {dead_letters} (
 );
 
 CREATE INDEX IF NOT EXISTS {dead_letters_key_idx}
-    ON {dead_letters} (partition_key) WHERE blocks_key;
+    ON {dead_letters_table} (partition_key) WHERE blocks_key;

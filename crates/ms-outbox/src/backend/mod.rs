@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use time::OffsetDateTime;
 
-use crate::OutboxError;
 use crate::outbox::OutboxInner;
+use crate::{Migration, OutboxError, TableName};
 
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -24,7 +24,10 @@ pub trait Backend: sqlx::Database + sealed::Sealed {}
 impl<DB: sqlx::Database + sealed::Sealed> Backend for DB {}
 
 pub(crate) mod sealed {
-    use super::{Arc, BoxFuture, OutboxError, OutboxInner, PreparedRow, Store};
+    use super::{
+        Arc, BoxFuture, Duration, InboxStatements, Migration, OutboxError, OutboxInner,
+        PreparedRow, Store, TableName,
+    };
 
     /// What each database implements; sealed so that the set can grow without breaking anyone.
     // The sealed trait's items are nameable only inside this crate, whatever rustc's
@@ -50,7 +53,52 @@ pub(crate) mod sealed {
         /// Everything that works on a pool rather than in the caller's transaction.
         #[doc(hidden)]
         fn store(pool: sqlx::Pool<Self>, outbox: Arc<OutboxInner>) -> Arc<dyn Store>;
+
+        /// Applies `migrations` to `object` (a table) under the database's migration lock,
+        /// recording the version reached in `ms_outbox_schema` next to `like`.
+        #[doc(hidden)]
+        fn apply_migrations<'a>(
+            pool: &'a sqlx::Pool<Self>,
+            like: &'a TableName,
+            object: &'a str,
+            migrations: &'a [Migration],
+        ) -> BoxFuture<'a, Result<(), OutboxError>>;
+
+        /// The inbox migration files: version, description, SQL with placeholders.
+        #[doc(hidden)]
+        const INBOX_MIGRATIONS: &'static [(i64, &'static str, &'static str)];
+
+        /// The inbox's statements for the quoted table `inbox`.
+        #[doc(hidden)]
+        fn inbox_statements(inbox: &str) -> InboxStatements;
+
+        /// Records `envelope_id` as handled by `consumer` in the caller's transaction; `true`
+        /// when it was not recorded yet.
+        #[doc(hidden)]
+        fn inbox_record<'a>(
+            conn: &'a mut Self::Connection,
+            statements: &'a InboxStatements,
+            consumer: &'a str,
+            envelope_id: &'a str,
+        ) -> BoxFuture<'a, Result<bool, OutboxError>>;
+
+        /// Deletes up to `limit` inbox rows handled more than `older_than` ago, in one
+        /// statement; returns how many.
+        #[doc(hidden)]
+        fn inbox_cleanup<'a>(
+            pool: &'a sqlx::Pool<Self>,
+            statements: &'a InboxStatements,
+            older_than: Duration,
+            limit: i64,
+        ) -> BoxFuture<'a, Result<u64, OutboxError>>;
     }
+}
+
+/// An inbox's statements, rendered once (sqlx caches prepared statements by their text).
+#[derive(Debug)]
+pub(crate) struct InboxStatements {
+    pub(crate) record: Arc<str>,
+    pub(crate) cleanup: Arc<str>,
 }
 
 /// A message ready to be written: validated, keyed, encoded.
@@ -74,6 +122,9 @@ pub(crate) struct StoredRow {
     pub(crate) created_at: OffsetDateTime,
     pub(crate) strikes: i32,
     pub(crate) attempts: i32,
+    pub(crate) key: String,
+    /// When the relay last failed to publish it (the relay's clock).
+    pub(crate) last_attempt_at: Option<OffsetDateTime>,
 }
 
 /// A row whose publication failed and that stays for a later attempt.
@@ -97,6 +148,9 @@ pub(crate) struct BatchOutcome {
     pub(crate) keep_published: bool,
     /// Whether a parked row holds back the later rows of its key.
     pub(crate) parked_blocks_key: bool,
+    /// When the failed rows were tried (the relay's clock, so that it compares with the
+    /// relay's own record of its last successful publication).
+    pub(crate) attempted_at: Option<OffsetDateTime>,
 }
 
 /// The result of trying to claim a shard.
@@ -104,7 +158,8 @@ pub(crate) enum Claim {
     /// Another relay (or another worker) is draining the shard.
     Busy,
     /// The shard's next rows, locked until the batch is finished or dropped (dropping rolls
-    /// back: the rows stay pending).
+    /// back: the rows stay pending). SQLite does not hold its database-wide write lock while
+    /// the batch is published: there the single relay worker is what keeps batches apart.
     Batch(Box<dyn ClaimedBatch>),
 }
 
@@ -181,6 +236,7 @@ pub(crate) trait Store: Send + Sync + 'static {
         shard: i16,
         limit: i64,
         hold_keys: bool,
+        keep_published: bool,
     ) -> BoxFuture<'_, Result<Claim, OutboxError>>;
     /// Runs forever, calling `wake(Some(shard))` for each committed write it hears of and
     /// `wake(None)` when it may have missed some (reconnection).

@@ -9,7 +9,8 @@ use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
 
 use super::{
-    Backlog, BatchOutcome, Claim, ClaimedBatch, DeadLetter, PreparedRow, Store, StoredRow, sealed,
+    Backlog, BatchOutcome, Claim, ClaimedBatch, DeadLetter, InboxStatements, PreparedRow, Store,
+    StoredRow, sealed,
 };
 use crate::key::{key_hash, lock_id};
 use crate::outbox::OutboxInner;
@@ -38,6 +39,69 @@ impl sealed::Sealed for Postgres {
 
     fn store(pool: PgPool, outbox: Arc<OutboxInner>) -> Arc<dyn Store> {
         Arc::new(PgStore::new(pool, outbox))
+    }
+
+    fn apply_migrations<'a>(
+        pool: &'a PgPool,
+        like: &'a crate::TableName,
+        object: &'a str,
+        migrations: &'a [crate::Migration],
+    ) -> BoxFuture<'a, Result<(), OutboxError>> {
+        Box::pin(apply_migrations(pool, like, object, migrations))
+    }
+
+    const INBOX_MIGRATIONS: &'static [(i64, &'static str, &'static str)] = &[(
+        1,
+        "inbox table",
+        include_str!("../../migrations/postgres/0001_inbox.sql"),
+    )];
+
+    fn inbox_statements(inbox: &str) -> InboxStatements {
+        InboxStatements {
+            // Without a conflict target: the primary key is the only unique constraint. A
+            // concurrent transaction's uncommitted row with the same key makes this wait for
+            // that transaction, then do nothing (it committed) or insert (it rolled back).
+            record: Arc::from(format!(
+                "INSERT INTO {inbox} (consumer, envelope_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            )),
+            cleanup: Arc::from(format!(
+                "DELETE FROM {inbox} WHERE (consumer, envelope_id) IN ( \
+                     SELECT consumer, envelope_id FROM {inbox} \
+                     WHERE handled_at < now() - $1 * interval '1 millisecond' LIMIT $2)"
+            )),
+        }
+    }
+
+    fn inbox_record<'a>(
+        conn: &'a mut PgConnection,
+        statements: &'a InboxStatements,
+        consumer: &'a str,
+        envelope_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, OutboxError>> {
+        Box::pin(async move {
+            let done = sqlx::query(AssertSqlSafe(Arc::clone(&statements.record)))
+                .bind(consumer)
+                .bind(envelope_id)
+                .execute(&mut *conn)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn inbox_cleanup<'a>(
+        pool: &'a PgPool,
+        statements: &'a InboxStatements,
+        older_than: Duration,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<u64, OutboxError>> {
+        Box::pin(async move {
+            let done = sqlx::query(AssertSqlSafe(Arc::clone(&statements.cleanup)))
+                .bind(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX))
+                .bind(limit)
+                .execute(pool)
+                .await?;
+            Ok(done.rows_affected())
+        })
     }
 }
 
@@ -125,8 +189,8 @@ async fn enqueue(
 
 /// The relay's statements, rendered once per outbox.
 struct Statements {
-    claim_holding_keys: Sql,
-    claim: Sql,
+    /// Claims, indexed by `[hold_keys][keep_published]`.
+    claim: [[Sql; 2]; 2],
     delete: Sql,
     mark: Sql,
     fail: Sql,
@@ -143,30 +207,44 @@ impl PgStore {
     fn new(pool: PgPool, outbox: Arc<OutboxInner>) -> Self {
         let s = &outbox.schema;
         let (t, d) = (&s.outbox, &s.dead_letters);
-        let select = "SELECT o.id, o.kind, o.destination, o.envelope, o.created_at, \
-                      o.strikes, o.attempts";
+        // The claim removes (or marks) the rows it returns, optimistically: when everything is
+        // confirmed the batch only has to commit. It runs under a savepoint, so that a batch
+        // with failures can be rolled back to "nothing claimed" and recorded row by row.
         let pending = "o.shard = $1 AND o.published_at IS NULL \
                        AND (o.available_at IS NULL OR o.available_at <= now())";
+        let holding = format!(
+            "AND NOT EXISTS (SELECT 1 FROM {t} w WHERE w.shard = $1 AND w.attempts > 0 \
+                 AND w.published_at IS NULL AND w.partition_key = o.partition_key \
+                 AND w.id < o.id) \
+             AND NOT EXISTS (SELECT 1 FROM {d} x WHERE x.blocks_key AND x.shard = $1 \
+                 AND x.partition_key = o.partition_key)"
+        );
+        let returning = "RETURNING id, kind, destination, envelope, created_at, strikes, \
+                         attempts, partition_key, last_attempt_at";
+        let claim = |hold: bool, keep: bool| -> Sql {
+            let verb = if keep {
+                format!("UPDATE {t} SET published_at = now()")
+            } else {
+                format!("DELETE FROM {t}")
+            };
+            let holds = if hold { holding.as_str() } else { "" };
+            Arc::from(format!(
+                "{verb} WHERE shard = $1 AND id IN (SELECT o.id FROM {t} o \
+                 WHERE {pending} {holds} ORDER BY o.id LIMIT $2) {returning}"
+            ))
+        };
         let statements = Statements {
-            claim_holding_keys: Arc::from(format!(
-                "{select} FROM {t} o WHERE {pending} \
-                 AND NOT EXISTS (SELECT 1 FROM {t} w WHERE w.shard = $1 AND w.attempts > 0 \
-                     AND w.published_at IS NULL AND w.partition_key = o.partition_key \
-                     AND w.id < o.id) \
-                 AND NOT EXISTS (SELECT 1 FROM {d} x WHERE x.blocks_key AND x.shard = $1 \
-                     AND x.partition_key = o.partition_key) \
-                 ORDER BY o.id LIMIT $2"
-            )),
-            claim: Arc::from(format!(
-                "{select} FROM {t} o WHERE {pending} ORDER BY o.id LIMIT $2"
-            )),
+            claim: [
+                [claim(false, false), claim(false, true)],
+                [claim(true, false), claim(true, true)],
+            ],
             delete: Arc::from(format!("DELETE FROM {t} WHERE shard = $2 AND id = ANY($1)")),
             mark: Arc::from(format!(
                 "UPDATE {t} SET published_at = now() WHERE shard = $2 AND id = ANY($1)"
             )),
             fail: Arc::from(format!(
                 "UPDATE {t} o SET attempts = o.attempts + 1, strikes = o.strikes + f.strike, \
-                     last_error = f.error, last_attempt_at = now(), \
+                     last_error = f.error, last_attempt_at = $6, \
                      available_at = now() + f.delay_ms * interval '1 millisecond' \
                  FROM unnest($1::int8[], $2::int4[], $3::text[], $4::int8[]) \
                      AS f(id, strike, error, delay_ms) \
@@ -252,6 +330,7 @@ pub(crate) async fn apply_migrations(
 struct PgBatch {
     tx: sqlx::Transaction<'static, Postgres>,
     shard: i16,
+    claimed: usize,
     rows: Vec<StoredRow>,
     statements: Arc<Statements>,
 }
@@ -270,8 +349,20 @@ impl ClaimedBatch for PgBatch {
                 mut tx,
                 statements,
                 shard,
+                claimed,
                 ..
             } = *self;
+            let all_published = outcome.failed.is_empty()
+                && outcome.parked.is_empty()
+                && outcome.published.len() == claimed;
+            if all_published {
+                // The claim already removed (or marked) them.
+                tx.commit().await?;
+                return Ok(());
+            }
+            sqlx::raw_sql("ROLLBACK TO SAVEPOINT ms_outbox_claim")
+                .execute(&mut *tx)
+                .await?;
             if !outcome.published.is_empty() {
                 let statement = if outcome.keep_published {
                     &statements.mark
@@ -300,6 +391,7 @@ impl ClaimedBatch for PgBatch {
                     .bind(&errors)
                     .bind(&delays)
                     .bind(shard)
+                    .bind(outcome.attempted_at)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -358,6 +450,7 @@ impl Store for PgStore {
         shard: i16,
         limit: i64,
         hold_keys: bool,
+        keep_published: bool,
     ) -> BoxFuture<'_, Result<Claim, OutboxError>> {
         Box::pin(async move {
             let mut tx = self.pool.begin().await?;
@@ -366,20 +459,22 @@ impl Store for PgStore {
             // lost connection) that leaves them pending. It is taken in its own statement so
             // that the claim's snapshot is taken after it, and sees what the previous holder
             // committed.
-            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
-                .bind(self.schema().shard_lock_space)
-                .bind(i32::from(shard))
-                .fetch_one(&mut *tx)
-                .await?;
+            // (Both numbers are integers this crate computed: safe to format into the text,
+            // which saves a round trip for the savepoint.)
+            let locked: bool = sqlx::raw_sql(AssertSqlSafe(format!(
+                "SELECT pg_try_advisory_xact_lock({}, {}); SAVEPOINT ms_outbox_claim",
+                self.schema().shard_lock_space,
+                shard
+            )))
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
             if !locked {
                 return Ok(Claim::Busy);
             }
-            let statement = if hold_keys {
-                &self.statements.claim_holding_keys
-            } else {
-                &self.statements.claim
-            };
-            let rows = sqlx::query(AssertSqlSafe(Arc::clone(statement)))
+            let statement =
+                &self.statements.claim[usize::from(hold_keys)][usize::from(keep_published)];
+            let mut rows = sqlx::query(AssertSqlSafe(Arc::clone(statement)))
                 .bind(shard)
                 .bind(limit)
                 .fetch_all(&mut *tx)
@@ -394,12 +489,17 @@ impl Store for PgStore {
                         created_at: row.try_get(4)?,
                         strikes: row.try_get(5)?,
                         attempts: row.try_get(6)?,
+                        key: row.try_get(7)?,
+                        last_attempt_at: row.try_get(8)?,
                     })
                 })
                 .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            // RETURNING follows no particular order.
+            rows.sort_unstable_by_key(|row| row.id);
             Ok(Claim::Batch(Box::new(PgBatch {
                 tx,
                 shard,
+                claimed: rows.len(),
                 rows,
                 statements: Arc::clone(&self.statements),
             })))

@@ -1,5 +1,12 @@
 //! SQLite, the embedded default: one writer at a time, so ids are commit order already; the
-//! relay drains the whole table as one shard, in `BEGIN IMMEDIATE` transactions.
+//! relay drains the whole table as one shard.
+//!
+//! SQLite has one write lock for the whole database, so the relay never holds it while it
+//! publishes: a slow or unreachable broker would otherwise fail every application write with
+//! "database is locked" once the busy timeout passes, the very coupling an outbox removes. A
+//! batch is read in one short `BEGIN IMMEDIATE` transaction and its outcome written in
+//! another. One relay per database (the documented setup) has one worker, so its batches do
+//! not overlap; a second relay on the same file would publish duplicates, never lose a row.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +17,8 @@ use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
 
 use super::{
-    Backlog, BatchOutcome, Claim, ClaimedBatch, DeadLetter, PreparedRow, Store, StoredRow, sealed,
+    Backlog, BatchOutcome, Claim, ClaimedBatch, DeadLetter, InboxStatements, PreparedRow, Store,
+    StoredRow, sealed,
 };
 use crate::outbox::OutboxInner;
 use crate::schema::{OutboxSchema, outbox_migrations, versions_table};
@@ -60,10 +68,75 @@ impl sealed::Sealed for Sqlite {
     fn store(pool: SqlitePool, outbox: Arc<OutboxInner>) -> Arc<dyn Store> {
         Arc::new(SqliteStore::new(pool, outbox))
     }
+
+    fn apply_migrations<'a>(
+        pool: &'a SqlitePool,
+        like: &'a crate::TableName,
+        object: &'a str,
+        migrations: &'a [crate::Migration],
+    ) -> BoxFuture<'a, Result<(), OutboxError>> {
+        Box::pin(apply_migrations(pool, like, object, migrations))
+    }
+
+    const INBOX_MIGRATIONS: &'static [(i64, &'static str, &'static str)] = &[(
+        1,
+        "inbox table",
+        include_str!("../../migrations/sqlite/0001_inbox.sql"),
+    )];
+
+    fn inbox_statements(inbox: &str) -> InboxStatements {
+        InboxStatements {
+            record: Arc::from(format!(
+                "INSERT INTO {inbox} (consumer, envelope_id, handled_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO NOTHING"
+            )),
+            cleanup: Arc::from(format!(
+                "DELETE FROM {inbox} WHERE (consumer, envelope_id) IN ( \
+                     SELECT consumer, envelope_id FROM {inbox} WHERE handled_at < ?1 LIMIT ?2)"
+            )),
+        }
+    }
+
+    fn inbox_record<'a>(
+        conn: &'a mut SqliteConnection,
+        statements: &'a InboxStatements,
+        consumer: &'a str,
+        envelope_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, OutboxError>> {
+        Box::pin(async move {
+            let done = sqlx::query(AssertSqlSafe(Arc::clone(&statements.record)))
+                .bind(consumer)
+                .bind(envelope_id)
+                .bind(now_ms())
+                .execute(&mut *conn)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn inbox_cleanup<'a>(
+        pool: &'a SqlitePool,
+        statements: &'a InboxStatements,
+        older_than: Duration,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<u64, OutboxError>> {
+        Box::pin(async move {
+            let done = sqlx::query(AssertSqlSafe(Arc::clone(&statements.cleanup)))
+                .bind(now_ms().saturating_sub(millis(older_than)))
+                .bind(limit)
+                .execute(pool)
+                .await?;
+            Ok(done.rows_affected())
+        })
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {
-    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+    to_ms(OffsetDateTime::now_utc())
+}
+
+fn to_ms(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 pub(crate) fn from_ms(ms: i64) -> OffsetDateTime {
@@ -96,7 +169,7 @@ impl SqliteStore {
         let s = &outbox.schema;
         let (t, d) = (&s.outbox, &s.dead_letters);
         let select = "SELECT o.id, o.kind, o.destination, o.envelope, o.created_at, \
-                      o.strikes, o.attempts";
+                      o.strikes, o.attempts, o.partition_key, o.last_attempt_at";
         let pending = "o.published_at IS NULL AND (o.available_at IS NULL OR o.available_at <= ?1)";
         let statements = Statements {
             claim_holding_keys: Arc::from(format!(
@@ -192,7 +265,7 @@ pub(crate) async fn apply_migrations(
 }
 
 struct SqliteBatch {
-    tx: sqlx::Transaction<'static, Sqlite>,
+    pool: SqlitePool,
     rows: Vec<StoredRow>,
     statements: Arc<Statements>,
 }
@@ -221,8 +294,10 @@ impl ClaimedBatch for SqliteBatch {
     ) -> BoxFuture<'static, Result<(), OutboxError>> {
         Box::pin(async move {
             let SqliteBatch {
-                mut tx, statements, ..
+                pool, statements, ..
             } = *self;
+            // Rows deleted meanwhile (by a second relay) make these statements no-ops.
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
             let now = now_ms();
             if !outcome.published.is_empty() {
                 let ids = json_ids(&outcome.published);
@@ -244,7 +319,7 @@ impl ClaimedBatch for SqliteBatch {
                     .bind(failed.id)
                     .bind(i32::from(failed.strike))
                     .bind(&failed.error)
-                    .bind(now)
+                    .bind(outcome.attempted_at.map_or(now, to_ms))
                     .bind(millis(failed.retry_in))
                     .execute(&mut *tx)
                     .await?;
@@ -277,6 +352,8 @@ fn stored_row(row: &sqlx::sqlite::SqliteRow) -> Result<StoredRow, sqlx::Error> {
         created_at: from_ms(row.try_get(4)?),
         strikes: row.try_get(5)?,
         attempts: row.try_get(6)?,
+        key: row.try_get(7)?,
+        last_attempt_at: row.try_get::<Option<i64>, _>(8)?.map(from_ms),
     })
 }
 
@@ -312,10 +389,12 @@ impl Store for SqliteStore {
         _shard: i16,
         limit: i64,
         hold_keys: bool,
+        _keep_published: bool,
     ) -> BoxFuture<'_, Result<Claim, OutboxError>> {
         Box::pin(async move {
-            // The write lock first: a second relay on the same file waits for this batch to
-            // be committed instead of reading the same rows.
+            // `BEGIN IMMEDIATE` waits for a writer that is still committing (an enqueue wakes
+            // the relay before its commit), so the read sees its rows; the lock is let go
+            // before publishing (see the module docs).
             let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
             let statement = if hold_keys {
                 &self.statements.claim_holding_keys
@@ -330,8 +409,9 @@ impl Store for SqliteStore {
                 .iter()
                 .map(stored_row)
                 .collect::<Result<Vec<_>, _>>()?;
+            tx.commit().await?;
             Ok(Claim::Batch(Box::new(SqliteBatch {
-                tx,
+                pool: self.pool.clone(),
                 rows,
                 statements: Arc::clone(&self.statements),
             })))

@@ -21,8 +21,9 @@ pub const DEFAULT_MIN_RETRY_DELAY: Duration = Duration::from_millis(200);
 pub const DEFAULT_MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 /// The longest a batch's publication may take before it is abandoned (rolled back, retried).
 pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
-/// A failure counts towards the dead letter only if the relay published something within this
-/// long: then the broker is up and the row itself is the problem.
+/// A row's first failure counts towards the dead letter only if the relay published something
+/// within this long (later failures count only if it published something since the row's
+/// previous failure): then the broker is up and the row itself is the problem.
 pub const DEFAULT_STRIKE_WINDOW: Duration = Duration::from_secs(60);
 
 /// What a row that keeps failing does to the rows after it.

@@ -60,7 +60,8 @@
 //! before the failing one are kept as published; the failing row is retried later with
 //! exponential backoff, and (with [`OnPoison::BlockKey`], the default) the later rows of its key
 //! wait, while other keys flow. A failure counts towards the dead letter only while the broker
-//! is demonstrably up (the relay published something within the last minute), so an outage
+//! is demonstrably up: the relay has published something since the row last failed (for a
+//! first failure: within the last minute). An outage thus costs a row at most one count and
 //! parks nothing; after [`max_attempts`](RelayBuilder::max_attempts) counted failures, or at
 //! once for a stored envelope that cannot be decoded, the row moves to the dead-letter table
 //! with its error ([`Outbox::dead_letters`](crate::Outbox::dead_letters),
@@ -154,6 +155,9 @@ impl Relay {
     pub fn spawn(self) -> RelayHandle {
         let (stop, stopped) = watch::channel(false);
         let state = Arc::clone(&self.ctx.state);
+        // Running from now on, not from the task's first poll: a status or health check read
+        // right after `spawn` must not report a stopped relay.
+        state.running.store(true, Ordering::Relaxed);
         let task = tokio::spawn(self.run_until(async move {
             let mut stopped = stopped;
             let _ = stopped.wait_for(|stop| *stop).await;

@@ -39,6 +39,7 @@ pub(crate) struct RelayState {
     pub(crate) parked: AtomicU64,
     pub(crate) batch_errors: AtomicU64,
     last_published: Mutex<Option<Instant>>,
+    last_published_at: Mutex<Option<time::OffsetDateTime>>,
     last_heartbeat: Mutex<Option<Instant>>,
     last_error: Mutex<Option<String>>,
     backlog: Mutex<Option<Backlog>>,
@@ -55,6 +56,7 @@ impl RelayState {
             self.published.fetch_add(rows as u64, Ordering::Relaxed);
             let now = Instant::now();
             *lock(&self.last_published) = Some(now);
+            *lock(&self.last_published_at) = Some(time::OffsetDateTime::now_utc());
             *lock(&self.last_heartbeat) = Some(now);
         }
     }
@@ -71,8 +73,10 @@ impl RelayState {
         *lock(&self.backlog) = Some(backlog);
     }
 
-    pub(crate) fn last_published(&self) -> Option<Instant> {
-        *lock(&self.last_published)
+    /// When the relay last confirmed a publication, by the wall clock (compared with the
+    /// failure times stored in rows).
+    pub(crate) fn last_published_at(&self) -> Option<time::OffsetDateTime> {
+        *lock(&self.last_published_at)
     }
 
     pub(crate) fn snapshot(&self) -> RelayStatus {

@@ -67,6 +67,8 @@ struct Group {
 }
 
 struct Meta {
+    key: String,
+    last_attempt_at: Option<OffsetDateTime>,
     created_at: OffsetDateTime,
     strikes: i32,
     attempts: i32,
@@ -76,7 +78,12 @@ pub(crate) async fn round(ctx: &Shared, shard: i16) -> Result<Round, OutboxError
     let config = &ctx.config;
     let hold_keys = config.on_poison == OnPoison::BlockKey;
     let limit = i64::try_from(config.batch_size).unwrap_or(i64::MAX);
-    let mut batch = match ctx.store.claim(shard, limit, hold_keys).await? {
+    let keep_published = matches!(config.retention, Retention::Keep(_));
+    let mut batch = match ctx
+        .store
+        .claim(shard, limit, hold_keys, keep_published)
+        .await?
+    {
         Claim::Busy => return Ok(Round::Busy),
         Claim::Batch(batch) => batch,
     };
@@ -84,7 +91,9 @@ pub(crate) async fn round(ctx: &Shared, shard: i16) -> Result<Round, OutboxError
     let rows = batch.take_rows();
     let claimed = rows.len();
     if claimed == 0 {
-        // Dropping the batch rolls back its empty transaction and frees the shard.
+        // End the transaction now: a dropped one is rolled back only when its connection is
+        // next used, and would hold the shard's lock until then.
+        batch.finish(BatchOutcome::default()).await?;
         return Ok(Round::Claimed {
             full: false,
             failed: false,
@@ -92,7 +101,7 @@ pub(crate) async fn round(ctx: &Shared, shard: i16) -> Result<Round, OutboxError
     }
 
     let mut outcome = BatchOutcome {
-        keep_published: matches!(config.retention, Retention::Keep(_)),
+        keep_published,
         parked_blocks_key: hold_keys,
         ..BatchOutcome::default()
     };
@@ -120,29 +129,7 @@ pub(crate) async fn round(ctx: &Shared, shard: i16) -> Result<Round, OutboxError
                 failed = true;
                 ctx.state
                     .error(format!("publish to {}: {error}", group.destination));
-                // Find the row that fails: publish one at a time, in order, up to it. The rows
-                // after it stay pending (its key is held back; the others go next round).
-                for (i, envelope) in group.envelopes.iter().enumerate() {
-                    let single = timed(
-                        config.publish_timeout,
-                        ctx.target.publish_batch(
-                            group.kind,
-                            &group.destination,
-                            std::slice::from_ref(envelope),
-                        ),
-                    )
-                    .await;
-                    match single {
-                        Ok(()) => {
-                            outcome.published.push(group.ids[i]);
-                            latencies.push(group.rows[i].created_at);
-                        }
-                        Err(error) => {
-                            record_failure(ctx, &mut outcome, group.ids[i], &group.rows[i], &error);
-                            break;
-                        }
-                    }
-                }
+                isolate(ctx, group, &mut outcome, &mut latencies, hold_keys).await;
             }
         }
     }
@@ -165,28 +152,110 @@ pub(crate) async fn round(ctx: &Shared, shard: i16) -> Result<Round, OutboxError
     })
 }
 
+/// After a group's batch failed: finds the failing rows one at a time and publishes the
+/// others. Rows before a failing row are published; the failing row is recorded; the rows after
+/// it (without its key's, when keys are held) are tried again as a batch. When two attempts in
+/// a row fail on their very first row, nothing is getting through (an outage, most likely):
+/// the rest stays pending for the next round.
+async fn isolate(
+    ctx: &Shared,
+    group: &Group,
+    outcome: &mut BatchOutcome,
+    latencies: &mut Vec<OffsetDateTime>,
+    hold_keys: bool,
+) {
+    let timeout = ctx.config.publish_timeout;
+    let publish = |envelopes: Vec<Envelope>| async move {
+        timed(
+            timeout,
+            ctx.target
+                .publish_batch(group.kind, &group.destination, &envelopes),
+        )
+        .await
+    };
+    let mut pending: Vec<usize> = (0..group.ids.len()).collect();
+    let mut held: Vec<&str> = Vec::new();
+    let mut first_row_failures = 0;
+    let mut batch_failed = true;
+    while !pending.is_empty() {
+        if !batch_failed {
+            let envelopes = pending
+                .iter()
+                .map(|&i| group.envelopes[i].clone())
+                .collect();
+            if publish(envelopes).await.is_ok() {
+                for &i in &pending {
+                    outcome.published.push(group.ids[i]);
+                    latencies.push(group.rows[i].created_at);
+                }
+                return;
+            }
+        }
+        let mut failed_at = None;
+        for (position, &i) in pending.iter().enumerate() {
+            match publish(vec![group.envelopes[i].clone()]).await {
+                Ok(()) => {
+                    outcome.published.push(group.ids[i]);
+                    latencies.push(group.rows[i].created_at);
+                }
+                Err(error) => {
+                    record_failure(ctx, outcome, group.ids[i], &group.rows[i], &error);
+                    failed_at = Some(position);
+                    break;
+                }
+            }
+        }
+        let Some(position) = failed_at else { return };
+        first_row_failures = if position == 0 {
+            first_row_failures + 1
+        } else {
+            0
+        };
+        if first_row_failures >= 2 {
+            return;
+        }
+        if hold_keys {
+            held.push(&group.rows[pending[position]].key);
+        }
+        pending = pending[position + 1..]
+            .iter()
+            .copied()
+            .filter(|&i| !held.contains(&group.rows[i].key.as_str()))
+            .collect();
+        batch_failed = false;
+    }
+}
+
 /// Splits a batch by destination, keeping id order; rows that cannot be decoded are parked at
-/// once (retrying cannot fix them).
+/// once (retrying cannot fix them). When a parked row blocks its key, the later rows of its
+/// key in the batch are left out (they stay pending, and later claims leave them out until the
+/// parked row is replayed or discarded): published now, they would go out ahead of it.
 fn group(rows: Vec<StoredRow>, outcome: &mut BatchOutcome) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
+    let mut held: Vec<String> = Vec::new();
     for row in rows {
-        let Some(kind) = MessageKind::from_code(row.kind) else {
-            outcome
-                .parked
-                .push((row.id, format!("unknown message kind {}", row.kind)));
+        if held.contains(&row.key) {
             continue;
+        }
+        let envelope = match MessageKind::from_code(row.kind) {
+            None => Err(format!("unknown message kind {}", row.kind)),
+            Some(kind) => ms_bus::codec::from_json(row.envelope.as_bytes())
+                .map(|envelope| (kind, envelope))
+                .map_err(|error| format!("the stored envelope cannot be decoded: {error}")),
         };
-        let envelope = match ms_bus::codec::from_json(row.envelope.as_bytes()) {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                outcome.parked.push((
-                    row.id,
-                    format!("the stored envelope cannot be decoded: {error}"),
-                ));
+        let (kind, envelope) = match envelope {
+            Ok(decoded) => decoded,
+            Err(reason) => {
+                outcome.parked.push((row.id, reason));
+                if outcome.parked_blocks_key {
+                    held.push(row.key);
+                }
                 continue;
             }
         };
         let meta = Meta {
+            key: row.key,
+            last_attempt_at: row.last_attempt_at,
             created_at: row.created_at,
             strikes: row.strikes,
             attempts: row.attempts,
@@ -230,11 +299,16 @@ fn record_failure(
         return;
     }
     // During a broker outage every row fails; those failures say nothing about the rows and
-    // must not park them. A failure counts only while the broker is demonstrably up.
-    let broker_up = ctx
-        .state
-        .last_published()
-        .is_some_and(|at| at.elapsed() < config.strike_window);
+    // must not park them. A failure counts only while the broker is demonstrably up: the
+    // relay published something since this row last failed (or, for its first failure, within
+    // the strike window). An outage therefore costs a row at most one strike.
+    let now = OffsetDateTime::now_utc();
+    outcome.attempted_at = Some(now);
+    let broker_up = match (ctx.state.last_published_at(), meta.last_attempt_at) {
+        (Some(published), Some(previous_failure)) => published > previous_failure,
+        (Some(published), None) => now - published < config.strike_window,
+        (None, _) => false,
+    };
     let strike = broker_up && !matches!(error, BusError::Connection(_) | BusError::Closed);
     if strike
         && meta.strikes.saturating_add(1) >= i32::try_from(config.max_attempts).unwrap_or(i32::MAX)
