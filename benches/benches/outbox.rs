@@ -187,11 +187,27 @@ impl Drop for BenchDb {
 impl BenchDb {
     /// Another pool on the bench database.
     async fn pool(&self, connections: u32) -> PgPool {
+        self.pool_with(connections, self.admin.clone().database(&self.name))
+            .await
+    }
+
+    async fn pool_with(&self, connections: u32, options: PgConnectOptions) -> PgPool {
         PgPoolOptions::new()
             .max_connections(connections)
-            .connect_with(self.admin.clone().database(&self.name))
+            .connect_with(options)
             .await
             .expect("connect to the bench database")
+    }
+
+    /// A pool whose sessions commit without waiting for the WAL flush
+    /// (`synchronous_commit = off`).
+    async fn async_commit_pool(&self, connections: u32) -> PgPool {
+        let options = self
+            .admin
+            .clone()
+            .database(&self.name)
+            .options([("synchronous_commit", "off")]);
+        self.pool_with(connections, options).await
     }
 }
 
@@ -1051,13 +1067,24 @@ mod ours {
     /// Commit-to-publish latency with LISTEN/NOTIFY wake-up: a writer commits one event per
     /// millisecond for 5 s while the relay runs; per event, from the writer's `commit()`
     /// returning to the sink receiving it. Criterion has no percentiles: printed on stderr.
+    ///
+    /// With `relay_async_commit`, the relay's sessions run with `synchronous_commit = off`
+    /// (a bench-side experiment, not a relay setting): its commit then deletes published rows
+    /// without waiting for an fsync; a crash could lose that delete, and the rows would be
+    /// published again, which at-least-once delivery allows.
     pub(super) fn ours_latency_1000_per_s(
         rt: &tokio::runtime::Runtime,
         db: &BenchDb,
         outbox: &Outbox<sqlx::Postgres>,
+        relay_async_commit: bool,
     ) {
         const EVENTS: u32 = 5_000;
         const WRITER_CONNECTIONS: u32 = 16;
+        let name = if relay_async_commit {
+            "outbox_ours/latency_1000_per_s_relay_async_commit"
+        } else {
+            "outbox_ours/latency_1000_per_s"
+        };
         rt.block_on(async {
             db.pool
                 .execute(sqlx::AssertSqlSafe(format!(
@@ -1067,7 +1094,12 @@ mod ours {
                 .await
                 .expect("empty the outbox");
             let sink = Arc::new(Sink::timed());
-            let handle = Relay::builder(outbox, &db.pool, sink.clone())
+            let relay_pool = if relay_async_commit {
+                db.async_commit_pool(8).await
+            } else {
+                db.pool(8).await
+            };
+            let handle = Relay::builder(outbox, &relay_pool, sink.clone())
                 .batch_size(BATCH)
                 .concurrency(CONCURRENCY)
                 .build()
@@ -1098,6 +1130,7 @@ mod ours {
             writer_pool.close().await;
             wait_published(&handle, u64::from(EVENTS)).await;
             handle.shutdown().await.expect("relay shutdown");
+            relay_pool.close().await;
             let arrivals: HashMap<String, Instant> = sink
                 .arrivals
                 .as_ref()
@@ -1118,15 +1151,15 @@ mod ours {
                 latencies[index].as_secs_f64() * 1_000.0
             };
             eprintln!(
-                "outbox_ours/latency_1000_per_s: {EVENTS} events committed one by one in {:.2} s ({:.0} events/s), {WRITER_CONNECTIONS} writer connections, relay batch {BATCH}, concurrency {CONCURRENCY} on a pool of its own, LISTEN/NOTIFY",
+                "{name}: {EVENTS} events committed one by one in {:.2} s ({:.0} events/s), {WRITER_CONNECTIONS} writer connections, relay batch {BATCH}, concurrency {CONCURRENCY} on a pool of its own, LISTEN/NOTIFY",
                 writing.as_secs_f64(),
                 f64::from(EVENTS) / writing.as_secs_f64()
             );
-            eprintln!("outbox_ours/latency_1000_per_s: p50 = {:.3} ms", at(50));
-            eprintln!("outbox_ours/latency_1000_per_s: p90 = {:.3} ms", at(90));
-            eprintln!("outbox_ours/latency_1000_per_s: p99 = {:.3} ms", at(99));
+            eprintln!("{name}: p50 = {:.3} ms", at(50));
+            eprintln!("{name}: p90 = {:.3} ms", at(90));
+            eprintln!("{name}: p99 = {:.3} ms", at(99));
             eprintln!(
-                "outbox_ours/latency_1000_per_s: max = {:.3} ms",
+                "{name}: max = {:.3} ms",
                 at(100)
             );
         });
@@ -1280,7 +1313,10 @@ fn outbox(c: &mut Criterion) {
             ours::ours_pg_nats(c, &rt, db, &outbox, stream, nats);
         }
         if selected("outbox_ours/latency_1000_per_s") {
-            ours::ours_latency_1000_per_s(&rt, db, &outbox);
+            ours::ours_latency_1000_per_s(&rt, db, &outbox, false);
+        }
+        if selected("outbox_ours/latency_1000_per_s_relay_async_commit") {
+            ours::ours_latency_1000_per_s(&rt, db, &outbox, true);
         }
         if selected("outbox_paired") {
             paired(
