@@ -25,8 +25,9 @@
 //! - `outbox_ours/latency_1000_per_s` (not a criterion bench: printed on stderr, one line per
 //!   figure): a writer commits one event per millisecond for 5 s while the relay runs, woken
 //!   by LISTEN/NOTIFY; per event, from `commit()` returning to the sink receiving it.
-//! - `outbox_paired` (printed on stderr too): the raw drain, ours and the peer back to back in
-//!   each of 7 rounds (and the raw publish, ours and the peer to JetStream), with each
+//! - `outbox_paired` (printed on stderr too): the raw drain, ours (and, as a diagnostic, ours
+//!   with every row under one key, so in one shard like the raw drain's) and the peer back to
+//!   back in each of 7 rounds (and the raw publish, ours and the peer to JetStream), with each
 //!   round's ratios and their medians: the goals are ratios, and on a shared machine the load
 //!   moves between criterion's groups, minutes apart.
 //!
@@ -718,9 +719,18 @@ mod ours {
     /// Relay workers (shards drained at once).
     const CONCURRENCY: usize = 2;
 
-    /// One invoice event per row, each its own invoice: fresh ids (JetStream deduplicates by
-    /// envelope id) and keys spread over the outbox's shards.
-    fn messages(rows: u64) -> Vec<OutboxMessage> {
+    /// How the rows' partition keys fall.
+    #[derive(Clone, Copy, PartialEq)]
+    pub(super) enum Keys {
+        /// Each row its own invoice: keys spread over the outbox's shards.
+        PerInvoice,
+        /// One key for every row: one shard, drained one batch after another as the raw drain
+        /// drains its one shard (a diagnostic, not a workload).
+        One,
+    }
+
+    /// One invoice event per row, fresh ids (JetStream deduplicates by envelope id).
+    fn messages(rows: u64, keys: Keys) -> Vec<OutboxMessage> {
         (0..rows)
             .map(|n| {
                 let envelope = Envelope::builder("invoicing.invoice.created", "/invoicing")
@@ -729,7 +739,11 @@ mod ours {
                     .expect("serializable data")
                     .build()
                     .expect("valid envelope");
-                OutboxMessage::event(TOPIC, envelope)
+                let message = OutboxMessage::event(TOPIC, envelope);
+                match keys {
+                    Keys::PerInvoice => message,
+                    Keys::One => message.partition_key("invoicing"),
+                }
             })
             .collect()
     }
@@ -809,7 +823,7 @@ mod ours {
     const ENQUEUE_CHUNK: usize = 500;
 
     /// Empties the outbox table and enqueues `rows` messages (not measured).
-    async fn refill<DB: Backend>(outbox: &Outbox<DB>, pool: &sqlx::Pool<DB>, rows: u64)
+    async fn refill<DB: Backend>(outbox: &Outbox<DB>, pool: &sqlx::Pool<DB>, rows: u64, keys: Keys)
     where
         for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     {
@@ -819,7 +833,7 @@ mod ours {
         pool.execute(sqlx::AssertSqlSafe(format!("{empty} {table}")))
             .await
             .expect("empty the outbox");
-        let mut messages = messages(rows).into_iter().peekable();
+        let mut messages = messages(rows, keys).into_iter().peekable();
         while messages.peek().is_some() {
             let mut tx = pool.begin().await.expect("begin");
             outbox
@@ -850,13 +864,14 @@ mod ours {
         bus: P,
         batch: usize,
         rows: u64,
+        keys: Keys,
     ) -> Duration
     where
         DB: Backend,
         for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
         P: EventPublisher + CommandSender + 'static,
     {
-        refill(outbox, pool, rows).await;
+        refill(outbox, pool, rows, keys).await;
         let start = Instant::now();
         let handle = Relay::builder(outbox, pool, bus)
             .batch_size(batch)
@@ -896,7 +911,15 @@ mod ours {
                     let mut measured = Duration::ZERO;
                     for _ in 0..iters {
                         let sink = Arc::new(Sink::default());
-                        measured += drain(outbox, &db.pool, sink.clone(), batch, rows).await;
+                        measured += drain(
+                            outbox,
+                            &db.pool,
+                            sink.clone(),
+                            batch,
+                            rows,
+                            Keys::PerInvoice,
+                        )
+                        .await;
                         assert!(sink.delivered.load(Ordering::Relaxed) >= rows);
                     }
                     measured
@@ -929,7 +952,7 @@ mod ours {
                 let mut measured = Duration::ZERO;
                 for _ in 0..iters {
                     count.store(0, Ordering::Relaxed);
-                    refill(outbox, &db.pool, ROWS).await;
+                    refill(outbox, &db.pool, ROWS, Keys::PerInvoice).await;
                     let start = Instant::now();
                     let handle = Relay::builder(outbox, &db.pool, bus.clone())
                         .batch_size(BATCH)
@@ -989,7 +1012,15 @@ mod ours {
                 .await
                 .expect("stream");
             js_stream.purge().await.expect("purge");
-            drain(outbox, pool, self.bus.clone(), BATCH, rows).await
+            drain(
+                outbox,
+                pool,
+                self.bus.clone(),
+                BATCH,
+                rows,
+                Keys::PerInvoice,
+            )
+            .await
         }
     }
 
@@ -998,8 +1029,9 @@ mod ours {
         outbox: &Outbox<sqlx::Postgres>,
         pool: &sqlx::PgPool,
         rows: u64,
+        keys: Keys,
     ) -> Duration {
-        drain(outbox, pool, Arc::new(Sink::default()), BATCH, rows).await
+        drain(outbox, pool, Arc::new(Sink::default()), BATCH, rows, keys).await
     }
 
     /// PostgreSQL → NATS JetStream through ms-bus's adapter, batches of 1,000.
@@ -1054,7 +1086,8 @@ mod ours {
                     let mut measured = Duration::ZERO;
                     for _ in 0..iters {
                         let sink = Arc::new(Sink::default());
-                        measured += drain(outbox, pool, sink.clone(), BATCH, ROWS).await;
+                        measured +=
+                            drain(outbox, pool, sink.clone(), BATCH, ROWS, Keys::PerInvoice).await;
                     }
                     measured
                 }
@@ -1114,7 +1147,7 @@ mod ours {
             let mut tick = tokio::time::interval(Duration::from_millis(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let start = Instant::now();
-            for message in messages(u64::from(EVENTS)) {
+            for message in messages(u64::from(EVENTS), Keys::PerInvoice) {
                 tick.tick().await;
                 let (pool, outbox) = (writer_pool.clone(), outbox.clone());
                 writers.spawn(async move {
@@ -1229,8 +1262,8 @@ fn paired(
 ) {
     rt.block_on(async {
         let body = bytes::Bytes::from(text.to_owned());
-        let (mut to_drain, mut to_peer, mut to_js, mut peer_to_limit) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut to_drain, mut one_key_to_drain, mut to_peer, mut to_js, mut peer_to_limit) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 1..=PAIRED_ROUNDS {
             refill(&db.pool, text, ROWS).await;
             let mut conn = db.pool.acquire().await.expect("connection");
@@ -1238,14 +1271,23 @@ fn paired(
             assert_eq!(raw_drain(&mut conn, 1_000).await, ROWS);
             let raw = rate(ROWS, start.elapsed());
             drop(conn);
-            let ours = rate(ROWS, ours::drain_pg_sink(outbox, &db.pool, ROWS).await);
+            let ours = rate(
+                ROWS,
+                ours::drain_pg_sink(outbox, &db.pool, ROWS, ours::Keys::PerInvoice).await,
+            );
+            let one_key = rate(
+                ROWS,
+                ours::drain_pg_sink(outbox, &db.pool, ROWS, ours::Keys::One).await,
+            );
             let theirs = rate(ROWS, peer.drain_memory(ROWS).await);
             eprintln!(
-                "outbox_paired/memory round {round}: raw drain {raw:.0}/s, ours {ours:.0}/s ({:.0} % of raw), outbox-postgres {theirs:.0}/s ({:.0} % of raw)",
+                "outbox_paired/memory round {round}: raw drain {raw:.0}/s, ours {ours:.0}/s ({:.0} % of raw), ours with one key {one_key:.0}/s ({:.0} % of raw), outbox-postgres {theirs:.0}/s ({:.0} % of raw)",
                 100.0 * ours / raw,
+                100.0 * one_key / raw,
                 100.0 * theirs / raw
             );
             to_drain.push(ours / raw);
+            one_key_to_drain.push(one_key / raw);
             to_peer.push(ours / theirs);
             if let Some((stream, nats)) = nats {
                 let ids = fresh_ids(ROWS);
@@ -1266,9 +1308,10 @@ fn paired(
             }
         }
         eprintln!(
-            "outbox_paired: median over {PAIRED_ROUNDS} rounds: PostgreSQL → in-process sink, ours = {:.0} % of the raw drain (goal ≥ 80 %), {:.2}× outbox-postgres",
+            "outbox_paired: median over {PAIRED_ROUNDS} rounds: PostgreSQL → in-process sink, ours = {:.0} % of the raw drain (goal ≥ 80 %), {:.2}× outbox-postgres; ours with one key (one shard, as the raw drain) = {:.0} % of the raw drain",
             100.0 * median(to_drain),
-            median(to_peer)
+            median(to_peer),
+            100.0 * median(one_key_to_drain)
         );
         if !to_js.is_empty() {
             eprintln!(
