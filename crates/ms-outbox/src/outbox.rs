@@ -23,7 +23,10 @@ pub const MAX_SHARDS: u16 = 4096;
 /// transaction, so the business change and its events commit or roll back together; a
 /// [`Relay`](crate::Relay) publishes them once committed.
 ///
-/// Cloning is cheap and clones share their configuration.
+/// Cloning is cheap and clones share their configuration. On SQLite, give the relay a clone of
+/// the outbox the application enqueues through: that is how an enqueue wakes it at once (there
+/// is no LISTEN/NOTIFY); a relay on a separately built `Outbox` finds new rows at its poll
+/// interval.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

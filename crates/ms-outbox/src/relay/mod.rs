@@ -173,6 +173,8 @@ impl Relay {
     ) -> Result<(), OutboxError> {
         let ctx = self.ctx;
         ctx.state.running.store(true, Ordering::Relaxed);
+        // Not running once this future ends, however it ends (returned, dropped, aborted).
+        let _running = Running(Arc::clone(&ctx.state));
         let queue = Arc::new(ShardQueue::default());
         let poll_now = Arc::new(tokio::sync::Notify::new());
         let (stop, stopped) = watch::channel(false);
@@ -223,8 +225,16 @@ impl Relay {
             }
         }
         background.shutdown().await;
-        ctx.state.running.store(false, Ordering::Relaxed);
         outcome
+    }
+}
+
+/// Clears the relay's `running` flag when dropped.
+struct Running(Arc<RelayState>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Relaxed);
     }
 }
 
