@@ -1200,7 +1200,9 @@ mod ours {
 }
 
 /// Whether a run that is not a criterion bench (it prints its figures) is selected: with no
-/// filter on the command line, or a filter that `name` contains.
+/// filter on the command line, or a filter one of whose `|`-separated parts `name` contains
+/// (criterion's filters are regular expressions; alternatives and plain words are what this
+/// understands).
 fn selected(name: &str) -> bool {
     // Criterion's options that take a value: that value is not a filter.
     const WITH_VALUE: &[&str] = &[
@@ -1230,7 +1232,10 @@ fn selected(name: &str) -> bool {
             filters.push(arg);
         }
     }
-    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+    filters.is_empty()
+        || filters
+            .iter()
+            .any(|f| f.split('|').any(|part| name.contains(part)))
 }
 
 /// Rounds of the paired comparison.
