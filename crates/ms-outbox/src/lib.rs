@@ -52,7 +52,9 @@ pub use error::OutboxError;
 pub use health::RelayCheck;
 pub use inbox::{DEFAULT_INBOX_CLEANUP_BATCH, DEFAULT_INBOX_TABLE, Inbox};
 pub use message::{MessageKind, OutboxMessage};
-pub use outbox::{DEFAULT_SHARDS, DEFAULT_TABLE, MAX_SHARDS, Outbox, OutboxBuilder};
+pub use outbox::{
+    DEFAULT_KEY_LOCK_SLOTS, DEFAULT_SHARDS, DEFAULT_TABLE, MAX_SHARDS, Outbox, OutboxBuilder,
+};
 pub use partition::{PARTITIONS_AHEAD, PartitionInterval};
 pub use relay::{OnPoison, Relay, RelayBuilder, RelayHandle, RelayMonitor, RelayStatus, Retention};
 pub use schema::Migration;

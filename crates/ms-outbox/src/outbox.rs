@@ -18,6 +18,9 @@ pub const DEFAULT_TABLE: &str = "ms_outbox";
 pub const DEFAULT_SHARDS: u16 = 32;
 /// The most shards an outbox can have (shards are stored as `SMALLINT`).
 pub const MAX_SHARDS: u16 = 4096;
+/// How many advisory locks partition keys are spread over on PostgreSQL (see
+/// [`OutboxBuilder::key_lock_slots`]).
+pub const DEFAULT_KEY_LOCK_SLOTS: u32 = 1024;
 
 /// A transactional outbox: [`enqueue`](Self::enqueue) writes events into the caller's own sqlx
 /// transaction, so the business change and its events commit or roll back together; a
@@ -61,6 +64,7 @@ pub(crate) struct OutboxInner {
     pub(crate) schema: OutboxSchema,
     pub(crate) shards: u16,
     pub(crate) key_order: bool,
+    pub(crate) key_lock_slots: u32,
     pub(crate) notify: bool,
     pub(crate) propagation: Arc<dyn Propagation>,
     /// Partitioned by `created_at` in these intervals (PostgreSQL).
@@ -110,6 +114,7 @@ impl<DB: Backend> Outbox<DB> {
             table,
             shards: DEFAULT_SHARDS,
             key_order: true,
+            key_lock_slots: DEFAULT_KEY_LOCK_SLOTS,
             notify: true,
             propagation: None,
             partitioning: None,
@@ -249,6 +254,7 @@ pub struct OutboxBuilder<DB: Backend> {
     table: TableName,
     shards: u16,
     key_order: bool,
+    key_lock_slots: u32,
     notify: bool,
     propagation: Option<Arc<dyn Propagation>>,
     partitioning: Option<PartitionInterval>,
@@ -283,6 +289,17 @@ impl<DB: Backend> OutboxBuilder<DB> {
         self
     }
 
+    /// How many advisory locks the key ordering uses ([`DEFAULT_KEY_LOCK_SLOTS`], at least 1):
+    /// a key takes slot `hash(key) mod slots`. PostgreSQL's lock table is shared and small
+    /// (`max_locks_per_transaction` × connections, 6,400 by default), so one transaction
+    /// enqueueing thousands of distinct keys would exhaust it with a lock per key; with slots
+    /// it holds at most this many. The price is that two keys sharing a slot also take turns
+    /// when written concurrently (correctness is unaffected).
+    pub fn key_lock_slots(mut self, slots: u32) -> Self {
+        self.key_lock_slots = slots.max(1);
+        self
+    }
+
     /// Whether writers send a `NOTIFY` so relays wake at once (PostgreSQL; default on). Each
     /// notifying transaction takes PostgreSQL's notify queue lock while it commits; without
     /// it relays find new rows at their poll interval.
@@ -305,6 +322,7 @@ impl<DB: Backend> OutboxBuilder<DB> {
                 schema: OutboxSchema::new(self.table),
                 shards: self.shards,
                 key_order: self.key_order,
+                key_lock_slots: self.key_lock_slots,
                 notify: self.notify,
                 propagation: self.propagation.unwrap_or_else(default_propagation),
                 partitioning: self.partitioning,

@@ -155,3 +155,22 @@ async fn concurrent_writers_keep_each_key_in_commit_order() {
         relay.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_transaction_can_enqueue_twenty_thousand_distinct_keys() {
+    // One advisory lock per key would exhaust PostgreSQL's shared lock table (6,400 entries
+    // by default): keys share a bounded number of lock slots.
+    let Some(db) = ms_testkit::postgres().await else {
+        return;
+    };
+    let pool = db.pool().await;
+    let outbox = Outbox::<Postgres>::default();
+    outbox.migrate(&pool).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    outbox
+        .enqueue_all(&mut *tx, (0..20_000).map(|i| event(&format!("key-{i}"), 1)))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(outbox.backlog(&pool).await.unwrap().pending, 20_000);
+}

@@ -122,7 +122,9 @@ async fn enqueue(
         // another; ids are drawn after, while the locks are held until commit, so the rows of
         // one key get ids in commit order. The notification goes out at commit.
         let mut keys: Vec<i32> = if outbox.key_order {
-            rows.iter().map(|r| lock_id(r.key_hash)).collect()
+            rows.iter()
+                .map(|r| lock_id(r.key_hash % outbox.key_lock_slots))
+                .collect()
         } else {
             Vec::new()
         };
