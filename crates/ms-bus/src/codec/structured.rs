@@ -4,7 +4,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -134,19 +133,29 @@ fn string_member(
     }
 }
 
-/// Decodes one structured event. Equivalent to reading the document into a
-/// `serde_json::Map` (the last of repeated members wins, members are visited in name order,
-/// the same errors in the same order), at about a third of the cost: member values are read
-/// from their raw text, and only `data` is parsed as a JSON value.
+/// Decodes one structured event: as reading the document into a `serde_json::Map` would (the
+/// last of repeated members wins, members are visited in name order, the same errors in the
+/// same order), without building one. Member values are read from their raw text, and JSON
+/// `data` is kept as the text it was sent as (validated, not re-serialised: re-serialising
+/// through `serde_json::Value` would also round numbers beyond `f64`).
 pub(super) fn decode(body: &[u8]) -> Result<Envelope, DecodeError> {
-    let Members(members) =
+    let Members(mut doc) =
         serde_json::from_slice(body).map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
-    // Name order and last-wins, as a `Map` (a BTreeMap) would have them.
-    let mut doc: BTreeMap<Cow<'_, str>, &RawValue> = BTreeMap::new();
-    for (Key(name), value) in members {
-        doc.insert(name, value);
-    }
-    let member = |name: &str| doc.get(name).copied();
+    // Name order and last-wins, as a `Map` (a BTreeMap) would have them: a stable sort keeps
+    // repeated names in document order, and the last of each run is kept.
+    doc.sort_by(|(a, _), (b, _)| a.0.cmp(&b.0));
+    doc.dedup_by(|later, earlier| {
+        let same = later.0.0 == earlier.0.0;
+        if same {
+            earlier.1 = later.1;
+        }
+        same
+    });
+    let member = |name: &str| {
+        doc.binary_search_by(|(key, _)| key.0.as_ref().cmp(name))
+            .ok()
+            .map(|i| doc[i].1)
+    };
     let string = |name: &'static str| string_member(member(name), name);
     let specversion = string("specversion")?.ok_or(DecodeError::MissingAttribute("specversion"))?;
     if specversion != SPEC_VERSION {
@@ -184,16 +193,11 @@ pub(super) fn decode(body: &[u8]) -> Result<Envelope, DecodeError> {
                     .into_bytes(),
             )
         }
-        // Re-serialised from the parsed value, so the bytes are the canonical form whatever
-        // the spacing and member order of the input.
-        (Some(value), None) => {
-            let value: Value = serde_json::from_str(value.get())
-                .map_err(|e| DecodeError::InvalidJson(e.to_string()))?;
-            Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
-        }
+        // The JSON text as sent (the parser has checked it is JSON).
+        (Some(value), None) => Bytes::copy_from_slice(value.get().as_bytes()),
         (None, None) => Bytes::new(),
     };
-    for (name, value) in &doc {
+    for (Key(name), value) in &doc {
         if matches!(
             name.as_ref(),
             "specversion"
@@ -327,10 +331,60 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The reference re-serialises JSON data through `serde_json::Value`, the fast decoder
+    /// keeps its text: equal as JSON, and as bytes whenever the text was canonical already.
+    fn comparable(envelope: Envelope) -> (Envelope, Option<Value>) {
+        let json = serde_json::from_slice::<Value>(envelope.data()).ok();
+        (envelope, json)
+    }
+
     fn same(body: &[u8]) {
         let fast = decode(body).map_err(|e| e.to_string());
         let reference = decode_with_map(body).map_err(|e| e.to_string());
-        assert_eq!(fast, reference, "{}", String::from_utf8_lossy(body));
+        match (fast, reference) {
+            (Ok(fast), Ok(reference)) => {
+                let ((fast, fast_json), (reference, reference_json)) =
+                    (comparable(fast), comparable(reference));
+                assert_eq!(
+                    fast_json,
+                    reference_json,
+                    "{}",
+                    String::from_utf8_lossy(body)
+                );
+                if fast_json.is_none() {
+                    assert_eq!(fast, reference, "{}", String::from_utf8_lossy(body));
+                }
+                assert_eq!(
+                    (
+                        fast.id(),
+                        fast.ty(),
+                        fast.source(),
+                        fast.subject(),
+                        fast.time()
+                    ),
+                    (
+                        reference.id(),
+                        reference.ty(),
+                        reference.source(),
+                        reference.subject(),
+                        reference.time()
+                    )
+                );
+                assert_eq!(
+                    fast.extensions().collect::<Vec<_>>(),
+                    reference.extensions().collect::<Vec<_>>()
+                );
+                assert_eq!(fast.datacontenttype(), reference.datacontenttype());
+            }
+            (fast, reference) => {
+                assert_eq!(
+                    fast.err(),
+                    reference.err(),
+                    "{}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
     }
 
     #[test]
@@ -348,6 +402,7 @@ mod tests {
             br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"b": 1, "a" : [1, 2.0]}}"#,
             br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"text/plain","data":"h\u00e9llo"}"#,
             br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":"text"}"#,
+            br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":12345678901234567890123}"#,
             br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":null,"data_base64":"aGk="}"#,
             br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":1,"data_base64":"aGk="}"#,
             br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data_base64":"!!"}"#,
@@ -362,6 +417,15 @@ mod tests {
         ] {
             same(body);
         }
+    }
+
+    #[test]
+    fn json_data_keeps_its_text_and_so_its_precision() {
+        let body = br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","data":{"n":12345678901234567890123}}"#;
+        assert_eq!(
+            decode(body).unwrap().data().as_ref(),
+            br#"{"n":12345678901234567890123}"#
+        );
     }
 
     proptest! {
@@ -391,6 +455,7 @@ mod tests {
             let envelope = builder.build().unwrap();
             let body = encode(&envelope);
             same(&body);
+            // What we encoded ourselves is canonical: byte for byte the same.
             prop_assert_eq!(decode(&body).unwrap(), decode_with_map(&body).unwrap());
         }
     }
