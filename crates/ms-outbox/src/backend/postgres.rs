@@ -287,6 +287,18 @@ impl PgStore {
     fn schema(&self) -> &OutboxSchema {
         &self.outbox.schema
     }
+
+    /// Tells the relays that `shard` (when a row was found) has work; returns whether it was.
+    async fn wake_shard(&self, shard: Option<i16>) -> Result<bool, OutboxError> {
+        if let Some(shard) = shard {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&self.schema().channel)
+                .bind(shard.to_string())
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(shard.is_some())
+    }
 }
 
 /// Applies `migrations` to `object` (a table) under a lock, recording the version reached.
@@ -639,14 +651,7 @@ impl Store for PgStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-            if let Some(shard) = shard {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(&s.channel)
-                    .bind(shard.to_string())
-                    .execute(&self.pool)
-                    .await?;
-            }
-            Ok(shard.is_some())
+            self.wake_shard(shard).await
         })
     }
 
@@ -660,15 +665,8 @@ impl Store for PgStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-            if let Some(shard) = shard {
-                // Its key's later rows may have been waiting for it.
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(&s.channel)
-                    .bind(shard.to_string())
-                    .execute(&self.pool)
-                    .await?;
-            }
-            Ok(shard.is_some())
+            // Its key's later rows may have been waiting for it.
+            self.wake_shard(shard).await
         })
     }
 
