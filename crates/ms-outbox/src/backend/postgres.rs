@@ -220,21 +220,29 @@ impl PgStore {
         // with failures can be rolled back to "nothing claimed" and recorded row by row.
         let pending = "o.shard = $1 AND o.published_at IS NULL \
                        AND (o.available_at IS NULL OR o.available_at <= now())";
+        // Held keys are rare: whether the shard has any failing row or blocking dead letter
+        // is asked once per claim (an init plan), and only then is each row checked against
+        // its key (the per-row probes are otherwise never executed).
         let holding = format!(
-            "AND NOT EXISTS (SELECT 1 FROM {t} w WHERE w.shard = $1 AND w.attempts > 0 \
-                 AND w.published_at IS NULL AND w.partition_key = o.partition_key \
-                 AND w.id < o.id) \
-             AND NOT EXISTS (SELECT 1 FROM {d} x WHERE x.blocks_key AND x.shard = $1 \
-                 AND x.partition_key = o.partition_key)"
+            "AND (NOT (EXISTS (SELECT 1 FROM {t} w0 WHERE w0.shard = $1 AND w0.attempts > 0 \
+                          AND w0.published_at IS NULL) \
+                       OR EXISTS (SELECT 1 FROM {d} x0 WHERE x0.blocks_key AND x0.shard = $1)) \
+                  OR (NOT EXISTS (SELECT 1 FROM {t} w WHERE w.shard = $1 AND w.attempts > 0 \
+                          AND w.published_at IS NULL AND w.partition_key = o.partition_key \
+                          AND w.id < o.id) \
+                      AND NOT EXISTS (SELECT 1 FROM {d} x WHERE x.blocks_key AND x.shard = $1 \
+                          AND x.partition_key = o.partition_key)))"
         );
         let returning = "RETURNING id, kind, destination, envelope, created_at, strikes, \
                          attempts, partition_key, last_attempt_at";
         // On a partitioned table the row's `created_at` lets the executor probe only the
         // partition that holds it (run-time pruning), not every partition's key.
-        let chosen = if outbox.partitioning.is_some() {
-            "(id, created_at) IN (SELECT o.id, o.created_at"
+        // Unpartitioned, the ids come as one array (an init plan) matched on the primary key:
+        // `id IN (SELECT …)` may be planned as a hash join over the whole shard.
+        let (chosen, close) = if outbox.partitioning.is_some() {
+            ("(id, created_at) IN (SELECT o.id, o.created_at", ")")
         } else {
-            "id IN (SELECT o.id"
+            ("id = ANY(ARRAY(SELECT o.id", "))")
         };
         let claim = |hold: bool, keep: bool| -> Sql {
             let verb = if keep {
@@ -245,7 +253,7 @@ impl PgStore {
             let holds = if hold { holding.as_str() } else { "" };
             Arc::from(format!(
                 "{verb} WHERE shard = $1 AND {chosen} FROM {t} o \
-                 WHERE {pending} {holds} ORDER BY o.id LIMIT $2) {returning}"
+                 WHERE {pending} {holds} ORDER BY o.id LIMIT $2{close} {returning}"
             ))
         };
         let statements = Statements {
