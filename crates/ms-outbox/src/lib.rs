@@ -16,14 +16,43 @@
 //! PostgreSQL (feature `postgres`) runs any number of relays at once; SQLite (feature
 //! `sqlite`, the default) is the embedded choice, one relay per database.
 //!
-//! ```
-//! use ms_outbox::TableName;
+//! The whole path on the embedded defaults (SQLite, the memory bus): the invoice and its event
+//! commit together, the relay publishes the event, a consumer group receives it.
 //!
-//! // The outbox table's name is configurable, and checked before it goes anywhere near SQL.
-//! let table = TableName::new("billing.outbox_events")?;
-//! assert_eq!(table.quoted(), r#""billing"."outbox_events""#);
-//! assert!(TableName::new("outbox; DROP TABLE invoices").is_err());
-//! # Ok::<(), ms_outbox::InvalidTableName>(())
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use futures_util::StreamExt;
+//! use ms_bus::memory::MemoryBus;
+//! use ms_bus::{Envelope, Subscriber, Subscription};
+//! use ms_outbox::{Outbox, OutboxMessage, Relay};
+//! use sqlx::Sqlite;
+//!
+//! let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+//! sqlx::query("CREATE TABLE invoices (id TEXT PRIMARY KEY)").execute(&pool).await?;
+//! let outbox = Outbox::<Sqlite>::default();
+//! outbox.migrate(&pool).await?;
+//!
+//! let bus = MemoryBus::new();
+//! let mut reporting = bus
+//!     .subscribe(&Subscription::events("invoicing.invoice", "reporting")?)
+//!     .await?;
+//! let relay = Relay::builder(&outbox, &pool, bus.clone()).build().spawn();
+//!
+//! let mut tx = pool.begin().await?;
+//! sqlx::query("INSERT INTO invoices (id) VALUES ('inv-7')").execute(&mut *tx).await?;
+//! let created = Envelope::builder("invoicing.invoice.created", "/invoicing")
+//!     .subject("inv-7")
+//!     .build()?;
+//! outbox.enqueue(&mut *tx, OutboxMessage::event("invoicing.invoice", created)).await?;
+//! tx.commit().await?; // the invoice and its event, or neither
+//!
+//! let (event, _info, acker) = reporting.next().await.expect("relayed")?.into_parts();
+//! assert_eq!(event?.subject(), Some("inv-7"));
+//! acker.ack().await?;
+//! relay.shutdown().await?;
+//! # Ok(())
+//! # }
 //! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
