@@ -113,6 +113,29 @@ pub(crate) fn versions_table(like: &TableName) -> String {
     qualified(like, "ms_outbox_schema").quoted()
 }
 
+/// What a migrator must do to `object`, recorded at version `current` (`None`: never
+/// migrated): the latest version `migrations` know, and the ones above `current`, in order.
+/// A database ahead of this crate is an error, whatever the database.
+pub(crate) fn pending_migrations<'m>(
+    object: &str,
+    current: Option<i64>,
+    migrations: &'m [Migration],
+) -> Result<(i64, impl Iterator<Item = &'m Migration>), crate::OutboxError> {
+    let current = current.unwrap_or(0);
+    let known = migrations.last().map_or(0, |m| m.version);
+    if current > known {
+        return Err(crate::OutboxError::SchemaTooNew {
+            table: object.to_owned(),
+            found: current,
+            known,
+        });
+    }
+    Ok((
+        known,
+        migrations.iter().filter(move |m| m.version > current),
+    ))
+}
+
 /// The outbox migrations of database `DB`, rendered for `schema`: the partitioned variant
 /// when `partitioned` (PostgreSQL).
 pub(crate) fn outbox_migrations<DB: crate::Backend>(

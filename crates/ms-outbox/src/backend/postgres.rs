@@ -15,7 +15,7 @@ use super::{
 };
 use crate::key::{key_hash, lock_id};
 use crate::outbox::OutboxInner;
-use crate::schema::{OutboxSchema, outbox_migrations, versions_table};
+use crate::schema::{OutboxSchema, outbox_migrations, pending_migrations, versions_table};
 use crate::{MessageKind, OutboxError};
 
 /// A prepared statement's text, shared without copying (sqlx caches statements by text).
@@ -336,16 +336,8 @@ pub(crate) async fn apply_migrations(
     .bind(object)
     .fetch_optional(&mut *tx)
     .await?;
-    let current = current.unwrap_or(0);
-    let known = migrations.last().map_or(0, |m| m.version);
-    if current > known {
-        return Err(OutboxError::SchemaTooNew {
-            table: object.to_owned(),
-            found: current,
-            known,
-        });
-    }
-    for migration in migrations.iter().filter(|m| m.version > current) {
+    let (known, pending) = pending_migrations(object, current, migrations)?;
+    for migration in pending {
         sqlx::raw_sql(AssertSqlSafe(migration.sql.clone()))
             .execute(&mut *tx)
             .await?;

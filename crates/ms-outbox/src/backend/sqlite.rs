@@ -21,7 +21,7 @@ use super::{
     StoredRow, sealed,
 };
 use crate::outbox::OutboxInner;
-use crate::schema::{OutboxSchema, outbox_migrations, versions_table};
+use crate::schema::{OutboxSchema, outbox_migrations, pending_migrations, versions_table};
 use crate::{MessageKind, OutboxError};
 
 type Sql = Arc<str>;
@@ -239,16 +239,8 @@ pub(crate) async fn apply_migrations(
     .bind(object)
     .fetch_optional(&mut *tx)
     .await?;
-    let current = current.unwrap_or(0);
-    let known = migrations.last().map_or(0, |m| m.version);
-    if current > known {
-        return Err(OutboxError::SchemaTooNew {
-            table: object.to_owned(),
-            found: current,
-            known,
-        });
-    }
-    for migration in migrations.iter().filter(|m| m.version > current) {
+    let (known, pending) = pending_migrations(object, current, migrations)?;
+    for migration in pending {
         sqlx::raw_sql(AssertSqlSafe(migration.sql.clone()))
             .execute(&mut *tx)
             .await?;
