@@ -21,5 +21,6 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod business_rule;
+pub mod command;
 
 pub use business_rule::{BusinessRuleError, RuleKind};
