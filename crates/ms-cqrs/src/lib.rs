@@ -24,3 +24,7 @@ mod business_rule;
 pub mod command;
 
 pub use business_rule::{BusinessRuleError, RuleKind};
+pub use command::{
+    CommandError, CommandExecutor, Decision, Executed, PROBLEM_JSON_CONTENT_TYPE, ProblemDetails,
+    Repository, Versioned,
+};
