@@ -23,6 +23,9 @@ struct Counters {
     lock: bool,
     /// The first loads wait here for each other, so that their transactions race.
     race: Option<(Arc<Barrier>, u32)>,
+    /// Run at REPEATABLE READ: a concurrent update then fails with a serialization failure
+    /// (40001) rather than finding no row at the expected version.
+    repeatable_read: bool,
     /// Pretend a concurrent writer always wins.
     always_lose: bool,
     loads: AtomicU32,
@@ -36,6 +39,11 @@ impl Repository<Postgres> for Counters {
         conn: &mut PgConnection,
         id: &str,
     ) -> Result<Option<Versioned<i64>>, sqlx::Error> {
+        if self.repeatable_read {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *conn)
+                .await?;
+        }
         let sql = if self.lock {
             "SELECT value, version FROM counters WHERE id = $1 FOR UPDATE"
         } else {
@@ -336,15 +344,12 @@ async fn a_racing_create_retries_and_sees_the_winners_state() {
 
 /// Eight tasks × 25 commands on one aggregate: every command lands once, and the outbox
 /// holds sequences 1..=200 in id (relay) order.
-async fn eight_writers_on_one_aggregate(lock: bool, max_attempts: u32) {
+async fn eight_writers_on_one_aggregate(repo: Counters, max_attempts: u32) {
     let Some((_db, pool, outbox)) = setup().await else {
         return;
     };
     let commands = CommandExecutor::new(pool.clone(), outbox).max_attempts(max_attempts);
-    let repo = Arc::new(Counters {
-        lock,
-        ..Counters::default()
-    });
+    let repo = Arc::new(repo);
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let (commands, repo) = (commands.clone(), Arc::clone(&repo));
@@ -362,7 +367,10 @@ async fn eight_writers_on_one_aggregate(lock: bool, max_attempts: u32) {
     for task in tasks {
         attempts += task.await.unwrap().unwrap();
     }
-    println!("lock={lock}: 200 commands took {attempts} attempts");
+    println!(
+        "lock={}, repeatable_read={}: 200 commands took {attempts} attempts",
+        repo.lock, repo.repeatable_read
+    );
 
     assert_eq!(stored(&pool, "hot").await, Some((200, 200)));
     let rows = outbox_rows(&pool).await;
@@ -377,10 +385,23 @@ async fn eight_writers_on_one_aggregate(lock: bool, max_attempts: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_optimistic_writers_retry_until_every_command_lands_once() {
     // Without a row lock every writer races; the retries are what make all 200 land.
-    eight_writers_on_one_aggregate(false, 1000).await;
+    eight_writers_on_one_aggregate(Counters::default(), 1000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serialization_failures_are_retried() {
+    let repo = Counters {
+        repeatable_read: true,
+        ..Counters::default()
+    };
+    eight_writers_on_one_aggregate(repo, 1000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_with_a_row_lock_queue_on_the_default_attempts() {
-    eight_writers_on_one_aggregate(true, ms_cqrs::command::DEFAULT_MAX_ATTEMPTS).await;
+    let repo = Counters {
+        lock: true,
+        ..Counters::default()
+    };
+    eight_writers_on_one_aggregate(repo, ms_cqrs::command::DEFAULT_MAX_ATTEMPTS).await;
 }

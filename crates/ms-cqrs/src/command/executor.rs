@@ -224,6 +224,7 @@ impl<DB: CommandBackend> CommandExecutor<DB> {
                     tokio::time::sleep(self.delay(attempts)).await;
                 }
                 Err(Failure::Conflict) => {
+                    tracing::warn!(aggregate = id, attempts, "command gave up after conflicts");
                     return Err(CommandError::Conflict {
                         id: id.to_owned(),
                         attempts,

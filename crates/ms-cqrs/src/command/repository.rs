@@ -83,6 +83,9 @@ impl<S> Versioned<S> {
 /// On PostgreSQL, `load` may lock the row (`SELECT … FOR UPDATE`): concurrent commands on one
 /// aggregate then queue instead of conflicting and retrying, which is cheaper under contention.
 /// `save` must still check the version: it is what makes the result correct without the lock.
+/// `load` runs first in the transaction, so it may also raise the isolation level
+/// (`SET TRANSACTION ISOLATION LEVEL REPEATABLE READ`): the serialization failures that
+/// brings are retried like any other conflict.
 pub trait Repository<DB: sqlx::Database>: Sync {
     /// The aggregate's state.
     type State: Send + Sync;
