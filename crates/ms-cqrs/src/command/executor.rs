@@ -245,7 +245,9 @@ impl<DB: CommandBackend> CommandExecutor<DB> {
         Duration::from_nanos(fastrand::u64(0..=nanos))
     }
 
-    /// One try, in one transaction (rolled back on any failure when `tx` is dropped).
+    /// One try, in one transaction: committed when the decision wrote something, else rolled
+    /// back at once (an error leaves PostgreSQL's transaction aborted and SQLite's write lock
+    /// held until then: neither waits for the connection's next use).
     async fn attempt<R, F>(
         &self,
         repo: &R,
@@ -259,8 +261,43 @@ impl<DB: CommandBackend> CommandExecutor<DB> {
         let mut tx = DB::begin(&self.pool)
             .await
             .map_err(|e| classify::<DB>(e, false))?;
+        match self.write(&mut tx, repo, id, decide).await {
+            Ok((executed, true)) => {
+                // The version was 0 before these events: a create, whose unique violation
+                // (from a deferred constraint) means a racing creator won.
+                let creating = u64::try_from(executed.events.len()) == Ok(executed.version);
+                tx.commit().await.map_err(|e| classify::<DB>(e, creating))?;
+                Ok(executed)
+            }
+            Ok((executed, false)) => {
+                tx.rollback().await.map_err(|e| classify::<DB>(e, false))?;
+                Ok(executed)
+            }
+            Err(failure) => {
+                if let Err(e) = tx.rollback().await {
+                    // The connection is dropped rather than reused; the outcome stands.
+                    tracing::debug!(aggregate = id, error = %e, "rollback failed");
+                }
+                Err(failure)
+            }
+        }
+    }
+
+    /// Loads, decides, saves and enqueues in `conn`'s transaction; `true` when something
+    /// was written.
+    async fn write<R, F>(
+        &self,
+        conn: &mut DB::Connection,
+        repo: &R,
+        id: &str,
+        decide: &mut F,
+    ) -> Result<(Executed<R::State>, bool), Failure>
+    where
+        R: Repository<DB>,
+        F: FnMut(Option<&R::State>) -> Result<Decision<R::State>, BusinessRuleError>,
+    {
         let loaded = repo
-            .load(&mut *tx, id)
+            .load(&mut *conn, id)
             .await
             .map_err(|e| classify::<DB>(e, false))?;
         let (current, version) = match loaded {
@@ -269,14 +306,14 @@ impl<DB: CommandBackend> CommandExecutor<DB> {
         };
         let decision = decide(current.as_ref())?;
         if decision.is_empty() {
-            tx.rollback().await.map_err(|e| classify::<DB>(e, false))?;
-            return Ok(Executed {
+            let executed = Executed {
                 state: current,
                 version,
                 events: Vec::new(),
                 commands: Vec::new(),
                 attempts: 1,
-            });
+            };
+            return Ok((executed, false));
         }
         let stamped = decision.stamp(id, version)?;
         // A racing creator's row shows up as a unique violation: a conflict, not a failure.
@@ -292,7 +329,7 @@ impl<DB: CommandBackend> CommandExecutor<DB> {
             };
             let expected = (!creating).then_some(version);
             let saved = repo
-                .save(&mut *tx, id, &state, expected, stamped.version)
+                .save(&mut *conn, id, &state, expected, stamped.version)
                 .await
                 .map_err(|e| classify::<DB>(e, creating))?;
             if !saved {
@@ -301,20 +338,20 @@ impl<DB: CommandBackend> CommandExecutor<DB> {
             Some(state)
         };
         self.outbox
-            .enqueue_all(&mut *tx, stamped.messages)
+            .enqueue_all(&mut *conn, stamped.messages)
             .await
             .map_err(|e| match e {
                 OutboxError::Database(e) => classify::<DB>(e, creating),
                 e => Failure::Error(e.into()),
             })?;
-        tx.commit().await.map_err(|e| classify::<DB>(e, creating))?;
-        Ok(Executed {
+        let executed = Executed {
             state,
             version: stamped.version,
             events: stamped.events,
             commands: stamped.commands,
             attempts: 1,
-        })
+        };
+        Ok((executed, true))
     }
 }
 
