@@ -221,7 +221,7 @@ impl<DB: CommandBackend> CommandExecutor<DB> {
                 }
                 Err(Failure::Conflict) if attempts < self.max_attempts => {
                     tracing::debug!(aggregate = id, attempts, "command conflicted, retrying");
-                    tokio::time::sleep(self.delay(attempts)).await;
+                    tokio::time::sleep(jittered(self.backoff, self.max_backoff, attempts)).await;
                 }
                 Err(Failure::Conflict) => {
                     tracing::warn!(aggregate = id, attempts, "command gave up after conflicts");
@@ -233,16 +233,6 @@ impl<DB: CommandBackend> CommandExecutor<DB> {
                 Err(Failure::Error(e)) => return Err(e),
             }
         }
-    }
-
-    /// The wait after failed attempt number `attempts`: full jitter below an exponential cap.
-    fn delay(&self, attempts: u32) -> Duration {
-        let cap = self
-            .backoff
-            .saturating_mul(1 << attempts.saturating_sub(1).min(16))
-            .min(self.max_backoff);
-        let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(fastrand::u64(0..=nanos))
     }
 
     /// One try, in one transaction: committed when the decision wrote something, else rolled
@@ -355,6 +345,16 @@ impl<DB: CommandBackend> CommandExecutor<DB> {
     }
 }
 
+/// The wait after failed attempt number `attempts`: drawn uniformly below `first` doubled per
+/// attempt and capped at `max` (full jitter).
+fn jittered(first: Duration, max: Duration, attempts: u32) -> Duration {
+    let cap = first
+        .saturating_mul(1 << attempts.saturating_sub(1).min(16))
+        .min(max);
+    let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(fastrand::u64(0..=nanos))
+}
+
 /// Sorts a database error into "retry" and "give up"; a unique violation is a conflict when
 /// the attempt was creating the aggregate.
 fn classify<DB: CommandBackend>(error: sqlx::Error, creating: bool) -> Failure {
@@ -365,5 +365,21 @@ fn classify<DB: CommandBackend>(error: sqlx::Error, creating: bool) -> Failure {
             Failure::Conflict
         }
         _ => Failure::Error(error.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_stay_below_the_doubling_cap() {
+        let (first, max) = (Duration::from_millis(4), Duration::from_millis(20));
+        for _ in 0..1000 {
+            assert!(jittered(first, max, 1) <= first);
+            assert!(jittered(first, max, 2) <= first * 2);
+            assert!(jittered(first, max, 30) <= max);
+        }
+        assert_eq!(jittered(Duration::ZERO, Duration::ZERO, 3), Duration::ZERO);
     }
 }
