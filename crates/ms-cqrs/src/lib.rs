@@ -54,3 +54,7 @@ pub use store::Store;
 /// 3, …): ms-cqrs's write side stamps it, and bus-fed projections use it to apply each key's
 /// events once and in order.
 pub const SEQUENCE_EXTENSION: &str = "sequence";
+pub use command::{
+    CommandError, CommandExecutor, Decision, Executed, PROBLEM_JSON_CONTENT_TYPE, ProblemDetails,
+    Repository, Versioned,
+};
