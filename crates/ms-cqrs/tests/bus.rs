@@ -86,7 +86,9 @@ async fn run(
 async fn duplicated_delayed_and_reordered_deliveries_give_the_same_read_model() {
     let entries = entries();
     let clean = MemoryBus::new();
-    let Some((clean_model, clean_status)) = run(Arc::new(clean.clone()), &clean, TOPIC, &entries).await else {
+    let Some((clean_model, clean_status)) =
+        run(Arc::new(clean.clone()), &clean, TOPIC, &entries).await
+    else {
         return;
     };
     assert_eq!(clean_model, fold(&entries));
@@ -106,11 +108,24 @@ async fn duplicated_delayed_and_reordered_deliveries_give_the_same_read_model() 
             .await
             .unwrap();
         assert_eq!(model, clean_model, "seed {seed}");
-        assert!(model.values().all(|row| row.in_order), "seed {seed}: {model:?}");
-        assert_eq!(status.applied, u64::try_from(entries.len()).unwrap(), "seed {seed}");
+        assert!(
+            model.values().all(|row| row.in_order),
+            "seed {seed}: {model:?}"
+        );
+        assert_eq!(
+            status.applied,
+            u64::try_from(entries.len()).unwrap(),
+            "seed {seed}"
+        );
         // The faults did happen, and were absorbed.
-        assert!(status.skipped > 0, "seed {seed}: no duplicate was seen: {status:?}");
-        assert!(status.out_of_order > 0, "seed {seed}: nothing arrived early: {status:?}");
+        assert!(
+            status.skipped > 0,
+            "seed {seed}: no duplicate was seen: {status:?}"
+        );
+        assert!(
+            status.out_of_order > 0,
+            "seed {seed}: nothing arrived early: {status:?}"
+        );
     }
 }
 
@@ -132,7 +147,12 @@ async fn events_without_a_sequence_are_applied_once_per_id() {
     .unwrap();
     let event = ms_bus::Envelope::builder(common::EVENT_TYPE, "/tests")
         .subject("solo")
-        .json_data(&Entry { key: "solo".into(), seq: 1, amount: 5, poison: false })
+        .json_data(&Entry {
+            key: "solo".into(),
+            seq: 1,
+            amount: 5,
+            poison: false,
+        })
         .unwrap()
         .build()
         .unwrap();

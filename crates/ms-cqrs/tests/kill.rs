@@ -1,4 +1,4 @@
-//! A runner process killed with SIGKILL in the middle of its batches, three times, then
+//! A runner process killed with SIGKILL in the middle of its batches, eight times, then
 //! started again: the read model equals the fold of all events, each applied exactly once
 //! (the read model and its checkpoint commit together).
 //!
@@ -22,8 +22,8 @@ const CHILD_ENV: &str = "MS_CQRS_CHILD_RUNNER";
 const CHILD_TEST: &str = "child_runner";
 const KEYS: i64 = 30;
 const PER_KEY: i64 = 100;
-/// Each child is killed once it has applied at least this many more events.
-const KILL_AFTER: [u64; 3] = [300, 500, 700];
+/// Each child is killed once it has applied at least this many events (then a little later).
+const KILL_AFTER: [u64; 8] = [200, 250, 150, 300, 200, 250, 150, 200];
 
 fn runner_options<P: ms_cqrs::Projection<Postgres>>(
     builder: ms_cqrs::RunnerBuilder<Postgres, P>,
@@ -42,10 +42,14 @@ async fn child_runner() {
         delay: Some(Duration::from_millis(1)),
         ..Ledger::default()
     };
-    let runner = runner_options(ProjectionRunner::from_log(pool, ledger, &EventLog::default()))
-        .start()
-        .await
-        .unwrap();
+    let runner = runner_options(ProjectionRunner::from_log(
+        pool,
+        ledger,
+        &EventLog::default(),
+    ))
+    .start()
+    .await
+    .unwrap();
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     loop {
         println!("applied {}", runner.status().applied);
@@ -58,7 +62,7 @@ async fn child_runner() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_mid_batch_three_times_each_event_is_applied_once() {
+async fn killed_mid_batch_eight_times_each_event_is_applied_once() {
     let Some(db) = ms_testkit::postgres().await else {
         return;
     };
@@ -68,7 +72,12 @@ async fn killed_mid_batch_three_times_each_event_is_applied_once() {
     let mut entries = Vec::new();
     for seq in 1..=PER_KEY {
         for k in 0..KEYS {
-            entries.push(Entry { key: format!("k{k}"), seq, amount: seq + k, poison: false });
+            entries.push(Entry {
+                key: format!("k{k}"),
+                seq,
+                amount: seq + k,
+                poison: false,
+            });
         }
     }
     let mut tx = pool.begin().await.unwrap();
@@ -99,26 +108,51 @@ async fn killed_mid_batch_three_times_each_event_is_applied_once() {
         })
         .await
         .unwrap();
-        assert!(reached, "round {round}: the child ended before applying {kill_after} events");
+        assert!(
+            reached,
+            "round {round}: the child ended before applying {kill_after} events"
+        );
+        // The count is reported after commits: wait a little, so that the kill lands anywhere
+        // in a batch (a batch of 50 takes about 60 ms here), not just after a commit.
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(5..80))).await;
         child.start_kill().unwrap();
         let status = child.wait().await.unwrap();
-        assert!(!status.success(), "round {round}: the child was killed, not finished");
+        assert!(
+            !status.success(),
+            "round {round}: the child was killed, not finished"
+        );
         // Nothing is applied without its checkpoint, nor the other way round: what the
         // killed process committed is a consistent prefix per key.
         let model = read_model(&pool, "ledger").await;
-        assert!(model.values().all(|row| row.in_order && row.applied == row.last_seq), "round {round}: {model:?}");
+        assert!(
+            model
+                .values()
+                .all(|row| row.in_order && row.applied == row.last_seq),
+            "round {round}: {model:?}"
+        );
     }
 
-    let runner = runner_options(ProjectionRunner::from_log(pool.clone(), Ledger::default(), &log))
-        .start()
+    let runner = runner_options(ProjectionRunner::from_log(
+        pool.clone(),
+        Ledger::default(),
+        &log,
+    ))
+    .start()
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), runner.wait_until(total))
         .await
+        .unwrap()
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(60), runner.wait_until(total)).await.unwrap().unwrap();
     assert_eq!(read_model(&pool, "ledger").await, fold(&entries));
     let effects: (i64, i64) = sqlx::query_as("SELECT count(*), max(times) FROM ledger_effects")
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(effects, (total, 1), "each event's transaction committed exactly once");
+    assert_eq!(
+        effects,
+        (total, 1),
+        "each event's transaction committed exactly once"
+    );
     runner.shutdown().await.unwrap();
 }

@@ -33,7 +33,12 @@ async fn seed(pool: &PgPool, log: &EventLog<Postgres>) -> Vec<Entry> {
     entries
 }
 
-async fn setup() -> Option<(ms_testkit::TestPostgres, PgPool, EventLog<Postgres>, Vec<Entry>)> {
+async fn setup() -> Option<(
+    ms_testkit::TestPostgres,
+    PgPool,
+    EventLog<Postgres>,
+    Vec<Entry>,
+)> {
     let db = ms_testkit::postgres().await?;
     let pool = db.pool().await;
     let log = EventLog::<Postgres>::default();
@@ -43,7 +48,10 @@ async fn setup() -> Option<(ms_testkit::TestPostgres, PgPool, EventLog<Postgres>
 }
 
 fn of<'a>(entries: &'a [Entry], key: &str, seqs: std::ops::RangeInclusive<i64>) -> Vec<&'a Entry> {
-    entries.iter().filter(|e| e.key == key && seqs.contains(&e.seq)).collect()
+    entries
+        .iter()
+        .filter(|e| e.key == key && seqs.contains(&e.seq))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +63,11 @@ async fn park_key_parks_the_rest_of_the_key_in_order_and_replay_applies_it() {
     let runner = ProjectionRunner::from_log(pool.clone(), ledger.clone(), &log)
         .segments(2)
         .batch_size(8)
-        .error_policy(ErrorPolicy::park_key().retries(2).backoff(Duration::from_millis(1), Duration::from_millis(5)))
+        .error_policy(
+            ErrorPolicy::park_key()
+                .retries(2)
+                .backoff(Duration::from_millis(1), Duration::from_millis(5)),
+        )
         .start()
         .await
         .unwrap();
@@ -65,16 +77,30 @@ async fn park_key_parks_the_rest_of_the_key_in_order_and_replay_applies_it() {
     let mut expected = fold(of(&entries, "a", 1..=10));
     expected.extend(fold(of(&entries, "c", 1..=10)));
     expected.extend(fold(of(&entries, "b", 1..=3)));
-    assert_eq!(model, expected, "other keys flow; b stops before its poison entry");
+    assert_eq!(
+        model, expected,
+        "other keys flow; b stops before its poison entry"
+    );
 
     let parked = runner.dead_letters(100).await.unwrap();
     assert_eq!(parked.len(), 7, "{parked:?}");
     assert!(parked.iter().all(|p| p.key == "b"));
-    assert!(!parked[0].blocked && parked[0].error.contains("poison"), "{:?}", parked[0]);
+    assert!(
+        !parked[0].blocked && parked[0].error.contains("poison"),
+        "{:?}",
+        parked[0]
+    );
     assert!(parked[1..].iter().all(|p| p.blocked));
     let seqs: Vec<i64> = parked
         .iter()
-        .map(|p| p.envelope.as_ref().unwrap().json_data::<Entry>().unwrap().seq)
+        .map(|p| {
+            p.envelope
+                .as_ref()
+                .unwrap()
+                .json_data::<Entry>()
+                .unwrap()
+                .seq
+        })
         .collect();
     assert_eq!(seqs, [4, 5, 6, 7, 8, 9, 10]);
     assert_eq!(runner.status().parked, 7);
@@ -88,7 +114,12 @@ async fn park_key_parks_the_rest_of_the_key_in_order_and_replay_applies_it() {
     assert_eq!(runner.replay("b").await.unwrap(), 7);
     assert!(runner.dead_letters(100).await.unwrap().is_empty());
     let mut tx = pool.begin().await.unwrap();
-    let later = Entry { key: "b".into(), seq: 11, amount: 1, poison: false };
+    let later = Entry {
+        key: "b".into(),
+        seq: 11,
+        amount: 1,
+        poison: false,
+    };
     log.append(&mut *tx, &[entry_event(&later)]).await.unwrap();
     tx.commit().await.unwrap();
     runner.wait_until(31).await.unwrap();
@@ -139,13 +170,21 @@ async fn stop_stops_at_the_event_and_resumes_there() {
         async move { matches!(state, RunnerState::Failed(_)) }
     })
     .await;
-    let RunnerState::Failed(reason) = runner.status().state else { unreachable!() };
-    assert!(reason.contains("position 11") && reason.contains("poison"), "{reason}");
+    let RunnerState::Failed(reason) = runner.status().state else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("position 11") && reason.contains("poison"),
+        "{reason}"
+    );
     assert!(runner.wait_until(30).await.is_err());
     let err = runner.shutdown().await.unwrap_err();
     assert!(err.to_string().contains("poison"), "{err}");
     let model = read_model(&pool, "ledger").await;
-    assert_eq!(model["b"].applied, 3, "nothing of b after the poison entry: {model:?}");
+    assert_eq!(
+        model["b"].applied, 3,
+        "nothing of b after the poison entry: {model:?}"
+    );
 
     ledger.accept_poison.store(true, Ordering::SeqCst);
     let runner = ProjectionRunner::from_log(pool.clone(), ledger, &log)
@@ -178,7 +217,10 @@ async fn an_envelope_that_does_not_decode_is_parked_with_its_text() {
         .unwrap();
     runner.wait_until(31).await.unwrap();
     let parked = runner.dead_letters(10).await.unwrap();
-    let broken = parked.iter().find(|p| p.key == "z").expect("the broken row is parked");
+    let broken = parked
+        .iter()
+        .find(|p| p.key == "z")
+        .expect("the broken row is parked");
     assert!(broken.envelope.is_none());
     assert!(broken.raw.contains("not\": \"an event"));
     assert!(broken.error.contains("does not decode"), "{}", broken.error);

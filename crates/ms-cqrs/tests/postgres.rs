@@ -163,7 +163,9 @@ async fn a_late_committing_writer_is_not_skipped() {
         .unwrap();
     // A transaction draws its row id first and commits last, while others commit around it.
     let mut slow = pool.begin().await.unwrap();
-    log.append(&mut *slow, &[common::event("slow", 1, 1000)]).await.unwrap();
+    log.append(&mut *slow, &[common::event("slow", 1, 1000)])
+        .await
+        .unwrap();
     for i in 1..=50 {
         append(&pool, &log, "fast", i).await;
     }
@@ -173,11 +175,15 @@ async fn a_late_committing_writer_is_not_skipped() {
     let model = read_model(&pool, "ledger").await;
     assert_eq!(model["slow"].total, 1000, "{model:?}");
     assert_eq!(model["fast"].applied, 50);
-    let position: i64 = sqlx::query_scalar("SELECT position FROM ms_event_log WHERE partition_key = 'slow'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(position, 51, "the late row is numbered after the rows committed before it");
+    let position: i64 =
+        sqlx::query_scalar("SELECT position FROM ms_event_log WHERE partition_key = 'slow'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        position, 51,
+        "the late row is numbered after the rows committed before it"
+    );
     runner.shutdown().await.unwrap();
     let _: BTreeMap<String, common::Row> = model;
 }

@@ -77,11 +77,18 @@ async fn rebuild_under_load_switches_views_and_runs_each_side_effect_once() {
     assert_eq!(version, 2);
     assert_eq!(runner.status().version, 2);
     all.extend(writer.await.unwrap());
-    runner.wait_until(i64::try_from(all.len()).unwrap()).await.unwrap();
+    runner
+        .wait_until(i64::try_from(all.len()).unwrap())
+        .await
+        .unwrap();
 
     let expected = fold(&all);
     assert_eq!(read_model(&pool, "ledger_v2").await, expected);
-    assert_eq!(read_model(&pool, "ledger").await, expected, "the view reads version 2");
+    assert_eq!(
+        read_model(&pool, "ledger").await,
+        expected,
+        "the view reads version 2"
+    );
     // Version 1 stayed as it was when it stopped: a prefix of the history.
     let v1 = read_model(&pool, "ledger_v1").await;
     assert!(v1.values().map(|r| r.applied).sum::<i64>() >= 1000);
@@ -97,7 +104,10 @@ async fn rebuild_under_load_switches_views_and_runs_each_side_effect_once() {
     // A second rebuild while nothing moves, then the old versions are dropped.
     assert_eq!(runner.rebuild().await.unwrap(), 3);
     assert_eq!(read_model(&pool, "ledger_v3").await, expected);
-    assert!(runner.drop_version(3).await.is_err(), "the live version cannot be dropped");
+    assert!(
+        runner.drop_version(3).await.is_err(),
+        "the live version cannot be dropped"
+    );
     runner.drop_version(1).await.unwrap();
     runner.drop_version(2).await.unwrap();
     let left: Vec<String> = sqlx::query_scalar(

@@ -122,7 +122,9 @@ macro_rules! ledger_for {
             }
 
             async fn setup(&self, conn: &mut $conn, ctx: &ApplyContext) -> Result<(), ApplyError> {
-                sqlx::raw_sql(AssertSqlSafe(create_sql(ctx))).execute(conn).await?;
+                sqlx::raw_sql(AssertSqlSafe(create_sql(ctx)))
+                    .execute(conn)
+                    .await?;
                 Ok(())
             }
 
@@ -134,7 +136,10 @@ macro_rules! ledger_for {
             ) -> Result<(), ApplyError> {
                 let entry: Entry = event.json_data()?;
                 if entry.poison && !self.accept_poison.load(Ordering::SeqCst) {
-                    return Err(ApplyError::permanent(format!("entry {} of {} is poison", entry.seq, entry.key)));
+                    return Err(ApplyError::permanent(format!(
+                        "entry {} of {} is poison",
+                        entry.seq, entry.key
+                    )));
                 }
                 if let Some(delay) = self.delay {
                     tokio::time::sleep(delay).await;
@@ -146,7 +151,10 @@ macro_rules! ledger_for {
                     .execute(&mut *conn)
                     .await?;
                 if !ctx.replaying() {
-                    sqlx::query(EFFECT_SQL).bind(event.id()).execute(&mut *conn).await?;
+                    sqlx::query(EFFECT_SQL)
+                        .bind(event.id())
+                        .execute(&mut *conn)
+                        .await?;
                 }
                 Ok(())
             }
@@ -195,7 +203,10 @@ where
 {
     let start = std::time::Instant::now();
     while !condition().await {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
