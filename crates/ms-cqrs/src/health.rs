@@ -28,6 +28,7 @@ impl CaughtUpCheck {
     }
 
     /// The bound on the lag.
+    #[must_use]
     pub fn within(mut self, max_lag: Duration) -> Self {
         self.max_lag = max_lag;
         self

@@ -102,8 +102,8 @@ impl ApplyContext {
 
     pub(crate) fn at(&self, position: Option<i64>, replaying: bool) -> Self {
         Self {
-            position,
             replaying,
+            position,
             ..self.clone()
         }
     }

@@ -98,10 +98,10 @@ async fn killed_mid_batch_eight_times_each_event_is_applied_once() {
         let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let reached = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(n) = line.strip_prefix("applied ") {
-                    if n.trim().parse::<u64>().unwrap() >= kill_after {
-                        return true;
-                    }
+                if let Some(n) = line.strip_prefix("applied ")
+                    && n.trim().parse::<u64>().unwrap() >= kill_after
+                {
+                    return true;
                 }
             }
             false

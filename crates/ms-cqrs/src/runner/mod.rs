@@ -189,6 +189,7 @@ impl<DB: Store, P: Projection<DB>> RunnerBuilder<DB, P> {
 
     /// Parallel key lanes (default [`DEFAULT_SEGMENTS`], at most [`MAX_SEGMENTS`]). Fixed
     /// for a version of the read model: change it with a rebuild.
+    #[must_use]
     pub fn segments(mut self, segments: u16) -> Self {
         self.config.segments = segments.clamp(1, MAX_SEGMENTS);
         self
@@ -196,6 +197,7 @@ impl<DB: Store, P: Projection<DB>> RunnerBuilder<DB, P> {
 
     /// Events per transaction (default [`DEFAULT_BATCH_SIZE`]; 1 stores a checkpoint per
     /// event).
+    #[must_use]
     pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.config.batch_size = batch_size.max(1);
         self
@@ -203,24 +205,28 @@ impl<DB: Store, P: Projection<DB>> RunnerBuilder<DB, P> {
 
     /// The longest wait for a batch to fill (default [`DEFAULT_BATCH_TIMEOUT`]). A log
     /// runner that has read everything does not wait.
+    #[must_use]
     pub fn batch_timeout(mut self, timeout: Duration) -> Self {
         self.config.batch_timeout = timeout;
         self
     }
 
     /// How often an idle log runner looks for new events (default [`DEFAULT_POLL_INTERVAL`]).
+    #[must_use]
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.config.poll_interval = interval.max(Duration::from_millis(1));
         self
     }
 
     /// What happens when an event cannot be applied (default: [`ErrorPolicy::park_key`]).
+    #[must_use]
     pub fn error_policy(mut self, policy: ErrorPolicy) -> Self {
         self.config.policy = policy;
         self
     }
 
     /// The prefix of the runner's own tables (default [`DEFAULT_TABLE_PREFIX`]).
+    #[must_use]
     pub fn table_prefix(mut self, prefix: TableName) -> Self {
         self.prefix = Some(prefix);
         self

@@ -152,14 +152,14 @@ impl Pipeline {
         let sender = self
             .senders
             .get(segment)
-            .ok_or_else(|| self.stopped("no such segment"))?;
+            .ok_or_else(|| Self::stopped("no such segment"))?;
         sender
             .send(Item::Control(control))
             .await
-            .map_err(|_| self.stopped("the segment has stopped"))
+            .map_err(|_| Self::stopped("the segment has stopped"))
     }
 
-    pub(crate) fn stopped(&self, reason: &str) -> ProjectionError {
+    pub(crate) fn stopped(reason: &str) -> ProjectionError {
         ProjectionError::Stopped {
             name: String::new(),
             reason: reason.to_owned(),
@@ -203,13 +203,13 @@ async fn read_log<DB: Store, P: Projection<DB>>(
             break;
         }
         if let Err(e) = DB::log_sequence(&shared.pool, log.quoted(), SEQUENCE_LIMIT).await {
-            progress.error(e);
+            progress.error(&e);
         }
         let until = *cap.borrow_and_update();
         let rows = match log.read_raw(&shared.pool, after, until, page).await {
             Ok(rows) => rows,
             Err(e) => {
-                progress.error(e);
+                progress.error(&e);
                 idle(&shared, &mut stop, &mut cap).await;
                 continue;
             }
@@ -225,7 +225,7 @@ async fn read_log<DB: Store, P: Projection<DB>>(
                         progress.set_state(RunnerState::Running { caught_up });
                     }
                 }
-                Err(e) => progress.error(e),
+                Err(e) => progress.error(&e),
             }
             idle(&shared, &mut stop, &mut cap).await;
             continue;
@@ -287,7 +287,7 @@ async fn read_bus(
         };
         match next {
             None => break,
-            Some(Err(e)) => progress.error(e),
+            Some(Err(e)) => progress.error(&e),
             Some(Ok(delivery)) => {
                 let (message, info, acker) = delivery.into_parts();
                 match message {
@@ -295,7 +295,7 @@ async fn read_bus(
                         // Not an event at all: the bus's own dead letter keeps its bytes.
                         let reason = format!("not a CloudEvents event: {e}");
                         if let Err(e) = acker.dead_letter(&reason).await {
-                            progress.error(e);
+                            progress.error(&e);
                         }
                     }
                     Ok(envelope) => {

@@ -71,12 +71,14 @@ impl ErrorPolicy {
     }
 
     /// Retries of a transient failure before the last resort (`u32::MAX`: retry forever).
+    #[must_use]
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = retries;
         self
     }
 
     /// The first retry delay and the longest one.
+    #[must_use]
     pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
         self.initial_delay = initial;
         self.max_delay = max.max(initial);

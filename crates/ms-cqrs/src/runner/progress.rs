@@ -101,7 +101,7 @@ impl Progress {
         self.state.borrow().clone()
     }
 
-    pub(crate) fn error(&self, error: impl ToString) {
+    pub(crate) fn error(&self, error: &impl ToString) {
         let text = error.to_string();
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some(text);

@@ -182,7 +182,7 @@ impl<DB: Store, P: Projection<DB>> Segment<DB, P> {
             }
             Err(failure) => {
                 if let Failure::Infra(e) = &failure {
-                    self.progress.error(e);
+                    self.progress.error(&e);
                 }
                 // Isolate: one event per transaction, so the failing one is found and
                 // handled by the policy while the others commit.
@@ -256,7 +256,7 @@ impl<DB: Store, P: Projection<DB>> Segment<DB, P> {
             .await;
             match stored {
                 Ok(()) => self.advance(mark),
-                Err(e) => self.progress.error(e),
+                Err(e) => self.progress.error(&e),
             }
         }
     }
@@ -407,7 +407,7 @@ impl<DB: Store, P: Projection<DB>> Segment<DB, P> {
                 };
                 if let Err(e) = settled {
                     self.progress
-                        .error(format!("settling a delivery failed: {e}"));
+                        .error(&format!("settling a delivery failed: {e}"));
                 }
             }
         }
@@ -451,7 +451,7 @@ impl<DB: Store, P: Projection<DB>> Segment<DB, P> {
                 }
                 Err(Failure::Apply(e)) => {
                     self.progress
-                        .error(format!("applying {}: {e}", describe(work)));
+                        .error(&format!("applying {}: {e}", describe(work)));
                     if !e.is_permanent() && is_connection_error(&e) {
                         infra_attempt = infra_attempt.saturating_add(1);
                         tokio::time::sleep(policy.delay(infra_attempt).min(MAX_INFRA_DELAY)).await;
@@ -546,18 +546,18 @@ impl<DB: Store, P: Projection<DB>> Segment<DB, P> {
         };
         DB::park(&mut tx, &self.shared.tables, &self.shared.name, &row).await?;
         // A parked event is handled as far as its key's sequence goes: the next one may come.
-        if work.delivery.is_some() {
-            if let Some(sequence) = work.envelope.as_ref().and_then(sequence_of) {
-                DB::advance_key_sequence(
-                    &mut tx,
-                    &self.shared.tables,
-                    &self.shared.name,
-                    self.version,
-                    &work.key,
-                    sequence,
-                )
-                .await?;
-            }
+        if work.delivery.is_some()
+            && let Some(sequence) = work.envelope.as_ref().and_then(sequence_of)
+        {
+            DB::advance_key_sequence(
+                &mut tx,
+                &self.shared.tables,
+                &self.shared.name,
+                self.version,
+                &work.key,
+                sequence,
+            )
+            .await?;
         }
         if let Some(position) = work.position {
             self.save_checkpoint(&mut tx, position).await?;

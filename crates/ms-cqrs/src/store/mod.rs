@@ -155,10 +155,10 @@ pub(crate) mod sealed {
 
         /// Runs DDL (views, `setup` leftovers) in the caller's transaction.
         #[doc(hidden)]
-        fn execute_ddl<'a>(
-            conn: &'a mut Self::Connection,
+        fn execute_ddl(
+            conn: &mut Self::Connection,
             sql: String,
-        ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+        ) -> BoxFuture<'_, Result<(), sqlx::Error>>;
 
         /// The registry row of a projection.
         #[doc(hidden)]
@@ -326,10 +326,10 @@ macro_rules! common_statements {
             })
         }
 
-        fn execute_ddl<'a>(
-            conn: &'a mut <$db as sqlx::Database>::Connection,
+        fn execute_ddl(
+            conn: &mut <$db as sqlx::Database>::Connection,
             sql: String,
-        ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        ) -> BoxFuture<'_, Result<(), sqlx::Error>> {
             Box::pin(async move {
                 sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *conn).await?;
                 Ok(())
