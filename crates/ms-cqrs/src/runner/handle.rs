@@ -233,6 +233,9 @@ impl<DB: Store, P: Projection<DB>> ProjectionHandle<DB, P> {
     /// Waits until every event up to log `position` is applied to the live read model (read
     /// your own writes). Fails if the runner stops first.
     pub async fn wait_until(&self, position: i64) -> Result<(), ProjectionError> {
+        if matches!(self.inner.feed, Feed::Bus(..)) {
+            return Err(ProjectionError::NoPositions(self.inner.shared.name.to_string()));
+        }
         let monitor = self.monitor();
         loop {
             let live = monitor.live();

@@ -113,7 +113,13 @@ impl Progress {
     }
 
     pub(crate) fn dispatched(&self, rows: impl IntoIterator<Item = (i64, i64)>) {
+        let position = self.position();
         if let Ok(mut pending) = self.pending.lock() {
+            // Trim here too, so the queue stays as short as what is in flight even when no
+            // one asks for the status.
+            while pending.front().is_some_and(|(p, _)| *p <= position) {
+                pending.pop_front();
+            }
             pending.extend(rows);
             // Bounded by what is in flight; the cap only guards against a stuck segment.
             while pending.len() > 1_000_000 {
