@@ -90,6 +90,10 @@ pub enum ProjectionError {
     /// the projection from an event log to rebuild it.
     #[error("projection `{0}` reads from a bus subscription, which cannot be replayed")]
     NotReplayable(String),
+    /// Positions belong to an event log: a bus-fed runner has none to wait for. Wait for the
+    /// read model itself instead (the event's effect), or feed the projection from a log.
+    #[error("projection `{0}` reads from a bus subscription, which has no log positions")]
+    NoPositions(String),
     /// A rebuild is already running for this projection.
     #[error("projection `{0}` is already being rebuilt")]
     RebuildInProgress(String),

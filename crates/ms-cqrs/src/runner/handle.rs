@@ -234,7 +234,9 @@ impl<DB: Store, P: Projection<DB>> ProjectionHandle<DB, P> {
     /// your own writes). Fails if the runner stops first.
     pub async fn wait_until(&self, position: i64) -> Result<(), ProjectionError> {
         if matches!(self.inner.feed, Feed::Bus(..)) {
-            return Err(ProjectionError::NoPositions(self.inner.shared.name.to_string()));
+            return Err(ProjectionError::NoPositions(
+                self.inner.shared.name.to_string(),
+            ));
         }
         let monitor = self.monitor();
         loop {
@@ -256,7 +258,7 @@ impl<DB: Store, P: Projection<DB>> ProjectionHandle<DB, P> {
     /// position, once the log has given it one. Log sources only.
     pub async fn wait_for(&self, appended: Appended) -> Result<(), ProjectionError> {
         let Feed::Log(log) = &self.inner.feed else {
-            return Err(ProjectionError::NotReplayable(
+            return Err(ProjectionError::NoPositions(
                 self.inner.shared.name.to_string(),
             ));
         };
