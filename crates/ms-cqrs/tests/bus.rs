@@ -170,6 +170,48 @@ async fn events_without_a_sequence_are_applied_once_per_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_predecessor_never_comes_is_parked_as_a_sequence_gap() {
+    let Some(db) = ms_testkit::postgres().await else {
+        return;
+    };
+    let pool = db.pool().await;
+    let bus = MemoryBus::new();
+    let runner = ProjectionRunner::from_bus(
+        pool.clone(),
+        Ledger::default(),
+        Arc::new(bus.clone()),
+        Subscription::events(TOPIC, "ledger").unwrap(),
+    )
+    .error_policy(ms_cqrs::ErrorPolicy::park_event())
+    .start()
+    .await
+    .unwrap();
+    bus.publish(TOPIC, &common::event("gap", 2, 5))
+        .await
+        .unwrap();
+    bus.publish(TOPIC, &common::event("fine", 1, 7))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(40), "the early event parked", || {
+        let status = runner.status();
+        async move { status.parked == 1 }
+    })
+    .await;
+    let parked = runner.dead_letters(10).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert!(
+        parked[0].error.contains("sequence gap"),
+        "{}",
+        parked[0].error
+    );
+    assert_eq!(parked[0].key, "gap");
+    let model = read_model(&pool, "ledger").await;
+    assert_eq!(model.keys().collect::<Vec<_>>(), ["fine"]);
+    assert!(runner.status().out_of_order >= 100);
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jetstream_subscription_feeds_the_read_model() {
     let Some(nats) = ms_testkit::nats().await else {
         return;

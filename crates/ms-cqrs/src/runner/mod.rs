@@ -88,7 +88,9 @@
 //!   of its key (an early one is delivered again a little later; a repeated one is settled
 //!   without applying), with the key's last sequence stored in the same transaction. An event
 //!   without one is applied once per event id. A bus-fed projection must therefore see each
-//!   key from its first event; feed it from an event log to build it from history.
+//!   key from its first event; feed it from an event log to build it from history. An early
+//!   event whose predecessor has not come after 200 deliveries (about ten seconds) is handed
+//!   to the error policy as a sequence gap, rather than redelivered forever.
 //! - **Rebuilds** ([`ProjectionHandle::rebuild`]) build the next version beside the live one
 //!   from position 0, with [`ApplyContext::replaying`] set, no further than the live version
 //!   has got; then the live version stops, the new one catches up with it, and readers'

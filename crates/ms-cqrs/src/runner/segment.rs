@@ -23,6 +23,10 @@ const IDLE_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a delivery that arrived ahead of its key's previous event waits before it is
 /// delivered again.
 const OUT_OF_ORDER_DELAY: Duration = Duration::from_millis(50);
+/// After this many deliveries, an event still ahead of its key's previous one is given up
+/// on: the previous one is taken as lost upstream, and the policy's last resort applies
+/// (about ten seconds of redeliveries at [`OUT_OF_ORDER_DELAY`]).
+const OUT_OF_ORDER_MAX_DELIVERIES: u32 = 200;
 /// The longest wait between attempts when the database itself fails.
 const MAX_INFRA_DELAY: Duration = Duration::from_secs(5);
 
@@ -278,6 +282,18 @@ impl<DB: Store, P: Projection<DB>> Segment<DB, P> {
                 .await?
             {
                 Ok(sequence) => sequence,
+                Err(Outcome::OutOfOrder)
+                    if work
+                        .delivery
+                        .as_ref()
+                        .is_some_and(|(_, attempt)| *attempt >= OUT_OF_ORDER_MAX_DELIVERIES) =>
+                {
+                    return Err(Failure::Apply(ApplyError::permanent(format!(
+                        "sequence gap: key `{}` is still missing the event before sequence {} after {OUT_OF_ORDER_MAX_DELIVERIES} deliveries",
+                        work.key,
+                        sequence_of(envelope).unwrap_or_default()
+                    ))));
+                }
                 Err(outcome) => return Ok(outcome),
             }
         } else {
