@@ -246,7 +246,15 @@ impl<DB: Store, P: Projection<DB>> ProjectionHandle<DB, P> {
             }
             match live.state() {
                 RunnerState::Failed(reason) => return Err(self.stopped(reason)),
-                RunnerState::Stopped => return Err(self.stopped("shut down".to_owned())),
+                RunnerState::Stopped => {
+                    // A rebuild stops the old version and holds the pipeline slot while it
+                    // switches: wait for the new one. Only a shut-down runner has none.
+                    if let Ok(live) = self.inner.live.try_lock()
+                        && live.is_none()
+                    {
+                        return Err(self.stopped("shut down".to_owned()));
+                    }
+                }
                 _ => {}
             }
             let mut changes = live.subscribe_position();
