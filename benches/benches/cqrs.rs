@@ -530,8 +530,8 @@ fn rate(events: u64, took: Duration) -> f64 {
 /// virtual machine a round trip costs far more when the vCPUs sleep between them (waking an
 /// idle vCPU is slow): measured here, the raw loop went from about 10 k to 25 k upserts/s with
 /// a spinning thread beside it, while the runner, whose reader works ahead of its segments,
-/// sat in between. The paired rounds therefore also compare the two with a spinner, so that
-/// neither gains from the other's wake-ups.
+/// sat in between. The paired rounds therefore also compare the two with a spinner, where
+/// neither pays for waking idle vCPUs.
 struct BusyCpu {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
