@@ -393,7 +393,7 @@ impl Invoicing {
                     .fetch_optional(&mut *tx)
                     .await?;
             tenant_active(&invoice.tenant_id, tenant.as_deref())?;
-            invoice.status = "sent".to_owned();
+            "sent".clone_into(&mut invoice.status);
             set_status!(tx, invoice);
             let charge = Charge {
                 invoice_id: invoice.id.clone(),
@@ -431,7 +431,7 @@ impl Invoicing {
                     )));
                 }
             }
-            invoice.status = "cancelled".to_owned();
+            "cancelled".clone_into(&mut invoice.status);
             set_status!(tx, invoice);
             let messages = vec![invoice_event("invoicing.invoice.cancelled", &invoice)?];
             crate::enqueue!("invoicing", db, tx, messages);
@@ -536,7 +536,7 @@ impl Invoicing {
                             Err(Refused::Rule(rule)) => return Err(Error::Scenario(rule.to_string())),
                         };
                         if invoice.status == "sent" || invoice.status == "overdue" {
-                            invoice.status = "paid".to_owned();
+                            "paid".clone_into(&mut invoice.status);
                             set_status!(tx, invoice);
                             let messages = vec![invoice_event("invoicing.invoice.paid", &invoice)?];
                             crate::enqueue!("invoicing", db, tx, messages);
@@ -584,7 +584,7 @@ impl Invoicing {
                     if invoice.status != "sent" {
                         return Ok(false);
                     }
-                    invoice.status = "overdue".to_owned();
+                    "overdue".clone_into(&mut invoice.status);
                     set_status!(tx, invoice);
                     let messages = vec![invoice_event("invoicing.invoice.overdue", &invoice)?];
                     crate::enqueue!("invoicing", db, tx, messages);

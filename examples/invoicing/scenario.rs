@@ -133,158 +133,14 @@ impl GatewayClient {
 /// is stopped while the invoices are sent, and started again afterwards.
 pub async fn run(system: &System, out: &mut dyn Write, chaos: bool) -> Result<Report, Error> {
     let client = GatewayClient::new(system);
-    step(
-        out,
-        "1",
-        "the customers context announced its tenants and customers; invoicing keeps a copy",
-    )?;
-    let customers = wait_for(|| async {
-        let list = client
-            .expect(Method::GET, "/api/v1/customers", None, StatusCode::OK, &[])
-            .await?;
-        let count = list["customers"].as_array().map_or(0, Vec::len);
-        Ok((count >= 3).then_some(list))
-    })
-    .await?;
-    for customer in customers["customers"].as_array().into_iter().flatten() {
-        line(
-            out,
-            &format!(
-                "{:<11} {:<21} tenant {} ({})",
-                text(&customer["customer_id"]),
-                text(&customer["name"]),
-                text(&customer["tenant_id"]),
-                text(&customer["tenant_status"])
-            ),
-        )?;
-    }
-
-    step(out, "2", "create four invoices (POST /api/v1/invoices)")?;
-    let drafts = [
-        (
-            "c-coyote",
-            json!([{"description": "Rocket skates", "quantity": 2, "unit_price_cents": 45_000},
-                            {"description": "Giant magnet", "quantity": 1, "unit_price_cents": 35_000}]),
-            30,
-        ),
-        (
-            "c-runner",
-            json!([{"description": "Track rental", "quantity": 4, "unit_price_cents": 24_500}]),
-            30,
-        ),
-        (
-            "c-coyote",
-            json!([{"description": "Anvil (bulk)", "quantity": 73, "unit_price_cents": 10_000}]),
-            0,
-        ),
-        (
-            "c-runner",
-            json!([{"description": "Bird seed", "quantity": 3, "unit_price_cents": 1_500}]),
-            30,
-        ),
-    ];
-    let mut invoices = Vec::new();
-    for (customer, lines, due) in drafts {
-        let body = json!({ "customer_id": customer, "lines": lines, "due_in_days": due });
-        let invoice = client
-            .expect(
-                Method::POST,
-                "/api/v1/invoices",
-                Some(&body),
-                StatusCode::CREATED,
-                &[],
-            )
-            .await?;
-        line(
-            out,
-            &format!(
-                "{}  {:<21} {:>12}  due in {due} days",
-                text(&invoice["id"]),
-                text(&invoice["customer_name"]),
-                money(&invoice["total_cents"])
-            ),
-        )?;
-        invoices.push(text(&invoice["id"]));
-    }
-
-    step(out, "3", "a business rule: tenant t-globex is suspended")?;
-    let body = json!({ "customer_id": "c-scorpio", "lines": [{"description": "Doomsday device", "quantity": 1, "unit_price_cents": 100}] });
-    let problem = client
-        .expect(
-            Method::POST,
-            "/api/v1/invoices",
-            Some(&body),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &[],
-        )
-        .await?;
-    line(
-        out,
-        &format!(
-            "422 {}: {}",
-            text(&problem["code"]),
-            text(&problem["detail"])
-        ),
-    )?;
-
+    customers(&client, out).await?;
+    let invoices = create_invoices(&client, out).await?;
+    broken_rule(&client, out).await?;
     if chaos {
         step(out, "chaos", "payments goes down")?;
         system.stop_payments().await?;
     }
-
-    step(
-        out,
-        "4",
-        "send three invoices (each commits its events and a payments.charge command through the outbox), cancel the fourth",
-    )?;
-    let trace_id = uuid::Uuid::now_v7().simple().to_string();
-    let correlation_id = format!("scenario-{}", &trace_id[..8]);
-    let traceparent = format!(
-        "00-{trace_id}-{}-01",
-        &uuid::Uuid::now_v7().simple().to_string()[16..]
-    );
-    let traced = [
-        ("traceparent", traceparent.as_str()),
-        ("x-correlation-id", correlation_id.as_str()),
-    ];
-    for (i, id) in invoices.iter().enumerate() {
-        let (action, headers): (&str, &[(&str, &str)]) = match i {
-            0 => ("send", &traced),
-            3 => ("cancel", &[]),
-            _ => ("send", &[]),
-        };
-        let invoice = client
-            .expect(
-                Method::POST,
-                &format!("/api/v1/invoices/{id}/{action}"),
-                None,
-                StatusCode::OK,
-                headers,
-            )
-            .await?;
-        line(
-            out,
-            &format!("{id}  {action:<6} → {}", text(&invoice["status"])),
-        )?;
-    }
-    let problem = client
-        .expect(
-            Method::POST,
-            &format!("/api/v1/invoices/{}/send", invoices[0]),
-            None,
-            StatusCode::CONFLICT,
-            &[],
-        )
-        .await?;
-    line(
-        out,
-        &format!(
-            "sending {} again: 409 {}",
-            invoices[0],
-            text(&problem["code"])
-        ),
-    )?;
-
+    let (trace_id, correlation_id) = send_invoices(&client, out, &invoices).await?;
     if chaos {
         chaos_outage(system, &client, out).await?;
     }
@@ -370,6 +226,178 @@ pub async fn run(system: &System, out: &mut dyn Write, chaos: bool) -> Result<Re
         correlation_id,
         traced_services,
     })
+}
+
+async fn customers(client: &GatewayClient, out: &mut dyn Write) -> Result<(), Error> {
+    step(
+        out,
+        "1",
+        "the customers context announced its tenants and customers; invoicing keeps a copy",
+    )?;
+    let customers = wait_for(|| async {
+        let list = client
+            .expect(Method::GET, "/api/v1/customers", None, StatusCode::OK, &[])
+            .await?;
+        let count = list["customers"].as_array().map_or(0, Vec::len);
+        Ok((count >= 3).then_some(list))
+    })
+    .await?;
+    for customer in customers["customers"].as_array().into_iter().flatten() {
+        line(
+            out,
+            &format!(
+                "{:<11} {:<21} tenant {} ({})",
+                text(&customer["customer_id"]),
+                text(&customer["name"]),
+                text(&customer["tenant_id"]),
+                text(&customer["tenant_status"])
+            ),
+        )?;
+    }
+
+    Ok(())
+}
+
+async fn create_invoices(
+    client: &GatewayClient,
+    out: &mut dyn Write,
+) -> Result<Vec<String>, Error> {
+    step(out, "2", "create four invoices (POST /api/v1/invoices)")?;
+    let drafts = [
+        (
+            "c-coyote",
+            json!([{"description": "Rocket skates", "quantity": 2, "unit_price_cents": 45_000},
+                            {"description": "Giant magnet", "quantity": 1, "unit_price_cents": 35_000}]),
+            30,
+        ),
+        (
+            "c-runner",
+            json!([{"description": "Track rental", "quantity": 4, "unit_price_cents": 24_500}]),
+            30,
+        ),
+        (
+            "c-coyote",
+            json!([{"description": "Anvil (bulk)", "quantity": 73, "unit_price_cents": 10_000}]),
+            0,
+        ),
+        (
+            "c-runner",
+            json!([{"description": "Bird seed", "quantity": 3, "unit_price_cents": 1_500}]),
+            30,
+        ),
+    ];
+    let mut invoices = Vec::new();
+    for (customer, lines, due) in drafts {
+        let body = json!({ "customer_id": customer, "lines": lines, "due_in_days": due });
+        let invoice = client
+            .expect(
+                Method::POST,
+                "/api/v1/invoices",
+                Some(&body),
+                StatusCode::CREATED,
+                &[],
+            )
+            .await?;
+        line(
+            out,
+            &format!(
+                "{}  {:<21} {:>12}  due in {due} days",
+                text(&invoice["id"]),
+                text(&invoice["customer_name"]),
+                money(&invoice["total_cents"])
+            ),
+        )?;
+        invoices.push(text(&invoice["id"]));
+    }
+
+    Ok(invoices)
+}
+
+async fn broken_rule(client: &GatewayClient, out: &mut dyn Write) -> Result<(), Error> {
+    step(out, "3", "a business rule: tenant t-globex is suspended")?;
+    let body = json!({ "customer_id": "c-scorpio", "lines": [{"description": "Doomsday device", "quantity": 1, "unit_price_cents": 100}] });
+    let problem = client
+        .expect(
+            Method::POST,
+            "/api/v1/invoices",
+            Some(&body),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &[],
+        )
+        .await?;
+    line(
+        out,
+        &format!(
+            "422 {}: {}",
+            text(&problem["code"]),
+            text(&problem["detail"])
+        ),
+    )?;
+
+    Ok(())
+}
+
+/// Sends three invoices and cancels the fourth; the first send carries a `traceparent` and a
+/// correlation ID of the caller's, whose trace is printed at the end.
+async fn send_invoices(
+    client: &GatewayClient,
+    out: &mut dyn Write,
+    invoices: &[String],
+) -> Result<(String, String), Error> {
+    step(
+        out,
+        "4",
+        "send three invoices (each commits its events and a payments.charge command through the outbox), cancel the fourth",
+    )?;
+    let trace_id = uuid::Uuid::now_v7().simple().to_string();
+    let correlation_id = format!("scenario-{}", &trace_id[24..]);
+    let traceparent = format!(
+        "00-{trace_id}-{}-01",
+        &uuid::Uuid::now_v7().simple().to_string()[16..]
+    );
+    let traced = [
+        ("traceparent", traceparent.as_str()),
+        ("x-correlation-id", correlation_id.as_str()),
+    ];
+    for (i, id) in invoices.iter().enumerate() {
+        let (action, headers): (&str, &[(&str, &str)]) = match i {
+            0 => ("send", &traced),
+            3 => ("cancel", &[]),
+            _ => ("send", &[]),
+        };
+        let invoice = client
+            .expect(
+                Method::POST,
+                &format!("/api/v1/invoices/{id}/{action}"),
+                None,
+                StatusCode::OK,
+                headers,
+            )
+            .await?;
+        line(
+            out,
+            &format!("{id}  {action:<6} → {}", text(&invoice["status"])),
+        )?;
+    }
+    let problem = client
+        .expect(
+            Method::POST,
+            &format!("/api/v1/invoices/{}/send", invoices[0]),
+            None,
+            StatusCode::CONFLICT,
+            &[],
+        )
+        .await?;
+    line(
+        out,
+        &format!(
+            "sending {} again: 409 {}",
+            invoices[0],
+            text(&problem["code"])
+        ),
+    )?;
+
+    Ok((trace_id, correlation_id))
 }
 
 /// Payments is down: the dashboard degrades and the breaker opens; then it comes back and
@@ -564,7 +592,7 @@ pub fn money(cents: &Value) -> String {
     let units = (cents / 100).abs().to_string();
     let mut grouped = String::new();
     for (i, digit) in units.chars().enumerate() {
-        if i > 0 && (units.len() - i) % 3 == 0 {
+        if i > 0 && (units.len() - i).is_multiple_of(3) {
             grouped.push(',');
         }
         grouped.push(digit);

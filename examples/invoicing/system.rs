@@ -131,23 +131,10 @@ impl System {
 
         // Payments: HTTP probes on one port, gRPC (API and health) on another.
         let payments_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let up = payments_up.clone();
         let payments_registry =
             base_registry(&config, &payments_db, &migrated, connected.check.clone())
                 .readiness("outbox-relay", relays[1].check())
-                .readiness(
-                    "charge-consumer",
-                    check_fn(move || {
-                        let up = up.load(std::sync::atomic::Ordering::Acquire);
-                        async move {
-                            if up {
-                                CheckResult::pass()
-                            } else {
-                                CheckResult::fail("stopped")
-                            }
-                        }
-                    }),
-                )
+                .readiness("charge-consumer", running_check(payments_up.clone()))
                 .build()?;
         let payments_http = serve(
             Router::new(),
@@ -164,24 +151,9 @@ impl System {
             .await?;
         payments_up.store(true, std::sync::atomic::Ordering::Release);
 
-        // Gateway and its BFF.
-        let http = crate::http::client();
-        let bff = Bff::new(
-            http.clone(),
-            format!("http://{invoicing_addr}"),
-            format!("http://{reporting_addr}"),
-            &format!("http://{payments_grpc}"),
-        )?;
-        let gateway = Arc::new(Gateway {
-            http: http.clone(),
-            invoicing: format!("http://{invoicing_addr}"),
-            reporting: format!("http://{reporting_addr}"),
-            bff: bff.clone(),
-        });
-        let registry = gateway_registry(&config, http, invoicing_addr, reporting_addr)?;
-        let gateway_addr = serve(
-            gateway::router(gateway, &config),
-            &registry,
+        let (gateway_addr, bff, registry) = start_gateway(
+            &config,
+            (invoicing_addr, reporting_addr, payments_grpc),
             &stop,
             &mut system_servers,
         )
@@ -320,6 +292,31 @@ impl System {
     }
 }
 
+/// The gateway and its BFF, in front of invoicing, reporting and payments' gRPC API.
+async fn start_gateway(
+    config: &Config,
+    (invoicing_addr, reporting_addr, payments_grpc): (SocketAddr, SocketAddr, SocketAddr),
+    stop: &watch::Sender<bool>,
+    servers: &mut Vec<JoinHandle<Result<(), std::io::Error>>>,
+) -> Result<(SocketAddr, Arc<Bff>, HealthRegistry), Error> {
+    let http = crate::http::client();
+    let bff = Bff::new(
+        http.clone(),
+        format!("http://{invoicing_addr}"),
+        format!("http://{reporting_addr}"),
+        &format!("http://{payments_grpc}"),
+    )?;
+    let gateway = Arc::new(Gateway {
+        http: http.clone(),
+        invoicing: format!("http://{invoicing_addr}"),
+        reporting: format!("http://{reporting_addr}"),
+        bff: bff.clone(),
+    });
+    let registry = gateway_registry(config, http, invoicing_addr, reporting_addr)?;
+    let addr = serve(gateway::router(gateway, config), &registry, stop, servers).await?;
+    Ok((addr, bff, registry))
+}
+
 async fn open_databases(config: &Config) -> Result<(Option<tempfile::TempDir>, [Db; 3]), Error> {
     match &config.database_url {
         Some(url) => Ok((
@@ -367,6 +364,20 @@ fn base_registry(
         builder = builder.readiness("broker", bus);
     }
     builder
+}
+
+/// Fails while `up` is false (payments stopped by `--chaos`).
+fn running_check(up: Arc<std::sync::atomic::AtomicBool>) -> impl ms_health::Check {
+    check_fn(move || {
+        let up = up.load(std::sync::atomic::Ordering::Acquire);
+        async move {
+            if up {
+                CheckResult::pass()
+            } else {
+                CheckResult::fail("stopped")
+            }
+        }
+    })
 }
 
 /// The gateway is ready when the services it routes to are; payments is optional (the
