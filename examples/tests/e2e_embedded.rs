@@ -1,0 +1,296 @@
+//! The invoicing example end to end on the embedded defaults (a SQLite file per service, the
+//! memory bus): the scenario's numbers, the read model, one trace across every service, and
+//! the gateway's refusals (401, 429 with `Retry-After`, 400 problem+json).
+
+use std::time::Duration;
+
+use http::{Method, StatusCode, header};
+use ms_examples::config::{Config, Credential, DEMO_BEARER_TOKEN};
+use ms_examples::scenario::{self, GatewayClient};
+use ms_examples::{System, trace_tree};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scenario_settles_with_the_expected_numbers_and_one_trace() {
+    let system = System::start(Config::default())
+        .await
+        .expect("system starts");
+    let mut out = Vec::new();
+    let report = scenario::run(&system, &mut out, false)
+        .await
+        .unwrap_or_else(|e| panic!("scenario failed: {e}\n{}", String::from_utf8_lossy(&out)));
+    common::check_report(&report);
+    system.shutdown().await.expect("graceful shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_answers_its_probes() {
+    let system = System::start(Config::default())
+        .await
+        .expect("system starts");
+    let a = system.addresses();
+    let client = GatewayClient::new(&system);
+    for addr in [a.gateway, a.invoicing, a.payments_http, a.reporting] {
+        for probe in ["/healthz", "/readyz", "/startupz"] {
+            let url = format!("http://{addr}{probe}");
+            let reply = common::get(&url).await;
+            assert_eq!(reply.0, StatusCode::OK, "{url}: {}", reply.1);
+            assert!(reply.1.contains("\"status\""), "{url}: {}", reply.1);
+        }
+    }
+    // Probes need no API key; the API does.
+    let reply = client
+        .clone()
+        .with_api_key(None)
+        .call(Method::GET, "/readyz", None, &[])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    system.shutdown().await.expect("graceful shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_or_wrong_api_key_is_401_and_a_bearer_token_is_accepted() {
+    let system = System::start(Config::default())
+        .await
+        .expect("system starts");
+    let client = GatewayClient::new(&system);
+    for key in [None, Some("not-a-key")] {
+        let reply = client
+            .clone()
+            .with_api_key(key)
+            .call(Method::GET, "/api/v1/customers", None, &[])
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "key {key:?}");
+        assert_eq!(
+            reply.headers[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        assert!(reply.headers.contains_key(header::WWW_AUTHENTICATE));
+        assert_eq!(reply.json().unwrap()["code"], "UNAUTHENTICATED");
+    }
+    let bearer = format!("Bearer {DEMO_BEARER_TOKEN}");
+    let reply = client
+        .clone()
+        .with_api_key(None)
+        .call(
+            Method::GET,
+            "/api/v1/customers",
+            None,
+            &[("authorization", &bearer)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    system.shutdown().await.expect("graceful shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_gets_429_with_retry_after_and_others_do_not() {
+    let mut config = Config {
+        rate_per_second: 1,
+        rate_burst: 3,
+        ..Config::default()
+    };
+    config.credentials.push(Credential {
+        secret: "other-key".to_owned(),
+        client: "other".to_owned(),
+    });
+    let system = System::start(config).await.expect("system starts");
+    let client = GatewayClient::new(&system);
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for _ in 0..5 {
+        let reply = client
+            .call(Method::GET, "/api/v1/customers", None, &[])
+            .await
+            .unwrap();
+        statuses.push(reply.status.as_u16());
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(reply);
+        }
+    }
+    assert_eq!(statuses[..3], [200, 200, 200], "{statuses:?}");
+    assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
+    let limited = limited.expect("a 429");
+    let retry_after: u64 = limited.headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(
+        limited.headers[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    assert_eq!(limited.json().unwrap()["code"], "RATE_LIMITED");
+    // Another client has its own allowance.
+    let other = client.clone().with_api_key(Some("other-key"));
+    let reply = other
+        .call(Method::GET, "/api/v1/customers", None, &[])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    system.shutdown().await.expect("graceful shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_is_400_problem_json_and_nothing_is_created() {
+    let system = System::start(Config::default())
+        .await
+        .expect("system starts");
+    let client = GatewayClient::new(&system);
+    for body in ["{oops", "[1, 2", r#"{"customer_id": 7}"#, ""] {
+        let reply = client
+            .call(Method::POST, "/api/v1/invoices", Some(body), &[])
+            .await
+            .unwrap();
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "body {body:?}");
+        assert_eq!(
+            reply.headers[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let problem = reply.json().unwrap();
+        assert_eq!(problem["code"], "MALFORMED_JSON");
+        assert_eq!(problem["status"], 400);
+    }
+    let summary = client
+        .call(Method::GET, "/api/web/v1/dashboard", None, &[])
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(summary["invoices"]["by_status"], serde_json::json!({}));
+    system.shutdown().await.expect("graceful shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_payments_the_dashboard_is_partial_the_breaker_opens_and_all_catches_up() {
+    let system = System::start(Config::default())
+        .await
+        .expect("system starts");
+    let client = GatewayClient::new(&system);
+    system.stop_payments().await.unwrap();
+    let mut last = serde_json::Value::Null;
+    for _ in 0..4 {
+        last = client
+            .expect(
+                Method::GET,
+                "/api/web/v1/dashboard",
+                None,
+                StatusCode::OK,
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(last["partial"], true, "{last}");
+        assert_eq!(last["unavailable"][0]["backend"], "payments", "{last}");
+        assert!(
+            last["invoices"].is_object(),
+            "the rest still answers: {last}"
+        );
+    }
+    assert_eq!(system.payments_breaker(), "Open", "{last}");
+    system.start_payments().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let dashboard = client
+            .expect(
+                Method::GET,
+                "/api/web/v1/dashboard",
+                None,
+                StatusCode::OK,
+                &[],
+            )
+            .await
+            .unwrap();
+        if dashboard["partial"] == false {
+            assert!(dashboard["payments"].is_object());
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never recovered: {dashboard}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    system.shutdown().await.expect("graceful shutdown");
+}
+
+mod common {
+    use http::StatusCode;
+    use http_body_util::BodyExt as _;
+    use ms_examples::scenario::Report;
+
+    use super::trace_tree;
+
+    /// The scenario's outcome: two invoices paid, one overdue after its charge failed, one
+    /// cancelled; the read model agrees; one trace spans every service under one correlation ID.
+    pub(crate) fn check_report(report: &Report) {
+        let d = &report.dashboard;
+        assert_eq!(d["partial"], false, "{d}");
+        let by_status = &d["invoices"]["by_status"];
+        assert_eq!(by_status["paid"]["count"], 2, "{d}");
+        assert_eq!(by_status["paid"]["total_cents"], 223_000, "{d}");
+        assert_eq!(by_status["overdue"]["count"], 1, "{d}");
+        assert_eq!(by_status["cancelled"]["count"], 1, "{d}");
+        assert_eq!(d["invoices"]["outstanding_cents"], 730_000, "{d}");
+        assert_eq!(d["payments"]["succeeded_count"], 2, "{d}");
+        assert_eq!(d["payments"]["succeeded_cents"], 223_000, "{d}");
+        assert_eq!(d["payments"]["failed_count"], 1, "{d}");
+        assert_eq!(d["read_model"]["invoices"], 4, "{d}");
+        assert_eq!(d["read_model"]["collected_cents"], 223_000, "{d}");
+
+        let rows = report.read_model["items"].as_array().expect("items");
+        assert_eq!(report.read_model["total"], 4);
+        assert_eq!(rows.len(), 3, "a page of three");
+        assert_eq!(report.read_model["next_offset"], 3);
+        let totals: Vec<i64> = rows
+            .iter()
+            .map(|r| r["total_cents"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            totals,
+            [730_000, 125_000, 98_000],
+            "sorted by total, descending"
+        );
+        assert_eq!(rows[0]["status"], "overdue");
+        assert!(
+            rows[0]["last_payment_error"]
+                .as_str()
+                .unwrap()
+                .starts_with("CARD_LIMIT_EXCEEDED")
+        );
+        assert_eq!(rows[1]["paid_cents"], 125_000);
+
+        assert_eq!(
+            report.traced_services,
+            ["gateway", "invoicing", "payments", "reporting"],
+            "one trace across every service"
+        );
+        let spans = trace_tree::spans_of(&report.trace_id);
+        let own: Vec<_> = spans
+            .iter()
+            .filter(|s| trace_tree::attribute(s, trace_tree::SERVICE_ATTRIBUTE).is_some())
+            .collect();
+        assert!(own.len() >= 8, "{} service spans", own.len());
+        for span in own {
+            assert_eq!(
+                trace_tree::attribute(span, "correlation.id").as_deref(),
+                Some(report.correlation_id.as_str()),
+                "span {} carries the caller's correlation ID",
+                span.name
+            );
+        }
+    }
+
+    pub(crate) async fn get(url: &str) -> (StatusCode, String) {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let response = client.get(url.parse().unwrap()).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
