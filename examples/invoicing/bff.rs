@@ -86,7 +86,11 @@ impl Bff {
                         .get_payment_summary(request)
                         .await
                         .map(tonic::Response::into_inner)
-                        .map_err(BoxError::from)
+                        // The code and message say enough; the transport's chain of sources
+                        // would fill the dashboard.
+                        .map_err(|status| {
+                            BoxError::from(format!("{:?}: {}", status.code(), status.message()))
+                        })
                 }
             });
         Ok(Arc::new(Self {

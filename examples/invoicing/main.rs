@@ -123,7 +123,7 @@ fn print_curl_lines(system: &System, report: &scenario::Report) {
         a.payments_grpc
     );
     println!(
-        "  grpcurl -plaintext -d '{{\"service\":\"payments.v1.Payments\"}}' {} grpc.health.v1.Health/Check   # needs the health proto too",
+        "  grpc_health_probe -addr {} -service payments.v1.Payments   # grpc.health.v1, from the same registry",
         a.payments_grpc
     );
 }

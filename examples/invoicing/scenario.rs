@@ -429,10 +429,11 @@ async fn chaos_outage(
         line(
             out,
             &format!(
-                "dashboard: partial={} unavailable={} breaker={}",
+                "dashboard: partial={} breaker={:<8} {} unavailable: {}",
                 dashboard["partial"],
-                dashboard["unavailable"].as_array().map_or(0, Vec::len),
-                text(&dashboard["payments_breaker"])
+                text(&dashboard["payments_breaker"]),
+                text(&dashboard["unavailable"][0]["backend"]),
+                text(&dashboard["unavailable"][0]["error"])
             ),
         )?;
     }

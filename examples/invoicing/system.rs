@@ -358,6 +358,7 @@ fn base_registry(
 ) -> ms_health::HealthRegistryBuilder {
     let mut builder = HealthRegistry::builder()
         .drain_delay(config.drain_delay)
+        .details(ms_health::Details::OnRequest)
         .readiness("database", db.check())
         .startup("migrations", migrated.clone());
     if let Some(bus) = bus {
@@ -407,6 +408,7 @@ fn gateway_registry(
     };
     Ok(HealthRegistry::builder()
         .drain_delay(config.drain_delay)
+        .details(ms_health::Details::OnRequest)
         .register("invoicing", backend(invoicing), CheckOptions::readiness())
         .register(
             "reporting",
