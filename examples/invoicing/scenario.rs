@@ -174,33 +174,7 @@ pub async fn run(system: &System, out: &mut dyn Write, chaos: bool) -> Result<Re
     .await?;
     print_dashboard(out, &dashboard)?;
 
-    step(
-        out,
-        "6",
-        "the read model: GET /api/v1/reports/invoices?sort=-total_cents&limit=3, then the next page",
-    )?;
-    let read_model = client
-        .expect(
-            Method::GET,
-            "/api/v1/reports/invoices?sort=-total_cents&limit=3",
-            None,
-            StatusCode::OK,
-            &[],
-        )
-        .await?;
-    print_rows(out, &read_model)?;
-    if let Some(next) = read_model["next_offset"].as_i64() {
-        let page = client
-            .expect(
-                Method::GET,
-                &format!("/api/v1/reports/invoices?sort=-total_cents&limit=3&offset={next}"),
-                None,
-                StatusCode::OK,
-                &[],
-            )
-            .await?;
-        print_rows(out, &page)?;
-    }
+    let read_model = read_model(&client, out).await?;
 
     step(
         out,
@@ -235,6 +209,38 @@ pub async fn run(system: &System, out: &mut dyn Write, chaos: bool) -> Result<Re
         correlation_id,
         traced_services,
     })
+}
+
+/// The read model, a page at a time, sorted by total.
+async fn read_model(client: &GatewayClient, out: &mut dyn Write) -> Result<Value, Error> {
+    step(
+        out,
+        "6",
+        "the read model: GET /api/v1/reports/invoices?sort=-total_cents&limit=3, then the next page",
+    )?;
+    let read_model = client
+        .expect(
+            Method::GET,
+            "/api/v1/reports/invoices?sort=-total_cents&limit=3",
+            None,
+            StatusCode::OK,
+            &[],
+        )
+        .await?;
+    print_rows(out, &read_model)?;
+    if let Some(next) = read_model["next_offset"].as_i64() {
+        let page = client
+            .expect(
+                Method::GET,
+                &format!("/api/v1/reports/invoices?sort=-total_cents&limit=3&offset={next}"),
+                None,
+                StatusCode::OK,
+                &[],
+            )
+            .await?;
+        print_rows(out, &page)?;
+    }
+    Ok(read_model)
 }
 
 async fn customers(client: &GatewayClient, out: &mut dyn Write) -> Result<(), Error> {
