@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use http::{Method, StatusCode, header};
-use ms_examples::System;
 use ms_examples::config::{Config, Credential, DEMO_BEARER_TOKEN};
 use ms_examples::scenario::{self, GatewayClient};
+use ms_examples::{Options, System};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scenario_settles_with_the_expected_numbers_and_one_trace() {
@@ -20,6 +20,43 @@ async fn the_scenario_settles_with_the_expected_numbers_and_one_trace() {
         .unwrap_or_else(|e| panic!("scenario failed: {e}\n{}", String::from_utf8_lossy(&out)));
     common::check_report(&report);
     system.shutdown().await.expect("graceful shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_payments_down_for_a_while_the_scenario_still_settles_to_the_same_numbers() {
+    let system = System::start(Config::default())
+        .await
+        .expect("system starts");
+    let mut out = Vec::new();
+    let report = scenario::run(&system, &mut out, true)
+        .await
+        .unwrap_or_else(|e| panic!("scenario failed: {e}\n{}", String::from_utf8_lossy(&out)));
+    let printed = String::from_utf8_lossy(&out);
+    assert!(printed.contains("partial=true breaker=Open"), "{printed}");
+    common::check_report(&report);
+    system.shutdown().await.expect("graceful shutdown");
+}
+
+#[test]
+fn flags_win_over_the_environment_and_unknown_flags_are_refused() {
+    let env = |name: &str| (name == "INVOICING_NATS_URL").then(|| "nats://env:4222".to_owned());
+    let args = [
+        "--once",
+        "--nats-url=nats://flag:4222",
+        "--database-url",
+        "postgres://x/y",
+    ];
+    let options = Options::parse(args.map(str::to_owned), env).unwrap();
+    assert!(options.once && !options.chaos);
+    assert_eq!(options.config.nats_url.as_deref(), Some("nats://flag:4222"));
+    assert_eq!(
+        options.config.database_url.as_deref(),
+        Some("postgres://x/y")
+    );
+    let options = Options::parse(["--chaos".to_owned()], env).unwrap();
+    assert_eq!(options.config.nats_url.as_deref(), Some("nats://env:4222"));
+    assert!(Options::parse(["--nope".to_owned()], env).is_err());
+    assert!(Options::parse(["--amqp-url".to_owned()], env).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
