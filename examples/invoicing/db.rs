@@ -82,8 +82,7 @@ impl Db {
     }
 
     /// The schema `service` in the PostgreSQL database at `url`, created if missing: one
-    /// database (or a database per service, when the URLs differ), one schema per service, so
-    /// no service reads another's tables.
+    /// schema per service (its pool's `search_path`), so no service reads another's tables.
     pub(crate) async fn postgres(url: &str, service: &str) -> Result<Self, Error> {
         let base = PgConnectOptions::from_str(url)?;
         let admin = PgPoolOptions::new()
