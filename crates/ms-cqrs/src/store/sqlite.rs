@@ -1,0 +1,89 @@
+//! SQLite: one writer at a time, so a row's id is drawn and committed before the next writer
+//! draws one; the id is the position and no sequencing is needed.
+
+use futures_util::future::BoxFuture;
+use sqlx::sqlite::{Sqlite, SqliteConnection};
+use sqlx::{AssertSqlSafe, Row};
+
+use super::sealed::Sealed;
+use super::{LoggedEvent, ParkedRow, Registration, Tables, now_micros, runner_ddl};
+
+#[allow(private_interfaces)] // Sealed: callable only inside this crate.
+impl Sealed for Sqlite {
+    fn migrate_runner<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        tables: &'a Tables,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            sqlx::raw_sql(AssertSqlSafe(runner_ddl(
+                tables,
+                "INTEGER PRIMARY KEY AUTOINCREMENT",
+            )))
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn migrate_log<'a>(
+        pool: &'a sqlx::Pool<Self>,
+        log: &'a str,
+        _log_bare: &'a str,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            // AUTOINCREMENT: a deleted last row's id is never reused, so positions only grow.
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "CREATE TABLE IF NOT EXISTS {log} (\
+                   position INTEGER PRIMARY KEY AUTOINCREMENT, partition_key TEXT NOT NULL, \
+                   event_type TEXT NOT NULL, envelope TEXT NOT NULL, recorded_at BIGINT NOT NULL)"
+            )))
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn log_append<'a>(
+        conn: &'a mut SqliteConnection,
+        log: &'a str,
+        rows: &'a [(String, String, String)],
+    ) -> BoxFuture<'a, Result<Vec<i64>, sqlx::Error>> {
+        Box::pin(async move {
+            let insert = format!(
+                "INSERT INTO {log} (partition_key, event_type, envelope, recorded_at) \
+                 VALUES ($1, $2, $3, $4) RETURNING position"
+            );
+            let now = now_micros();
+            let mut ids = Vec::with_capacity(rows.len());
+            for (key, ty, envelope) in rows {
+                let id: i64 = sqlx::query_scalar(AssertSqlSafe(insert.clone()))
+                    .bind(key)
+                    .bind(ty)
+                    .bind(envelope)
+                    .bind(now)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                ids.push(id);
+            }
+            Ok(ids)
+        })
+    }
+
+    fn log_sequence<'a>(
+        _pool: &'a sqlx::Pool<Self>,
+        _log: &'a str,
+        _limit: i64,
+    ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+        Box::pin(async { Ok(0) })
+    }
+
+    fn log_position_of<'a>(
+        _pool: &'a sqlx::Pool<Self>,
+        _log: &'a str,
+        id: i64,
+    ) -> BoxFuture<'a, Result<Option<i64>, sqlx::Error>> {
+        Box::pin(async move { Ok(Some(id)) })
+    }
+
+    common_statements!(Sqlite);
+}

@@ -1,0 +1,229 @@
+//! Runners fed from a bus subscription: duplicated, delayed and reordered deliveries (the
+//! memory bus's fault injection) give the same read model as clean ones, each event applied
+//! once and each key in order; the same through NATS JetStream.
+
+#![cfg(feature = "postgres")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Entry, Ledger, Row, entry_event, eventually, fold, read_model};
+use ms_bus::memory::{Faults, MemoryBus};
+use ms_bus::{EventPublisher, Subscriber, Subscription};
+use ms_cqrs::ProjectionRunner;
+use sqlx::PgPool;
+
+const TOPIC: &str = "ledger.entries";
+const KEYS: i64 = 10;
+const PER_KEY: i64 = 60;
+
+fn entries() -> Vec<Entry> {
+    let mut entries = Vec::new();
+    for seq in 1..=PER_KEY {
+        for k in 0..KEYS {
+            entries.push(Entry {
+                key: format!("k{k}"),
+                seq,
+                amount: seq * 100 + k,
+                poison: false,
+            });
+        }
+    }
+    entries
+}
+
+async fn applied(pool: &PgPool) -> i64 {
+    sqlx::query_scalar::<_, Option<i64>>("SELECT sum(applied)::bigint FROM ledger_v1")
+        .fetch_one(pool)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+}
+
+/// Runs the ledger from `subscriber` into a fresh database, publishing through `publisher`;
+/// returns the read model once every event is applied, and the runner's status.
+async fn run(
+    subscriber: Arc<dyn Subscriber>,
+    publisher: &dyn EventPublisher,
+    topic: &str,
+    entries: &[Entry],
+) -> Option<(BTreeMap<String, Row>, ms_cqrs::RunnerStatus)> {
+    let db = ms_testkit::postgres().await?;
+    let pool = db.pool().await;
+    let runner = ProjectionRunner::from_bus(
+        pool.clone(),
+        Ledger::default(),
+        subscriber,
+        Subscription::events(topic, "ledger").unwrap(),
+    )
+    .segments(3)
+    .batch_size(32)
+    .start()
+    .await
+    .unwrap();
+    for entry in entries {
+        publisher.publish(topic, &entry_event(entry)).await.unwrap();
+    }
+    let total = i64::try_from(entries.len()).unwrap();
+    eventually(Duration::from_secs(60), "every event applied", || {
+        let pool = pool.clone();
+        async move { applied(&pool).await >= total }
+    })
+    .await;
+    // Let late duplicates arrive: they must change nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let model = read_model(&pool, "ledger").await;
+    let status = runner.status();
+    runner.shutdown().await.unwrap();
+    Some((model, status))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_delayed_and_reordered_deliveries_give_the_same_read_model() {
+    let entries = entries();
+    let clean = MemoryBus::new();
+    let Some((clean_model, clean_status)) =
+        run(Arc::new(clean.clone()), &clean, TOPIC, &entries).await
+    else {
+        return;
+    };
+    assert_eq!(clean_model, fold(&entries));
+    assert_eq!(clean_status.applied, u64::try_from(entries.len()).unwrap());
+
+    for seed in [1, 2] {
+        let faulty = MemoryBus::builder()
+            .faults(
+                Faults::seeded(seed)
+                    .duplicate(0.2)
+                    .delay(0.2, Duration::from_millis(30))
+                    .reorder(0.3)
+                    .drop_before_ack(0.05),
+            )
+            .build();
+        let (model, status) = run(Arc::new(faulty.clone()), &faulty, TOPIC, &entries)
+            .await
+            .unwrap();
+        assert_eq!(model, clean_model, "seed {seed}");
+        assert!(
+            model.values().all(|row| row.in_order),
+            "seed {seed}: {model:?}"
+        );
+        assert_eq!(
+            status.applied,
+            u64::try_from(entries.len()).unwrap(),
+            "seed {seed}"
+        );
+        // The faults did happen, and were absorbed.
+        assert!(
+            status.skipped > 0,
+            "seed {seed}: no duplicate was seen: {status:?}"
+        );
+        assert!(
+            status.out_of_order > 0,
+            "seed {seed}: nothing arrived early: {status:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_without_a_sequence_are_applied_once_per_id() {
+    let Some(db) = ms_testkit::postgres().await else {
+        return;
+    };
+    let pool = db.pool().await;
+    let bus = MemoryBus::new();
+    let runner = ProjectionRunner::from_bus(
+        pool.clone(),
+        Ledger::default(),
+        Arc::new(bus.clone()),
+        Subscription::events(TOPIC, "ledger").unwrap(),
+    )
+    .start()
+    .await
+    .unwrap();
+    let event = ms_bus::Envelope::builder(common::EVENT_TYPE, "/tests")
+        .subject("solo")
+        .json_data(&Entry {
+            key: "solo".into(),
+            seq: 1,
+            amount: 5,
+            poison: false,
+        })
+        .unwrap()
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        bus.publish(TOPIC, &event).await.unwrap();
+    }
+    eventually(Duration::from_secs(10), "three deliveries settled", || {
+        let status = runner.status();
+        async move { status.applied + status.skipped >= 3 }
+    })
+    .await;
+    assert_eq!(read_model(&pool, "ledger").await["solo"].total, 5);
+    assert_eq!(runner.status().skipped, 2);
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_predecessor_never_comes_is_parked_as_a_sequence_gap() {
+    let Some(db) = ms_testkit::postgres().await else {
+        return;
+    };
+    let pool = db.pool().await;
+    let bus = MemoryBus::new();
+    let runner = ProjectionRunner::from_bus(
+        pool.clone(),
+        Ledger::default(),
+        Arc::new(bus.clone()),
+        Subscription::events(TOPIC, "ledger").unwrap(),
+    )
+    .error_policy(ms_cqrs::ErrorPolicy::park_event())
+    .start()
+    .await
+    .unwrap();
+    bus.publish(TOPIC, &common::event("gap", 2, 5))
+        .await
+        .unwrap();
+    bus.publish(TOPIC, &common::event("fine", 1, 7))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(40), "the early event parked", || {
+        let status = runner.status();
+        async move { status.parked == 1 }
+    })
+    .await;
+    let parked = runner.dead_letters(10).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert!(
+        parked[0].error.contains("sequence gap"),
+        "{}",
+        parked[0].error
+    );
+    assert_eq!(parked[0].key, "gap");
+    let model = read_model(&pool, "ledger").await;
+    assert_eq!(model.keys().collect::<Vec<_>>(), ["fine"]);
+    assert!(runner.status().out_of_order >= 100);
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jetstream_subscription_feeds_the_read_model() {
+    let Some(nats) = ms_testkit::nats().await else {
+        return;
+    };
+    let bus = ms_bus::nats::NatsBus::builder(nats.client().await)
+        .prefix(nats.prefix())
+        .unwrap()
+        .build();
+    let entries = entries();
+    let Some((model, status)) = run(Arc::new(bus.clone()), &bus, TOPIC, &entries).await else {
+        return;
+    };
+    assert_eq!(model, fold(&entries));
+    assert_eq!(status.applied, u64::try_from(entries.len()).unwrap());
+}

@@ -1,0 +1,159 @@
+//! The runner on SQLite, the embedded default: the same semantics on one file, and the
+//! readiness check that follows its lag.
+
+#![cfg(feature = "sqlite")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Entry, Ledger, entry_event, fold, read_model};
+use ms_cqrs::{ErrorPolicy, EventLog, ProjectionRunner, RunnerState};
+use sqlx::Sqlite;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+async fn pool(dir: &tempfile::TempDir) -> sqlx::SqlitePool {
+    let options = SqliteConnectOptions::new()
+        .filename(dir.path().join("read.db"))
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(10));
+    SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .unwrap()
+}
+
+fn entries(keys: i64, per_key: i64, poison: Option<(&str, i64)>) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    for seq in 1..=per_key {
+        for k in 0..keys {
+            let key = format!("k{k}");
+            entries.push(Entry {
+                poison: poison == Some((key.as_str(), seq)),
+                key,
+                seq,
+                amount: seq * 7 - k,
+            });
+        }
+    }
+    entries
+}
+
+async fn append(pool: &sqlx::SqlitePool, log: &EventLog<Sqlite>, entries: &[Entry]) {
+    let mut tx = pool.begin().await.unwrap();
+    let events: Vec<_> = entries.iter().map(entry_event).collect();
+    log.append(&mut *tx, &events).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_runner_applies_resumes_and_rebuilds() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(&dir).await;
+    let log = EventLog::<Sqlite>::default();
+    log.migrate(&pool).await.unwrap();
+    let mut all = entries(8, 40, None);
+    append(&pool, &log, &all).await;
+
+    let runner = ProjectionRunner::from_log(pool.clone(), Ledger::default(), &log)
+        .segments(2)
+        .batch_size(25)
+        .poll_interval(Duration::from_millis(5))
+        .start()
+        .await
+        .unwrap();
+    runner.wait_until(320).await.unwrap();
+    assert_eq!(read_model(&pool, "ledger").await, fold(&all));
+    runner.shutdown().await.unwrap();
+
+    let more = entries(8, 45, None).split_off(320);
+    append(&pool, &log, &more).await;
+    all.extend(more);
+    let runner = ProjectionRunner::from_log(pool.clone(), Ledger::default(), &log)
+        .segments(2)
+        .batch_size(25)
+        .start()
+        .await
+        .unwrap();
+    runner.wait_until(360).await.unwrap();
+    assert_eq!(runner.status().applied, 40, "resumed at its checkpoints");
+    assert_eq!(runner.rebuild().await.unwrap(), 2);
+    assert_eq!(read_model(&pool, "ledger_v2").await, fold(&all));
+    assert_eq!(read_model(&pool, "ledger").await, fold(&all));
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_parks_a_poison_event_and_replays_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(&dir).await;
+    let log = EventLog::<Sqlite>::default();
+    log.migrate(&pool).await.unwrap();
+    let all = entries(3, 5, Some(("k1", 2)));
+    append(&pool, &log, &all).await;
+    let ledger = Ledger::default();
+    let runner = ProjectionRunner::from_log(pool.clone(), ledger.clone(), &log)
+        .error_policy(ErrorPolicy::park_key())
+        .start()
+        .await
+        .unwrap();
+    runner.wait_until(15).await.unwrap();
+    assert_eq!(runner.dead_letters(10).await.unwrap().len(), 4);
+    assert_eq!(read_model(&pool, "ledger").await["k1"].applied, 1);
+    ledger
+        .accept_poison
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(runner.replay("k1").await.unwrap(), 4);
+    assert_eq!(read_model(&pool, "ledger").await, fold(&all));
+    runner.shutdown().await.unwrap();
+    assert_eq!(runner.status().state, RunnerState::Stopped);
+}
+
+#[cfg(feature = "health")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_caught_up_check_fails_while_the_runner_lags_and_passes_when_it_catches_up() {
+    use ms_health::{Check, Status};
+
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(&dir).await;
+    let log = EventLog::<Sqlite>::default();
+    log.migrate(&pool).await.unwrap();
+    // Entries recorded "long ago": the oldest unapplied one is old.
+    let all = entries(2, 200, None);
+    append(&pool, &log, &all).await;
+    sqlx::query("UPDATE ms_event_log SET recorded_at = recorded_at - 3600000000")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let ledger = Ledger {
+        delay: Some(Duration::from_millis(2)),
+        ..Ledger::default()
+    };
+    let runner = ProjectionRunner::from_log(pool.clone(), ledger, &log)
+        .batch_size(10)
+        .start()
+        .await
+        .unwrap();
+    let check = runner.monitor().check().within(Duration::from_secs(60));
+    common::eventually(
+        Duration::from_secs(10),
+        "the runner to report its lag",
+        || {
+            let check = check.clone();
+            async move { check.check().await.status() == Status::Fail }
+        },
+    )
+    .await;
+    let failing = check.check().await;
+    assert!(
+        failing.output().unwrap_or_default().contains("behind"),
+        "{failing:?}"
+    );
+    runner.wait_until(400).await.unwrap();
+    assert_eq!(check.check().await.status(), Status::Pass);
+    runner.shutdown().await.unwrap();
+    let stopped = check.check().await;
+    assert_eq!(stopped.status(), Status::Fail);
+}
