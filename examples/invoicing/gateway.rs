@@ -126,7 +126,7 @@ async fn rate_limited(error: BoxError) -> Response {
                 "RATE_LIMITED",
                 format!("too many requests; retry after {retry_after:?}"),
             );
-            *response.body_mut() = Body::from(serde_json::to_vec(&problem).unwrap_or_default());
+            *response.body_mut() = Body::from(serde_json::to_vec(&problem.0).unwrap_or_default());
             response
                 .headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));

@@ -12,15 +12,15 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use ms_cqrs::BusinessRuleError;
+use ms_cqrs::command::{CommandError, PROBLEM_JSON_CONTENT_TYPE, ProblemDetails};
 use ms_tracing::ClientTraceLayer;
 use ms_tracing::client::ClientTraceService;
-use serde::Serialize;
 use tower::{Layer as _, ServiceExt as _};
 
 use crate::Error;
 
-/// The media type of problem details.
-pub const PROBLEM_JSON: &str = "application/problem+json";
+pub use ms_cqrs::command::PROBLEM_JSON_CONTENT_TYPE as PROBLEM_JSON;
 
 /// How long one service waits for another over HTTP.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -105,42 +105,36 @@ pub(crate) fn json_request(
         .map_err(|e| Error::Http(e.to_string()))
 }
 
-/// A problem details body (RFC 9457), with the code a client branches on.
-#[derive(Debug, Clone, Serialize)]
-pub struct Problem {
-    /// A URI naming the kind of problem.
-    #[serde(rename = "type")]
-    pub ty: String,
-    /// A short, human-readable summary.
-    pub title: String,
-    /// The HTTP status.
-    pub status: u16,
-    /// This occurrence, explained.
-    pub detail: String,
-    /// The machine-readable code (`TENANT_INACTIVE`, `MALFORMED_JSON`, …).
-    pub code: String,
-}
+/// A problem details answer (RFC 9457, ms-cqrs's [`ProblemDetails`]) with the code a client
+/// branches on.
+#[derive(Debug, Clone)]
+pub struct Problem(pub ProblemDetails);
 
 impl Problem {
     /// A problem with `status`, `code` and `detail`; its type is `urn:problem:<code>`.
     pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
-        Self {
-            ty: format!(
-                "urn:problem:{}",
-                code.to_ascii_lowercase().replace('_', "-")
-            ),
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
-            status: status.as_u16(),
-            detail: detail.into(),
-            code: code.to_owned(),
-        }
+        let ty = format!(
+            "urn:problem:{}",
+            code.to_ascii_lowercase().replace('_', "-")
+        );
+        Self(
+            ProblemDetails::new(status.as_u16(), detail)
+                .problem_type(ty, status.canonical_reason().unwrap_or("Error"))
+                .code(code),
+        )
     }
 
     /// A broken business rule, with the status the rule chose (409 or 422).
-    pub fn rule(error: &ms_cqrs::BusinessRuleError) -> Self {
-        let status =
-            StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
-        Self::new(status, error.code(), error.message())
+    pub fn rule(error: &BusinessRuleError) -> Self {
+        Self(error.problem())
+    }
+
+    /// A command that did not go through (a rule, a conflict, the database).
+    pub fn command(error: &CommandError) -> Self {
+        if !matches!(error, CommandError::Rule(_) | CommandError::Conflict { .. }) {
+            tracing::error!(%error, "command failed");
+        }
+        Self(error.problem())
     }
 
     /// The 400 for a body that is not the JSON the route expects.
@@ -155,11 +149,13 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = (status, Json(self)).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        let status =
+            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, Json(self.0)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROBLEM_JSON_CONTENT_TYPE),
+        );
         response
     }
 }

@@ -15,7 +15,7 @@ use http::StatusCode;
 use ms_bus::consumer::{Consumer, ConsumerHandle, Message};
 use ms_bus::{Envelope, Subscription};
 use ms_cqrs::BusinessRuleError;
-use ms_outbox::OutboxMessage;
+use ms_cqrs::command::{CommandError, CommandExecutor, Decision, Repository, Versioned};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
@@ -47,7 +47,7 @@ pub(crate) const DDL: &[&str] = &[
         id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, customer_id TEXT NOT NULL,
         customer_name TEXT NOT NULL, total_cents BIGINT NOT NULL, status TEXT NOT NULL,
         created_at BIGINT NOT NULL, due_at BIGINT NOT NULL, updated_at BIGINT NOT NULL,
-        payment_error TEXT)",
+        payment_error TEXT, version BIGINT NOT NULL)",
 ];
 
 /// A line of a new invoice.
@@ -100,45 +100,6 @@ pub struct Invoice {
     pub payment_error: Option<String>,
 }
 
-type InvoiceRow = (
-    String,
-    String,
-    String,
-    String,
-    i64,
-    String,
-    i64,
-    i64,
-    Option<String>,
-);
-
-impl From<InvoiceRow> for Invoice {
-    fn from(row: InvoiceRow) -> Self {
-        let (
-            id,
-            tenant_id,
-            customer_id,
-            customer_name,
-            total_cents,
-            status,
-            created_at,
-            due_at,
-            payment_error,
-        ) = row;
-        Self {
-            id,
-            tenant_id,
-            customer_id,
-            customer_name,
-            total_cents,
-            status,
-            created_at,
-            due_at,
-            payment_error,
-        }
-    }
-}
-
 /// The charge command's data.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Charge {
@@ -185,11 +146,11 @@ pub struct TenantChanged {
     pub tenant_id: String,
 }
 
-/// Why a command was refused.
+/// Why a request was refused.
 #[derive(Debug)]
 pub(crate) enum Refused {
-    Rule(BusinessRuleError),
     NotFound(String),
+    Command(CommandError),
     Failed(Error),
 }
 
@@ -202,44 +163,125 @@ impl<E: Into<Error>> From<E> for Refused {
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
         match self {
-            Self::Rule(rule) => Problem::rule(&rule).into_response(),
-            Self::NotFound(id) => Problem::new(
-                StatusCode::NOT_FOUND,
-                "INVOICE_NOT_FOUND",
-                format!("no invoice {id}"),
-            )
-            .into_response(),
+            Self::NotFound(id) => {
+                Problem::new(StatusCode::NOT_FOUND, NOT_FOUND, format!("no invoice {id}"))
+                    .into_response()
+            }
+            Self::Command(error) => Problem::command(&error).into_response(),
             Self::Failed(error) => internal(&error).into_response(),
         }
     }
 }
 
-/// Loads invoice `$id` in transaction `$tx` (either backend).
-macro_rules! load {
-    ($tx:ident, $id:expr) => {{
-        let row: Option<InvoiceRow> = sqlx::query_as(
-            "SELECT id, tenant_id, customer_id, customer_name, total_cents, status, created_at, \
-             due_at, payment_error FROM invoices WHERE id = $1",
-        )
-        .bind($id)
-        .fetch_optional(&mut *$tx)
-        .await?;
-        row.map(Invoice::from)
-            .ok_or_else(|| Refused::NotFound($id.to_owned()))
-    }};
+/// The code of the rule a command on a missing invoice breaks (answered 404).
+const NOT_FOUND: &str = "INVOICE_NOT_FOUND";
+
+/// An invoice as the write side loads it: the aggregate, and its tenant's standing from the
+/// local copy of the customers context, read in the command's transaction.
+#[derive(Debug, Clone)]
+pub(crate) struct InvoiceState {
+    invoice: Invoice,
+    tenant_status: Option<String>,
 }
 
-/// Writes `$invoice`'s status in transaction `$tx`.
-macro_rules! set_status {
-    ($tx:ident, $invoice:ident) => {
-        sqlx::query("UPDATE invoices SET status = $1, updated_at = $2 WHERE id = $3")
-            .bind(&$invoice.status)
-            .bind(now_ms())
-            .bind(&$invoice.id)
-            .execute(&mut *$tx)
-            .await?
+/// The invoices table as an ms-cqrs repository: one row per invoice, with its version.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Invoices;
+
+type StateRow = (
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    i64,
+    i64,
+    Option<String>,
+    i64,
+    Option<String>,
+);
+
+/// `Repository` for one backend; the SQL is the same for both.
+macro_rules! invoice_repository {
+    ($db:ty) => {
+        impl Repository<$db> for Invoices {
+            type State = InvoiceState;
+
+            async fn load(
+                &self,
+                conn: &mut <$db as sqlx::Database>::Connection,
+                id: &str,
+            ) -> Result<Option<Versioned<InvoiceState>>, sqlx::Error> {
+                let row: Option<StateRow> = sqlx::query_as(
+                    "SELECT i.id, i.tenant_id, i.customer_id, i.customer_name, i.total_cents, \
+                     i.status, i.created_at, i.due_at, i.payment_error, i.version, t.status \
+                     FROM invoices i LEFT JOIN tenants t ON t.tenant_id = i.tenant_id \
+                     WHERE i.id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?;
+                Ok(row.map(|(id, tenant_id, customer_id, customer_name, total_cents, status, created_at, due_at, payment_error, version, tenant_status)| {
+                    let invoice = Invoice { id, tenant_id, customer_id, customer_name, total_cents, status, created_at, due_at, payment_error };
+                    Versioned::new(InvoiceState { invoice, tenant_status }, version.cast_unsigned())
+                }))
+            }
+
+            async fn save(
+                &self,
+                conn: &mut <$db as sqlx::Database>::Connection,
+                id: &str,
+                state: &InvoiceState,
+                expected: Option<u64>,
+                new_version: u64,
+            ) -> Result<bool, sqlx::Error> {
+                let i = &state.invoice;
+                let done = match expected {
+                    None => {
+                        sqlx::query(
+                            "INSERT INTO invoices (id, tenant_id, customer_id, customer_name, \
+                             total_cents, status, created_at, due_at, updated_at, payment_error, \
+                             version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                             ON CONFLICT (id) DO NOTHING",
+                        )
+                        .bind(id)
+                        .bind(&i.tenant_id)
+                        .bind(&i.customer_id)
+                        .bind(&i.customer_name)
+                        .bind(i.total_cents)
+                        .bind(&i.status)
+                        .bind(i.created_at)
+                        .bind(i.due_at)
+                        .bind(now_ms())
+                        .bind(&i.payment_error)
+                        .bind(new_version.cast_signed())
+                        .execute(&mut *conn)
+                        .await?
+                    }
+                    Some(expected) => {
+                        sqlx::query(
+                            "UPDATE invoices SET status = $1, payment_error = $2, updated_at = $3, \
+                             version = $4 WHERE id = $5 AND version = $6",
+                        )
+                        .bind(&i.status)
+                        .bind(&i.payment_error)
+                        .bind(now_ms())
+                        .bind(new_version.cast_signed())
+                        .bind(id)
+                        .bind(expected.cast_signed())
+                        .execute(&mut *conn)
+                        .await?
+                    }
+                };
+                Ok(done.rows_affected() == 1)
+            }
+        }
     };
 }
+
+invoice_repository!(sqlx::Sqlite);
+invoice_repository!(sqlx::Postgres);
 
 /// The running service's state.
 #[derive(Debug)]
@@ -298,153 +340,147 @@ impl Invoicing {
         Ok(Workers { consumers, sweeper })
     }
 
+    /// Runs a command on invoice `id` through ms-cqrs's executor: load (with the tenant's
+    /// standing), decide, save at the next version and enqueue the decision's events and
+    /// commands through the outbox, in one transaction, retried on conflicts.
+    async fn execute<F>(&self, id: &str, decide: F) -> Result<Option<Invoice>, Refused>
+    where
+        F: FnMut(Option<&InvoiceState>) -> Result<Decision<InvoiceState>, BusinessRuleError>,
+    {
+        let span = service_span("invoicing", "ms-cqrs: load, decide, save + outbox");
+        let executed = with_db!(&self.db, |db| {
+            CommandExecutor::new(db.pool.clone(), db.outbox.clone())
+                .execute(&Invoices, id, decide)
+                .instrument(span)
+                .await
+        });
+        match executed {
+            Ok(executed) => Ok(executed.state.map(|state| state.invoice)),
+            Err(CommandError::Rule(rule)) if rule.code() == NOT_FOUND => {
+                Err(Refused::NotFound(id.to_owned()))
+            }
+            Err(error) => Err(Refused::Command(error)),
+        }
+    }
+
     async fn create(&self, command: CreateInvoice) -> Result<Invoice, Refused> {
-        if command.lines.is_empty() {
-            return Err(Refused::Rule(BusinessRuleError::unprocessable(
-                "INVOICE_EMPTY",
-                "an invoice needs at least one line",
-            )));
-        }
-        let mut total: i64 = 0;
-        for line in &command.lines {
-            let amount = (line.quantity > 0 && line.unit_price_cents >= 0)
-                .then(|| line.quantity.checked_mul(line.unit_price_cents))
-                .flatten()
-                .and_then(|amount| total.checked_add(amount));
-            total = amount.ok_or_else(|| {
-                Refused::Rule(BusinessRuleError::unprocessable(
-                    "LINE_INVALID",
-                    format!(
-                        "line {:?}: quantity must be positive and the amount fit",
-                        line.description
-                    ),
-                ))
-            })?;
-        }
-        let now = now_ms();
-        let id = format!("inv-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-        let due_at = now.saturating_add(command.due_in_days.max(0).saturating_mul(DAY_MS));
-        with_db!(&self.db, |db| {
-            let mut tx = db.pool.begin().await?;
-            let customer: Option<(String, String, Option<String>)> = sqlx::query_as(
+        let total = total(&command.lines).map_err(|rule| Refused::Command(rule.into()))?;
+        // The customer directory is a local copy of another context's data, read before the
+        // command: it is eventually consistent anyway, and not part of the invoice aggregate.
+        let customer: Option<(String, String, Option<String>)> = with_db!(&self.db, |db| {
+            sqlx::query_as(
                 "SELECT c.tenant_id, c.name, t.status FROM customers c \
                  LEFT JOIN tenants t ON t.tenant_id = c.tenant_id WHERE c.customer_id = $1",
             )
             .bind(&command.customer_id)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&db.pool)
+            .await?
+        });
+        let now = now_ms();
+        let id = format!("inv-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+        let due_at = now.saturating_add(command.due_in_days.max(0).saturating_mul(DAY_MS));
+        let created = self
+            .execute(&id, |current| {
+                if current.is_some() {
+                    return Err(BusinessRuleError::conflict(
+                        "INVOICE_EXISTS",
+                        "the invoice id is taken",
+                    ));
+                }
+                let Some((tenant_id, customer_name, tenant_status)) = customer.clone() else {
+                    return Err(BusinessRuleError::unprocessable(
+                        "CUSTOMER_UNKNOWN",
+                        format!("no customer {} in the directory", command.customer_id),
+                    ));
+                };
+                tenant_active(&tenant_id, tenant_status.as_deref())?;
+                let invoice = Invoice {
+                    id: id.clone(),
+                    tenant_id,
+                    customer_id: command.customer_id.clone(),
+                    customer_name,
+                    total_cents: total,
+                    status: "draft".to_owned(),
+                    created_at: now,
+                    due_at,
+                    payment_error: None,
+                };
+                transition(
+                    InvoiceState {
+                        invoice,
+                        tenant_status,
+                    },
+                    "invoicing.invoice.created",
+                )
+            })
             .await?;
-            let Some((tenant_id, customer_name, tenant_status)) = customer else {
-                return Err(Refused::Rule(BusinessRuleError::unprocessable(
-                    "CUSTOMER_UNKNOWN",
-                    format!("no customer {} in the directory", command.customer_id),
-                )));
-            };
-            tenant_active(&tenant_id, tenant_status.as_deref())?;
-            let invoice = Invoice {
-                id,
-                tenant_id,
-                customer_id: command.customer_id.clone(),
-                customer_name,
-                total_cents: total,
-                status: "draft".to_owned(),
-                created_at: now,
-                due_at,
-                payment_error: None,
-            };
-            sqlx::query(
-                "INSERT INTO invoices (id, tenant_id, customer_id, customer_name, total_cents, \
-                 status, created_at, due_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(&invoice.id)
-            .bind(&invoice.tenant_id)
-            .bind(&invoice.customer_id)
-            .bind(&invoice.customer_name)
-            .bind(invoice.total_cents)
-            .bind(&invoice.status)
-            .bind(invoice.created_at)
-            .bind(invoice.due_at)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            let messages = vec![invoice_event("invoicing.invoice.created", &invoice)?];
-            crate::enqueue!("invoicing", db, tx, messages);
-            tx.commit().await?;
-            Ok(invoice)
-        })
+        created.ok_or_else(|| Refused::NotFound(id))
     }
 
     async fn send(&self, id: &str) -> Result<Invoice, Refused> {
-        with_db!(&self.db, |db| {
-            let mut tx = db.pool.begin().await?;
-            let mut invoice = load!(tx, id)?;
-            match invoice.status.as_str() {
-                "draft" => {}
-                "cancelled" => return Err(cancelled(&invoice)),
-                _ => {
-                    return Err(Refused::Rule(BusinessRuleError::conflict(
-                        "INVOICE_ALREADY_SENT",
-                        format!("invoice {} is already {}", invoice.id, invoice.status),
-                    )));
+        let sent = self
+            .execute(id, |current| {
+                let state = existing(current, id)?;
+                match state.invoice.status.as_str() {
+                    "draft" => {}
+                    "cancelled" => return Err(cancelled(&state.invoice)),
+                    other => {
+                        return Err(BusinessRuleError::conflict(
+                            "INVOICE_ALREADY_SENT",
+                            format!("invoice {id} is already {other}"),
+                        ));
+                    }
                 }
-            }
-            let tenant: Option<String> =
-                sqlx::query_scalar("SELECT status FROM tenants WHERE tenant_id = $1")
-                    .bind(&invoice.tenant_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            tenant_active(&invoice.tenant_id, tenant.as_deref())?;
-            "sent".clone_into(&mut invoice.status);
-            set_status!(tx, invoice);
-            let charge = Charge {
-                invoice_id: invoice.id.clone(),
-                tenant_id: invoice.tenant_id.clone(),
-                customer_id: invoice.customer_id.clone(),
-                amount_cents: invoice.total_cents,
-            };
-            let command = Envelope::builder("payments.charge", "/invoicing")
-                .subject(&invoice.id)
-                .partition_key(&invoice.id)
-                .tenant_id(&invoice.tenant_id)
-                .json_data(&charge)?
-                .build()?;
-            let messages = vec![
-                invoice_event("invoicing.invoice.sent", &invoice)?,
-                OutboxMessage::command(CHARGE_DESTINATION, command),
-            ];
-            crate::enqueue!("invoicing", db, tx, messages);
-            tx.commit().await?;
-            Ok(invoice)
-        })
+                tenant_active(&state.invoice.tenant_id, state.tenant_status.as_deref())?;
+                let mut next = state.clone();
+                "sent".clone_into(&mut next.invoice.status);
+                let charge = Charge {
+                    invoice_id: id.to_owned(),
+                    tenant_id: next.invoice.tenant_id.clone(),
+                    customer_id: next.invoice.customer_id.clone(),
+                    amount_cents: next.invoice.total_cents,
+                };
+                let command = Envelope::builder("payments.charge", "/invoicing")
+                    .tenant_id(&charge.tenant_id)
+                    .json_data(&charge)
+                    .map_err(|e| unserializable(&e))?;
+                Ok(
+                    transition(next, "invoicing.invoice.sent")?
+                        .command(CHARGE_DESTINATION, command),
+                )
+            })
+            .await?;
+        sent.ok_or_else(|| Refused::NotFound(id.to_owned()))
     }
 
     async fn cancel(&self, id: &str) -> Result<Invoice, Refused> {
-        with_db!(&self.db, |db| {
-            let mut tx = db.pool.begin().await?;
-            let mut invoice = load!(tx, id)?;
-            match invoice.status.as_str() {
-                "draft" | "sent" | "overdue" => {}
-                "cancelled" => return Err(cancelled(&invoice)),
-                _ => {
-                    return Err(Refused::Rule(BusinessRuleError::conflict(
-                        "INVOICE_ALREADY_PAID",
-                        format!("invoice {} is paid; refund it instead", invoice.id),
-                    )));
+        let cancelled_invoice = self
+            .execute(id, |current| {
+                let state = existing(current, id)?;
+                match state.invoice.status.as_str() {
+                    "draft" | "sent" | "overdue" => {}
+                    "cancelled" => return Err(cancelled(&state.invoice)),
+                    _ => {
+                        return Err(BusinessRuleError::conflict(
+                            "INVOICE_ALREADY_PAID",
+                            format!("invoice {id} is paid; refund it instead"),
+                        ));
+                    }
                 }
-            }
-            "cancelled".clone_into(&mut invoice.status);
-            set_status!(tx, invoice);
-            let messages = vec![invoice_event("invoicing.invoice.cancelled", &invoice)?];
-            crate::enqueue!("invoicing", db, tx, messages);
-            tx.commit().await?;
-            Ok(invoice)
-        })
+                let mut next = state.clone();
+                "cancelled".clone_into(&mut next.invoice.status);
+                transition(next, "invoicing.invoice.cancelled")
+            })
+            .await?;
+        cancelled_invoice.ok_or_else(|| Refused::NotFound(id.to_owned()))
     }
 
     async fn fetch(&self, id: &str) -> Result<Invoice, Refused> {
-        with_db!(&self.db, |db| {
-            let mut tx = db.pool.begin().await?;
-            load!(tx, id)
-        })
+        let state: Option<Versioned<InvoiceState>> =
+            with_db!(&self.db, |db| { load(&db.pool, id).await? });
+        state
+            .map(|versioned| versioned.state.invoice)
+            .ok_or_else(|| Refused::NotFound(id.to_owned()))
     }
 
     async fn customers(&self) -> Result<Vec<serde_json::Value>, Error> {
@@ -490,79 +526,79 @@ impl Invoicing {
         Ok(serde_json::json!({ "by_status": by_status, "outstanding_cents": outstanding }))
     }
 
-    /// Applies an event of another context: the customer directory's copy, or a payment's
-    /// result. Each is recorded in the inbox in the same transaction, so a redelivery is a
-    /// no-op.
+    /// Applies an event of another context. The customer directory's copy is written with
+    /// the event recorded in the inbox, in one transaction, so a redelivery is a no-op; a
+    /// payment's result is a command on the invoice, idempotent by its state (an invoice
+    /// already paid stays as it is).
     async fn on_event(&self, event: &Envelope) -> Result<(), Error> {
         let span = service_span("invoicing", format!("invoicing: apply {}", event.ty()));
         async {
-            with_db!(&self.db, |db| {
-                let mut tx = db.pool.begin().await?;
-                if !db.inbox.record(&mut *tx, "invoicing", event).await? {
-                    return Ok(());
+            match event.ty() {
+                "payments.payment.succeeded" | "payments.payment.failed" => {
+                    let result: PaymentResult = event.json_data()?;
+                    let paid = event.ty().ends_with("succeeded");
+                    match self
+                        .execute(&result.invoice_id, |current| settle(current, &result, paid))
+                        .await
+                    {
+                        Ok(_) | Err(Refused::NotFound(_)) => Ok(()),
+                        Err(Refused::Failed(error)) => Err(error),
+                        Err(Refused::Command(error)) => Err(Error::Command(error)),
+                    }
                 }
-                match event.ty() {
-                    "customers.customer.registered" => {
-                        let c: CustomerRegistered = event.json_data()?;
-                        sqlx::query(
-                            "INSERT INTO customers (customer_id, tenant_id, name) VALUES ($1, $2, $3) \
-                             ON CONFLICT (customer_id) DO UPDATE SET tenant_id = excluded.tenant_id, \
-                             name = excluded.name",
-                        )
-                        .bind(&c.customer_id)
-                        .bind(&c.tenant_id)
-                        .bind(&c.name)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    ty @ ("customers.tenant.activated" | "customers.tenant.suspended") => {
-                        let t: TenantChanged = event.json_data()?;
-                        let status = if ty.ends_with("activated") { "active" } else { "suspended" };
-                        sqlx::query(
-                            "INSERT INTO tenants (tenant_id, status) VALUES ($1, $2) \
-                             ON CONFLICT (tenant_id) DO UPDATE SET status = excluded.status",
-                        )
-                        .bind(&t.tenant_id)
-                        .bind(status)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    "payments.payment.succeeded" => {
-                        let paid: PaymentResult = event.json_data()?;
-                        let mut invoice = match load!(tx, &paid.invoice_id) {
-                            Ok(invoice) => invoice,
-                            Err(Refused::NotFound(_)) => return Ok(tx.commit().await?),
-                            Err(Refused::Failed(e)) => return Err(e),
-                            Err(Refused::Rule(rule)) => return Err(Error::Scenario(rule.to_string())),
-                        };
-                        if invoice.status == "sent" || invoice.status == "overdue" {
-                            "paid".clone_into(&mut invoice.status);
-                            set_status!(tx, invoice);
-                            let messages = vec![invoice_event("invoicing.invoice.paid", &invoice)?];
-                            crate::enqueue!("invoicing", db, tx, messages);
-                        }
-                    }
-                    "payments.payment.failed" => {
-                        let failed: PaymentResult = event.json_data()?;
-                        sqlx::query("UPDATE invoices SET payment_error = $1, updated_at = $2 WHERE id = $3")
-                            .bind(failed.reason.as_deref().unwrap_or("declined"))
-                            .bind(now_ms())
-                            .bind(&failed.invoice_id)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    _ => {}
-                }
-                tx.commit().await?;
-                Ok(())
-            })
+                _ => self.copy_directory(event).await,
+            }
         }
         .instrument(span)
         .await
     }
 
-    /// Marks every sent invoice whose due date has passed as overdue, one transaction (and
-    /// one `invoicing.invoice.overdue` event) each.
+    /// The local copy of the customers context's directory.
+    async fn copy_directory(&self, event: &Envelope) -> Result<(), Error> {
+        with_db!(&self.db, |db| {
+            let mut tx = db.pool.begin().await?;
+            if !db.inbox.record(&mut *tx, "invoicing", event).await? {
+                return Ok(());
+            }
+            match event.ty() {
+                "customers.customer.registered" => {
+                    let c: CustomerRegistered = event.json_data()?;
+                    sqlx::query(
+                        "INSERT INTO customers (customer_id, tenant_id, name) VALUES ($1, $2, $3) \
+                         ON CONFLICT (customer_id) DO UPDATE SET tenant_id = excluded.tenant_id, \
+                         name = excluded.name",
+                    )
+                    .bind(&c.customer_id)
+                    .bind(&c.tenant_id)
+                    .bind(&c.name)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                ty @ ("customers.tenant.activated" | "customers.tenant.suspended") => {
+                    let t: TenantChanged = event.json_data()?;
+                    let status = if ty.ends_with("activated") {
+                        "active"
+                    } else {
+                        "suspended"
+                    };
+                    sqlx::query(
+                        "INSERT INTO tenants (tenant_id, status) VALUES ($1, $2) \
+                         ON CONFLICT (tenant_id) DO UPDATE SET status = excluded.status",
+                    )
+                    .bind(&t.tenant_id)
+                    .bind(status)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                _ => {}
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Marks every sent invoice whose due date has passed as overdue, one command (and one
+    /// `invoicing.invoice.overdue` event) each.
     pub(crate) async fn sweep_overdue(&self, now: i64) -> Result<usize, Error> {
         let due: Vec<String> = with_db!(&self.db, |db| {
             sqlx::query_scalar("SELECT id FROM invoices WHERE status = 'sent' AND due_at <= $1")
@@ -572,63 +608,138 @@ impl Invoicing {
         });
         let mut marked = 0;
         for id in due {
-            let done: Result<bool, Error> = async {
-                with_db!(&self.db, |db| {
-                    let mut tx = db.pool.begin().await?;
-                    let mut invoice = match load!(tx, &id) {
-                        Ok(invoice) => invoice,
-                        Err(Refused::Failed(e)) => return Err(e),
-                        Err(_) => return Ok(false),
-                    };
+            let overdue = self
+                .execute(&id, |current| {
                     // Paid or cancelled since the query above: nothing to do.
-                    if invoice.status != "sent" {
-                        return Ok(false);
-                    }
-                    "overdue".clone_into(&mut invoice.status);
-                    set_status!(tx, invoice);
-                    let messages = vec![invoice_event("invoicing.invoice.overdue", &invoice)?];
-                    crate::enqueue!("invoicing", db, tx, messages);
-                    tx.commit().await?;
-                    Ok(true)
+                    let Some(state) =
+                        current.filter(|s| s.invoice.status == "sent" && s.invoice.due_at <= now)
+                    else {
+                        return Ok(Decision::unchanged());
+                    };
+                    let mut next = state.clone();
+                    "overdue".clone_into(&mut next.invoice.status);
+                    transition(next, "invoicing.invoice.overdue")
                 })
-            }
-            .await;
-            if done? {
-                marked += 1;
+                .await;
+            match overdue {
+                Ok(_) => marked += 1,
+                Err(Refused::Failed(error)) => return Err(error),
+                Err(Refused::Command(error)) => return Err(Error::Command(error)),
+                Err(Refused::NotFound(_)) => {}
             }
         }
         Ok(marked)
     }
 }
 
-fn tenant_active(tenant_id: &str, status: Option<&str>) -> Result<(), Refused> {
+/// Loads an invoice outside any command.
+async fn load<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    id: &str,
+) -> Result<Option<Versioned<InvoiceState>>, sqlx::Error>
+where
+    Invoices: Repository<DB, State = InvoiceState>,
+{
+    let mut conn = pool.acquire().await?;
+    Invoices.load(&mut conn, id).await
+}
+
+/// A payment's result applied to its invoice: paid, or the failure noted (with an event, so
+/// that the read side learns it too). Anything else leaves the invoice as it is.
+fn settle(
+    current: Option<&InvoiceState>,
+    result: &PaymentResult,
+    paid: bool,
+) -> Result<Decision<InvoiceState>, BusinessRuleError> {
+    let Some(state) =
+        current.filter(|s| s.invoice.status == "sent" || s.invoice.status == "overdue")
+    else {
+        return Ok(Decision::unchanged());
+    };
+    let mut next = state.clone();
+    if paid {
+        "paid".clone_into(&mut next.invoice.status);
+        next.invoice.payment_error = None;
+        return transition(next, "invoicing.invoice.paid");
+    }
+    let reason = result
+        .reason
+        .clone()
+        .unwrap_or_else(|| "declined".to_owned());
+    if state.invoice.payment_error.as_deref() == Some(reason.as_str()) {
+        return Ok(Decision::unchanged());
+    }
+    next.invoice.payment_error = Some(reason);
+    transition(next, "invoicing.invoice.payment_failed")
+}
+
+/// The new state and the event `ty` that carries it (the invoice, as JSON).
+fn transition(next: InvoiceState, ty: &str) -> Result<Decision<InvoiceState>, BusinessRuleError> {
+    let event = Envelope::builder(ty, "/invoicing")
+        .tenant_id(&next.invoice.tenant_id)
+        .json_data(&next.invoice)
+        .map_err(|e| unserializable(&e))?;
+    Ok(Decision::new(next).event(INVOICE_TOPIC, event))
+}
+
+/// A message whose data does not serialize: cannot happen with these types, but the decide
+/// function must not panic.
+fn unserializable(error: &ms_bus::EnvelopeError) -> BusinessRuleError {
+    BusinessRuleError::unprocessable("UNSERIALIZABLE", error.to_string())
+}
+
+fn existing<'a>(
+    current: Option<&'a InvoiceState>,
+    id: &str,
+) -> Result<&'a InvoiceState, BusinessRuleError> {
+    current.ok_or_else(|| BusinessRuleError::unprocessable(NOT_FOUND, format!("no invoice {id}")))
+}
+
+/// The invoice's total from its lines, or the rule they break.
+fn total(lines: &[Line]) -> Result<i64, BusinessRuleError> {
+    if lines.is_empty() {
+        return Err(BusinessRuleError::unprocessable(
+            "INVOICE_EMPTY",
+            "an invoice needs at least one line",
+        ));
+    }
+    let mut total: i64 = 0;
+    for line in lines {
+        total = (line.quantity > 0 && line.unit_price_cents >= 0)
+            .then(|| line.quantity.checked_mul(line.unit_price_cents))
+            .flatten()
+            .and_then(|amount| total.checked_add(amount))
+            .ok_or_else(|| {
+                BusinessRuleError::unprocessable(
+                    "LINE_INVALID",
+                    format!(
+                        "line {:?}: quantity must be positive, the price not negative, the amount fit",
+                        line.description
+                    ),
+                )
+            })?;
+    }
+    Ok(total)
+}
+
+fn tenant_active(tenant_id: &str, status: Option<&str>) -> Result<(), BusinessRuleError> {
     if status == Some("active") {
         return Ok(());
     }
-    Err(Refused::Rule(BusinessRuleError::unprocessable(
+    Err(BusinessRuleError::unprocessable(
         "TENANT_INACTIVE",
         format!(
             "tenant {tenant_id} is {}",
             status.unwrap_or("not activated")
         ),
-    )))
-}
-
-fn cancelled(invoice: &Invoice) -> Refused {
-    Refused::Rule(BusinessRuleError::conflict(
-        "INVOICE_CANCELLED",
-        format!("invoice {} was cancelled", invoice.id),
     ))
 }
 
-fn invoice_event(ty: &str, invoice: &Invoice) -> Result<OutboxMessage, Error> {
-    let event = Envelope::builder(ty, "/invoicing")
-        .subject(&invoice.id)
-        .partition_key(&invoice.id)
-        .tenant_id(&invoice.tenant_id)
-        .json_data(invoice)?
-        .build()?;
-    Ok(OutboxMessage::event(INVOICE_TOPIC, event))
+fn cancelled(invoice: &Invoice) -> BusinessRuleError {
+    BusinessRuleError::conflict(
+        "INVOICE_CANCELLED",
+        format!("invoice {} was cancelled", invoice.id),
+    )
 }
 
 async fn create(

@@ -84,6 +84,9 @@ pub enum Error {
     /// JSON did not (de)serialize.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// A command on the write side did not go through.
+    #[error("command: {0}")]
+    Command(#[from] ms_cqrs::command::CommandError),
     /// An HTTP call failed.
     #[error("http: {0}")]
     Http(String),

@@ -55,7 +55,8 @@ where
         | "invoicing.invoice.sent"
         | "invoicing.invoice.paid"
         | "invoicing.invoice.overdue"
-        | "invoicing.invoice.cancelled" => {
+        | "invoicing.invoice.cancelled"
+        | "invoicing.invoice.payment_failed" => {
             let invoice: Invoice = event.json_data()?;
             sqlx::query(
                 "INSERT INTO invoice_view (invoice_id, tenant_id, customer_id, customer_name, \
