@@ -37,6 +37,91 @@ async fn with_payments_down_for_a_while_the_scenario_still_settles_to_the_same_n
     system.shutdown().await.expect("graceful shutdown");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_write_side_answers_broken_rules_and_unknown_invoices_with_problems() {
+    let system = System::start(Config::default())
+        .await
+        .expect("system starts");
+    let client = GatewayClient::new(&system);
+    let cases = [
+        (
+            r#"{"customer_id": "c-nobody", "lines": [{"description": "x", "quantity": 1, "unit_price_cents": 1}]}"#,
+            422,
+            "CUSTOMER_UNKNOWN",
+        ),
+        (
+            r#"{"customer_id": "c-coyote", "lines": []}"#,
+            422,
+            "INVOICE_EMPTY",
+        ),
+        (
+            r#"{"customer_id": "c-coyote", "lines": [{"description": "x", "quantity": 0, "unit_price_cents": 1}]}"#,
+            422,
+            "LINE_INVALID",
+        ),
+        (
+            r#"{"customer_id": "c-coyote", "lines": [{"description": "x", "quantity": 9223372036854775807, "unit_price_cents": 2}]}"#,
+            422,
+            "LINE_INVALID",
+        ),
+    ];
+    for (body, status, code) in cases {
+        // The customer directory arrives by events: wait for it before judging the rules.
+        let reply = loop {
+            let reply = client
+                .call(Method::POST, "/api/v1/invoices", Some(body), &[])
+                .await
+                .unwrap();
+            let unknown = reply.json().unwrap()["code"] == "CUSTOMER_UNKNOWN";
+            if !(unknown && code != "CUSTOMER_UNKNOWN") {
+                break reply;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(reply.status.as_u16(), status, "{body}");
+        assert_eq!(reply.json().unwrap()["code"], code, "{body}");
+    }
+    for (method, path) in [
+        (Method::GET, "/api/v1/invoices/inv-nope"),
+        (Method::POST, "/api/v1/invoices/inv-nope/send"),
+    ] {
+        let reply = client.call(method, path, None, &[]).await.unwrap();
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(reply.json().unwrap()["code"], "INVOICE_NOT_FOUND");
+    }
+    let body = r#"{"customer_id": "c-runner", "lines": [{"description": "x", "quantity": 1, "unit_price_cents": 100}]}"#;
+    let invoice = client
+        .call(Method::POST, "/api/v1/invoices", Some(body), &[])
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let id = invoice["id"].as_str().unwrap();
+    let cancel = format!("/api/v1/invoices/{id}/cancel");
+    assert_eq!(
+        client
+            .call(Method::POST, &cancel, None, &[])
+            .await
+            .unwrap()
+            .status,
+        StatusCode::OK
+    );
+    let again = client.call(Method::POST, &cancel, None, &[]).await.unwrap();
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert_eq!(again.json().unwrap()["code"], "INVOICE_CANCELLED");
+    let send = client
+        .call(
+            Method::POST,
+            &format!("/api/v1/invoices/{id}/send"),
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(send.status, StatusCode::CONFLICT);
+    system.shutdown().await.expect("graceful shutdown");
+}
+
 #[test]
 fn flags_win_over_the_environment_and_unknown_flags_are_refused() {
     let env = |name: &str| (name == "INVOICING_NATS_URL").then(|| "nats://env:4222".to_owned());
