@@ -55,8 +55,12 @@ pub(crate) async fn connect(config: &Config) -> Result<Connected, Error> {
             check: Some(check),
         });
     }
+    let mut memory = MemoryBus::builder();
+    if let Some(faults) = &config.memory_faults {
+        memory = memory.faults(faults.clone());
+    }
     Ok(Connected {
-        bus: Arc::new(MemoryBus::new()),
+        bus: Arc::new(memory.build()),
         kind: "in-memory bus".to_owned(),
         check: None,
     })

@@ -49,6 +49,9 @@ pub struct Config {
     pub rate_burst: u32,
     /// How long graceful shutdown keeps serving after readiness fails.
     pub drain_delay: Duration,
+    /// Faults the memory bus injects (duplicates, delays, reordering, lost acks), to show
+    /// that the system's numbers do not depend on a well-behaved broker. `None`: none.
+    pub memory_faults: Option<ms_bus::memory::Faults>,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             rate_per_second: DEFAULT_RATE_PER_SECOND,
             rate_burst: DEFAULT_RATE_BURST,
             drain_delay: Duration::from_secs(1),
+            memory_faults: None,
         }
     }
 }

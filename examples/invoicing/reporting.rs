@@ -34,7 +34,7 @@ pub(crate) const DDL: &[&str] = &["CREATE TABLE IF NOT EXISTS invoice_view (
     customer_name TEXT NOT NULL, total_cents BIGINT NOT NULL, status TEXT NOT NULL,
     created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL,
     payment_attempts BIGINT NOT NULL DEFAULT 0, paid_cents BIGINT NOT NULL DEFAULT 0,
-    last_payment_error TEXT)"];
+    last_payment_error TEXT, version BIGINT NOT NULL DEFAULT 0)"];
 
 /// Applies one event to the read model, inside the caller's transaction. Events it does not
 /// know are ignored (a projection reads the types it cares about).
@@ -58,13 +58,21 @@ where
         | "invoicing.invoice.cancelled"
         | "invoicing.invoice.payment_failed" => {
             let invoice: Invoice = event.json_data()?;
+            // The write side stamps each event with the invoice's version (ms-cqrs's
+            // `sequence`): an older event, delivered late or again, changes nothing.
+            let version = event
+                .extension(ms_cqrs::SEQUENCE_EXTENSION)
+                .and_then(|s| s.parse::<i64>().ok())
+                .unwrap_or(0);
             sqlx::query(
                 "INSERT INTO invoice_view (invoice_id, tenant_id, customer_id, customer_name, \
-                 total_cents, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 total_cents, status, created_at, updated_at, version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  ON CONFLICT (invoice_id) DO UPDATE SET tenant_id = excluded.tenant_id, \
                  customer_id = excluded.customer_id, customer_name = excluded.customer_name, \
                  total_cents = excluded.total_cents, status = excluded.status, \
-                 created_at = excluded.created_at, updated_at = excluded.updated_at",
+                 created_at = excluded.created_at, updated_at = excluded.updated_at, \
+                 version = excluded.version WHERE invoice_view.version < excluded.version",
             )
             .bind(invoice.id)
             .bind(invoice.tenant_id)
@@ -74,6 +82,7 @@ where
             .bind(invoice.status)
             .bind(invoice.created_at)
             .bind(at)
+            .bind(version)
             .execute(&mut **tx)
             .await?;
         }

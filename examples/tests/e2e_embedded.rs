@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use http::{Method, StatusCode, header};
+use ms_bus::memory::Faults;
 use ms_examples::config::{Config, Credential, DEMO_BEARER_TOKEN};
 use ms_examples::scenario::{self, GatewayClient};
 use ms_examples::{Options, System};
@@ -19,6 +20,36 @@ async fn the_scenario_settles_with_the_expected_numbers_and_one_trace() {
         .await
         .unwrap_or_else(|e| panic!("scenario failed: {e}\n{}", String::from_utf8_lossy(&out)));
     common::check_report(&report);
+    system.shutdown().await.expect("graceful shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_that_duplicates_delays_reorders_and_loses_acks_changes_no_number() {
+    // At-least-once delivery at its worst: every handler must be idempotent (inbox, versioned
+    // read model, commands idempotent by state) for the numbers to come out exactly.
+    let faults = Faults::seeded(11)
+        .duplicate(0.3)
+        .delay(0.2, Duration::from_millis(30))
+        .reorder(0.3)
+        .drop_before_ack(0.1);
+    let config = Config {
+        memory_faults: Some(faults),
+        ..Config::default()
+    };
+    let system = System::start(config).await.expect("system starts");
+    let mut out = Vec::new();
+    let report = scenario::run(&system, &mut out, false)
+        .await
+        .unwrap_or_else(|e| panic!("scenario failed: {e}\n{}", String::from_utf8_lossy(&out)));
+    common::check_report(&report);
+    let rows = report.read_model["items"].as_array().unwrap();
+    for row in rows {
+        let attempts = row["payment_attempts"].as_i64().unwrap();
+        assert_eq!(
+            attempts, 1,
+            "one charge per sent invoice, however often delivered: {row}"
+        );
+    }
     system.shutdown().await.expect("graceful shutdown");
 }
 
