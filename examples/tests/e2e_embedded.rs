@@ -26,31 +26,39 @@ async fn the_scenario_settles_with_the_expected_numbers_and_one_trace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bus_that_duplicates_delays_reorders_and_loses_acks_changes_no_number() {
     // At-least-once delivery at its worst: every handler must be idempotent (inbox, versioned
-    // read model, commands idempotent by state) for the numbers to come out exactly.
-    let faults = Faults::seeded(11)
-        .duplicate(0.3)
-        .delay(0.2, Duration::from_millis(30))
-        .reorder(0.3)
-        .drop_before_ack(0.1);
-    let config = Config {
-        memory_faults: Some(faults),
-        ..Config::default()
-    };
-    let system = System::start(config).await.expect("system starts");
-    let mut out = Vec::new();
-    let report = scenario::run(&system, &mut out, false)
-        .await
-        .unwrap_or_else(|e| panic!("scenario failed: {e}\n{}", String::from_utf8_lossy(&out)));
-    common::check_report(&report);
-    let rows = report.read_model["items"].as_array().unwrap();
-    for row in rows {
-        let attempts = row["payment_attempts"].as_i64().unwrap();
-        assert_eq!(
-            attempts, 1,
-            "one charge per sent invoice, however often delivered: {row}"
-        );
+    // read model, commands idempotent by state) for the numbers to come out exactly. Seeds 2
+    // and 4 redeliver an invoice's older event after a newer one (they catch a read model
+    // that does not compare versions).
+    for seed in [2, 4, 11] {
+        let faults = Faults::seeded(seed)
+            .duplicate(0.3)
+            .delay(0.2, Duration::from_millis(30))
+            .reorder(0.3)
+            .drop_before_ack(0.1);
+        let config = Config {
+            memory_faults: Some(faults),
+            ..Config::default()
+        };
+        let system = System::start(config).await.expect("system starts");
+        let mut out = Vec::new();
+        let report = scenario::run(&system, &mut out, false)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "seed {seed}: scenario failed: {e}\n{}",
+                    String::from_utf8_lossy(&out)
+                )
+            });
+        common::check_report(&report);
+        for row in report.read_model["items"].as_array().unwrap() {
+            let attempts = row["payment_attempts"].as_i64().unwrap();
+            assert_eq!(
+                attempts, 1,
+                "seed {seed}: one charge per sent invoice: {row}"
+            );
+        }
+        system.shutdown().await.expect("graceful shutdown");
     }
-    system.shutdown().await.expect("graceful shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
