@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
@@ -139,24 +138,6 @@ async fn rate_limited(error: BoxError) -> Response {
         )
         .into_response(),
     }
-}
-
-/// Logs each request once it is answered (target `gateway.access`; `RUST_LOG=info` shows it).
-pub(crate) async fn access_log(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let response = next.run(request).await;
-    tracing::info!(
-        target: "gateway.access",
-        %method,
-        path,
-        status = response.status().as_u16(),
-        elapsed_ms = started.elapsed().as_secs_f64() * 1_000.0,
-        correlation_id = ms_tracing::CorrelationId::current().map(|c| c.to_string()),
-        "request"
-    );
-    response
 }
 
 async fn to_invoicing(State(gateway): State<Arc<Gateway>>, request: Request) -> Response {

@@ -169,3 +169,24 @@ pub(crate) fn internal(error: &Error) -> Problem {
         "the request failed; see the service's logs",
     )
 }
+
+/// Logs each request once it is answered (target `access`; `RUST_LOG=access=info` shows it).
+pub(crate) async fn access_log(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    tracing::info!(
+        target: "access",
+        %method,
+        path,
+        status = response.status().as_u16(),
+        elapsed_ms = started.elapsed().as_secs_f64() * 1_000.0,
+        correlation_id = ms_tracing::CorrelationId::current().map(|c| c.to_string()),
+        "request"
+    );
+    response
+}

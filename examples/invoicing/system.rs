@@ -433,7 +433,7 @@ async fn serve(
 ) -> Result<SocketAddr, Error> {
     let app = routes
         .merge(ms_health::router(registry.clone()))
-        .layer(axum::middleware::from_fn(gateway::access_log))
+        .layer(axum::middleware::from_fn(crate::http::access_log))
         .layer(ServerTraceLayer::new())
         .layer(CorrelationIdLayer::new());
     let listener = TcpListener::bind("127.0.0.1:0").await?;
