@@ -161,6 +161,36 @@ async fn the_write_side_answers_broken_rules_and_unknown_invoices_with_problems(
     system.shutdown().await.expect("graceful shutdown");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_fails_readiness_first_keeps_serving_for_the_drain_then_stops() {
+    let config = Config {
+        drain_delay: Duration::from_millis(1_500),
+        ..Config::default()
+    };
+    let system = System::start(config).await.expect("system starts");
+    let gateway = system.addresses().gateway;
+    assert_eq!(
+        common::get(&format!("http://{gateway}/readyz")).await.0,
+        StatusCode::OK
+    );
+    let shutdown = tokio::spawn(system.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Draining: not ready, still alive, still answering.
+    assert_eq!(
+        common::get(&format!("http://{gateway}/readyz")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        common::get(&format!("http://{gateway}/healthz")).await.0,
+        StatusCode::OK
+    );
+    shutdown.await.unwrap().expect("graceful shutdown");
+    assert!(
+        tokio::net::TcpStream::connect(gateway).await.is_err(),
+        "the gateway stopped listening"
+    );
+}
+
 #[test]
 fn flags_win_over_the_environment_and_unknown_flags_are_refused() {
     let env = |name: &str| (name == "INVOICING_NATS_URL").then(|| "nats://env:4222".to_owned());
