@@ -159,6 +159,7 @@ pub async fn run(system: &System, out: &mut dyn Write, chaos: bool) -> Result<Re
         "5",
         "payments settles the charges (one is over the card limit), invoicing and reporting catch up",
     )?;
+    let settling = std::time::Instant::now();
     let dashboard = wait_for(|| async {
         let dashboard = client
             .expect(
@@ -172,6 +173,13 @@ pub async fn run(system: &System, out: &mut dyn Write, chaos: bool) -> Result<Re
         Ok(settled(&dashboard, &baseline).then_some(dashboard))
     })
     .await?;
+    line(
+        out,
+        &format!(
+            "settled {} ms after the last request: charged, projected, marked paid and overdue",
+            settling.elapsed().as_millis()
+        ),
+    )?;
     print_dashboard(out, &dashboard)?;
 
     let read_model = read_model(&client, out).await?;
@@ -540,19 +548,21 @@ fn print_dashboard(out: &mut dyn Write, dashboard: &Value) -> Result<(), Error> 
             writeln!(
                 out,
                 "  │ {status:<10} {:>3} invoices  {:>12}",
-                entry["count"],
+                entry["count"].as_i64().unwrap_or(0),
                 money(&entry["total_cents"])
             )?;
         }
     }
     writeln!(
         out,
-        "  │ outstanding          {:>12}",
+        "  │ {:<25}{:>12}",
+        "outstanding",
         money(&dashboard["invoices"]["outstanding_cents"])
     )?;
     writeln!(
         out,
-        "  │ collected            {:>12}  (read model)",
+        "  │ {:<25}{:>12}  (read model)",
+        "collected",
         money(&dashboard["read_model"]["collected_cents"])
     )?;
     let payments = &dashboard["payments"];
