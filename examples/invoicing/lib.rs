@@ -35,8 +35,10 @@ mod bus;
 pub mod config;
 mod db;
 pub mod gateway;
+/// The payments service's gRPC API (`payments.v1.Payments`), generated at build time from
+/// `proto/payments.proto`: a client for it is `grpc::payments_client::PaymentsClient`.
 #[allow(missing_docs, unreachable_pub, clippy::pedantic)]
-mod grpc {
+pub mod grpc {
     tonic::include_proto!("payments.v1");
 }
 pub mod http;

@@ -191,6 +191,59 @@ async fn shutdown_fails_readiness_first_keeps_serving_for_the_drain_then_stops()
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_serves_its_summary_and_grpc_health_and_stops_serving_when_stopped() {
+    use ms_examples::grpc::GetPaymentSummaryRequest;
+    use ms_examples::grpc::payments_client::PaymentsClient;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let system = System::start(Config::default())
+        .await
+        .expect("system starts");
+    let url = format!("http://{}", system.addresses().payments_grpc);
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let summary = PaymentsClient::new(channel.clone())
+        .get_payment_summary(GetPaymentSummaryRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((summary.succeeded_count, summary.failed_count), (0, 0));
+    let mut health = HealthClient::new(channel);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = health
+            .check(HealthCheckRequest {
+                service: "payments.v1.Payments".to_owned(),
+            })
+            .await
+            .map(|r| r.into_inner().status);
+        if status.as_ref().ok() == Some(&(ServingStatus::Serving as i32)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never SERVING: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    system.stop_payments().await.unwrap();
+    let after = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect()
+        .await;
+    assert!(
+        after.is_err(),
+        "payments' gRPC port is closed while it is stopped"
+    );
+    system.shutdown().await.expect("graceful shutdown");
+}
+
 #[test]
 fn flags_win_over_the_environment_and_unknown_flags_are_refused() {
     let env = |name: &str| (name == "INVOICING_NATS_URL").then(|| "nats://env:4222".to_owned());

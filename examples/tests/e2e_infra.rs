@@ -8,11 +8,11 @@ use ms_examples::{System, scenario};
 
 mod common;
 
-async fn run_and_check(config: Config, database_url: &str) {
+async fn run_and_check(config: Config, database_url: &str, chaos: bool) {
     let system = System::start(config).await.expect("system starts");
     assert_eq!(system.database(), "PostgreSQL");
     let mut out = Vec::new();
-    let report = scenario::run(&system, &mut out, false)
+    let report = scenario::run(&system, &mut out, chaos)
         .await
         .unwrap_or_else(|e| panic!("scenario failed: {e}\n{}", String::from_utf8_lossy(&out)));
     common::check_report(&report);
@@ -58,7 +58,26 @@ async fn the_scenario_on_postgres_and_nats() {
         bus_prefix: nats.prefix().to_owned(),
         ..Config::default()
     };
-    run_and_check(config, pg.url()).await;
+    run_and_check(config, pg.url(), false).await;
+}
+
+/// Payments is down while the invoices are sent: the charges wait in JetStream and are
+/// settled once it is back, to the same numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chaos_scenario_on_postgres_and_nats() {
+    let Some(pg) = ms_testkit::postgres().await else {
+        return;
+    };
+    let Some(nats) = ms_testkit::nats().await else {
+        return;
+    };
+    let config = Config {
+        database_url: Some(pg.url().to_owned()),
+        nats_url: Some(nats.url().to_owned()),
+        bus_prefix: nats.prefix().to_owned(),
+        ..Config::default()
+    };
+    run_and_check(config, pg.url(), true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,5 +94,5 @@ async fn the_scenario_on_postgres_and_rabbitmq() {
         bus_prefix: amqp.prefix().to_owned(),
         ..Config::default()
     };
-    run_and_check(config, pg.url()).await;
+    run_and_check(config, pg.url(), false).await;
 }
