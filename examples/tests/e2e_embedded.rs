@@ -12,6 +12,7 @@ use ms_examples::{Options, System};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scenario_settles_with_the_expected_numbers_and_one_trace() {
+    common::watch_panics();
     let system = System::start(Config::default())
         .await
         .expect("system starts");
@@ -21,6 +22,7 @@ async fn the_scenario_settles_with_the_expected_numbers_and_one_trace() {
         .unwrap_or_else(|e| panic!("scenario failed: {e}\n{}", String::from_utf8_lossy(&out)));
     common::check_report(&report);
     system.shutdown().await.expect("graceful shutdown");
+    assert_eq!(common::panics(), 0, "nothing panicked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,6 +41,7 @@ async fn a_bus_that_duplicates_delays_reorders_and_loses_acks_changes_no_number(
             memory_faults: Some(faults),
             ..Config::default()
         };
+        common::watch_panics();
         let system = System::start(config).await.expect("system starts");
         let mut out = Vec::new();
         let report = scenario::run(&system, &mut out, false)
@@ -58,11 +61,13 @@ async fn a_bus_that_duplicates_delays_reorders_and_loses_acks_changes_no_number(
             );
         }
         system.shutdown().await.expect("graceful shutdown");
+        assert_eq!(common::panics(), 0, "nothing panicked");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_payments_down_for_a_while_the_scenario_still_settles_to_the_same_numbers() {
+    common::watch_panics();
     let system = System::start(Config::default())
         .await
         .expect("system starts");
@@ -74,10 +79,12 @@ async fn with_payments_down_for_a_while_the_scenario_still_settles_to_the_same_n
     assert!(printed.contains("partial=true breaker=Open"), "{printed}");
     common::check_report(&report);
     system.shutdown().await.expect("graceful shutdown");
+    assert_eq!(common::panics(), 0, "nothing panicked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_write_side_answers_broken_rules_and_unknown_invoices_with_problems() {
+    common::watch_panics();
     let system = System::start(Config::default())
         .await
         .expect("system starts");
@@ -159,6 +166,7 @@ async fn the_write_side_answers_broken_rules_and_unknown_invoices_with_problems(
         .unwrap();
     assert_eq!(send.status, StatusCode::CONFLICT);
     system.shutdown().await.expect("graceful shutdown");
+    assert_eq!(common::panics(), 0, "nothing panicked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,6 +175,7 @@ async fn shutdown_fails_readiness_first_keeps_serving_for_the_drain_then_stops()
         drain_delay: Duration::from_millis(1_500),
         ..Config::default()
     };
+    common::watch_panics();
     let system = System::start(config).await.expect("system starts");
     let gateway = system.addresses().gateway;
     assert_eq!(
@@ -199,6 +208,7 @@ async fn payments_serves_its_summary_and_grpc_health_and_stops_serving_when_stop
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
 
+    common::watch_panics();
     let system = System::start(Config::default())
         .await
         .expect("system starts");
@@ -242,6 +252,7 @@ async fn payments_serves_its_summary_and_grpc_health_and_stops_serving_when_stop
         "payments' gRPC port is closed while it is stopped"
     );
     system.shutdown().await.expect("graceful shutdown");
+    assert_eq!(common::panics(), 0, "nothing panicked");
 }
 
 #[test]
@@ -268,6 +279,7 @@ fn flags_win_over_the_environment_and_unknown_flags_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_answers_its_probes() {
+    common::watch_panics();
     let system = System::start(Config::default())
         .await
         .expect("system starts");
@@ -290,10 +302,12 @@ async fn every_service_answers_its_probes() {
         .unwrap();
     assert_eq!(reply.status, StatusCode::OK);
     system.shutdown().await.expect("graceful shutdown");
+    assert_eq!(common::panics(), 0, "nothing panicked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_or_wrong_api_key_is_401_and_a_bearer_token_is_accepted() {
+    common::watch_panics();
     let system = System::start(Config::default())
         .await
         .expect("system starts");
@@ -327,6 +341,7 @@ async fn a_missing_or_wrong_api_key_is_401_and_a_bearer_token_is_accepted() {
         .unwrap();
     assert_eq!(reply.status, StatusCode::OK);
     system.shutdown().await.expect("graceful shutdown");
+    assert_eq!(common::panics(), 0, "nothing panicked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,6 +355,7 @@ async fn a_client_over_its_rate_gets_429_with_retry_after_and_others_do_not() {
         secret: "other-key".to_owned(),
         client: "other".to_owned(),
     });
+    common::watch_panics();
     let system = System::start(config).await.expect("system starts");
     let client = GatewayClient::new(&system);
     let mut statuses = Vec::new();
@@ -376,10 +392,12 @@ async fn a_client_over_its_rate_gets_429_with_retry_after_and_others_do_not() {
         .unwrap();
     assert_eq!(reply.status, StatusCode::OK);
     system.shutdown().await.expect("graceful shutdown");
+    assert_eq!(common::panics(), 0, "nothing panicked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json_is_400_problem_json_and_nothing_is_created() {
+    common::watch_panics();
     let system = System::start(Config::default())
         .await
         .expect("system starts");
@@ -406,10 +424,12 @@ async fn malformed_json_is_400_problem_json_and_nothing_is_created() {
         .unwrap();
     assert_eq!(summary["invoices"]["by_status"], serde_json::json!({}));
     system.shutdown().await.expect("graceful shutdown");
+    assert_eq!(common::panics(), 0, "nothing panicked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_payments_the_dashboard_is_partial_the_breaker_opens_and_all_catches_up() {
+    common::watch_panics();
     let system = System::start(Config::default())
         .await
         .expect("system starts");
@@ -459,6 +479,7 @@ async fn without_payments_the_dashboard_is_partial_the_breaker_opens_and_all_cat
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     system.shutdown().await.expect("graceful shutdown");
+    assert_eq!(common::panics(), 0, "nothing panicked");
 }
 
 mod common;

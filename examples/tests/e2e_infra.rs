@@ -9,6 +9,7 @@ use ms_examples::{System, scenario};
 mod common;
 
 async fn run_and_check(config: Config, database_url: &str, chaos: bool) {
+    common::watch_panics();
     let system = System::start(config).await.expect("system starts");
     assert_eq!(system.database(), "PostgreSQL");
     let mut out = Vec::new();
@@ -17,6 +18,7 @@ async fn run_and_check(config: Config, database_url: &str, chaos: bool) {
         .unwrap_or_else(|e| panic!("scenario failed: {e}\n{}", String::from_utf8_lossy(&out)));
     common::check_report(&report);
     system.shutdown().await.expect("graceful shutdown");
+    assert_eq!(common::panics(), 0, "nothing panicked");
 
     // Each service's tables live in its own schema: no service reads another's.
     let pool = sqlx::PgPool::connect(database_url).await.unwrap();

@@ -1,15 +1,39 @@
 //! Checks the end-to-end tests share.
 #![allow(dead_code, unreachable_pub)]
 
+use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use http::StatusCode;
 use http_body_util::BodyExt as _;
 use ms_examples::scenario::Report;
 
 use ms_examples::trace_tree;
 
+static PANICS: AtomicUsize = AtomicUsize::new(0);
+static HOOK: Once = Once::new();
+
+/// Counts every panic in this test binary from now on, handler tasks' included (the
+/// consumer runtime and tokio catch those, so a test would not see them otherwise).
+pub(crate) fn watch_panics() {
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS.fetch_add(1, Ordering::SeqCst);
+            previous(info);
+        }));
+    });
+}
+
+/// How many panics happened since [`watch_panics`] (in any test of this binary).
+pub(crate) fn panics() -> usize {
+    PANICS.load(Ordering::SeqCst)
+}
+
 /// The scenario's outcome: two invoices paid, one overdue after its charge failed, one
 /// cancelled; the read model agrees; one trace spans every service under one correlation ID.
 pub(crate) fn check_report(report: &Report) {
+    assert_eq!(panics(), 0, "nothing panicked");
     let d = &report.dashboard;
     assert_eq!(d["partial"], false, "{d}");
     let by_status = &d["invoices"]["by_status"];
