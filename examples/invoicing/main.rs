@@ -1,188 +1,129 @@
 //! The invoicing example: a toy invoicing system wiring every ms crate together.
 //!
-//! Run it from the repository root: `cargo run --example invoicing` (add `-- --once` to run
-//! the scenario and exit, as CI does).
+//! ```sh
+//! cargo run --example invoicing               # the scenario, then stays up until Ctrl-C
+//! cargo run --example invoicing -- --once     # the scenario, then exits (CI)
+//! cargo run --example invoicing -- --chaos    # payments goes down for a while mid-scenario
+//! INVOICING_DATABASE_URL=postgres://postgres@127.0.0.1/postgres \
+//! INVOICING_NATS_URL=nats://127.0.0.1:4222 cargo run --example invoicing
+//! ```
 //!
-//! NOT BUILT YET. The system it will run (gateway, invoicing, payments, reporting, each with
-//! its own database, talking over REST, gRPC, events and commands) is issue 8, which starts
-//! once ms-bus and ms-outbox have landed. Until then this program says what it will show and
-//! demonstrates the pieces that exist, then exits 0.
+//! Four services start on loopback ports (gateway, invoicing, payments, reporting), each
+//! with its own database (a SQLite file, or a PostgreSQL schema) and the bus (in memory, NATS
+//! JetStream or RabbitMQ); a scripted scenario runs through the gateway and prints each step,
+//! the dashboard and the trace of one request across every service. See `examples/README.md`.
 
-use std::convert::Infallible;
-use std::time::Duration;
+use std::io::Write as _;
+use std::process::ExitCode;
 
-use ms_bus::consumer::{Consumer, Message};
-use ms_bus::memory::MemoryBus;
-use ms_bus::{Envelope, EventPublisher, Subscription};
-use ms_health::{CheckResult, HealthRegistry, check_fn};
-use ms_outbox::{Outbox, OutboxMessage, Relay};
-use ms_resilience::circuit_breaker::CircuitBreaker;
-use ms_tracing::CorrelationId;
-use sqlx::Sqlite;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-use tokio::sync::mpsc;
-use tower::{ServiceBuilder, ServiceExt};
+use ms_examples::config::{DEMO_API_KEY, DEMO_BEARER_TOKEN};
+use ms_examples::{Options, System, scenario};
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let once = std::env::args().skip(1).any(|arg| arg == "--once");
-    println!("ms invoicing example: not built yet (see examples/README.md and issue 8).");
-    println!();
-    println!("When it lands, this command will start four services on loopback ports");
-    println!("(gateway, invoicing, payments, reporting), each with its own SQLite database");
-    println!("and the in-memory bus, run a scripted scenario through the gateway, and print");
-    println!("each step, the dashboard, and the trace of one request across every service.");
-    println!();
-    println!("What exists today, working:");
-
-    let correlation = CorrelationId::generate();
-    println!("  ms-tracing  correlation ID        {correlation}");
-
-    let event = Envelope::builder("invoicing.invoice.created", "/invoicing")
-        .subject("inv-1001")
-        .correlation_id(&correlation)
-        .data(
-            "application/json",
-            &br#"{"invoice":"inv-1001","total_cents":4200}"#[..],
-        )
-        .build()?;
-    println!(
-        "  ms-bus      CloudEvents envelope   {} {} (id {})",
-        event.ty(),
-        event.subject().unwrap_or_default(),
-        event.id()
-    );
-
-    // The event goes through the in-memory bus to a consumer group; the handler runs with the
-    // event's correlation ID as the current one, without anyone passing it along.
-    let bus = MemoryBus::new();
-    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
-    let consumer = Consumer::new(Subscription::events("invoicing.invoices", "reporting")?)
-        .serve(
-            &bus,
-            tower::service_fn(move |message: Message| {
-                let _ = seen_tx.send((message.id().to_owned(), CorrelationId::current()));
-                async { Ok::<_, Infallible>(()) }
-            }),
-        )
-        .await?;
-    bus.publish("invoicing.invoices", &event).await?;
-    let (id, current) = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
-        .await?
-        .ok_or("the consumer stopped before it handled the event")?;
-    consumer.shutdown().await?;
-    println!(
-        "  ms-bus      memory bus             handled {id} in group reporting, correlation ID {}",
-        current.map_or_else(|| "none".to_owned(), |c| c.to_string())
-    );
-
-    outbox_demo(&bus).await?;
-
-    // A call to a flaky dependency through a circuit breaker: it opens after enough failures
-    // and then fails fast instead of waiting on the dependency.
-    let breaker = CircuitBreaker::builder()
-        .name("payments")
-        .minimum_number_of_calls(4)
-        .build();
-    let payments =
-        ServiceBuilder::new()
-            .layer(breaker.layer())
-            .service_fn(|cents: u64| async move {
-                if cents == 0 {
-                    Err::<u64, ms_resilience::BoxError>("payments is down".into())
-                } else {
-                    Ok(cents)
-                }
-            });
-    for _ in 0..4 {
-        let _ = payments.clone().oneshot(0).await;
+#[tokio::main]
+async fn main() -> ExitCode {
+    let options = match Options::parse(std::env::args().skip(1), |name| std::env::var(name).ok()) {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(options).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("invoicing example failed: {error}");
+            ExitCode::FAILURE
+        }
     }
-    let fast_fail = payments.clone().oneshot(4200).await.err();
-    println!(
-        "  ms-resilience circuit breaker      {:?} after 4 failures: {}",
-        breaker.state(),
-        fast_fail.map_or_else(|| "call went through".to_owned(), |e| e.to_string())
-    );
+}
 
-    let registry = HealthRegistry::builder()
-        .readiness("clock", check_fn(|| async { CheckResult::pass() }))
-        .build()?;
-    let readiness = registry.readiness().await;
+async fn run(options: Options) -> Result<(), ms_examples::Error> {
+    let system = System::start(options.config.clone()).await?;
+    let addresses = system.addresses();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "ms invoicing example: four services on {} and the {}",
+        system.database(),
+        system.bus()
+    )?;
+    writeln!(
+        out,
+        "  gateway    http://{}   (public REST, web BFF)",
+        addresses.gateway
+    )?;
+    writeln!(
+        out,
+        "  invoicing  http://{}   (write side)",
+        addresses.invoicing
+    )?;
+    writeln!(
+        out,
+        "  payments   grpc://{}   http://{} (probes)",
+        addresses.payments_grpc, addresses.payments_http
+    )?;
+    writeln!(
+        out,
+        "  reporting  http://{}   (read model)",
+        addresses.reporting
+    )?;
+    let report = scenario::run(&system, &mut out, options.chaos).await;
+    drop(out);
+    let report = match report {
+        Ok(report) => report,
+        Err(error) => {
+            let _ = system.shutdown().await;
+            return Err(error);
+        }
+    };
     println!(
-        "  ms-health   readiness probe        {}",
-        readiness.status.as_str()
+        "\n✔ scenario done: {} invoices, one trace across {}",
+        report.invoices.len(),
+        report.traced_services.join(", ")
     );
-
-    if !once {
-        println!();
-        println!("(Nothing stays up yet; `-- --once` already runs the same and exits.)");
+    if !options.once {
+        print_curl_lines(&system, &report);
+        println!("\nServing until Ctrl-C …");
+        tokio::signal::ctrl_c().await?;
+        println!("Shutting down: readiness fails first, then the servers drain.");
     }
+    system.shutdown().await?;
     Ok(())
 }
 
-/// The business change and its event commit together (the outbox row is written in the same
-/// SQLite transaction as the invoice); the relay then publishes the committed event.
-async fn outbox_demo(bus: &MemoryBus) -> Result<(), Box<dyn std::error::Error>> {
-    let db_path = std::env::temp_dir().join(format!("ms-invoicing-{}.db", std::process::id()));
-    let pool = SqlitePoolOptions::new()
-        .connect_with(
-            SqliteConnectOptions::new()
-                .filename(&db_path)
-                .create_if_missing(true),
-        )
-        .await?;
-    sqlx::query("CREATE TABLE invoices (id TEXT PRIMARY KEY, total_cents INTEGER NOT NULL)")
-        .execute(&pool)
-        .await?;
-    let outbox = Outbox::<Sqlite>::default();
-    outbox.migrate(&pool).await?;
-    let (audit_tx, mut audit_rx) = mpsc::unbounded_channel();
-    let audit = Consumer::new(Subscription::events("invoicing.invoices", "audit")?)
-        .serve(
-            bus,
-            tower::service_fn(move |message: Message| {
-                let _ = audit_tx.send(message.id().to_owned());
-                async { Ok::<_, Infallible>(()) }
-            }),
-        )
-        .await?;
-    let relay = Relay::builder(&outbox, &pool, bus.clone()).build().spawn();
-    let created = Envelope::builder("invoicing.invoice.created", "/invoicing")
-        .subject("inv-1002")
-        .data(
-            "application/json",
-            &br#"{"invoice":"inv-1002","total_cents":1900}"#[..],
-        )
-        .build()?;
-    let started = std::time::Instant::now();
-    let mut tx = pool.begin().await?;
-    sqlx::query("INSERT INTO invoices (id, total_cents) VALUES ('inv-1002', 1900)")
-        .execute(&mut *tx)
-        .await?;
-    outbox
-        .enqueue(
-            &mut *tx,
-            OutboxMessage::event("invoicing.invoices", created.clone()),
-        )
-        .await?;
-    tx.commit().await?;
-    let relayed = tokio::time::timeout(Duration::from_secs(10), audit_rx.recv())
-        .await?
-        .ok_or("the audit consumer stopped before it saw the event")?;
-    let elapsed = started.elapsed();
-    relay.shutdown().await?;
-    audit.shutdown().await?;
-    pool.close().await;
-    let _ = std::fs::remove_file(&db_path);
+fn print_curl_lines(system: &System, report: &scenario::Report) {
+    let a = system.addresses();
+    let gw = format!("http://{}", a.gateway);
+    let invoice = report.invoices.first().map_or("inv-…", String::as_str);
+    println!("\nTry it (copy and paste):");
+    println!("  curl -s {gw}/api/web/v1/dashboard -H 'x-api-key: {DEMO_API_KEY}'");
     println!(
-        "  ms-outbox   outbox + relay         {} committed with invoice inv-1002, published {} ms later{}",
-        created.ty(),
-        elapsed.as_millis(),
-        if relayed == created.id() {
-            ""
-        } else {
-            " (a different event arrived!)"
-        }
+        "  curl -s '{gw}/api/v1/reports/invoices?status=paid&sort=-total_cents&limit=2' -H 'authorization: Bearer {DEMO_BEARER_TOKEN}'"
     );
-    Ok(())
+    println!("  curl -s {gw}/api/v1/invoices/{invoice} -H 'x-api-key: {DEMO_API_KEY}'");
+    println!(
+        "  curl -s -X POST {gw}/api/v1/invoices -H 'x-api-key: {DEMO_API_KEY}' -H 'content-type: application/json' \\"
+    );
+    println!(
+        "       -d '{{\"customer_id\":\"c-runner\",\"lines\":[{{\"description\":\"Tea\",\"quantity\":1,\"unit_price_cents\":250}}]}}'"
+    );
+    println!(
+        "  curl -si {gw}/api/v1/customers                                  # 401 without a key"
+    );
+    println!(
+        "  curl -s -X POST {gw}/api/v1/invoices -H 'x-api-key: {DEMO_API_KEY}' -H 'content-type: application/json' -d '{{oops'   # 400 problem+json"
+    );
+    println!(
+        "  curl -s {gw}/readyz?verbose ; curl -s http://{}/readyz?verbose",
+        a.payments_http
+    );
+    println!("gRPC (grpcurl; the server has no reflection, so give it the proto):");
+    println!(
+        "  grpcurl -plaintext -import-path examples/proto -proto payments.proto -d '{{}}' {} payments.v1.Payments/GetPaymentSummary",
+        a.payments_grpc
+    );
+    println!(
+        "  grpc_health_probe -addr {} -service payments.v1.Payments   # grpc.health.v1, from the same registry",
+        a.payments_grpc
+    );
 }

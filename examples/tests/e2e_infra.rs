@@ -1,0 +1,109 @@
+//! The invoicing example end to end on real infrastructure: each service its own schema in a
+//! private PostgreSQL database, and NATS JetStream (private prefix) or RabbitMQ (private
+//! virtual host), through ms-testkit. Skipped loudly without the servers, unless
+//! `MS_TEST_REQUIRE_SERVICES=1`.
+
+use ms_examples::config::Config;
+use ms_examples::{System, scenario};
+
+mod common;
+
+async fn run_and_check(config: Config, database_url: &str, chaos: bool) {
+    common::watch_panics();
+    let system = System::start(config).await.expect("system starts");
+    assert_eq!(system.database(), "PostgreSQL");
+    let mut out = Vec::new();
+    let report = scenario::run(&system, &mut out, chaos)
+        .await
+        .unwrap_or_else(|e| panic!("scenario failed: {e}\n{}", String::from_utf8_lossy(&out)));
+    common::check_report(&report);
+    system.shutdown().await.expect("graceful shutdown");
+    assert_eq!(common::panics(), 0, "nothing panicked");
+
+    // Each service's tables live in its own schema: no service reads another's.
+    let pool = sqlx::PgPool::connect(database_url).await.unwrap();
+    let tables: Vec<(String, String)> = sqlx::query_as(
+        "SELECT table_schema::text, table_name::text FROM information_schema.tables \
+         WHERE table_name IN ('invoices', 'customers', 'payments', 'invoice_view') \
+         ORDER BY 1, 2",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let tables: Vec<(&str, &str)> = tables
+        .iter()
+        .map(|(s, t)| (s.as_str(), t.as_str()))
+        .collect();
+    assert_eq!(
+        tables,
+        [
+            ("invoicing", "customers"),
+            ("invoicing", "invoices"),
+            ("payments", "payments"),
+            ("reporting", "invoice_view"),
+        ]
+    );
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scenario_on_postgres_and_nats() {
+    let Some(pg) = ms_testkit::postgres().await else {
+        return;
+    };
+    let Some(nats) = ms_testkit::nats().await else {
+        return;
+    };
+    let config = Config {
+        database_url: Some(pg.url().to_owned()),
+        nats_url: Some(nats.url().to_owned()),
+        bus_prefix: nats.prefix().to_owned(),
+        ..Config::default()
+    };
+    run_and_check(config, pg.url(), false).await;
+}
+
+/// Payments is down while the invoices are sent: the charges wait in JetStream and are
+/// settled once it is back, to the same numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chaos_scenario_on_postgres_and_nats() {
+    let Some(pg) = ms_testkit::postgres().await else {
+        return;
+    };
+    let Some(nats) = ms_testkit::nats().await else {
+        return;
+    };
+    let config = Config {
+        database_url: Some(pg.url().to_owned()),
+        nats_url: Some(nats.url().to_owned()),
+        bus_prefix: nats.prefix().to_owned(),
+        ..Config::default()
+    };
+    run_and_check(config, pg.url(), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scenario_on_postgres_and_rabbitmq() {
+    let Some(pg) = ms_testkit::postgres().await else {
+        return;
+    };
+    let Some(amqp) = ms_testkit::amqp().await else {
+        return;
+    };
+    if !amqp.has_private_vhost() {
+        // The services' queue names (`payments.charge`, `invoicing.invoice:reporting`) are
+        // not prefixed: only a private virtual host keeps other tests' messages out.
+        let why = "no private RabbitMQ virtual host (enable rabbitmq_management or set \
+                   MS_TEST_AMQP_MANAGEMENT_URL)";
+        assert!(!ms_testkit::require_services(), "{why}");
+        eprintln!("SKIPPED the_scenario_on_postgres_and_rabbitmq: {why}");
+        return;
+    }
+    let config = Config {
+        database_url: Some(pg.url().to_owned()),
+        amqp_url: Some(amqp.url().to_owned()),
+        bus_prefix: amqp.prefix().to_owned(),
+        ..Config::default()
+    };
+    run_and_check(config, pg.url(), false).await;
+}
