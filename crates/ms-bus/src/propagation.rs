@@ -98,6 +98,16 @@ pub trait Propagation: Send + Sync + std::fmt::Debug + 'static {
     ) -> HandlerFuture {
         self.scope(envelope, call())
     }
+
+    /// The correlation ID and span to handle `envelope` under, for code that runs the handler
+    /// itself rather than handing over a `'static` future (a projection runner applying a
+    /// batch of events in one borrowed transaction): run the work inside the span, with the
+    /// ID [scoped](CorrelationId::scope).
+    ///
+    /// The default: the envelope's correlation ID, when it has a valid one, and no span.
+    fn handler_context(&self, envelope: &Envelope) -> (Option<CorrelationId>, tracing::Span) {
+        (envelope.correlation_id(), tracing::Span::none())
+    }
 }
 
 /// The default [`Propagation`]: W3C trace context and the correlation ID, through
@@ -195,6 +205,11 @@ impl Propagation for TraceContextPropagation {
         let (id, span) = self.context(envelope);
         let handler = id.clone().sync_scope(|| span.in_scope(call));
         Box::pin(id.scope(handler.instrument(span)))
+    }
+
+    fn handler_context(&self, envelope: &Envelope) -> (Option<CorrelationId>, tracing::Span) {
+        let (id, span) = self.context(envelope);
+        (Some(id), span)
     }
 }
 

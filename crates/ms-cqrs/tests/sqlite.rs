@@ -157,3 +157,79 @@ async fn the_caught_up_check_fails_while_the_runner_lags_and_passes_when_it_catc
     let stopped = check.check().await;
     assert_eq!(stopped.status(), Status::Fail);
 }
+
+/// Records the correlation ID current while each event is applied.
+struct Correlations;
+
+impl ms_cqrs::Projection<Sqlite> for Correlations {
+    fn name(&self) -> &str {
+        "correlations"
+    }
+
+    async fn setup(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        _: &ms_cqrs::ApplyContext,
+    ) -> Result<(), ms_cqrs::ApplyError> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS seen_correlations (event_id TEXT, correlation TEXT)",
+        )
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        event: &ms_bus::Envelope,
+        _: &ms_cqrs::ApplyContext,
+    ) -> Result<(), ms_cqrs::ApplyError> {
+        let current = ms_tracing::CorrelationId::current().map(|c| c.to_string());
+        sqlx::query("INSERT INTO seen_correlations VALUES ($1, $2)")
+            .bind(event.id())
+            .bind(current)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_is_applied_under_its_correlation_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(&dir).await;
+    let log = EventLog::<Sqlite>::default();
+    log.migrate(&pool).await.unwrap();
+    let ids = [
+        ms_tracing::CorrelationId::generate(),
+        ms_tracing::CorrelationId::generate(),
+    ];
+    let events: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            ms_bus::Envelope::builder("any.thing", "/tests")
+                .correlation_id(id)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let mut tx = pool.begin().await.unwrap();
+    log.append(&mut *tx, &events).await.unwrap();
+    tx.commit().await.unwrap();
+    let runner = ProjectionRunner::from_log(pool.clone(), Correlations, &log)
+        .start()
+        .await
+        .unwrap();
+    runner.wait_until(2).await.unwrap();
+    for (event, id) in events.iter().zip(&ids) {
+        let seen: Option<String> =
+            sqlx::query_scalar("SELECT correlation FROM seen_correlations WHERE event_id = $1")
+                .bind(event.id())
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(seen.as_deref(), Some(id.to_string().as_str()));
+    }
+    runner.shutdown().await.unwrap();
+}

@@ -109,6 +109,7 @@ mod status;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ms_bus::propagation::{Propagation, TraceContextPropagation};
 use ms_bus::{Subscriber, Subscription};
 use ms_outbox::TableName;
 
@@ -170,6 +171,7 @@ pub struct RunnerBuilder<DB: Store, P> {
     feed: Feed<DB>,
     config: Config,
     prefix: Option<TableName>,
+    propagation: Arc<dyn Propagation>,
 }
 
 impl<DB: Store, P: Projection<DB>> RunnerBuilder<DB, P> {
@@ -186,6 +188,7 @@ impl<DB: Store, P: Projection<DB>> RunnerBuilder<DB, P> {
                 policy: ErrorPolicy::default(),
             },
             prefix: None,
+            propagation: Arc::new(TraceContextPropagation::default()),
         }
     }
 
@@ -227,6 +230,15 @@ impl<DB: Store, P: Projection<DB>> RunnerBuilder<DB, P> {
         self
     }
 
+    /// How each event's trace context and correlation ID are made current while it is
+    /// applied (default: ms-bus's [`TraceContextPropagation`]: a consumer span whose parent is
+    /// the event's `traceparent`, and its correlation ID).
+    #[must_use]
+    pub fn propagation(mut self, propagation: Arc<dyn Propagation>) -> Self {
+        self.propagation = propagation;
+        self
+    }
+
     /// The prefix of the runner's own tables (default [`DEFAULT_TABLE_PREFIX`]).
     #[must_use]
     pub fn table_prefix(mut self, prefix: TableName) -> Self {
@@ -250,6 +262,7 @@ impl<DB: Store, P: Projection<DB>> RunnerBuilder<DB, P> {
             projection: Arc::new(self.projection),
             tables: Tables::new(&prefix),
             config: self.config,
+            propagation: self.propagation,
         });
         handle::start(shared, self.feed).await
     }

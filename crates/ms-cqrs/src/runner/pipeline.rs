@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use ms_bus::propagation::Propagation;
 use ms_bus::{Deliveries, Subscriber, Subscription};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -39,6 +40,7 @@ pub(crate) struct Shared<DB: Store, P> {
     pub(crate) name: Arc<str>,
     pub(crate) tables: Tables,
     pub(crate) config: Config,
+    pub(crate) propagation: Arc<dyn Propagation>,
 }
 
 /// Where a pipeline's events come from.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use ms_bus::{Acker, Envelope};
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument as _;
 
 use super::pipeline::Shared;
 use super::policy::LastResort;
@@ -265,6 +266,25 @@ impl<DB: Store, P: Projection<DB>> Segment<DB, P> {
         }
     }
 
+    /// The projection's `apply`, under the event's trace context and correlation ID.
+    async fn apply(
+        &self,
+        conn: &mut DB::Connection,
+        envelope: &Envelope,
+        ctx: &ApplyContext,
+    ) -> Result<(), ApplyError> {
+        let (id, span) = self.shared.propagation.handler_context(envelope);
+        let applied = self
+            .shared
+            .projection
+            .apply(conn, envelope, ctx)
+            .instrument(span);
+        match id {
+            Some(id) => id.scope(applied).await,
+            None => applied.await,
+        }
+    }
+
     /// Handles one event inside `conn`'s transaction.
     async fn step(
         &mut self,
@@ -314,9 +334,7 @@ impl<DB: Store, P: Projection<DB>> Segment<DB, P> {
         } else if handles(self.shared.projection.event_types(), envelope.ty()) {
             let replaying = self.progress.replaying(self.index, position);
             let ctx = self.ctx.at(position, replaying);
-            self.shared
-                .projection
-                .apply(conn, envelope, &ctx)
+            self.apply(conn, envelope, &ctx)
                 .await
                 .map_err(Failure::Apply)?;
             Outcome::Applied
@@ -629,9 +647,7 @@ impl<DB: Store, P: Projection<DB>> Segment<DB, P> {
                 continue;
             }
             let ctx = self.ctx.at(row.position, false);
-            self.shared
-                .projection
-                .apply(&mut tx, &envelope, &ctx)
+            self.apply(&mut tx, &envelope, &ctx)
                 .await
                 .map_err(|e| ProjectionError::Stopped {
                     name: name.to_owned(),
