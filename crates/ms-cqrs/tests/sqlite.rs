@@ -162,7 +162,7 @@ async fn the_caught_up_check_fails_while_the_runner_lags_and_passes_when_it_catc
 struct Correlations;
 
 impl ms_cqrs::Projection<Sqlite> for Correlations {
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         "correlations"
     }
 
