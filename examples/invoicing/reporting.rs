@@ -1,9 +1,11 @@
 //! The reporting service, the query side: a read model of invoices projected from invoicing's
 //! and payments' events, listed with filters, sorting and pagination.
 //!
-//! The projection is one function, [`apply`], run in the consumer's transaction after the
-//! inbox has recorded the event: the read model and the record of what it has seen commit
-//! together, so a redelivered event changes nothing.
+//! The projection is ms-cqrs's: two [`ProjectionRunner`]s (one per topic) feed
+//! [`InvoiceViewProjection`], whose `apply` is the one function [`apply`]. The runner commits
+//! each batch of events with what it has applied (each invoice's last `sequence`, each payment
+//! event's id) in one transaction: a redelivered event changes nothing, and an invoice's events
+//! are applied in the order they happened even when the bus reorders them.
 
 use std::sync::Arc;
 
@@ -12,10 +14,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use http::StatusCode;
-use ms_bus::Envelope;
-use ms_bus::Subscription;
-use ms_bus::consumer::{Consumer, ConsumerHandle, Message};
+use ms_bus::{Envelope, Subscriber, Subscription};
+use ms_cqrs::{
+    ApplyContext, ApplyError, Projection, ProjectionHandle, ProjectionMonitor, ProjectionRunner,
+    Store,
+};
 use serde::{Deserialize, Serialize};
+use sqlx::{Postgres, Sqlite};
 use tracing::Instrument as _;
 
 use crate::bus::SharedBus;
@@ -38,7 +43,7 @@ pub(crate) const DDL: &[&str] = &["CREATE TABLE IF NOT EXISTS invoice_view (
 
 /// Applies one event to the read model, inside the caller's transaction. Events it does not
 /// know are ignored (a projection reads the types it cares about).
-pub async fn apply<DB>(tx: &mut sqlx::Transaction<'_, DB>, event: &Envelope) -> Result<(), Error>
+pub async fn apply<DB>(conn: &mut DB::Connection, event: &Envelope) -> Result<(), Error>
 where
     DB: sqlx::Database,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
@@ -59,7 +64,8 @@ where
         | "invoicing.invoice.payment_failed" => {
             let invoice: Invoice = event.json_data()?;
             // The write side stamps each event with the invoice's version (ms-cqrs's
-            // `sequence`): an older event, delivered late or again, changes nothing.
+            // `sequence`), and the runner applies them in that order; the guard keeps the row
+            // right even for a projection fed without the runner.
             let version = event
                 .extension(ms_cqrs::SEQUENCE_EXTENSION)
                 .and_then(|s| s.parse::<i64>().ok())
@@ -83,7 +89,7 @@ where
             .bind(invoice.created_at)
             .bind(at)
             .bind(version)
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await?;
         }
         ty @ ("payments.payment.succeeded" | "payments.payment.failed") => {
@@ -111,13 +117,135 @@ where
             .bind(at)
             .bind(paid)
             .bind(payment.reason)
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await?;
         }
         _ => {}
     }
     Ok(())
 }
+
+/// The read model as an ms-cqrs projection. Its runners' names tell the topics apart: each
+/// keeps its own record of what it applied.
+#[derive(Debug, Clone, Copy)]
+pub struct InvoiceViewProjection {
+    name: &'static str,
+}
+
+/// The two runners of the projection, on the service's database.
+pub(crate) enum Runners {
+    Sqlite(Vec<ProjectionHandle<Sqlite, InvoiceViewProjection>>),
+    Postgres(Vec<ProjectionHandle<Postgres, InvoiceViewProjection>>),
+}
+
+impl Runners {
+    /// The runners' status views, for readiness ("caught up").
+    pub(crate) fn monitors(&self) -> Vec<ProjectionMonitor> {
+        match self {
+            Self::Sqlite(runners) => runners.iter().map(ProjectionHandle::monitor).collect(),
+            Self::Postgres(runners) => runners.iter().map(ProjectionHandle::monitor).collect(),
+        }
+    }
+
+    /// Stops reading; each runner commits what it holds.
+    pub(crate) async fn shutdown(self) -> Result<(), Error> {
+        match self {
+            Self::Sqlite(runners) => shutdown_all(runners).await,
+            Self::Postgres(runners) => shutdown_all(runners).await,
+        }
+    }
+}
+
+async fn shutdown_all<DB: Store>(
+    runners: Vec<ProjectionHandle<DB, InvoiceViewProjection>>,
+) -> Result<(), Error>
+where
+    InvoiceViewProjection: Projection<DB>,
+{
+    for runner in runners {
+        runner
+            .shutdown()
+            .await
+            .map_err(|e| Error::Config(e.to_string()))?;
+    }
+    Ok(())
+}
+
+async fn start_runners<DB: Store>(
+    pool: &sqlx::Pool<DB>,
+    bus: &SharedBus,
+) -> Result<Vec<ProjectionHandle<DB, InvoiceViewProjection>>, Error>
+where
+    InvoiceViewProjection: Projection<DB>,
+{
+    let subscriber: Arc<dyn Subscriber> = bus.clone();
+    let mut runners = Vec::new();
+    for (name, topic) in [
+        ("invoice_view.invoices", INVOICE_TOPIC),
+        ("invoice_view.payments", PAYMENT_TOPIC),
+    ] {
+        let runner = ProjectionRunner::from_bus(
+            pool.clone(),
+            InvoiceViewProjection { name },
+            subscriber.clone(),
+            Subscription::events(topic, "reporting")?,
+        )
+        // Invoices are independent: two lanes apply them in parallel, each in order.
+        .segments(2)
+        .batch_size(64)
+        .start()
+        .await
+        .map_err(|e| Error::Config(format!("starting the {name} projection: {e}")))?;
+        runners.push(runner);
+    }
+    Ok(runners)
+}
+
+/// Maps the example's errors onto the runner's policy: data that does not fit is permanent
+/// (parked with its reason), the rest is retried.
+fn apply_error(error: Error) -> ApplyError {
+    match error {
+        Error::Database(e) => ApplyError::transient(e),
+        other => ApplyError::permanent(other.to_string()),
+    }
+}
+
+macro_rules! projection_on {
+    ($db:ty, $conn:ty) => {
+        impl Projection<$db> for InvoiceViewProjection {
+            fn name(&self) -> &str {
+                self.name
+            }
+
+            fn event_types(&self) -> &[&str] {
+                &["invoicing.invoice.*", "payments.payment.*"]
+            }
+
+            async fn setup(&self, conn: &mut $conn, _: &ApplyContext) -> Result<(), ApplyError> {
+                for ddl in DDL {
+                    sqlx::raw_sql(*ddl).execute(&mut *conn).await?;
+                }
+                Ok(())
+            }
+
+            async fn apply(
+                &self,
+                conn: &mut $conn,
+                event: &Envelope,
+                _: &ApplyContext,
+            ) -> Result<(), ApplyError> {
+                let span = service_span("reporting", format!("reporting: project {}", event.ty()));
+                apply::<$db>(conn, event)
+                    .instrument(span)
+                    .await
+                    .map_err(apply_error)
+            }
+        }
+    };
+}
+
+projection_on!(Sqlite, sqlx::SqliteConnection);
+projection_on!(Postgres, sqlx::PgConnection);
 
 /// The reporting service's state.
 #[derive(Debug)]
@@ -191,41 +319,12 @@ impl Reporting {
             .with_state(self.clone())
     }
 
-    /// Subscribes the projection to invoicing's and payments' events.
-    pub(crate) async fn start(
-        self: &Arc<Self>,
-        bus: &SharedBus,
-    ) -> Result<Vec<ConsumerHandle>, Error> {
-        let mut consumers = Vec::new();
-        for topic in [INVOICE_TOPIC, PAYMENT_TOPIC] {
-            let service = self.clone();
-            let handler = tower::service_fn(move |message: Message| {
-                let service = service.clone();
-                async move { service.project(message.envelope()).await }
-            });
-            consumers.push(
-                Consumer::new(Subscription::events(topic, "reporting")?)
-                    .serve(bus, handler)
-                    .await?,
-            );
-        }
-        Ok(consumers)
-    }
-
-    async fn project(&self, event: &Envelope) -> Result<(), Error> {
-        let span = service_span("reporting", format!("reporting: project {}", event.ty()));
-        async {
-            with_db!(&self.db, |db| {
-                let mut tx = db.pool.begin().await?;
-                if db.inbox.record(&mut *tx, "reporting", event).await? {
-                    apply(&mut tx, event).await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            })
-        }
-        .instrument(span)
-        .await
+    /// Starts the projection's runners: one per topic, as consumer group `reporting`.
+    pub(crate) async fn start(self: &Arc<Self>, bus: &SharedBus) -> Result<Runners, Error> {
+        Ok(match &self.db {
+            Db::Sqlite(db) => Runners::Sqlite(start_runners(&db.pool, bus).await?),
+            Db::Postgres(db) => Runners::Postgres(start_runners(&db.pool, bus).await?),
+        })
     }
 
     async fn list(&self, query: &ListQuery) -> Result<serde_json::Value, Problem> {

@@ -24,7 +24,7 @@ use crate::invoicing_service::{
     CUSTOMER_TOPIC, CustomerRegistered, Invoicing, TENANT_TOPIC, TenantChanged, Workers,
 };
 use crate::payments::{self, Payments};
-use crate::reporting::Reporting;
+use crate::reporting::{Reporting, Runners};
 use crate::{Error, trace_tree};
 
 /// Where each service listens.
@@ -53,6 +53,7 @@ pub struct System {
     registries: Vec<HealthRegistry>,
     relays: Vec<RelayHandle>,
     consumers: Vec<ConsumerHandle>,
+    projections: Runners,
     sweeper: JoinHandle<()>,
     payments: Arc<Payments>,
     payments_registry: HealthRegistry,
@@ -101,7 +102,8 @@ impl System {
 
         // Consumers subscribe before any relay publishes, so no event finds its group missing.
         let reporting = Reporting::new(reporting_db.clone());
-        let mut consumers = reporting.start(&bus).await?;
+        let projections = reporting.start(&bus).await?;
+        let monitors = projections.monitors();
         let invoicing = Invoicing::new(invoicing_db.clone());
         let Workers {
             consumers: invoicing_consumers,
@@ -111,8 +113,8 @@ impl System {
 
         // Reporting.
         let registry = base_registry(&config, &reporting_db, &migrated, connected.check.clone())
-            .readiness("projection-invoices", consumers[0].check())
-            .readiness("projection-payments", consumers[1].check())
+            .readiness("projection-invoices", monitors[0].check())
+            .readiness("projection-payments", monitors[1].check())
             .build()?;
         let reporting_addr =
             serve(reporting.router(), &registry, &stop, &mut system_servers).await?;
@@ -127,7 +129,7 @@ impl System {
         let invoicing_addr =
             serve(invoicing.router(), &registry, &stop, &mut system_servers).await?;
         registries.push(registry);
-        consumers.extend(invoicing_consumers);
+        let consumers = invoicing_consumers;
 
         // Payments: HTTP probes on one port, gRPC (API and health) on another.
         let payments_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -176,6 +178,7 @@ impl System {
             registries,
             relays,
             consumers,
+            projections,
             sweeper,
             payments,
             payments_registry,
@@ -281,6 +284,7 @@ impl System {
         for consumer in self.consumers {
             consumer.shutdown().await?;
         }
+        self.projections.shutdown().await?;
         for relay in self.relays {
             relay.shutdown().await?;
         }
