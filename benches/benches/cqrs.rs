@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use criterion::{
     BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
+use ms_benches::{median, rate, selected};
 use ms_bus::Envelope;
 use ms_cqrs::{ApplyContext, ApplyError, EventLog, Projection, ProjectionRunner};
 use ms_outbox::TableName;
@@ -472,57 +473,8 @@ fn runner(c: &mut Criterion, rt: &tokio::runtime::Runtime, setup: &Setup) {
     group.finish();
 }
 
-/// Whether a run that is not a criterion bench (it prints its figures) is selected: with no
-/// filter on the command line, or a filter one of whose `|`-separated parts `name` contains.
-fn selected(name: &str) -> bool {
-    // Criterion's options that take a value: that value is not a filter.
-    const WITH_VALUE: &[&str] = &[
-        "--warm-up-time",
-        "--measurement-time",
-        "--sample-size",
-        "--nresamples",
-        "--noise-threshold",
-        "--confidence-level",
-        "--significance-level",
-        "--save-baseline",
-        "--baseline",
-        "--baseline-lenient",
-        "--load-baseline",
-        "--profile-time",
-        "--output-format",
-        "--color",
-        "--plotting-backend",
-        "--format",
-    ];
-    let mut args = std::env::args().skip(1);
-    let mut filters = Vec::new();
-    while let Some(arg) = args.next() {
-        if WITH_VALUE.contains(&arg.as_str()) {
-            args.next();
-        } else if !arg.starts_with('-') {
-            filters.push(arg);
-        }
-    }
-    filters.is_empty()
-        || filters
-            .iter()
-            .any(|f| f.split('|').any(|part| name.contains(part)))
-}
-
 /// Rounds of the paired comparison.
 const PAIRED_ROUNDS: usize = 7;
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-fn rate(events: u64, took: Duration) -> f64 {
-    // Event counts here are far below 2^52.
-    #[allow(clippy::cast_precision_loss)]
-    let events = events as f64;
-    events / took.as_secs_f64()
-}
 
 /// A thread that spins until dropped, keeping one vCPU from going idle.
 ///

@@ -54,6 +54,7 @@ use async_nats::jetstream::{self, context::PublishAckFuture, stream};
 use criterion::{
     BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
+use ms_benches::{median, rate, selected};
 use ms_bus::Envelope;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection as _, Executor as _};
@@ -1199,59 +1200,8 @@ mod ours {
     }
 }
 
-/// Whether a run that is not a criterion bench (it prints its figures) is selected: with no
-/// filter on the command line, or a filter one of whose `|`-separated parts `name` contains
-/// (criterion's filters are regular expressions; alternatives and plain words are what this
-/// understands).
-fn selected(name: &str) -> bool {
-    // Criterion's options that take a value: that value is not a filter.
-    const WITH_VALUE: &[&str] = &[
-        "--warm-up-time",
-        "--measurement-time",
-        "--sample-size",
-        "--nresamples",
-        "--noise-threshold",
-        "--confidence-level",
-        "--significance-level",
-        "--save-baseline",
-        "--baseline",
-        "--baseline-lenient",
-        "--load-baseline",
-        "--profile-time",
-        "--output-format",
-        "--color",
-        "--plotting-backend",
-        "--format",
-    ];
-    let mut args = std::env::args().skip(1);
-    let mut filters = Vec::new();
-    while let Some(arg) = args.next() {
-        if WITH_VALUE.contains(&arg.as_str()) {
-            args.next();
-        } else if !arg.starts_with('-') {
-            filters.push(arg);
-        }
-    }
-    filters.is_empty()
-        || filters
-            .iter()
-            .any(|f| f.split('|').any(|part| name.contains(part)))
-}
-
 /// Rounds of the paired comparison.
 const PAIRED_ROUNDS: usize = 7;
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-fn rate(rows: u64, took: Duration) -> f64 {
-    // Row counts here are far below 2^52.
-    #[allow(clippy::cast_precision_loss)]
-    let rows = rows as f64;
-    rows / took.as_secs_f64()
-}
 
 /// The goals compare ours with limits measured minutes apart by criterion; on a shared
 /// machine the load moves in between. This run measures the limit, ours and the peer back to
