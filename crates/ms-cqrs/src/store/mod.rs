@@ -633,6 +633,32 @@ macro_rules! common_statements {
     };
 }
 
+/// Inserts the event log rows `(key, type, envelope)` one statement each (the connection is
+/// the caller's transaction) and collects the column `$returning` of each: the same code for
+/// both databases, written once.
+macro_rules! insert_log_rows {
+    ($conn:expr, $log:expr, $rows:expr, $returning:literal) => {{
+        let insert = format!(
+            "INSERT INTO {} (partition_key, event_type, envelope, recorded_at) \
+             VALUES ($1, $2, $3, $4) RETURNING {}",
+            $log, $returning
+        );
+        let now = now_micros();
+        let mut ids = Vec::with_capacity($rows.len());
+        for (key, ty, envelope) in $rows {
+            let id: i64 = sqlx::query_scalar(AssertSqlSafe(insert.clone()))
+                .bind(key)
+                .bind(ty)
+                .bind(envelope)
+                .bind(now)
+                .fetch_one(&mut *$conn)
+                .await?;
+            ids.push(id);
+        }
+        Ok(ids)
+    }};
+}
+
 /// The runner's tables; `{serial}` is the database's auto-increment key type.
 pub(crate) fn runner_ddl(tables: &Tables, serial: &str) -> String {
     let Tables {

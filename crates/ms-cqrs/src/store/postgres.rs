@@ -100,23 +100,7 @@ impl Sealed for Postgres {
             .bind(&slots)
             .execute(&mut *conn)
             .await?;
-            let insert = format!(
-                "INSERT INTO {log} (partition_key, event_type, envelope, recorded_at) \
-                 VALUES ($1, $2, $3, $4) RETURNING id"
-            );
-            let now = now_micros();
-            let mut ids = Vec::with_capacity(rows.len());
-            for (key, ty, envelope) in rows {
-                let id: i64 = sqlx::query_scalar(AssertSqlSafe(insert.clone()))
-                    .bind(key)
-                    .bind(ty)
-                    .bind(envelope)
-                    .bind(now)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                ids.push(id);
-            }
-            Ok(ids)
+            insert_log_rows!(conn, log, rows, "id")
         })
     }
 

@@ -48,25 +48,7 @@ impl Sealed for Sqlite {
         log: &'a str,
         rows: &'a [(String, String, String)],
     ) -> BoxFuture<'a, Result<Vec<i64>, sqlx::Error>> {
-        Box::pin(async move {
-            let insert = format!(
-                "INSERT INTO {log} (partition_key, event_type, envelope, recorded_at) \
-                 VALUES ($1, $2, $3, $4) RETURNING position"
-            );
-            let now = now_micros();
-            let mut ids = Vec::with_capacity(rows.len());
-            for (key, ty, envelope) in rows {
-                let id: i64 = sqlx::query_scalar(AssertSqlSafe(insert.clone()))
-                    .bind(key)
-                    .bind(ty)
-                    .bind(envelope)
-                    .bind(now)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                ids.push(id);
-            }
-            Ok(ids)
-        })
+        Box::pin(async move { insert_log_rows!(conn, log, rows, "position") })
     }
 
     fn log_sequence<'a>(
