@@ -6,23 +6,19 @@ use std::time::Duration;
 
 use http::{Method, StatusCode, header};
 use ms_bus::memory::Faults;
+use ms_examples::Options;
 use ms_examples::config::{Config, Credential, DEMO_BEARER_TOKEN};
 use ms_examples::scenario::{self, GatewayClient};
-use ms_examples::{Options, System};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scenario_settles_with_the_expected_numbers_and_one_trace() {
-    common::watch_panics();
-    let system = System::start(Config::default())
-        .await
-        .expect("system starts");
+    let system = common::start_embedded().await;
     let mut out = Vec::new();
     let report = scenario::run(&system, &mut out, false)
         .await
         .unwrap_or_else(|e| panic!("scenario failed: {e}\n{}", String::from_utf8_lossy(&out)));
     common::check_report(&report);
-    system.shutdown().await.expect("graceful shutdown");
-    assert_eq!(common::panics(), 0, "nothing panicked");
+    common::finish(system).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,8 +37,7 @@ async fn a_bus_that_duplicates_delays_reorders_and_loses_acks_changes_no_number(
             memory_faults: Some(faults),
             ..Config::default()
         };
-        common::watch_panics();
-        let system = System::start(config).await.expect("system starts");
+        let system = common::start(config).await;
         let mut out = Vec::new();
         let report = scenario::run(&system, &mut out, false)
             .await
@@ -67,10 +62,7 @@ async fn a_bus_that_duplicates_delays_reorders_and_loses_acks_changes_no_number(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_payments_down_for_a_while_the_scenario_still_settles_to_the_same_numbers() {
-    common::watch_panics();
-    let system = System::start(Config::default())
-        .await
-        .expect("system starts");
+    let system = common::start_embedded().await;
     let mut out = Vec::new();
     let report = scenario::run(&system, &mut out, true)
         .await
@@ -78,16 +70,12 @@ async fn with_payments_down_for_a_while_the_scenario_still_settles_to_the_same_n
     let printed = String::from_utf8_lossy(&out);
     assert!(printed.contains("partial=true breaker=Open"), "{printed}");
     common::check_report(&report);
-    system.shutdown().await.expect("graceful shutdown");
-    assert_eq!(common::panics(), 0, "nothing panicked");
+    common::finish(system).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_write_side_answers_broken_rules_and_unknown_invoices_with_problems() {
-    common::watch_panics();
-    let system = System::start(Config::default())
-        .await
-        .expect("system starts");
+    let system = common::start_embedded().await;
     let client = GatewayClient::new(&system);
     let cases = [
         (
@@ -165,8 +153,7 @@ async fn the_write_side_answers_broken_rules_and_unknown_invoices_with_problems(
         .await
         .unwrap();
     assert_eq!(send.status, StatusCode::CONFLICT);
-    system.shutdown().await.expect("graceful shutdown");
-    assert_eq!(common::panics(), 0, "nothing panicked");
+    common::finish(system).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,8 +162,7 @@ async fn shutdown_fails_readiness_first_keeps_serving_for_the_drain_then_stops()
         drain_delay: Duration::from_millis(1_500),
         ..Config::default()
     };
-    common::watch_panics();
-    let system = System::start(config).await.expect("system starts");
+    let system = common::start(config).await;
     let gateway = system.addresses().gateway;
     assert_eq!(
         common::get(&format!("http://{gateway}/readyz")).await.0,
@@ -208,10 +194,7 @@ async fn payments_serves_its_summary_and_grpc_health_and_stops_serving_when_stop
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
 
-    common::watch_panics();
-    let system = System::start(Config::default())
-        .await
-        .expect("system starts");
+    let system = common::start_embedded().await;
     let url = format!("http://{}", system.addresses().payments_grpc);
     let channel = tonic::transport::Endpoint::from_shared(url.clone())
         .unwrap()
@@ -251,8 +234,7 @@ async fn payments_serves_its_summary_and_grpc_health_and_stops_serving_when_stop
         after.is_err(),
         "payments' gRPC port is closed while it is stopped"
     );
-    system.shutdown().await.expect("graceful shutdown");
-    assert_eq!(common::panics(), 0, "nothing panicked");
+    common::finish(system).await;
 }
 
 #[test]
@@ -279,10 +261,7 @@ fn flags_win_over_the_environment_and_unknown_flags_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_answers_its_probes() {
-    common::watch_panics();
-    let system = System::start(Config::default())
-        .await
-        .expect("system starts");
+    let system = common::start_embedded().await;
     let a = system.addresses();
     let client = GatewayClient::new(&system);
     for addr in [a.gateway, a.invoicing, a.payments_http, a.reporting] {
@@ -301,16 +280,12 @@ async fn every_service_answers_its_probes() {
         .await
         .unwrap();
     assert_eq!(reply.status, StatusCode::OK);
-    system.shutdown().await.expect("graceful shutdown");
-    assert_eq!(common::panics(), 0, "nothing panicked");
+    common::finish(system).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_or_wrong_api_key_is_401_and_a_bearer_token_is_accepted() {
-    common::watch_panics();
-    let system = System::start(Config::default())
-        .await
-        .expect("system starts");
+    let system = common::start_embedded().await;
     let client = GatewayClient::new(&system);
     for key in [None, Some("not-a-key")] {
         let reply = client
@@ -340,8 +315,7 @@ async fn a_missing_or_wrong_api_key_is_401_and_a_bearer_token_is_accepted() {
         .await
         .unwrap();
     assert_eq!(reply.status, StatusCode::OK);
-    system.shutdown().await.expect("graceful shutdown");
-    assert_eq!(common::panics(), 0, "nothing panicked");
+    common::finish(system).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,8 +329,7 @@ async fn a_client_over_its_rate_gets_429_with_retry_after_and_others_do_not() {
         secret: "other-key".to_owned(),
         client: "other".to_owned(),
     });
-    common::watch_panics();
-    let system = System::start(config).await.expect("system starts");
+    let system = common::start(config).await;
     let client = GatewayClient::new(&system);
     let mut statuses = Vec::new();
     let mut limited = None;
@@ -391,16 +364,12 @@ async fn a_client_over_its_rate_gets_429_with_retry_after_and_others_do_not() {
         .await
         .unwrap();
     assert_eq!(reply.status, StatusCode::OK);
-    system.shutdown().await.expect("graceful shutdown");
-    assert_eq!(common::panics(), 0, "nothing panicked");
+    common::finish(system).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json_is_400_problem_json_and_nothing_is_created() {
-    common::watch_panics();
-    let system = System::start(Config::default())
-        .await
-        .expect("system starts");
+    let system = common::start_embedded().await;
     let client = GatewayClient::new(&system);
     for body in ["{oops", "[1, 2", r#"{"customer_id": 7}"#, ""] {
         let reply = client
@@ -423,16 +392,12 @@ async fn malformed_json_is_400_problem_json_and_nothing_is_created() {
         .json()
         .unwrap();
     assert_eq!(summary["invoices"]["by_status"], serde_json::json!({}));
-    system.shutdown().await.expect("graceful shutdown");
-    assert_eq!(common::panics(), 0, "nothing panicked");
+    common::finish(system).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_payments_the_dashboard_is_partial_the_breaker_opens_and_all_catches_up() {
-    common::watch_panics();
-    let system = System::start(Config::default())
-        .await
-        .expect("system starts");
+    let system = common::start_embedded().await;
     let client = GatewayClient::new(&system);
     system.stop_payments().await.unwrap();
     let mut last = serde_json::Value::Null;
@@ -478,8 +443,7 @@ async fn without_payments_the_dashboard_is_partial_the_breaker_opens_and_all_cat
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    system.shutdown().await.expect("graceful shutdown");
-    assert_eq!(common::panics(), 0, "nothing panicked");
+    common::finish(system).await;
 }
 
 mod common;

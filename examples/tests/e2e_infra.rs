@@ -46,8 +46,8 @@ async fn run_and_check(config: Config, database_url: &str, chaos: bool) {
     pool.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_scenario_on_postgres_and_nats() {
+/// The scenario on a private PostgreSQL database and NATS prefix; `chaos` as `--chaos`.
+async fn on_postgres_and_nats(chaos: bool) {
     let Some(pg) = ms_testkit::postgres().await else {
         return;
     };
@@ -60,26 +60,19 @@ async fn the_scenario_on_postgres_and_nats() {
         bus_prefix: nats.prefix().to_owned(),
         ..Config::default()
     };
-    run_and_check(config, pg.url(), false).await;
+    run_and_check(config, pg.url(), chaos).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scenario_on_postgres_and_nats() {
+    on_postgres_and_nats(false).await;
 }
 
 /// Payments is down while the invoices are sent: the charges wait in JetStream and are
 /// settled once it is back, to the same numbers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chaos_scenario_on_postgres_and_nats() {
-    let Some(pg) = ms_testkit::postgres().await else {
-        return;
-    };
-    let Some(nats) = ms_testkit::nats().await else {
-        return;
-    };
-    let config = Config {
-        database_url: Some(pg.url().to_owned()),
-        nats_url: Some(nats.url().to_owned()),
-        bus_prefix: nats.prefix().to_owned(),
-        ..Config::default()
-    };
-    run_and_check(config, pg.url(), true).await;
+    on_postgres_and_nats(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -99,3 +99,22 @@ pub(crate) async fn get(url: &str) -> (StatusCode, String) {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
+
+/// Starts the system on embedded defaults, with the panic watcher on.
+pub(crate) async fn start_embedded() -> ms_examples::System {
+    start(ms_examples::config::Config::default()).await
+}
+
+/// Starts the system with `config`, with the panic watcher on.
+pub(crate) async fn start(config: ms_examples::config::Config) -> ms_examples::System {
+    watch_panics();
+    ms_examples::System::start(config)
+        .await
+        .expect("system starts")
+}
+
+/// Shuts the system down gracefully and checks that nothing panicked on the way.
+pub(crate) async fn finish(system: ms_examples::System) {
+    system.shutdown().await.expect("graceful shutdown");
+    assert_eq!(panics(), 0, "nothing panicked");
+}
