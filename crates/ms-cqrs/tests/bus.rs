@@ -167,6 +167,28 @@ async fn events_without_a_sequence_are_applied_once_per_id() {
     assert_eq!(read_model(&pool, "ledger").await["solo"].total, 5);
     assert_eq!(runner.status().skipped, 2);
     runner.shutdown().await.unwrap();
+    assert!(runner.rebuild().await.is_err(), "a bus source cannot be replayed");
+
+    // A bus source keeps its state per key: another number of segments is fine, and what
+    // was applied stays applied.
+    let runner = ProjectionRunner::from_bus(
+        pool.clone(),
+        Ledger::default(),
+        Arc::new(bus.clone()),
+        Subscription::events(TOPIC, "ledger").unwrap(),
+    )
+    .segments(3)
+    .start()
+    .await
+    .unwrap();
+    bus.publish(TOPIC, &event).await.unwrap();
+    eventually(Duration::from_secs(10), "the repeat settled", || {
+        let status = runner.status();
+        async move { status.skipped >= 1 }
+    })
+    .await;
+    assert_eq!(read_model(&pool, "ledger").await["solo"].total, 5);
+    runner.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -140,6 +140,8 @@ async fn a_restarted_runner_resumes_at_its_checkpoints() {
     // Only the 200 new events were applied by the second runner.
     assert_eq!(runner.status().applied, 200);
     runner.shutdown().await.unwrap();
+    let err = runner.rebuild().await.unwrap_err();
+    assert!(err.to_string().contains("shut down"), "{err}");
 
     // Another number of segments would map keys elsewhere: refused, with the way out.
     let err = ProjectionRunner::from_log(pool.clone(), Ledger::default(), &log)

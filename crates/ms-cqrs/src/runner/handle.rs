@@ -139,14 +139,27 @@ pub(super) async fn start<DB: Store, P: Projection<DB>>(
     let segments = i32::from(shared.config.segments);
     let mut tx = shared.pool.begin().await?;
     let version = match DB::registration(&mut tx, &shared.tables, &shared.name).await? {
-        Some(registration) if registration.segments != segments => {
+        // Log checkpoints are per segment; a bus source's state is per key, so its segments
+        // may change freely.
+        Some(registration)
+            if registration.segments != segments && matches!(feed, Feed::Log(_)) =>
+        {
             return Err(ProjectionError::SegmentsChanged {
                 name: shared.name.to_string(),
                 stored: u16::try_from(registration.segments).unwrap_or(0),
                 configured: shared.config.segments,
             });
         }
-        Some(registration) => registration.live_version,
+        Some(registration) => {
+            if registration.segments != segments {
+                let registration = Registration {
+                    segments,
+                    ..registration
+                };
+                DB::register(&mut tx, &shared.tables, &shared.name, registration).await?;
+            }
+            registration.live_version
+        }
         None => {
             let registration = Registration {
                 live_version: 1,
@@ -381,6 +394,10 @@ impl<DB: Store, P: Projection<DB>> ProjectionHandle<DB, P> {
         let Ok(_rebuilding) = self.inner.rebuild.try_lock() else {
             return Err(ProjectionError::RebuildInProgress(shared.name.to_string()));
         };
+        // The switch needs the live version running: it hands over where that one stopped.
+        if self.inner.live.lock().await.is_none() {
+            return Err(self.stopped("shut down".to_owned()));
+        }
         let old_version = self.status().version;
         let version = old_version + 1;
         let mut tx = shared.pool.begin().await?;

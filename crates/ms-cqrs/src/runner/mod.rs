@@ -192,8 +192,10 @@ impl<DB: Store, P: Projection<DB>> RunnerBuilder<DB, P> {
         }
     }
 
-    /// Parallel key lanes (default [`DEFAULT_SEGMENTS`], at most [`MAX_SEGMENTS`]). Fixed
-    /// for a version of the read model: change it with a rebuild.
+    /// Parallel key lanes (default [`DEFAULT_SEGMENTS`], at most [`MAX_SEGMENTS`]). A
+    /// log-fed read model keeps a checkpoint per segment, so the number is fixed for a version
+    /// of it: change it with a rebuild. A bus-fed one keeps its state per key and may change
+    /// it at any start.
     #[must_use]
     pub fn segments(mut self, segments: u16) -> Self {
         self.config.segments = segments.clamp(1, MAX_SEGMENTS);
