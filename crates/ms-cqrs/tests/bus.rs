@@ -165,9 +165,19 @@ async fn events_without_a_sequence_are_applied_once_per_id() {
     })
     .await;
     assert_eq!(read_model(&pool, "ledger").await["solo"].total, 5);
-    assert_eq!(runner.status().skipped, 2);
+    let status = runner.status();
+    assert_eq!(status.skipped, 2);
+    // Nothing waits in the runner: caught up, no lag, and the health check passes.
+    assert_eq!(
+        status.state,
+        ms_cqrs::RunnerState::Running { caught_up: true }
+    );
+    assert_eq!(status.lag(), Duration::ZERO);
     runner.shutdown().await.unwrap();
-    assert!(runner.rebuild().await.is_err(), "a bus source cannot be replayed");
+    assert!(
+        runner.rebuild().await.is_err(),
+        "a bus source cannot be replayed"
+    );
 
     // A bus source keeps its state per key: another number of segments is fine, and what
     // was applied stays applied.
@@ -230,6 +240,70 @@ async fn an_event_whose_predecessor_never_comes_is_parked_as_a_sequence_gap() {
     let model = read_model(&pool, "ledger").await;
     assert_eq!(model.keys().collect::<Vec<_>>(), ["fine"]);
     assert!(runner.status().out_of_order >= 100);
+    runner.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_bus_fed_runner_reports_its_lag_until_it_catches_up() {
+    let Some(db) = ms_testkit::postgres().await else {
+        return;
+    };
+    let pool = db.pool().await;
+    let bus = MemoryBus::new();
+    let slow = Ledger {
+        delay: Some(Duration::from_millis(100)),
+        ..Ledger::default()
+    };
+    let runner = ProjectionRunner::from_bus(
+        pool.clone(),
+        slow,
+        Arc::new(bus.clone()),
+        Subscription::events(TOPIC, "ledger").unwrap(),
+    )
+    .batch_size(1)
+    .start()
+    .await
+    .unwrap();
+    let an_hour_ago = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    for seq in 1..=10 {
+        let entry = Entry {
+            key: "late".into(),
+            seq,
+            amount: 1,
+            poison: false,
+        };
+        let event = ms_bus::Envelope::builder(common::EVENT_TYPE, "/tests")
+            .subject("late")
+            .time(an_hour_ago)
+            .extension(ms_cqrs::SEQUENCE_EXTENSION, seq.to_string())
+            .unwrap()
+            .json_data(&entry)
+            .unwrap()
+            .build()
+            .unwrap();
+        bus.publish(TOPIC, &event).await.unwrap();
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the lag of an hour-old event",
+        || {
+            let status = runner.status();
+            async move {
+                status.lag() > Duration::from_secs(3000)
+                    && status.state == ms_cqrs::RunnerState::Running { caught_up: false }
+            }
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(30), "caught up", || {
+        let status = runner.status();
+        async move { status.applied == 10 && status.lag() == Duration::ZERO }
+    })
+    .await;
+    assert_eq!(
+        runner.status().state,
+        ms_cqrs::RunnerState::Running { caught_up: true }
+    );
     runner.shutdown().await.unwrap();
 }
 

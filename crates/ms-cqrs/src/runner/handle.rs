@@ -84,7 +84,7 @@ impl ProjectionMonitor {
         RunnerStatus {
             name: self.name.to_string(),
             version,
-            state: live.state(),
+            state: live.current_state(),
             position,
             head: live.head.load(Ordering::Acquire).max(position),
             oldest_pending_at: live.oldest_pending().map(from_micros),
@@ -141,9 +141,7 @@ pub(super) async fn start<DB: Store, P: Projection<DB>>(
     let version = match DB::registration(&mut tx, &shared.tables, &shared.name).await? {
         // Log checkpoints are per segment; a bus source's state is per key, so its segments
         // may change freely.
-        Some(registration)
-            if registration.segments != segments && matches!(feed, Feed::Log(_)) =>
-        {
+        Some(registration) if registration.segments != segments && matches!(feed, Feed::Log(_)) => {
             return Err(ProjectionError::SegmentsChanged {
                 name: shared.name.to_string(),
                 stored: u16::try_from(registration.segments).unwrap_or(0),

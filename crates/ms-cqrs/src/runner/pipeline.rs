@@ -18,7 +18,7 @@ use super::status::RunnerState;
 use crate::event_log::EventLog;
 use crate::key::{partition_key, segment_of};
 use crate::projection::ApplyContext;
-use crate::store::{Store, Tables};
+use crate::store::{Store, Tables, now_micros};
 use crate::{Projection, ProjectionError};
 
 /// How many committed events a reader numbers per sequencer transaction (PostgreSQL).
@@ -248,6 +248,7 @@ async fn read_log<DB: Store, P: Projection<DB>>(
                 raw: Some(row.envelope),
                 envelope: None,
                 delivery: None,
+                ticket: None,
             };
             if senders[segment].send(Item::Work(work)).await.is_err() {
                 return;
@@ -282,6 +283,7 @@ async fn read_bus(
     senders: Vec<mpsc::Sender<Item>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    progress.mark_bus();
     loop {
         let next = tokio::select! {
             next = deliveries.next() => next,
@@ -303,12 +305,17 @@ async fn read_bus(
                     Ok(envelope) => {
                         let key = partition_key(&envelope).to_owned();
                         let segment = usize::from(segment_of(&key, segments));
+                        let created_at = envelope.time().map_or_else(now_micros, |time| {
+                            i64::try_from(time.unix_timestamp_nanos() / 1_000)
+                                .unwrap_or_else(|_| now_micros())
+                        });
                         let work = Work {
                             position: None,
                             key,
                             raw: None,
                             envelope: Some(envelope),
                             delivery: Some((acker, info.attempt)),
+                            ticket: Some(progress.delivered(created_at)),
                         };
                         if senders[segment].send(Item::Work(work)).await.is_err() {
                             break;

@@ -2,9 +2,9 @@
 //! segment has done, counters, the state. Written by the reader and the segments, read by
 //! the handle.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use tokio::sync::watch;
 
@@ -31,6 +31,12 @@ pub(crate) struct Progress {
     state: watch::Sender<RunnerState>,
     /// `(position, recorded_at)` of dispatched events, oldest first, trimmed as they apply.
     pending: Mutex<VecDeque<(i64, i64)>>,
+    /// Bus deliveries handed to segments and not settled yet: ticket → when the event was
+    /// created (its `time`, else when it arrived), in Unix microseconds.
+    in_flight: Mutex<HashMap<u64, i64>>,
+    tickets: AtomicU64,
+    /// Fed from a bus (no positions: "caught up" means nothing in flight).
+    bus: AtomicBool,
     /// Per segment: events at or below this position are replayed history.
     pub(crate) replay_until: Vec<AtomicI64>,
     /// The reader reads no further than this (a rebuild must not run ahead of the live
@@ -52,6 +58,9 @@ impl Progress {
             last_error: Mutex::new(None),
             state: watch::Sender::new(RunnerState::Starting),
             pending: Mutex::new(VecDeque::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            tickets: AtomicU64::new(0),
+            bus: AtomicBool::new(false),
             replay_until: starts.iter().map(|_| AtomicI64::new(replay)).collect(),
             cap: watch::Sender::new(i64::MAX),
         }
@@ -128,14 +137,60 @@ impl Progress {
         }
     }
 
-    /// When the oldest event not yet applied was recorded, in Unix microseconds.
+    /// When the oldest event not yet applied was recorded (log) or created (bus), in Unix
+    /// microseconds.
     pub(crate) fn oldest_pending(&self) -> Option<i64> {
         let position = self.position();
-        let mut pending = self.pending.lock().ok()?;
-        while pending.front().is_some_and(|(p, _)| *p <= position) {
-            pending.pop_front();
+        let logged = self.pending.lock().ok().and_then(|mut pending| {
+            while pending.front().is_some_and(|(p, _)| *p <= position) {
+                pending.pop_front();
+            }
+            pending.front().map(|(_, at)| *at)
+        });
+        let delivered = self
+            .in_flight
+            .lock()
+            .ok()
+            .and_then(|in_flight| in_flight.values().copied().min());
+        logged.into_iter().chain(delivered).min()
+    }
+
+    /// A bus delivery handed to a segment; returns its ticket for [`settled`](Self::settled).
+    pub(crate) fn delivered(&self, created_at: i64) -> u64 {
+        let ticket = self.tickets.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut in_flight) = self.in_flight.lock() {
+            in_flight.insert(ticket, created_at);
         }
-        pending.front().map(|(_, at)| *at)
+        ticket
+    }
+
+    /// A bus delivery was settled (applied, skipped, parked, or put back for later).
+    pub(crate) fn settled(&self, ticket: u64) {
+        if let Ok(mut in_flight) = self.in_flight.lock() {
+            in_flight.remove(&ticket);
+        }
+    }
+
+    /// This pipeline is fed from a bus.
+    pub(crate) fn mark_bus(&self) {
+        self.bus.store(true, Ordering::Release);
+    }
+
+    /// The state, with "caught up" worked out for a bus feed: no delivery waiting in the
+    /// runner.
+    pub(crate) fn current_state(&self) -> RunnerState {
+        match self.state() {
+            RunnerState::Running { caught_up } => RunnerState::Running {
+                caught_up: if self.bus.load(Ordering::Acquire) {
+                    self.in_flight
+                        .lock()
+                        .is_ok_and(|in_flight| in_flight.is_empty())
+                } else {
+                    caught_up
+                },
+            },
+            other => other,
+        }
     }
 
     pub(crate) fn replaying(&self, segment: usize, position: Option<i64>) -> bool {

@@ -61,6 +61,8 @@ pub(crate) struct Work {
     pub(crate) raw: Option<String>,
     pub(crate) envelope: Option<Envelope>,
     pub(crate) delivery: Option<(Arc<dyn Acker>, u32)>,
+    /// The bus delivery's ticket in the progress's in-flight set.
+    pub(crate) ticket: Option<u64>,
 }
 
 impl Work {
@@ -431,6 +433,9 @@ impl<DB: Store, P: Projection<DB>> Segment<DB, P> {
                 Outcome::OutOfOrder => &self.progress.out_of_order,
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            if let Some(ticket) = work.ticket {
+                self.progress.settled(ticket);
+            }
             if let Some((acker, _)) = &work.delivery {
                 // A lost settlement means a redelivery, which the sequence or the seen-table
                 // turns into a duplicate: logging is enough.

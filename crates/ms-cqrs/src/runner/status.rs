@@ -10,9 +10,10 @@ use time::OffsetDateTime;
 pub enum RunnerState {
     /// Setting up and loading checkpoints.
     Starting,
-    /// Applying events; `caught_up` when nothing readable is left to apply.
+    /// Applying events; `caught_up` when nothing readable is left to apply (log sources) or
+    /// no delivery waits in the runner (bus sources).
     Running {
-        /// Whether the runner has applied everything readable.
+        /// Whether the runner has applied everything it can see.
         caught_up: bool,
     },
     /// Stopped by the error policy: the event and its error.
@@ -35,7 +36,9 @@ pub struct RunnerStatus {
     pub position: i64,
     /// The log's highest readable position when last looked at (log sources).
     pub head: i64,
-    /// When the oldest event not yet applied was recorded (`None` when caught up or unknown).
+    /// When the oldest event not yet applied was recorded in the log, or created (its
+    /// `time`, else its arrival) for a bus delivery waiting in the runner; `None` when caught
+    /// up. A bus source's backlog still on the broker is not seen here: watch the broker's.
     pub oldest_pending_at: Option<OffsetDateTime>,
     /// Events applied since start.
     pub applied: u64,
