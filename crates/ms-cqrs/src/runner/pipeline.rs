@@ -200,11 +200,16 @@ async fn read_log<DB: Store, P: Projection<DB>>(
     .clamp(64, 10_000);
     let mut cap = progress.cap.subscribe();
     let mut after = starts.iter().copied().min().unwrap_or(0);
+    let mut page_was_full = false;
     loop {
         if *stop.borrow() {
             break;
         }
-        if let Err(e) = DB::log_sequence(&shared.pool, log.quoted(), SEQUENCE_LIMIT).await {
+        // Number new rows only once the numbered ones are read: while pages come back full,
+        // there is readable work ahead and the sequencer's round trips would only slow it.
+        if !page_was_full
+            && let Err(e) = DB::log_sequence(&shared.pool, log.quoted(), SEQUENCE_LIMIT).await
+        {
             progress.error(&e);
         }
         let until = *cap.borrow_and_update();
@@ -212,10 +217,12 @@ async fn read_log<DB: Store, P: Projection<DB>>(
             Ok(rows) => rows,
             Err(e) => {
                 progress.error(&e);
+                page_was_full = false;
                 idle(&shared, &mut stop, &mut cap).await;
                 continue;
             }
         };
+        page_was_full = u32::try_from(rows.len()).is_ok_and(|n| n >= page);
         if rows.is_empty() {
             match DB::log_head(&shared.pool, log.quoted()).await {
                 Ok(head) => {
