@@ -35,17 +35,16 @@
 //! `ms_bench_cqrs_<pid>` and drops it at the end, also after a panic. Without PostgreSQL the
 //! bench says so on stderr and measures nothing.
 
-use std::str::FromStr as _;
 use std::time::{Duration, Instant};
 
 use criterion::{
     BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
-use ms_benches::{median, rate, selected};
+use ms_benches::{BenchDb, median, rate, selected};
 use ms_bus::Envelope;
 use ms_cqrs::{ApplyContext, ApplyError, EventLog, Projection, ProjectionRunner};
 use ms_outbox::TableName;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, Postgres};
+use sqlx::postgres::{PgConnection, PgPool, Postgres};
 use sqlx::{AssertSqlSafe, Connection as _, Executor as _};
 
 /// Events applied per measured iteration with batches of 500.
@@ -150,71 +149,6 @@ impl Projection<Postgres> for Ledger {
             .execute(&mut *conn)
             .await?;
         Ok(())
-    }
-}
-
-/// A database of the bench's own, dropped at the end of the run.
-struct BenchDb {
-    admin: PgConnectOptions,
-    name: String,
-    pool: PgPool,
-}
-
-impl BenchDb {
-    fn create(rt: &tokio::runtime::Runtime) -> Option<Self> {
-        let url = std::env::var("MS_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let admin = PgConnectOptions::from_str(&url).expect("a PostgreSQL URL");
-        let name = format!("ms_bench_cqrs_{}", std::process::id());
-        let connected = rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(3), PgConnection::connect_with(&admin)).await
-        });
-        let Ok(Ok(mut conn)) = connected else {
-            eprintln!("SKIPPED cqrs bench: no PostgreSQL at {url}");
-            return None;
-        };
-        let options = admin.clone().database(&name);
-        let pool = rt.block_on(async {
-            conn.execute(AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
-                .await
-                .expect("CREATE DATABASE");
-            conn.close().await.expect("close");
-            PgPoolOptions::new()
-                .max_connections(8)
-                .connect_with(options)
-                .await
-                .expect("connect to the bench database")
-        });
-        Some(Self { admin, name, pool })
-    }
-}
-
-impl Drop for BenchDb {
-    /// Drops the database, also while a panic unwinds: a runtime of its own, errors ignored.
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            eprintln!("cqrs bench: could not drop database {name}");
-            return;
-        };
-        let dropped = rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(10), async {
-                if let Ok(mut conn) = PgConnection::connect_with(&admin).await {
-                    let _ = conn
-                        .execute(AssertSqlSafe(format!(
-                            r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
-                        )))
-                        .await;
-                }
-            })
-            .await
-        });
-        if dropped.is_err() {
-            eprintln!("cqrs bench: dropping database {name} timed out");
-        }
     }
 }
 
@@ -386,7 +320,7 @@ struct Setup {
 
 impl Setup {
     fn new(rt: &tokio::runtime::Runtime) -> Option<Self> {
-        let db = BenchDb::create(rt)?;
+        let db = BenchDb::create(rt, "cqrs", "cqrs bench")?;
         let (log, small_log) = rt.block_on(async {
             let log = fill_log(&db.pool, LOG, EVENTS).await;
             let small_log = fill_log(&db.pool, SMALL_LOG, EVENTS_ONE_BY_ONE).await;

@@ -46,7 +46,6 @@
 //! service does not answer is skipped with a line on stderr.
 
 use std::collections::VecDeque;
-use std::str::FromStr as _;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context::PublishAckFuture, stream};
@@ -54,10 +53,10 @@ use async_nats::jetstream::{self, context::PublishAckFuture, stream};
 use criterion::{
     BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
-use ms_benches::{median, rate, selected};
+use ms_benches::{BenchDb, cleanup, median, rate, selected};
 use ms_bus::Envelope;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Connection as _, Executor as _};
+use sqlx::postgres::PgPool;
+use sqlx::Executor as _;
 
 /// Rows drained per measured iteration with batches of 100 and more.
 const ROWS: u64 = 20_000;
@@ -107,110 +106,6 @@ fn envelope() -> Envelope {
 
 fn envelope_text() -> String {
     String::from_utf8(ms_bus::codec::to_json(&envelope()).to_vec()).expect("JSON is UTF-8")
-}
-
-/// A database of the bench's own, dropped at the end of the run.
-struct BenchDb {
-    admin: PgConnectOptions,
-    /// The server's URL as given (its database is the admin one).
-    url: String,
-    name: String,
-    pool: PgPool,
-}
-
-impl BenchDb {
-    fn create(rt: &tokio::runtime::Runtime) -> Option<Self> {
-        let url = std::env::var("MS_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let admin = PgConnectOptions::from_str(&url).expect("a PostgreSQL URL");
-        let name = format!("ms_bench_outbox_{}", std::process::id());
-        let connected = rt.block_on(async {
-            tokio::time::timeout(
-                Duration::from_secs(3),
-                sqlx::PgConnection::connect_with(&admin),
-            )
-            .await
-        });
-        let Ok(Ok(mut conn)) = connected else {
-            eprintln!("SKIPPED outbox PostgreSQL groups: no PostgreSQL at {url}");
-            return None;
-        };
-        let options = admin.clone().database(&name);
-        let pool = rt.block_on(async {
-            conn.execute(AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
-                .await
-                .expect("CREATE DATABASE");
-            conn.close().await.expect("close");
-            PgPoolOptions::new()
-                .max_connections(8)
-                .connect_with(options)
-                .await
-                .expect("connect to the bench database")
-        });
-        Some(Self {
-            admin,
-            url,
-            name,
-            pool,
-        })
-    }
-}
-
-/// Cleans up after the bench, also when it panicked: a runtime of its own, errors ignored.
-fn cleanup<F: std::future::Future<Output = ()>>(what: &str, work: impl FnOnce() -> F) {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        eprintln!("outbox bench: could not clean up {what}");
-        return;
-    };
-    let done = rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), work()).await });
-    if done.is_err() {
-        eprintln!("outbox bench: cleaning up {what} timed out");
-    }
-}
-
-impl Drop for BenchDb {
-    fn drop(&mut self) {
-        let (admin, name) = (self.admin.clone(), self.name.clone());
-        cleanup(&format!("database {name}"), move || async move {
-            if let Ok(mut conn) = sqlx::PgConnection::connect_with(&admin).await {
-                let _ = conn
-                    .execute(AssertSqlSafe(format!(
-                        r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
-                    )))
-                    .await;
-            }
-        });
-    }
-}
-
-impl BenchDb {
-    /// Another pool on the bench database.
-    async fn pool(&self, connections: u32) -> PgPool {
-        self.pool_with(connections, self.admin.clone().database(&self.name))
-            .await
-    }
-
-    async fn pool_with(&self, connections: u32, options: PgConnectOptions) -> PgPool {
-        PgPoolOptions::new()
-            .max_connections(connections)
-            .connect_with(options)
-            .await
-            .expect("connect to the bench database")
-    }
-
-    /// A pool whose sessions commit without waiting for the WAL flush
-    /// (`synchronous_commit = off`).
-    async fn async_commit_pool(&self, connections: u32) -> PgPool {
-        let options = self
-            .admin
-            .clone()
-            .database(&self.name)
-            .options([("synchronous_commit", "off")]);
-        self.pool_with(connections, options).await
-    }
 }
 
 /// Empties the table and fills it with `rows` rows in one commit (not measured).
@@ -1285,7 +1180,7 @@ fn outbox(c: &mut Criterion) {
         "outbox bench: every row carries a {}-byte envelope: {text}",
         text.len()
     );
-    let db = BenchDb::create(&rt);
+    let db = BenchDb::create(&rt, "outbox", "outbox PostgreSQL groups");
     let stream = BenchStream::create(&rt);
     if let Some(db) = &db {
         rt.block_on(async {
