@@ -55,8 +55,8 @@ use criterion::{
 };
 use ms_benches::{BenchDb, cleanup, median, rate, selected};
 use ms_bus::Envelope;
-use sqlx::postgres::PgPool;
 use sqlx::Executor as _;
+use sqlx::postgres::PgPool;
 
 /// Rows drained per measured iteration with batches of 100 and more.
 const ROWS: u64 = 20_000;

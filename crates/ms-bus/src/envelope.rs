@@ -235,6 +235,15 @@ impl Envelope {
         self.extension(PARTITION_KEY_EXTENSION)
     }
 
+    /// The key this event is kept in order with: its `partitionkey`, else its subject (the
+    /// aggregate it is about), else its id (nothing to order it with). The outbox relay and
+    /// the projection runner both order by it.
+    pub fn ordering_key(&self) -> &str {
+        self.partition_key()
+            .or_else(|| self.subject())
+            .unwrap_or_else(|| self.id())
+    }
+
     /// The `tenantid` extension.
     pub fn tenant_id(&self) -> Option<&str> {
         self.extension(TENANT_ID_EXTENSION)

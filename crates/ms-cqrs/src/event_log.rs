@@ -55,7 +55,6 @@ use ms_bus::Envelope;
 use ms_outbox::TableName;
 
 use crate::ProjectionError;
-use crate::key::partition_key;
 use crate::store::LoggedEvent;
 use crate::store::Store;
 
@@ -133,7 +132,7 @@ impl<DB: Store> EventLog<DB> {
             .map(|event| {
                 let json = ms_bus::codec::to_json(event);
                 (
-                    partition_key(event).to_owned(),
+                    event.ordering_key().to_owned(),
                     event.ty().to_owned(),
                     // The codec writes UTF-8 JSON; a lossy conversion can only be a no-op.
                     String::from_utf8_lossy(&json).into_owned(),

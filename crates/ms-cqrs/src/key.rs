@@ -1,6 +1,4 @@
-//! Partition keys: which key an envelope belongs to, and which segment handles it.
-
-use ms_bus::Envelope;
+//! Which segment handles a partition key ([`Envelope::ordering_key`](ms_bus::Envelope::ordering_key)).
 
 /// FNV-1a: stable across processes and releases (segments and lock slots depend on it), and
 /// cheap for short keys.
@@ -10,15 +8,6 @@ pub(crate) fn key_hash(key: &str) -> u32 {
     key.bytes().fold(OFFSET_BASIS, |hash, byte| {
         (hash ^ u32::from(byte)).wrapping_mul(PRIME)
     })
-}
-
-/// An envelope's partition key: the `partitionkey` extension, else its subject (the
-/// aggregate), else its id (no order to keep). The same rule as ms-outbox's.
-pub(crate) fn partition_key(envelope: &Envelope) -> &str {
-    envelope
-        .partition_key()
-        .or_else(|| envelope.subject())
-        .unwrap_or_else(|| envelope.id())
 }
 
 /// The segment of a key among `segments`.

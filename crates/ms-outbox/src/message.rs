@@ -105,8 +105,6 @@ impl OutboxMessage {
     pub fn key(&self) -> &str {
         self.partition_key
             .as_deref()
-            .or_else(|| self.envelope.partition_key())
-            .or_else(|| self.envelope.subject())
-            .unwrap_or_else(|| self.envelope.id())
+            .unwrap_or_else(|| self.envelope.ordering_key())
     }
 }

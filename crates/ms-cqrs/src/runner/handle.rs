@@ -370,10 +370,9 @@ impl<DB: Store, P: Projection<DB>> ProjectionHandle<DB, P> {
             let pipeline = live
                 .as_ref()
                 .ok_or_else(|| self.stopped("shut down".to_owned()))?;
-            pipeline
-                .control(key, control)
-                .await
-                .map_err(|_| self.stopped("the runner has stopped".to_owned()))?;
+            if !pipeline.control(key, control).await {
+                return Err(self.stopped("the runner has stopped".to_owned()));
+            }
         }
         answer
             .await

@@ -16,7 +16,7 @@ use super::progress::Progress;
 use super::segment::{Control, Item, Segment, Work};
 use super::status::RunnerState;
 use crate::event_log::EventLog;
-use crate::key::{partition_key, segment_of};
+use crate::key::segment_of;
 use crate::projection::ApplyContext;
 use crate::store::{Store, Tables, now_micros};
 use crate::{Projection, ProjectionError};
@@ -146,25 +146,15 @@ impl Pipeline {
     }
 
     /// Sends a request to the segment that owns `key`.
-    pub(crate) async fn control(&self, key: &str, control: Control) -> Result<(), ProjectionError> {
+    /// Whether the segment took the request (false: it has stopped).
+    pub(crate) async fn control(&self, key: &str, control: Control) -> bool {
         let segment = usize::from(segment_of(
             key,
             u16::try_from(self.senders.len()).unwrap_or(1),
         ));
-        let sender = self
-            .senders
-            .get(segment)
-            .ok_or_else(|| Self::stopped("no such segment"))?;
-        sender
-            .send(Item::Control(control))
-            .await
-            .map_err(|_| Self::stopped("the segment has stopped"))
-    }
-
-    pub(crate) fn stopped(reason: &str) -> ProjectionError {
-        ProjectionError::Stopped {
-            name: String::new(),
-            reason: reason.to_owned(),
+        match self.senders.get(segment) {
+            Some(sender) => sender.send(Item::Control(control)).await.is_ok(),
+            None => false,
         }
     }
 
@@ -310,7 +300,7 @@ async fn read_bus(
                         }
                     }
                     Ok(envelope) => {
-                        let key = partition_key(&envelope).to_owned();
+                        let key = envelope.ordering_key().to_owned();
                         let segment = usize::from(segment_of(&key, segments));
                         let created_at = envelope.time().map_or_else(now_micros, |time| {
                             i64::try_from(time.unix_timestamp_nanos() / 1_000)
