@@ -134,7 +134,9 @@ async fn sdk_reads(rabbit: &ms_testkit::TestAmqp, mode: Mode) {
             let theirs = OffsetDateTime::parse(attributes["time"].as_str().unwrap(), &Rfc3339);
             assert_eq!(theirs.unwrap(), time, "{mode:?} {}", event.ty());
         }
-        let data = BASE64.decode(decoded["data_b64"].as_str().unwrap()).unwrap();
+        let data = BASE64
+            .decode(decoded["data_b64"].as_str().unwrap())
+            .unwrap();
         if event.datacontenttype() == Some("application/json") {
             assert_eq!(compact_json(&data), compact_json(event.data()), "{mode:?}");
         } else {

@@ -128,7 +128,12 @@ fn assert_matches(envelope: &Envelope, attributes: &Value, data_b64: &Value, con
     }
     assert_eq!(expected, actual, "{context}");
     let theirs = BASE64.decode(data_b64.as_str().unwrap()).unwrap();
-    assert_same_data(envelope.datacontenttype(), envelope.data(), &theirs, context);
+    assert_same_data(
+        envelope.datacontenttype(),
+        envelope.data(),
+        &theirs,
+        context,
+    );
 }
 
 #[test]
