@@ -696,15 +696,15 @@ pub async fn undecodable_goes_to_dead_letter<F: Fixture>(fixture: &F) {
 pub async fn foreign_line_breaks_go_to_dead_letter_never_to_a_forwarding_handler<F: Fixture>(
     fixture: &F,
 ) {
-    let (forwarder, bus) = (Arc::new(fixture.connect().await), fixture.connect().await);
+    let (router_bus, bus) = (Arc::new(fixture.connect().await), fixture.connect().await);
     let (topic, onward) = (fixture.name("foreign.in"), fixture.name("foreign.onward"));
     let subscription = sub_events(&topic, "router");
     let dead_letters = subscription.dead_letter_destination().to_owned();
-    let forwarded = Seen::default();
+    let arrived = Seen::default();
     let onward_handle = serve(
         &bus,
         Consumer::new(sub_events(&onward, "g")),
-        &forwarded,
+        &arrived,
         0,
         ack,
     )
@@ -715,9 +715,9 @@ pub async fn foreign_line_breaks_go_to_dead_letter_never_to_a_forwarding_handler
             let (handled, onward) = (handled.clone(), onward.clone());
             tower::service_fn(move |m: Message| {
                 handled.push(m.id(), m.attempt(), 0);
-                let (forwarder, onward) = (forwarder.clone(), onward.clone());
+                let (publisher, onward) = (router_bus.clone(), onward.clone());
                 async move {
-                    forwarder.publish(&onward, m.envelope()).await?;
+                    publisher.publish(&onward, m.envelope()).await?;
                     Ok::<_, BoxError>(Outcome::Ack)
                 }
             })
@@ -747,7 +747,7 @@ pub async fn foreign_line_breaks_go_to_dead_letter_never_to_a_forwarding_handler
         };
         publish.await;
     }
-    wait_until("the well-formed event forwarded", || forwarded.len() >= 1).await;
+    wait_until("the well-formed event arrived", || arrived.len() >= 1).await;
 
     let mut letters = bus
         .subscribe(&sub_commands(&dead_letters))
@@ -772,7 +772,7 @@ pub async fn foreign_line_breaks_go_to_dead_letter_never_to_a_forwarding_handler
     shutdown(router).await;
     shutdown(onward_handle).await;
     assert_eq!(handled.ids(), BTreeSet::from(["fine".to_owned()]));
-    assert_eq!(forwarded.ids(), BTreeSet::from(["fine".to_owned()]));
+    assert_eq!(arrived.ids(), BTreeSet::from(["fine".to_owned()]));
 }
 
 /// 10,000 events published in batches all arrive.

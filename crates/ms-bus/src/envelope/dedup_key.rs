@@ -1,27 +1,4 @@
 //! The identity of an event as one key: its `source` and its `id`, together.
-//!
-//! CloudEvents identifies an event by both: "Producers MUST ensure that `source` + `id` is
-//! unique for each distinct event", and consumers "MAY assume that Events with identical
-//! `source` and `id` are duplicates". An id alone is unique only within its producer: two
-//! producers (or a forwarder and the producer it forwards) may pick the same one, and
-//! deduplicating by it would drop the second event as a copy of the first. So everything that
-//! deduplicates uses this key: JetStream's `Nats-Msg-Id`, the AMQP `message-id`, ms-outbox's
-//! inbox and ms-cqrs's projection runner.
-//!
-//! The key is written for where it goes (a NATS or HTTP header, an AMQP short string, a
-//! primary-key column):
-//!
-//! - **Readable** while short: the source and the id, each percent-encoded as the HTTP binding
-//!   encodes header values (space, `"`, `%`, control characters and everything outside ASCII),
-//!   joined by one space. Neither part can contain a space once encoded, so the pair is
-//!   recovered unambiguously: `/invoicing 0192f0c4-…` and `/in voicing` + `…` never meet.
-//! - **A digest** once the readable form would pass [`MAX_DEDUP_KEY_LEN`] bytes: `sha256:`
-//!   and the unpadded base64url SHA-256 of the source's length (8 bytes, big-endian), the
-//!   source and the id. 50 bytes, no space, so it cannot equal a readable key either.
-//!
-//! Either way the key is printable ASCII (and spaces), at most [`MAX_DEDUP_KEY_LEN`] bytes,
-//! and the same in every process and version: it is stored in databases and compared by
-//! brokers across deployments.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -38,8 +15,31 @@ pub const MAX_DEDUP_KEY_LEN: usize = 128;
 /// What starts a digest key.
 const DIGEST_PREFIX: &str = "sha256:";
 
-/// The dedup key of the event `id` from `source`: see the [module docs](self) for the form.
+/// The dedup key of the event `id` from `source`;
 /// [`Envelope::dedup_key`](crate::Envelope::dedup_key) is this for an envelope.
+///
+/// CloudEvents identifies an event by both: "Producers MUST ensure that `source` + `id` is
+/// unique for each distinct event", and consumers "MAY assume that Events with identical
+/// `source` and `id` are duplicates". An id alone is unique only within its producer: two
+/// producers (or a forwarder and the producer it forwards) may pick the same one, and
+/// deduplicating by it would drop the second event as a copy of the first. So everything that
+/// deduplicates uses this key: JetStream's `Nats-Msg-Id`, the AMQP `message-id`, ms-outbox's
+/// inbox and ms-cqrs's projection runner.
+///
+/// The key is written for where it goes (a NATS or HTTP header, an AMQP short string, a
+/// primary-key column):
+///
+/// - **Readable** while short: the source and the id, each percent-encoded as the HTTP binding
+///   encodes header values (space, `"`, `%`, control characters and everything outside ASCII),
+///   joined by one space. Neither part can contain a space once encoded, so the pair is
+///   recovered unambiguously: `/invoicing 0192f0c4-…` and `/in voicing` + `…` never meet.
+/// - **A digest** once the readable form would pass [`MAX_DEDUP_KEY_LEN`] bytes: `sha256:`
+///   and the unpadded base64url SHA-256 of the source's length (8 bytes, big-endian), the
+///   source and the id. 50 bytes, no space, so it cannot equal a readable key either.
+///
+/// Either way the key is printable ASCII (and spaces), at most [`MAX_DEDUP_KEY_LEN`] bytes,
+/// and the same in every process and version: it is stored in databases and compared by
+/// brokers across deployments.
 ///
 /// ```
 /// use ms_bus::{dedup_key, MAX_DEDUP_KEY_LEN};

@@ -23,26 +23,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! # Identity and deduplication
-//!
-//! An event is identified by its `source` and its `id` together, as CloudEvents defines it:
-//! the id is unique only within its source, and two events with the same id from different
-//! sources are two events. [`Envelope::dedup_key`] is that pair as one bounded, header-safe
-//! string (see [`dedup_key`](crate::dedup_key) for its form), and it is the only key anything
-//! deduplicates by: JetStream's `Nats-Msg-Id` (a republished envelope is dropped within the
-//! stream's duplicate window), the AMQP `message-id`, ms-outbox's `Inbox` and ms-cqrs's
-//! projection runner (for events without a `sequence`). To republish an event so that it is
-//! recognised as the same one, keep both its source and its id; to publish a new event, give
-//! it a new id (the default, a UUID v7) or a source of its own.
-//!
-//! # What every envelope satisfies
-//!
-//! [`EnvelopeBuilder::build`], which the decoders go through as well, checks what the spec
-//! asks of the attributes, so that every envelope can be written by every codec and adapter:
-//! `id`, `source` and `type` are not empty; no string attribute or extension value holds a
-//! control character (a line break cannot go into a header) or a Unicode noncharacter;
-//! extension names are lower-case letters and digits; and `time` is written as RFC 3339,
-//! which has no seconds in a UTC offset: such a time is kept as the same instant in UTC.
+//! [`Envelope`]'s docs say how an event is identified and what every envelope satisfies.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -137,6 +118,29 @@ pub enum DataError {
 /// [`SPEC_VERSION`]. Cloning is cheap: the attributes and data are shared (copied on write,
 /// which only [`set_extension`](Self::set_extension) does), so fanning one event out to many
 /// consumers costs a reference count each.
+///
+/// # Identity and deduplication
+///
+/// An event is identified by its `source` and its `id` together, as CloudEvents defines it:
+/// the id is unique only within its source, and two events with the same id from different
+/// sources are two events. [`Envelope::dedup_key`] is that pair as one bounded, header-safe
+/// string (see [`dedup_key`](crate::dedup_key) for its form), and it is the only key anything
+/// deduplicates by: JetStream's `Nats-Msg-Id` (a republished envelope is dropped within the
+/// stream's duplicate window), the AMQP `message-id`, ms-outbox's `Inbox` and ms-cqrs's
+/// projection runner (for events without a `sequence`). To republish an event so that it is
+/// recognised as the same one, keep both its source and its id; to publish a new event, give
+/// it a new id (the default, a UUID v7) or a source of its own.
+///
+/// # What every envelope satisfies
+///
+/// [`EnvelopeBuilder::build`], which the decoders go through as well, checks what the spec
+/// asks of the attributes, so that every envelope can be written by every codec and adapter:
+/// `id`, `source` and `type` are not empty; no string attribute or extension value holds a
+/// control character (a line break cannot go into a header) or a Unicode noncharacter;
+/// extension names are lower-case letters and digits; and `time` is written as RFC 3339,
+/// which has no seconds in a UTC offset: such a time is kept as the same instant in UTC (a
+/// year outside 0000 to 9999 is [`EnvelopeError::TimeOutOfRange`]). A received message that
+/// breaks a rule is dead-lettered with the error as the reason, never handed to a handler.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Envelope {
     attributes: Arc<Attributes>,
@@ -190,7 +194,7 @@ impl Envelope {
 
     /// The event's identity, `source` + `id`, as one key of at most [`MAX_DEDUP_KEY_LEN`]
     /// printable ASCII bytes: what brokers, the inbox and the projection runner deduplicate
-    /// by. See [Identity and deduplication](self#identity-and-deduplication).
+    /// by. See [Identity and deduplication](Envelope#identity-and-deduplication).
     pub fn dedup_key(&self) -> String {
         dedup_key(&self.attributes.source, &self.attributes.id)
     }
@@ -466,7 +470,7 @@ impl EnvelopeBuilder {
         Ok(self)
     }
 
-    /// Checks the attributes (see [What every envelope satisfies](self#what-every-envelope-satisfies))
+    /// Checks the attributes (see [What every envelope satisfies](Envelope#what-every-envelope-satisfies))
     /// and returns the envelope.
     pub fn build(self) -> Result<Envelope, EnvelopeError> {
         let mut e = self.envelope;

@@ -37,7 +37,7 @@
 //!   producer's event with the same id is kept.
 //! - A header is never written with a line break (async-nats would panic): every envelope is
 //!   free of control characters, and should a value still not fit, the publish fails with
-//!   [`BusError::Unencodable`](crate::BusError::Unencodable).
+//!   [`BusError::Unencodable`].
 //! - Retry is a nak with delay; in progress is `+WPI`; dead letter publishes the original
 //!   message with the [`dead_letter`](crate::dead_letter) headers to the dead-letter
 //!   destination's stream and acks it only once that publish is confirmed.
