@@ -32,7 +32,8 @@
 //! processes would, and asserts what the issue promises: round trip; one copy per group,
 //! shared within a group; commands to one consumer; nack redelivers; a crashed handler's
 //! message is redelivered; a poison message goes to the dead letter after N deliveries while
-//! the rest flow; 10,000 messages none lost; per-partition-key order; graceful shutdown loses
+//! the rest flow; a foreign event with a line break where a header must carry it is
+//! dead-lettered, never handed to a handler; 10,000 messages none lost; per-partition-key order; graceful shutdown loses
 //! nothing; and (with [`RestartableFixture`]) a broker restart loses nothing confirmed.
 //!
 //! Waits are bounded by [`WAIT_LIMIT`], long enough for a loaded 2-core CI machine: the cases
@@ -97,6 +98,17 @@ pub trait Fixture: Send + Sync + 'static {
     fn publish_garbage<'a>(&'a self, _topic: &'a str) -> Option<BoxFuture<'a, ()>> {
         None
     }
+
+    /// Publishes `body`, a JSON document, to `topic` in structured mode as a foreign producer
+    /// would (content type `application/cloudevents+json`, no `ce-` headers), if the fixture
+    /// can; the foreign-event cases are skipped when it returns `None`.
+    fn publish_structured<'a>(
+        &'a self,
+        _topic: &'a str,
+        _body: Vec<u8>,
+    ) -> Option<BoxFuture<'a, ()>> {
+        None
+    }
 }
 
 /// A fixture whose broker is a private process the case may kill and restart.
@@ -121,6 +133,7 @@ macro_rules! conformance_tests {
             in_progress_extends_the_deadline,
             poison_goes_to_dead_letter_while_the_rest_flow,
             undecodable_goes_to_dead_letter,
+            foreign_line_breaks_go_to_dead_letter_never_to_a_forwarding_handler,
             ten_thousand_messages_none_lost,
             per_partition_key_order,
             graceful_shutdown_loses_nothing,
@@ -674,6 +687,92 @@ pub async fn undecodable_goes_to_dead_letter<F: Fixture>(fixture: &F) {
         "reason header: {reason:?}"
     );
     letter.acker().ack().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Foreign events whose `id` or `datacontenttype` holds a line break (which JSON can carry and
+/// no header can) go to the dead letter with the reason, and never reach the handler, which
+/// here forwards what it gets to another topic, as a router or a bridge does: forwarding such
+/// an event would put the line break into a header. The well-formed event is forwarded.
+pub async fn foreign_line_breaks_go_to_dead_letter_never_to_a_forwarding_handler<F: Fixture>(
+    fixture: &F,
+) {
+    let (router_bus, bus) = (Arc::new(fixture.connect().await), fixture.connect().await);
+    let (topic, onward) = (fixture.name("foreign.in"), fixture.name("foreign.onward"));
+    let subscription = sub_events(&topic, "router");
+    let dead_letters = subscription.dead_letter_destination().to_owned();
+    let arrived = Seen::default();
+    let onward_handle = serve(
+        &bus,
+        Consumer::new(sub_events(&onward, "g")),
+        &arrived,
+        0,
+        ack,
+    )
+    .await;
+    let handled = Seen::default();
+    let router = Consumer::new(subscription)
+        .serve(&bus, {
+            let (handled, onward) = (handled.clone(), onward.clone());
+            tower::service_fn(move |m: Message| {
+                handled.push(m.id(), m.attempt(), 0);
+                let (publisher, onward) = (router_bus.clone(), onward.clone());
+                async move {
+                    publisher.publish(&onward, m.envelope()).await?;
+                    Ok::<_, BoxError>(Outcome::Ack)
+                }
+            })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("subscribing: {e}"));
+    let foreign = |id: &str, content_type: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "specversion": "1.0", "id": id, "source": "/foreign", "type": "foreign.thing.done",
+            "datacontenttype": content_type, "data": {"n": 1},
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    for body in [
+        foreign("line\r\nbreak", "application/json"),
+        foreign("content-type", "application/json\nX-Injected: 1"),
+        foreign("fine", "application/json"),
+    ] {
+        let Some(publish) = fixture.publish_structured(&topic, body) else {
+            eprintln!(
+                "SKIPPED foreign_line_breaks_go_to_dead_letter_never_to_a_forwarding_handler: \
+                 the fixture cannot publish raw messages"
+            );
+            shutdown(router).await;
+            shutdown(onward_handle).await;
+            return;
+        };
+        publish.await;
+    }
+    wait_until("the well-formed event arrived", || arrived.len() >= 1).await;
+
+    let mut letters = bus
+        .subscribe(&sub_commands(&dead_letters))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..2 {
+        let letter = tokio::time::timeout(WAIT_LIMIT, futures_util::StreamExt::next(&mut letters))
+            .await
+            .unwrap_or_else(|_| panic!("no dead letter within {WAIT_LIMIT:?}"))
+            .unwrap_or_else(|| panic!("the dead-letter stream ended"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let reason = letter
+            .info()
+            .header(crate::dead_letter::REASON_HEADER)
+            .unwrap_or_default();
+        assert!(
+            reason.contains("not a valid CloudEvents event") && reason.contains("may not contain"),
+            "reason header: {reason:?}"
+        );
+        letter.acker().ack().await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    shutdown(router).await;
+    shutdown(onward_handle).await;
+    assert_eq!(handled.ids(), BTreeSet::from(["fine".to_owned()]));
+    assert_eq!(arrived.ids(), BTreeSet::from(["fine".to_owned()]));
 }
 
 /// 10,000 events published in batches all arrive.

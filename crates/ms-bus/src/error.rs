@@ -18,7 +18,8 @@ pub enum BusError {
     },
     /// The broker is unreachable or the connection dropped; the operation may be retried
     /// (a publish that failed this way was not confirmed, so republishing is safe: the
-    /// envelope id is the dedup key where the broker deduplicates).
+    /// envelope's [`dedup_key`](crate::Envelope::dedup_key), its source and id, is what the
+    /// broker deduplicates by where it does).
     #[error("broker connection: {0}")]
     Connection(#[source] BoxError),
     /// The broker refused or did not confirm a publish (nack, no stream for the subject,
@@ -29,6 +30,10 @@ pub enum BusError {
     /// must be idempotent (they must be anyway: delivery is at least once).
     #[error("acknowledgement failed: {0}")]
     Ack(#[source] BoxError),
+    /// The envelope cannot be written on this transport (a header value the protocol cannot
+    /// carry). Publishing it again fails again: change the envelope, or set it aside.
+    #[error("the envelope cannot be encoded for this transport: {0}")]
+    Unencodable(String),
     /// The bus (or the consumer) was shut down.
     #[error("the bus is closed")]
     Closed,

@@ -47,7 +47,7 @@
 //!
 //! # Layout
 //!
-//! - [`Envelope`] (`envelope.rs`) and [`codec`]: the CloudEvents 1.0 envelope, binary and
+//! - [`Envelope`] (`envelope/`) and [`codec`]: the CloudEvents 1.0 envelope, binary and
 //!   structured content modes over a transport-neutral [`codec::TransportMessage`]. Tested
 //!   against the spec's examples, hostile input (proptest) and the CloudEvents Python SDK.
 //! - [`EventPublisher`] / [`CommandSender`] (`publish.rs`), [`Subscriber`] and
@@ -131,6 +131,6 @@ pub use subscription::{
 
 pub use envelope::{
     CORRELATION_ID_EXTENSION, DataError, Envelope, EnvelopeBuilder, EnvelopeError,
-    JSON_CONTENT_TYPE, PARTITION_KEY_EXTENSION, SPEC_VERSION, TENANT_ID_EXTENSION,
-    TRACEPARENT_EXTENSION, TRACESTATE_EXTENSION,
+    JSON_CONTENT_TYPE, MAX_DEDUP_KEY_LEN, PARTITION_KEY_EXTENSION, SPEC_VERSION,
+    TENANT_ID_EXTENSION, TRACEPARENT_EXTENSION, TRACESTATE_EXTENSION, dedup_key,
 };

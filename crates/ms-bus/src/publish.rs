@@ -22,7 +22,8 @@ use crate::{BusError, Envelope, Subscriber};
 ///
 /// Publishing returns only after the broker confirmed the event (a JetStream publish ack, a
 /// RabbitMQ publisher confirm). An error means "not confirmed": republishing the same envelope
-/// is safe where the broker deduplicates by envelope id (JetStream) and harmless elsewhere as
+/// is safe where the broker deduplicates (JetStream, by the envelope's
+/// [`dedup_key`](crate::Envelope::dedup_key): its source and id) and harmless elsewhere as
 /// consumers are idempotent (delivery is at least once everywhere).
 pub trait EventPublisher: Send + Sync {
     /// Publishes one event and waits for the broker's confirmation.

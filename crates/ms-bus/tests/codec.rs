@@ -166,8 +166,9 @@ fn invalid_messages_are_typed_errors() {
 }
 
 fn arb_text() -> impl Strategy<Value = String> {
-    // Printable ASCII, the characters percent-encoding must escape, and multi-byte UTF-8.
-    proptest::string::string_regex("[ -~€😀ü%\"\t]{1,24}").unwrap()
+    // Printable ASCII, the characters percent-encoding must escape, and multi-byte UTF-8
+    // (control characters are no CloudEvents string: the builder refuses them).
+    proptest::string::string_regex("[ -~€😀ü%\"\u{a0}]{1,24}").unwrap()
 }
 
 prop_compose! {
@@ -178,6 +179,8 @@ prop_compose! {
         subject in proptest::option::of(arb_text()),
         seconds in proptest::option::of(0_i64..4_000_000_000),
         nanos in 0_u32..1_000_000_000,
+        // Every offset `time` has, seconds and beyond ±23:59 included (RFC 3339 has neither).
+        offset in -93_599_i32..=93_599,
         json in any::<bool>(),
         data in proptest::collection::vec(any::<u8>(), 0..64),
         extensions in proptest::collection::btree_map("[a-z][a-z0-9]{0,8}", arb_text(), 0..4),
@@ -188,7 +191,8 @@ prop_compose! {
         }
         if let Some(seconds) = seconds {
             let time = OffsetDateTime::from_unix_timestamp(seconds).unwrap()
-                .replace_nanosecond(nanos).unwrap();
+                .replace_nanosecond(nanos).unwrap()
+                .to_offset(time::UtcOffset::from_whole_seconds(offset).unwrap());
             builder = builder.time(time);
         }
         builder = if json {
@@ -206,6 +210,8 @@ prop_compose! {
 }
 
 proptest! {
+    /// Every attribute comes back, `time` as the same instant (in UTC where RFC 3339 could
+    /// not write its offset).
     #[test]
     fn every_envelope_round_trips_in_every_mode(envelope in arb_envelope()) {
         for mode in [Mode::Binary, Mode::Structured] {
@@ -226,8 +232,11 @@ proptest! {
 
     #[test]
     fn hostile_binary_messages_never_panic(
-        pairs in proptest::collection::vec(("(ce-|CE-|x-)?[a-z]{0,12}", "\\PC{0,16}"), 0..12),
-        content_type in proptest::option::of("\\PC{0,30}"),
+        pairs in proptest::collection::vec(
+            ("(ce-|CE-|x-)?[a-z]{0,12}", "(\\PC|[\r\n\t\0\u{85}]|%0[AD]){0,16}"),
+            0..12,
+        ),
+        content_type in proptest::option::of("(\\PC|[\r\n\u{85}]){0,30}"),
         body in proptest::collection::vec(any::<u8>(), 0..64),
     ) {
         let message = TransportMessage { headers: pairs, content_type, body: body.into() };
@@ -243,10 +252,74 @@ proptest! {
             (arb_text(), any::<i64>(), "[a-zA-Z_]{1,10}").prop_map(|(s, n, k)| format!(
                 r#"{{"specversion":"1.0","id":{s:?},"source":"/s","type":"t","time":{s:?},"{k}":{n},"data_base64":{s:?}}}"#
             ).into_bytes()),
+            // Escaped line breaks and other control characters in the attributes.
+            ("(\\PC|[\r\n\t\0\u{85}]){0,12}", "[a-z]{1,8}").prop_map(|(s, k)| serde_json::to_vec(
+                &json!({"specversion": "1.0", "id": s, "source": s, "type": "t", "subject": s,
+                        "datacontenttype": s, k: s, "data": s})
+            ).unwrap()),
         ],
     ) {
         let _ = codec::from_json(&body);
     }
+}
+
+/// A line break (or any control character) in a decoded attribute is the builder's typed
+/// error in every mode: such a message is dead-lettered with the reason, never handed to a
+/// handler that might forward it into a header that cannot carry it.
+#[test]
+fn decoded_control_characters_are_refused_with_a_typed_error() {
+    let invalid = |attribute: &str, character| {
+        Err(DecodeError::Envelope(
+            ms_bus::EnvelopeError::InvalidCharacter {
+                attribute: attribute.to_owned(),
+                character,
+            },
+        ))
+    };
+    let binary = |pairs: &[(&str, &str)], content_type: Option<&str>| TransportMessage {
+        headers: headers(pairs),
+        content_type: content_type.map(str::to_owned),
+        body: Bytes::new(),
+    };
+    let full = [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "a%0D%0Ab"),
+        ("ce-source", "/s"),
+        ("ce-type", "t"),
+    ];
+    assert_eq!(
+        codec::decode(&binary(&full, None), HeaderValues::PercentEncoded),
+        invalid("id", '\r')
+    );
+    let mut extension = full.to_vec();
+    extension[1] = ("ce-id", "1");
+    extension.push(("ce-note", "tab%09"));
+    assert_eq!(
+        codec::decode(&binary(&extension, None), HeaderValues::PercentEncoded),
+        invalid("note", '\t')
+    );
+    // AMQP carries raw values and any content type text.
+    extension.pop();
+    assert_eq!(
+        codec::decode(&binary(&extension, Some("text/plain\n")), HeaderValues::Raw),
+        invalid("datacontenttype", '\n')
+    );
+    let structured = |doc: serde_json::Value| TransportMessage {
+        headers: Vec::new(),
+        content_type: Some("application/cloudevents+json".to_owned()),
+        body: serde_json::to_vec(&doc).unwrap().into(),
+    };
+    let doc = json!({"specversion": "1.0", "id": "a\r\nb", "source": "/s", "type": "t"});
+    assert_eq!(
+        codec::decode(&structured(doc), HeaderValues::Raw),
+        invalid("id", '\r')
+    );
+    let doc = json!({"specversion": "1.0", "id": "1", "source": "/s", "type": "t",
+                     "datacontenttype": "application/json\n"});
+    assert_eq!(
+        codec::decode(&structured(doc), HeaderValues::Raw),
+        invalid("datacontenttype", '\n')
+    );
 }
 
 /// The NATS binding's structured mode: the JSON event format as a bare payload, no headers.

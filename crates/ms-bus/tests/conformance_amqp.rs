@@ -53,28 +53,48 @@ impl Fixture for Rabbit {
     }
 
     fn publish_garbage<'a>(&'a self, topic: &'a str) -> Option<BoxFuture<'a, ()>> {
-        Some(Box::pin(async move {
-            let connection =
-                lapin::Connection::connect(&self.url, lapin::ConnectionProperties::default())
-                    .await
-                    .unwrap();
-            let channel = connection.create_channel().await.unwrap();
-            let mut headers = FieldTable::default();
-            headers.insert("ce-specversion".into(), AMQPValue::LongString("1.0".into()));
-            headers.insert("ce-type".into(), AMQPValue::LongString("x".into()));
-            channel
-                .basic_publish(
-                    DEFAULT_EVENTS_EXCHANGE.into(),
-                    topic.into(),
-                    BasicPublishOptions::default(),
-                    b"garbage",
-                    lapin::BasicProperties::default().with_headers(headers),
-                )
+        let mut headers = FieldTable::default();
+        headers.insert("ce-specversion".into(), AMQPValue::LongString("1.0".into()));
+        headers.insert("ce-type".into(), AMQPValue::LongString("x".into()));
+        let properties = lapin::BasicProperties::default().with_headers(headers);
+        Some(Box::pin(self.publish_raw(
+            topic,
+            properties,
+            b"garbage".to_vec(),
+        )))
+    }
+
+    fn publish_structured<'a>(
+        &'a self,
+        topic: &'a str,
+        body: Vec<u8>,
+    ) -> Option<BoxFuture<'a, ()>> {
+        let properties = lapin::BasicProperties::default()
+            .with_content_type("application/cloudevents+json".into());
+        Some(Box::pin(self.publish_raw(topic, properties, body)))
+    }
+}
+
+impl Rabbit {
+    /// Publishes a message as a foreign producer would, past the adapter's encoder.
+    async fn publish_raw(&self, topic: &str, properties: lapin::BasicProperties, body: Vec<u8>) {
+        let connection =
+            lapin::Connection::connect(&self.url, lapin::ConnectionProperties::default())
                 .await
                 .unwrap();
-            // Closing the channel waits for the broker to have the message.
-            channel.close(200, "done".into()).await.unwrap();
-        }))
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .basic_publish(
+                DEFAULT_EVENTS_EXCHANGE.into(),
+                topic.into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await
+            .unwrap();
+        // Closing the channel waits for the broker to have the message.
+        channel.close(200, "done".into()).await.unwrap();
     }
 }
 

@@ -63,19 +63,38 @@ impl Fixture for Nats {
     }
 
     fn publish_garbage<'a>(&'a self, topic: &'a str) -> Option<BoxFuture<'a, ()>> {
-        Some(Box::pin(async move {
-            let bus = self.connect().await;
-            bus.ensure_topic(topic).await.unwrap();
-            let js = async_nats::jetstream::new(bus.client().clone());
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("ce-specversion", "1.0");
-            headers.insert("ce-id", "%ZZ");
-            js.publish_with_headers(bus.event_subject(topic), headers, "garbage".into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }))
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("ce-specversion", "1.0");
+        headers.insert("ce-id", "%ZZ");
+        Some(Box::pin(self.publish_raw(
+            topic,
+            headers,
+            b"garbage".to_vec(),
+        )))
+    }
+
+    fn publish_structured<'a>(
+        &'a self,
+        topic: &'a str,
+        body: Vec<u8>,
+    ) -> Option<BoxFuture<'a, ()>> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("content-type", "application/cloudevents+json");
+        Some(Box::pin(self.publish_raw(topic, headers, body)))
+    }
+}
+
+impl Nats {
+    /// Publishes a message as a foreign producer would, past the adapter's encoder.
+    async fn publish_raw(&self, topic: &str, headers: async_nats::HeaderMap, body: Vec<u8>) {
+        let bus = self.connect().await;
+        bus.ensure_topic(topic).await.unwrap();
+        let js = async_nats::jetstream::new(bus.client().clone());
+        js.publish_with_headers(bus.event_subject(topic), headers, body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
 }
 

@@ -1,4 +1,4 @@
-//! NATS-specific behaviour beyond the conformance suite: broker-side dedup by envelope id,
+//! NATS-specific behaviour beyond the conformance suite: broker-side dedup by source and id,
 //! structured-mode publishing, events from a foreign producer in structured mode, and the
 //! hand-over of prefetched messages on shutdown.
 #![cfg(feature = "nats")]
@@ -45,31 +45,52 @@ async fn until(mut done: impl FnMut() -> bool) {
     panic!("condition not reached within a minute");
 }
 
+/// JetStream drops a republished envelope (same source, same id), and keeps another
+/// producer's event that happens to use the same id: CloudEvents identifies an event by
+/// source and id together. Both single publishes and batches.
 #[tokio::test]
-async fn republishing_an_envelope_is_deduplicated_by_its_id() {
+async fn an_event_is_deduplicated_by_its_source_and_id_not_its_id_alone() {
     let Some(test) = ms_testkit::nats().await else {
         return;
     };
     let bus = bus(&test, Mode::Binary).await;
     let (handle, seen) = collect(&bus, "dedup").await;
-    let event = Envelope::builder("test.thing.happened", "/test")
+    let from = |source: &str| {
+        Envelope::builder("test.thing.happened", source)
+            .id("order-42") // a business-derived id, as forwarders and producers choose them
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (from("/producer-a"), from("/producer-b"));
+    let long = Envelope::builder("test.thing.happened", "/producer-a")
+        .id("x".repeat(300)) // past MAX_DEDUP_KEY_LEN: deduplicated by digest
         .build()
         .unwrap();
     let marker = Envelope::builder("test.marker.sent", "/test")
         .build()
         .unwrap();
-    bus.publish("dedup", &event).await.unwrap();
-    bus.publish("dedup", &event).await.unwrap(); // a retry after a lost ack, say
+    bus.publish("dedup", &a).await.unwrap();
+    bus.publish("dedup", &b).await.unwrap();
+    bus.publish("dedup", &a).await.unwrap(); // a retry after a lost ack, say
+    bus.publish_batch("dedup", &[b.clone(), long.clone(), long.clone()])
+        .await
+        .unwrap();
     bus.publish("dedup", &marker).await.unwrap();
     until(|| seen.lock().unwrap().iter().any(|e| e.id() == marker.id())).await;
     handle.shutdown().await.unwrap();
-    let ids: Vec<String> = seen
+    let mut got: Vec<(String, String)> = seen
         .lock()
         .unwrap()
         .iter()
-        .map(|e| e.id().to_owned())
+        .map(|e| (e.source().to_owned(), e.id().to_owned()))
         .collect();
-    assert_eq!(ids, [event.id(), marker.id()]);
+    got.sort();
+    let mut expected: Vec<(String, String)> = [&a, &b, &long, &marker]
+        .iter()
+        .map(|e| (e.source().to_owned(), e.id().to_owned()))
+        .collect();
+    expected.sort();
+    assert_eq!(got, expected);
 }
 
 #[tokio::test]
@@ -81,8 +102,11 @@ async fn structured_mode_and_foreign_structured_events_round_trip() {
     let (handle, seen) = collect(&structured, "structured").await;
     let ours = Envelope::builder("test.thing.happened", "/test")
         .subject("ünïcode subject")
-        .json_data(&serde_json::json!({"a": [1, 2, 3]}))
-        .unwrap()
+        // Numbers past u64 and f64: structured mode carries the JSON text, every digit.
+        .data(
+            "application/json",
+            &br#"{"a":[1,2,3],"big":12345678901234567890123,"long":1234567890.123456789}"#[..],
+        )
         .build()
         .unwrap();
     structured.publish("structured", &ours).await.unwrap();

@@ -130,7 +130,7 @@ async fn duplicated_delayed_and_reordered_deliveries_give_the_same_read_model() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_without_a_sequence_are_applied_once_per_id() {
+async fn events_without_a_sequence_are_applied_once_per_source_and_id() {
     let Some(db) = ms_testkit::postgres().await else {
         return;
     };
@@ -156,15 +156,29 @@ async fn events_without_a_sequence_are_applied_once_per_id() {
         .unwrap()
         .build()
         .unwrap();
+    // The same id from another producer: another event (CloudEvents: source + id).
+    let other_source = ms_bus::Envelope::builder(common::EVENT_TYPE, "/other-tests")
+        .id(event.id())
+        .subject("solo")
+        .json_data(&Entry {
+            key: "solo".into(),
+            seq: 1,
+            amount: 7,
+            poison: false,
+        })
+        .unwrap()
+        .build()
+        .unwrap();
     for _ in 0..3 {
         bus.publish(TOPIC, &event).await.unwrap();
     }
-    eventually(Duration::from_secs(10), "three deliveries settled", || {
+    bus.publish(TOPIC, &other_source).await.unwrap();
+    eventually(Duration::from_secs(10), "four deliveries settled", || {
         let status = runner.status();
-        async move { status.applied + status.skipped >= 3 }
+        async move { status.applied + status.skipped >= 4 }
     })
     .await;
-    assert_eq!(read_model(&pool, "ledger").await["solo"].total, 5);
+    assert_eq!(read_model(&pool, "ledger").await["solo"].total, 12);
     let status = runner.status();
     assert_eq!(status.skipped, 2);
     // Nothing waits in the runner: caught up, no lag, and the health check passes.
@@ -191,13 +205,35 @@ async fn events_without_a_sequence_are_applied_once_per_id() {
     .start()
     .await
     .unwrap();
+    // A row from before keys were source + id holds the bare id: its event still counts as
+    // applied.
+    sqlx::query(
+        "INSERT INTO ms_cqrs_seen (name, version, event_id, seen_at) \
+         SELECT name, live_version, 'legacy-1', 0 FROM ms_cqrs_projections",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let legacy = ms_bus::Envelope::builder(common::EVENT_TYPE, "/tests")
+        .id("legacy-1")
+        .subject("solo")
+        .json_data(&Entry {
+            key: "solo".into(),
+            seq: 1,
+            amount: 1000,
+            poison: false,
+        })
+        .unwrap()
+        .build()
+        .unwrap();
     bus.publish(TOPIC, &event).await.unwrap();
-    eventually(Duration::from_secs(10), "the repeat settled", || {
+    bus.publish(TOPIC, &legacy).await.unwrap();
+    eventually(Duration::from_secs(10), "the repeats settled", || {
         let status = runner.status();
-        async move { status.skipped >= 1 }
+        async move { status.skipped >= 2 }
     })
     .await;
-    assert_eq!(read_model(&pool, "ledger").await["solo"].total, 5);
+    assert_eq!(read_model(&pool, "ledger").await["solo"].total, 12);
     runner.shutdown().await.unwrap();
 }
 

@@ -2,9 +2,13 @@
 //!
 //! A bus delivers at least once: after a crash, a lost acknowledgement or a relay's retry the
 //! same envelope comes again. A handler whose effect is a database write records the
-//! envelope's id in the same transaction as the write; a redelivery then finds it recorded and
-//! skips the write. The record and the effect commit or roll back together, so the effect
-//! happens exactly once however often the envelope arrives.
+//! envelope's identity in the same transaction as the write; a redelivery then finds it
+//! recorded and skips the write. The record and the effect commit or roll back together, so
+//! the effect happens exactly once however often the envelope arrives.
+//!
+//! The identity is the envelope's source and id together, its
+//! [`dedup_key`](ms_bus::Envelope::dedup_key), as CloudEvents identifies an event and as the
+//! brokers deduplicate: the same id from two producers is two events, both handled.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -56,6 +60,18 @@
 //! `pool.begin_with("BEGIN IMMEDIATE")`: a transaction that has read before its first write
 //! may be answered "database is locked" at once rather than wait.
 //!
+//! # Rows from before source + id
+//!
+//! Earlier versions recorded the bare id in `envelope_id`; the column now holds the dedup key.
+//! The table is unchanged (no migration, so instances of both versions can share it during a
+//! rolling upgrade), and the old rows keep counting: [`record`](Inbox::record) also looks for
+//! a row holding the envelope's bare id, so an envelope handled before the upgrade is not
+//! handled again after it. Such a row still matches an envelope of that id from any source
+//! (the old rule) until [`cleanup`](Inbox::cleanup) removes it; rows written since match by
+//! source and id only. An instance of the earlier version, during the upgrade, does not see
+//! the new rows: deploy the new version before its consumers see redeliveries, as with any
+//! change of a handler.
+//!
 //! # Cleanup
 //!
 //! The inbox only has to remember an id for as long as the bus may redeliver it: a JetStream
@@ -86,8 +102,10 @@ pub const DEFAULT_INBOX_CLEANUP_BATCH: u32 = 10_000;
 /// the [module docs](crate::inbox) for an example and for what happens under concurrency.
 ///
 /// The table (default [`DEFAULT_INBOX_TABLE`]) holds `(consumer, envelope_id, handled_at)`
-/// with the primary key `(consumer, envelope_id)`: consumers of the same envelopes
-/// deduplicate separately. Cloning is cheap.
+/// with the primary key `(consumer, envelope_id)`, where `envelope_id` is the envelope's
+/// [`dedup_key`](ms_bus::Envelope::dedup_key) (source and id; see
+/// [rows from before](crate::inbox#rows-from-before-source--id)): consumers of the same
+/// envelopes deduplicate separately. Cloning is cheap.
 pub struct Inbox<DB: Backend> {
     inner: Arc<InboxInner>,
     _db: PhantomData<fn() -> DB>,
@@ -158,13 +176,14 @@ impl<DB: Backend> Inbox<DB> {
             .collect()
     }
 
-    /// Records that `consumer` handles `envelope` (by its id), in the caller's transaction
-    /// (pass `&mut *tx`). Returns `true` the first time: go on and handle it; `false` when it
-    /// was recorded before: skip the work, commit (or roll back) and acknowledge the delivery.
+    /// Records that `consumer` handles `envelope` (by its source and id), in the caller's
+    /// transaction (pass `&mut *tx`). Returns `true` the first time: go on and handle it;
+    /// `false` when it was recorded before: skip the work, commit (or roll back) and
+    /// acknowledge the delivery.
     ///
     /// The record counts only if the transaction commits: a handler that fails and rolls back
     /// leaves the envelope unrecorded, so its redelivery is handled. On PostgreSQL a concurrent
-    /// transaction that records the same id waits for this one to end; see the
+    /// transaction that records the same envelope waits for this one to end; see the
     /// [module docs](crate::inbox#concurrent-deliveries).
     pub async fn record(
         &self,
@@ -172,17 +191,21 @@ impl<DB: Backend> Inbox<DB> {
         consumer: &str,
         envelope: &Envelope,
     ) -> Result<bool, OutboxError> {
-        self.record_id(conn, consumer, envelope.id()).await
+        self.record_id(conn, consumer, envelope.source(), envelope.id())
+            .await
     }
 
-    /// [`record`](Self::record) for an envelope id alone.
+    /// [`record`](Self::record) for an event known by its `source` and `id` alone (both are
+    /// needed: an id is unique only within its source).
     pub async fn record_id(
         &self,
         conn: &mut DB::Connection,
         consumer: &str,
-        envelope_id: &str,
+        source: &str,
+        id: &str,
     ) -> Result<bool, OutboxError> {
-        DB::inbox_record(conn, &self.inner.statements, consumer, envelope_id).await
+        let key = ms_bus::dedup_key(source, id);
+        DB::inbox_record(conn, &self.inner.statements, consumer, &key, id).await
     }
 
     /// Deletes the entries recorded more than `older_than` ago, in statements of at most
@@ -257,7 +280,7 @@ mod tests {
         for i in 0..25 {
             assert!(
                 inbox
-                    .record_id(&mut conn, "c", &i.to_string())
+                    .record_id(&mut conn, "c", "/s", &i.to_string())
                     .await
                     .unwrap()
             );

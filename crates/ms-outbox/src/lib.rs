@@ -4,12 +4,13 @@
 //! - [`Outbox::enqueue`] writes an event into the caller's own transaction, with the trace
 //!   context and correlation ID current at that moment.
 //! - [`Relay`] publishes committed rows and removes them once the broker confirmed them
-//!   (at least once; the envelope id is the broker's dedup key). Its module docs explain the
+//!   (at least once; the envelope's source and id are the broker's dedup key). Its module docs explain the
 //!   design: shards, advisory-lock leases, commit order per key, poison rows.
 //! - Published rows are deleted per batch, kept for a while ([`Retention::Keep`]), or, on a
 //!   PostgreSQL table [partitioned by time](OutboxBuilder::partitioned), dropped a whole
 //!   partition at a time: no bloat.
-//! - [`Inbox`] records which envelopes a consumer has handled, in the consumer's transaction.
+//! - [`Inbox`] records which envelopes a consumer has handled, in the consumer's transaction,
+//!   by the same key (source and id).
 //! - `health::RelayCheck` (feature `health`) is an ms-health check of a running relay: alive,
 //!   heartbeat fresh, backlog moving.
 //!

@@ -1,5 +1,6 @@
-//! The inbox on a real PostgreSQL and on a SQLite file: first record wins, a rolled-back
-//! record does not count, concurrent duplicates are handled once, cleanup removes old rows.
+//! The inbox on a real PostgreSQL and on a SQLite file: first record wins, envelopes are told
+//! apart by source and id (rows of the id-only days still count), a rolled-back record does
+//! not count, concurrent duplicates are handled once, cleanup removes old rows.
 
 #![cfg(any(feature = "sqlite", feature = "postgres"))]
 
@@ -62,6 +63,78 @@ where
     tx.commit().await.unwrap();
 }
 
+/// CloudEvents identifies an event by source and id: the same id from another producer is
+/// another envelope, handled; each is still deduplicated. An id too long for a readable key
+/// is deduplicated by its digest.
+async fn check_the_same_id_from_two_sources_is_two_envelopes<DB: Backend>(pool: &Pool<DB>)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    let inbox = Inbox::<DB>::default();
+    inbox.migrate(pool).await.unwrap();
+    let from = |source: &str, id: &str| {
+        Envelope::builder("billing.invoice.paid", source)
+            .id(id)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (from("/payments", "order-42"), from("/refunds", "order-42"));
+    let long = from("/payments", &"x".repeat(3000));
+    let mut tx = pool.begin().await.unwrap();
+    assert!(inbox.record(&mut *tx, "billing", &a).await.unwrap());
+    assert!(
+        inbox.record(&mut *tx, "billing", &b).await.unwrap(),
+        "another source's event with the same id is handled"
+    );
+    assert!(inbox.record(&mut *tx, "billing", &long).await.unwrap());
+    tx.commit().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    for again in [&a, &b, &long] {
+        assert!(!inbox.record(&mut *tx, "billing", again).await.unwrap());
+    }
+    assert!(
+        !inbox
+            .record_id(&mut *tx, "billing", "/refunds", "order-42")
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+}
+
+/// A row written before keys were source + id holds the bare id: the envelope it recorded is
+/// not handled again after the upgrade.
+async fn check_rows_recorded_by_id_alone_still_count<DB: Backend>(pool: &Pool<DB>, insert: &str)
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let inbox = Inbox::<DB>::default();
+    inbox.migrate(pool).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(insert.to_owned()))
+        .execute(pool)
+        .await
+        .unwrap();
+    let handled_before = Envelope::builder("billing.invoice.paid", "/payments")
+        .id("legacy-1")
+        .build()
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    assert!(
+        !inbox
+            .record(&mut *tx, "billing", &handled_before)
+            .await
+            .unwrap()
+    );
+    // Another consumer never recorded it.
+    assert!(
+        inbox
+            .record(&mut *tx, "reporting", &handled_before)
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+}
+
 async fn check_rolled_back_record_does_not_count<DB: Backend>(pool: &Pool<DB>)
 where
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -97,11 +170,11 @@ where
     let mut tx = pool.begin().await.unwrap();
     for i in 0..25 {
         let id = format!("old-{i}");
-        assert!(inbox.record_id(&mut *tx, "old", &id).await.unwrap());
+        assert!(inbox.record_id(&mut *tx, "old", "/s", &id).await.unwrap());
     }
     for i in 0..5 {
         let id = format!("new-{i}");
-        assert!(inbox.record_id(&mut *tx, "new", &id).await.unwrap());
+        assert!(inbox.record_id(&mut *tx, "new", "/s", &id).await.unwrap());
     }
     tx.commit().await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(age_sql.to_owned()))
@@ -125,7 +198,12 @@ where
     );
     // The fresh rows still deduplicate.
     let mut tx = pool.begin().await.unwrap();
-    assert!(!inbox.record_id(&mut *tx, "new", "new-0").await.unwrap());
+    assert!(
+        !inbox
+            .record_id(&mut *tx, "new", "/s", "new-0")
+            .await
+            .unwrap()
+    );
     tx.commit().await.unwrap();
     assert_eq!(
         inbox
@@ -144,8 +222,18 @@ where
     inbox.migrate(pool).await.unwrap();
     inbox.migrate(pool).await.unwrap();
     let mut tx = pool.begin().await.unwrap();
-    assert!(inbox.record_id(&mut *tx, "billing", "e-1").await.unwrap());
-    assert!(!inbox.record_id(&mut *tx, "billing", "e-1").await.unwrap());
+    assert!(
+        inbox
+            .record_id(&mut *tx, "billing", "/s", "e-1")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !inbox
+            .record_id(&mut *tx, "billing", "/s", "e-1")
+            .await
+            .unwrap()
+    );
     tx.commit().await.unwrap();
     let young = Duration::from_secs(3600);
     assert_eq!(inbox.cleanup(pool, young, 0).await.unwrap(), 0);
@@ -205,6 +293,22 @@ mod sqlite {
     }
 
     #[tokio::test]
+    async fn the_same_id_from_two_sources_is_two_envelopes() {
+        let db = TempDb::new("inbox").await;
+        check_the_same_id_from_two_sources_is_two_envelopes(&db.pool).await;
+    }
+
+    #[tokio::test]
+    async fn rows_recorded_by_id_alone_still_count() {
+        let db = TempDb::new("inbox").await;
+        check_rows_recorded_by_id_alone_still_count(
+            &db.pool,
+            "INSERT INTO ms_inbox (consumer, envelope_id, handled_at) VALUES ('billing', 'legacy-1', 0)",
+        )
+        .await;
+    }
+
+    #[tokio::test]
     async fn a_rolled_back_record_does_not_count() {
         let db = TempDb::new("inbox").await;
         check_rolled_back_record_does_not_count(&db.pool).await;
@@ -239,6 +343,26 @@ mod postgres {
             return;
         };
         check_first_record_wins(&db.pool().await).await;
+    }
+
+    #[tokio::test]
+    async fn the_same_id_from_two_sources_is_two_envelopes() {
+        let Some(db) = ms_testkit::postgres().await else {
+            return;
+        };
+        check_the_same_id_from_two_sources_is_two_envelopes(&db.pool().await).await;
+    }
+
+    #[tokio::test]
+    async fn rows_recorded_by_id_alone_still_count() {
+        let Some(db) = ms_testkit::postgres().await else {
+            return;
+        };
+        check_rows_recorded_by_id_alone_still_count(
+            &db.pool().await,
+            "INSERT INTO ms_inbox (consumer, envelope_id) VALUES ('billing', 'legacy-1')",
+        )
+        .await;
     }
 
     #[tokio::test]

@@ -16,10 +16,11 @@ pub(crate) const ATTEMPT_HEADER: &str = "ms-attempt";
 /// AMQP `delivery_mode` 2: the broker writes the message to disk in a durable queue.
 const PERSISTENT: u8 = 2;
 
-/// The properties and body of an encoded envelope, ready for `basic_publish`.
+/// The properties and body of an encoded envelope, ready for `basic_publish`; `message_id` is
+/// the envelope's dedup key.
 pub(crate) fn to_amqp(
     message: TransportMessage,
-    id: &str,
+    message_id: &str,
 ) -> Result<(BasicProperties, bytes::Bytes), BusError> {
     let mut headers = FieldTable::default();
     for (name, value) in message.headers {
@@ -32,7 +33,8 @@ pub(crate) fn to_amqp(
         properties = properties.with_content_type(short(content_type)?);
     }
     // The message id is not part of the binding; brokers' tools show it, and it costs little.
-    if let Ok(id) = ShortString::try_new(id) {
+    // A dedup key is at most `MAX_DEDUP_KEY_LEN` (128) bytes: it always fits a short string.
+    if let Ok(id) = ShortString::try_new(message_id) {
         properties = properties.with_message_id(id);
     }
     Ok((properties, message.body))
@@ -134,6 +136,8 @@ mod tests {
     use super::*;
     use crate::Envelope;
     use crate::codec::{self, HeaderValues, Mode};
+    use crate::envelope::hostile;
+    use proptest::prelude::*;
 
     #[test]
     fn binary_mode_round_trips_through_amqp_properties() {
@@ -145,15 +149,45 @@ mod tests {
             .build()
             .unwrap();
         let message = codec::encode(&event, Mode::Binary, HeaderValues::Raw);
-        let (properties, body) = to_amqp(message, event.id()).unwrap();
+        let (properties, body) = to_amqp(message, &event.dedup_key()).unwrap();
         assert_eq!(
             properties.content_type().as_ref().map(ShortString::as_str),
             Some("application/json")
+        );
+        assert_eq!(
+            properties.message_id().as_ref().map(ShortString::as_str),
+            Some(format!("/invoicing {}", event.id()).as_str())
         );
         assert_eq!(properties.delivery_mode(), &Some(PERSISTENT));
         let back = codec::decode(&to_transport(&properties, body), HeaderValues::Raw).unwrap();
         assert_eq!(back, event);
         assert_eq!(attempt(&properties), 1);
+    }
+
+    proptest! {
+        /// Whatever the attributes hold, building and encoding never panic: what the builder
+        /// refuses is a typed error, what it accepts becomes AMQP properties (the dedup key as
+        /// the message id) and is read back as it was, in both modes.
+        #[test]
+        fn hostile_attributes_are_refused_or_round_trip_never_panic(
+            which in 0..hostile::ATTRIBUTES,
+            text in hostile::text(),
+        ) {
+            let Some(envelope) = hostile::accepted(hostile::envelope(which, text)) else {
+                return Ok(());
+            };
+            for mode in [Mode::Binary, Mode::Structured] {
+                let message = codec::encode(&envelope, mode, HeaderValues::Raw);
+                let (properties, body) = to_amqp(message, &envelope.dedup_key()).unwrap();
+                let key = envelope.dedup_key();
+                prop_assert_eq!(
+                    properties.message_id().as_ref().map(ShortString::as_str),
+                    Some(key.as_str())
+                );
+                let back = codec::decode(&to_transport(&properties, body), HeaderValues::Raw);
+                prop_assert_eq!(back.as_ref(), Ok(&envelope));
+            }
+        }
     }
 
     #[test]

@@ -62,7 +62,9 @@
 //!
 //! Messages are persistent and encoded with the crate's [`codec`](crate::codec::encode) in binary content
 //! mode by default, per the CloudEvents RabbitMQ binding: the `ce-` attributes as headers
-//! (AMQP long strings, unescaped), `datacontenttype` as the AMQP `content_type`.
+//! (AMQP long strings, unescaped), `datacontenttype` as the AMQP `content_type`. The AMQP
+//! `message-id` is the envelope's [`dedup_key`](crate::Envelope::dedup_key) (source and id),
+//! for consumers and tools that deduplicate by it; RabbitMQ itself does not.
 //!
 //! # Delivery guarantees
 //!
@@ -175,7 +177,7 @@ impl AmqpBus {
         validate_name(routing_key)?;
         let envelope = propagation::outgoing_to(&*self.propagation, routing_key, envelope);
         let message = codec::encode(&envelope, self.mode, HeaderValues::Raw);
-        let (properties, body) = headers::to_amqp(message, envelope.id())?;
+        let (properties, body) = headers::to_amqp(message, &envelope.dedup_key())?;
         Ok(Outgoing {
             exchange: headers::short(exchange)?,
             routing_key: headers::short(routing_key)?,

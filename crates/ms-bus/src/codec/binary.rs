@@ -12,8 +12,9 @@ use crate::SPEC_VERSION;
 use crate::envelope::{Envelope, EnvelopeParts};
 
 /// What the HTTP binding (§3.1.3.2) escapes: space, `"`, `%`, controls and, implicitly through
-/// UTF-8 percent-encoding, every non-ASCII character.
-const ESCAPED: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
+/// UTF-8 percent-encoding, every non-ASCII character. The dedup key encodes its parts with it
+/// too, so that both are header-safe by the same rule.
+pub(crate) const ESCAPED: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
 
 /// The name of one binary-mode header: a spec attribute's full header name, or an
 /// extension's attribute name, to be written after the `ce-` prefix.

@@ -40,6 +40,7 @@ use bytes::Bytes;
 use crate::Envelope;
 
 pub use binary::BinaryHeaderName;
+pub(crate) use binary::ESCAPED;
 pub use error::DecodeError;
 
 /// The media type of the JSON event format (structured mode).

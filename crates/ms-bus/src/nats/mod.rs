@@ -31,8 +31,13 @@
 //! - Messages are CloudEvents in binary content mode: `ce-` headers (percent-encoded as in
 //!   the HTTP binding), `content-type` for `datacontenttype`, the data as the payload.
 //!   Structured-mode messages from other producers are read too.
-//! - `Nats-Msg-Id` is the envelope id, so a republished envelope is dropped by the server
-//!   within the stream's duplicate window (default two minutes).
+//! - `Nats-Msg-Id` is the envelope's [`dedup_key`](crate::Envelope::dedup_key): its source and
+//!   id together, as CloudEvents identifies an event, so a republished envelope is dropped by
+//!   the server within the stream's duplicate window (default two minutes) while another
+//!   producer's event with the same id is kept.
+//! - A header is never written with a line break (async-nats would panic): every envelope is
+//!   free of control characters, and should a value still not fit, the publish fails with
+//!   [`BusError::Unencodable`].
 //! - Retry is a nak with delay; in progress is `+WPI`; dead letter publishes the original
 //!   message with the [`dead_letter`](crate::dead_letter) headers to the dead-letter
 //!   destination's stream and acks it only once that publish is confirmed.
@@ -50,18 +55,18 @@
 //! `ms_CMD_payments_capture`.
 
 mod consume;
+mod encode;
 mod naming;
 
 use std::collections::HashSet;
-use std::str::FromStr as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage, stream};
-use async_nats::{HeaderMap, HeaderName, Subject};
+use async_nats::{HeaderMap, Subject};
 use futures_util::future::BoxFuture;
 
-use crate::codec::{self, BinaryHeaderName, HeaderValues, Mode, TransportMessage};
+use crate::codec::{Mode, TransportMessage};
 use crate::propagation::{Propagation, default_propagation, outgoing_to};
 use crate::{BusError, CommandSender, Envelope, EventPublisher, validate_name};
 use naming::Kind;
@@ -233,49 +238,13 @@ impl Inner {
         Ok(stream_name)
     }
 
-    fn encode(&self, destination: &str, envelope: &Envelope) -> (HeaderMap, bytes::Bytes) {
+    fn encode(
+        &self,
+        destination: &str,
+        envelope: &Envelope,
+    ) -> Result<(HeaderMap, bytes::Bytes), BusError> {
         let envelope = outgoing_to(&*self.propagation, destination, envelope);
-        let mut headers = HeaderMap::new();
-        headers.insert(HeaderName::from_static(MSG_ID_HEADER), envelope.id());
-        let body = match self.mode {
-            Mode::Structured => {
-                headers.insert(
-                    HeaderName::from_static(CONTENT_TYPE_HEADER),
-                    codec::STRUCTURED_JSON_CONTENT_TYPE,
-                );
-                codec::to_json(&envelope)
-            }
-            _ => {
-                if let Some(content_type) = envelope.datacontenttype() {
-                    headers.insert(HeaderName::from_static(CONTENT_TYPE_HEADER), content_type);
-                }
-                // One buffer for the extension header names of this message.
-                let mut extension_name = String::new();
-                codec::for_each_binary_header(
-                    &envelope,
-                    HeaderValues::PercentEncoded,
-                    |name, value| {
-                        let name = match name {
-                            BinaryHeaderName::Attribute(name) => HeaderName::from_static(name),
-                            // `ce-` plus an extension name (lower-case letters and digits):
-                            // valid.
-                            BinaryHeaderName::Extension(name) => {
-                                extension_name.clear();
-                                extension_name.push_str(codec::HEADER_PREFIX);
-                                extension_name.push_str(name);
-                                match HeaderName::from_str(&extension_name) {
-                                    Ok(name) => name,
-                                    Err(_) => return,
-                                }
-                            }
-                        };
-                        headers.insert(name, value.as_ref());
-                    },
-                );
-                envelope.data().clone()
-            }
-        };
-        (headers, body)
+        encode::message(&envelope, self.mode)
     }
 
     async fn start_publish(
@@ -284,7 +253,7 @@ impl Inner {
         subject: &Subject,
         envelope: &Envelope,
     ) -> Result<PublishAckFuture, BusError> {
-        let (headers, body) = self.encode(name, envelope);
+        let (headers, body) = self.encode(name, envelope)?;
         self.jetstream
             .send_publish(
                 subject.clone(),

@@ -5,18 +5,37 @@ Reads one JSON document on stdin: {"decode": [message, ...]} where a message is
 Writes one JSON document on stdout: {"decoded": [...], "encoded": [...]}: what the SDK read from
 each message (attributes as strings, data as base64 of its bytes), and fixed events the SDK
 encodes in both bindings and both content modes, for ms-bus to decode.
+
+JSON data is reported exactly: Python's json reads decimals as floats, which would round
+1234567890.123456789 whoever wrote it, so the SDK's JSON reader is given `parse_float=Decimal`
+(integers are exact in Python anyway), and data is written back compactly, numbers as read.
 """
 
 import base64
+import functools
 import json
 import sys
 from datetime import datetime, timezone
+from decimal import Decimal
 
+import cloudevents.core.formats.json as sdk_json
 from cloudevents.core.bindings import http, rabbitmq
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
+sdk_json.loads = functools.partial(json.loads, parse_float=Decimal)
 FMT = JSONFormat()
+
+
+def exact_json(value):
+    """Compact JSON text of `value`, members in their order, Decimals as their digits."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{exact_json(k)}:{exact_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(exact_json(v) for v in value) + "]"
+    if isinstance(value, Decimal):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)
 
 
 def data_bytes(data):
@@ -26,7 +45,7 @@ def data_bytes(data):
         return bytes(data)
     if isinstance(data, str):
         return data.encode("utf-8")
-    return json.dumps(data, separators=(",", ":")).encode("utf-8")
+    return exact_json(data).encode("utf-8")
 
 
 def attributes(event):
@@ -84,6 +103,16 @@ def samples():
                 "datacontenttype": "application/octet-stream",
             },
             bytes([0, 1, 2, 250, 255]),
+        ),
+        CloudEvent(
+            {
+                "id": "py-numbers-4",
+                "source": "/python/peer",
+                "type": "ledger.entry.posted",
+                "time": t,
+                "datacontenttype": "application/json",
+            },
+            {"big": 12345678901234567890123, "negative": -98765432109876543210},
         ),
         CloudEvent(
             {

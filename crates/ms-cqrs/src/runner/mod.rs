@@ -86,11 +86,16 @@
 //!   from the events: an event with a `sequence` extension (its 1-based number among its
 //!   key's events, as ms-cqrs's write side stamps it) is applied only after the previous one
 //!   of its key (an early one is delivered again a little later; a repeated one is settled
-//!   without applying), with the key's last sequence stored in the same transaction. An event
-//!   without one is applied once per event id. A bus-fed projection must therefore see each
-//!   key from its first event; feed it from an event log to build it from history. An early
-//!   event whose predecessor has not come after 200 deliveries (about ten seconds) is handed
-//!   to the error policy as a sequence gap, rather than redelivered forever.
+//!   without applying), with the key's last sequence stored in the same transaction. A
+//!   bus-fed projection must therefore see each key from its first event; feed it from an
+//!   event log to build it from history. An early event whose predecessor has not come after
+//!   200 deliveries (about ten seconds) is handed to the error policy as a sequence gap,
+//!   rather than redelivered forever. An event without a `sequence` is applied once per
+//!   source and id (its [`dedup_key`](ms_bus::Envelope::dedup_key), as CloudEvents
+//!   identifies events: the same id from two sources is two events), recorded in the `_seen`
+//!   table in the same transaction. Rows written there before keys were source + id hold the
+//!   bare id and still count (an event applied then is not applied again), until a rebuild
+//!   starts a version of its own.
 //! - **Rebuilds** ([`ProjectionHandle::rebuild`]) build the next version beside the live one
 //!   from position 0, with [`ApplyContext::replaying`] set, no further than the live version
 //!   has got; then the live version stops, the new one catches up with it, and readers'

@@ -385,8 +385,11 @@ impl<DB: Store, P: Projection<DB>> Segment<DB, P> {
                 })
             }
             None => {
+                // Once per event: its source and id, as CloudEvents identifies it (the id alone
+                // is only unique within its source), the key the brokers and the inbox use.
+                let key = envelope.dedup_key();
                 let first =
-                    DB::record_seen(conn, tables, name, self.version, envelope.id()).await?;
+                    DB::record_seen(conn, tables, name, self.version, &key, envelope.id()).await?;
                 Ok(if first {
                     Ok(None)
                 } else {

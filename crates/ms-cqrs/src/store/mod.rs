@@ -267,14 +267,17 @@ pub(crate) mod sealed {
             sequence: i64,
         ) -> BoxFuture<'a, Result<bool, sqlx::Error>>;
 
-        /// Records an event id as handled; `false` when it already was (bus sources).
+        /// Records an event, by its dedup key (source + id), as handled; `false` when it (or,
+        /// in a row from before keys were source + id, its bare `legacy_id`) already was (bus
+        /// sources).
         #[doc(hidden)]
         fn record_seen<'a>(
             conn: &'a mut Self::Connection,
             tables: &'a Tables,
             name: &'a str,
             version: i32,
-            event_id: &'a str,
+            key: &'a str,
+            legacy_id: &'a str,
         ) -> BoxFuture<'a, Result<bool, sqlx::Error>>;
     }
 }
@@ -613,18 +616,26 @@ macro_rules! common_statements {
             tables: &'a Tables,
             name: &'a str,
             version: i32,
-            event_id: &'a str,
+            key: &'a str,
+            legacy_id: &'a str,
         ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
             Box::pin(async move {
+                // `event_id` holds the dedup key; rows written before it was source + id hold
+                // the bare id (`$5`), and still count, so an event applied then is not applied
+                // again. The `WHERE` also keeps SQLite from reading `ON CONFLICT` as part of a
+                // join.
                 let done = sqlx::query(AssertSqlSafe(format!(
-                    "INSERT INTO {} (name, version, event_id, seen_at) VALUES ($1, $2, $3, $4) \
+                    "INSERT INTO {seen} (name, version, event_id, seen_at) SELECT $1, $2, $3, $4 \
+                     WHERE NOT EXISTS (SELECT 1 FROM {seen} \
+                       WHERE name = $1 AND version = $2 AND event_id = $5) \
                      ON CONFLICT (name, version, event_id) DO NOTHING",
-                    tables.seen
+                    seen = tables.seen
                 )))
                 .bind(name)
                 .bind(version)
-                .bind(event_id)
+                .bind(key)
                 .bind(now_micros())
+                .bind(legacy_id)
                 .execute(&mut *conn)
                 .await?;
                 Ok(done.rows_affected() == 1)

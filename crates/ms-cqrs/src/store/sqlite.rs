@@ -69,3 +69,37 @@ impl Sealed for Sqlite {
 
     common_statements!(Sqlite);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seen table's statement on SQLite: once per key, and a bare-id row of the days
+    /// before keys were source + id still counts.
+    #[tokio::test]
+    async fn record_seen_is_once_per_key_and_honours_bare_id_rows() {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let tables = Tables::new(&ms_outbox::TableName::new("ms_cqrs").unwrap());
+        Sqlite::migrate_runner(&pool, &tables).await.unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        let conn = &mut *conn;
+        for (key, id, first) in [
+            ("/a 1", "1", true),
+            ("/a 1", "1", false),
+            ("/b 1", "1", true),
+        ] {
+            let recorded = Sqlite::record_seen(conn, &tables, "p", 1, key, id);
+            assert_eq!(recorded.await.unwrap(), first, "{key}");
+        }
+        sqlx::query("INSERT INTO ms_cqrs_seen VALUES ('p', 1, 'old', 0)")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let again = Sqlite::record_seen(conn, &tables, "p", 1, "/a old", "old");
+        assert!(!again.await.unwrap());
+    }
+}

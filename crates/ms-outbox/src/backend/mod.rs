@@ -79,14 +79,16 @@ pub(crate) mod sealed {
         #[doc(hidden)]
         fn inbox_statements(inbox: &str) -> InboxStatements;
 
-        /// Records `envelope_id` as handled by `consumer` in the caller's transaction; `true`
-        /// when it was not recorded yet.
+        /// Records the dedup key `key` as handled by `consumer` in the caller's transaction;
+        /// `true` when neither it nor `legacy_id` (the bare id, as rows recorded before keys
+        /// were source + id hold it) was recorded yet.
         #[doc(hidden)]
         fn inbox_record<'a>(
             conn: &'a mut Self::Connection,
             statements: &'a InboxStatements,
             consumer: &'a str,
-            envelope_id: &'a str,
+            key: &'a str,
+            legacy_id: &'a str,
         ) -> BoxFuture<'a, Result<bool, OutboxError>>;
 
         /// Deletes up to `limit` inbox rows handled more than `older_than` ago, in one

@@ -67,8 +67,12 @@ impl sealed::Sealed for Postgres {
             // Without a conflict target: the primary key is the only unique constraint. A
             // concurrent transaction's uncommitted row with the same key makes this wait for
             // that transaction, then do nothing (it committed) or insert (it rolled back).
+            // `$3`, the bare id, finds rows recorded before keys were source + id: an
+            // envelope handled then is not handled again (see `Inbox`'s docs).
             record: Arc::from(format!(
-                "INSERT INTO {inbox} (consumer, envelope_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+                "INSERT INTO {inbox} (consumer, envelope_id) SELECT $1, $2 \
+                 WHERE NOT EXISTS (SELECT 1 FROM {inbox} WHERE consumer = $1 AND envelope_id = $3) \
+                 ON CONFLICT DO NOTHING"
             )),
             cleanup: Arc::from(format!(
                 "DELETE FROM {inbox} WHERE (consumer, envelope_id) IN ( \
@@ -82,12 +86,14 @@ impl sealed::Sealed for Postgres {
         conn: &'a mut PgConnection,
         statements: &'a InboxStatements,
         consumer: &'a str,
-        envelope_id: &'a str,
+        key: &'a str,
+        legacy_id: &'a str,
     ) -> BoxFuture<'a, Result<bool, OutboxError>> {
         Box::pin(async move {
             let done = sqlx::query(AssertSqlSafe(Arc::clone(&statements.record)))
                 .bind(consumer)
-                .bind(envelope_id)
+                .bind(key)
+                .bind(legacy_id)
                 .execute(&mut *conn)
                 .await?;
             Ok(done.rows_affected() == 1)

@@ -89,8 +89,11 @@ impl sealed::Sealed for Sqlite {
 
     fn inbox_statements(inbox: &str) -> InboxStatements {
         InboxStatements {
+            // `?4`, the bare id, finds rows recorded before keys were source + id. (The
+            // `WHERE` also keeps SQLite from reading `ON CONFLICT` as a join constraint.)
             record: Arc::from(format!(
-                "INSERT INTO {inbox} (consumer, envelope_id, handled_at) VALUES (?1, ?2, ?3) \
+                "INSERT INTO {inbox} (consumer, envelope_id, handled_at) SELECT ?1, ?2, ?3 \
+                 WHERE NOT EXISTS (SELECT 1 FROM {inbox} WHERE consumer = ?1 AND envelope_id = ?4) \
                  ON CONFLICT DO NOTHING"
             )),
             cleanup: Arc::from(format!(
@@ -104,13 +107,15 @@ impl sealed::Sealed for Sqlite {
         conn: &'a mut SqliteConnection,
         statements: &'a InboxStatements,
         consumer: &'a str,
-        envelope_id: &'a str,
+        key: &'a str,
+        legacy_id: &'a str,
     ) -> BoxFuture<'a, Result<bool, OutboxError>> {
         Box::pin(async move {
             let done = sqlx::query(AssertSqlSafe(Arc::clone(&statements.record)))
                 .bind(consumer)
-                .bind(envelope_id)
+                .bind(key)
                 .bind(now_ms())
+                .bind(legacy_id)
                 .execute(&mut *conn)
                 .await?;
             Ok(done.rows_affected() == 1)

@@ -69,8 +69,10 @@
 //!
 //! **Crash cases.** Killed after publishing and before committing: the batch is published
 //! again by whoever takes the shard next, so consumers see at most one batch of duplicates
-//! per crashed worker, in order; the envelope id is the broker's dedup key (`Nats-Msg-Id`,
-//! AMQP `message-id`), so JetStream drops them within its duplicate window. A relay whose
+//! per crashed worker, in order; the envelope's source and id
+//! ([`dedup_key`](ms_bus::Envelope::dedup_key)) are the broker's dedup key (`Nats-Msg-Id`,
+//! AMQP `message-id`), so JetStream drops them within its duplicate window, and the
+//! [`Inbox`](crate::Inbox) of a consumer recognises them by the same key. A relay whose
 //! connection drops mid-publish (the lock released while it still publishes) can interleave
 //! its late duplicates with the next holder's publications: duplicates again, never a loss,
 //! and never a row published after a later row of its key *for the first time*.

@@ -19,8 +19,11 @@
 //! assert_eq!(event.partition_key(), Some("inv-1001"));
 //! assert_eq!(event.tenant_id(), Some("acme"));
 //! assert_eq!(event.time_rfc3339().as_deref(), Some("1970-01-01T00:00:00Z"));
+//! assert_eq!(event.dedup_key(), format!("/invoicing {}", event.id()));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! [`Envelope`]'s docs say how an event is identified and what every envelope satisfies.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,6 +32,14 @@ use bytes::Bytes;
 use ms_tracing::CorrelationId;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+
+mod dedup_key;
+#[cfg(test)]
+pub(crate) mod hostile;
+mod rules;
+
+pub use dedup_key::{MAX_DEDUP_KEY_LEN, dedup_key};
+use rules::{check_extension_name, check_string, representable_time};
 
 /// The CloudEvents version this envelope implements.
 pub const SPEC_VERSION: &str = "1.0";
@@ -46,19 +57,6 @@ pub const PARTITION_KEY_EXTENSION: &str = "partitionkey";
 pub const TENANT_ID_EXTENSION: &str = "tenantid";
 /// The media type [`EnvelopeBuilder::json_data`] sets.
 pub const JSON_CONTENT_TYPE: &str = "application/json";
-
-/// Attribute names the spec defines itself, which an extension may not reuse.
-const RESERVED_ATTRIBUTES: [&str; 9] = [
-    "id",
-    "source",
-    "specversion",
-    "type",
-    "subject",
-    "time",
-    "datacontenttype",
-    "dataschema",
-    "data",
-];
 
 /// Why an envelope could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,6 +79,25 @@ pub enum EnvelopeError {
     /// has non-string keys).
     #[error("data could not be serialized as JSON: {0}")]
     Serialize(String),
+    /// A string attribute or extension value holds a character CloudEvents strings may not
+    /// contain: a control character (U+0000 to U+001F, U+007F to U+009F, line breaks and tabs
+    /// among them) or a Unicode noncharacter. Remove or escape it; a decoded message with one
+    /// is dead-lettered with this reason.
+    #[error(
+        "attribute `{attribute}` contains U+{:04X}, which a CloudEvents string may not contain \
+         (control characters and noncharacters are disallowed)",
+        u32::from(*character)
+    )]
+    InvalidCharacter {
+        /// The attribute (or extension) name.
+        attribute: String,
+        /// The first disallowed character.
+        character: char,
+    },
+    /// `time` lies outside the years 0000 to 9999, which RFC 3339 (and so every codec)
+    /// cannot write, even in UTC.
+    #[error("time {0} cannot be written as RFC 3339, which has the years 0000 to 9999 only")]
+    TimeOutOfRange(OffsetDateTime),
 }
 
 /// Why typed data could not be read from an envelope.
@@ -101,6 +118,29 @@ pub enum DataError {
 /// [`SPEC_VERSION`]. Cloning is cheap: the attributes and data are shared (copied on write,
 /// which only [`set_extension`](Self::set_extension) does), so fanning one event out to many
 /// consumers costs a reference count each.
+///
+/// # Identity and deduplication
+///
+/// An event is identified by its `source` and its `id` together, as CloudEvents defines it:
+/// the id is unique only within its source, and two events with the same id from different
+/// sources are two events. [`Envelope::dedup_key`] is that pair as one bounded, header-safe
+/// string (see [`dedup_key`](crate::dedup_key) for its form), and it is the only key anything
+/// deduplicates by: JetStream's `Nats-Msg-Id` (a republished envelope is dropped within the
+/// stream's duplicate window), the AMQP `message-id`, ms-outbox's `Inbox` and ms-cqrs's
+/// projection runner (for events without a `sequence`). To republish an event so that it is
+/// recognised as the same one, keep both its source and its id; to publish a new event, give
+/// it a new id (the default, a UUID v7) or a source of its own.
+///
+/// # What every envelope satisfies
+///
+/// [`EnvelopeBuilder::build`], which the decoders go through as well, checks what the spec
+/// asks of the attributes, so that every envelope can be written by every codec and adapter:
+/// `id`, `source` and `type` are not empty; no string attribute or extension value holds a
+/// control character (a line break cannot go into a header) or a Unicode noncharacter;
+/// extension names are lower-case letters and digits; and `time` is written as RFC 3339,
+/// which has no seconds in a UTC offset: such a time is kept as the same instant in UTC (a
+/// year outside 0000 to 9999 is [`EnvelopeError::TimeOutOfRange`]). A received message that
+/// breaks a rule is dead-lettered with the error as the reason, never handed to a handler.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Envelope {
     attributes: Arc<Attributes>,
@@ -146,9 +186,17 @@ impl Envelope {
         }
     }
 
-    /// The event id; with `source`, it identifies the event (and is the broker dedup key).
+    /// The event id, unique within its [`source`](Self::source): the two together identify
+    /// the event (see [`dedup_key`](Self::dedup_key)).
     pub fn id(&self) -> &str {
         &self.attributes.id
+    }
+
+    /// The event's identity, `source` + `id`, as one key of at most [`MAX_DEDUP_KEY_LEN`]
+    /// printable ASCII bytes: what brokers, the inbox and the projection runner deduplicate
+    /// by. See [Identity and deduplication](Envelope#identity-and-deduplication).
+    pub fn dedup_key(&self) -> String {
+        dedup_key(&self.attributes.source, &self.attributes.id)
     }
 
     /// The producer, as a URI-reference.
@@ -171,12 +219,14 @@ impl Envelope {
         self.attributes.subject.as_deref()
     }
 
-    /// When the occurrence happened, if the producer said.
+    /// When the occurrence happened, if the producer said: in the offset it was given in,
+    /// or in UTC when RFC 3339 cannot write that offset (see [`EnvelopeBuilder::time`]).
     pub fn time(&self) -> Option<OffsetDateTime> {
         self.attributes.time
     }
 
-    /// [`time`](Self::time) as RFC 3339 text, as the codecs write it (UTC as `Z`).
+    /// [`time`](Self::time) as RFC 3339 text, as the codecs write it (UTC as `Z`). Present
+    /// whenever `time` is: the builder only keeps times RFC 3339 can write.
     pub fn time_rfc3339(&self) -> Option<String> {
         self.attributes.time.and_then(|t| t.format(&Rfc3339).ok())
     }
@@ -249,18 +299,20 @@ impl Envelope {
         self.extension(TENANT_ID_EXTENSION)
     }
 
-    /// Sets (or replaces) an extension on a built envelope, under the same naming rules as
-    /// [`EnvelopeBuilder::extension`]. Context propagation uses this on publish.
+    /// Sets (or replaces) an extension on a built envelope, under the same rules as
+    /// [`EnvelopeBuilder::extension`] and [`EnvelopeBuilder::build`]. Context propagation uses
+    /// this on publish.
     pub fn set_extension(
         &mut self,
         name: impl Into<String>,
         value: impl Into<String>,
     ) -> Result<(), EnvelopeError> {
-        let name = name.into();
-        validate_extension_name(&name)?;
+        let (name, value) = (name.into(), value.into());
+        check_extension_name(&name)?;
+        check_string(&name, &value)?;
         Arc::make_mut(&mut self.attributes)
             .extensions
-            .insert(name, value.into());
+            .insert(name, value);
         Ok(())
     }
 
@@ -268,7 +320,7 @@ impl Envelope {
     /// output obeys the same rules as the builder's.
     pub(crate) fn from_parts(parts: EnvelopeParts) -> Result<Self, EnvelopeError> {
         for name in parts.extensions.keys() {
-            validate_extension_name(name)?;
+            check_extension_name(name)?;
         }
         EnvelopeBuilder {
             envelope: Attributes {
@@ -340,7 +392,10 @@ impl EnvelopeBuilder {
         self
     }
 
-    /// Sets when the occurrence happened.
+    /// Sets when the occurrence happened. RFC 3339, the only form the spec gives `time`, has
+    /// no seconds in a UTC offset (historical zones have them: +00:19:32 was Amsterdam's)
+    /// and no offsets beyond ±23:59: [`build`](Self::build) keeps such a time as the same
+    /// instant in UTC rather than lose it. A year outside 0000 to 9999 is an error.
     pub fn time(mut self, time: OffsetDateTime) -> Self {
         self.envelope.time = Some(time);
         self
@@ -352,7 +407,9 @@ impl EnvelopeBuilder {
         self
     }
 
-    /// Sets the data and its media type.
+    /// Sets the data and its media type. Data is carried as it is: byte for byte in binary
+    /// mode, and in structured mode, for a JSON media type, as the JSON text it is (numbers
+    /// keep every digit).
     pub fn data(mut self, content_type: impl Into<String>, data: impl Into<Bytes>) -> Self {
         self.envelope.datacontenttype = Some(content_type.into());
         self.envelope.data = data.into();
@@ -400,52 +457,48 @@ impl EnvelopeBuilder {
     }
 
     /// Sets an extension attribute. The name must be lower-case ASCII letters and digits (the
-    /// spec's rule) and must not be a context attribute's name.
+    /// spec's rule) and must not be a context attribute's name; the value is checked by
+    /// [`build`](Self::build).
     pub fn extension(
         mut self,
         name: impl Into<String>,
         value: impl Into<String>,
     ) -> Result<Self, EnvelopeError> {
         let name = name.into();
-        validate_extension_name(&name)?;
+        check_extension_name(&name)?;
         self.envelope.extensions.insert(name, value.into());
         Ok(self)
     }
 
-    /// Checks the required attributes and returns the envelope.
+    /// Checks the attributes (see [What every envelope satisfies](Envelope#what-every-envelope-satisfies))
+    /// and returns the envelope.
     pub fn build(self) -> Result<Envelope, EnvelopeError> {
-        let e = self.envelope;
+        let mut e = self.envelope;
         for (name, value) in [("id", &e.id), ("source", &e.source), ("type", &e.ty)] {
             if value.is_empty() {
                 return Err(EnvelopeError::EmptyAttribute(name));
             }
+            check_string(name, value)?;
+        }
+        for (name, value) in [
+            ("subject", &e.subject),
+            ("datacontenttype", &e.datacontenttype),
+            ("dataschema", &e.dataschema),
+        ] {
+            if let Some(value) = value {
+                check_string(name, value)?;
+            }
+        }
+        for (name, value) in &e.extensions {
+            check_string(name, value)?;
+        }
+        if let Some(time) = e.time {
+            e.time = Some(representable_time(time)?);
         }
         Ok(Envelope {
             attributes: Arc::new(e),
         })
     }
-}
-
-fn validate_extension_name(name: &str) -> Result<(), EnvelopeError> {
-    let invalid = |reason| {
-        Err(EnvelopeError::InvalidExtensionName {
-            name: name.to_owned(),
-            reason,
-        })
-    };
-    if name.is_empty() {
-        return invalid("it is empty");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    {
-        return invalid("only lower-case ASCII letters and digits are allowed");
-    }
-    if RESERVED_ATTRIBUTES.contains(&name) {
-        return invalid("it is a context attribute of the spec");
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -490,10 +543,55 @@ mod tests {
         let b = Envelope::builder("t", "/s").build().unwrap();
         assert_ne!(a.id(), b.id());
         let hostile = Envelope::builder("t", "/s")
-            .extension("correlationid", "bad id\r\n")
+            .extension("correlationid", "bad id; with spaces")
             .unwrap()
             .build()
             .unwrap();
         assert_eq!(hostile.correlation_id(), None);
+    }
+
+    #[test]
+    fn line_breaks_are_refused_in_every_string_attribute() {
+        let bad = "a\r\nb";
+        let error = |attribute: &str| EnvelopeError::InvalidCharacter {
+            attribute: attribute.to_owned(),
+            character: '\r',
+        };
+        let builder = || Envelope::builder("t", "/s");
+        for (attribute, built) in [
+            ("id", builder().id(bad).build()),
+            ("source", Envelope::builder("t", bad).build()),
+            ("type", Envelope::builder(bad, "/s").build()),
+            ("subject", builder().subject(bad).build()),
+            ("dataschema", builder().dataschema(bad).build()),
+            ("datacontenttype", builder().data(bad, "x").build()),
+            ("partitionkey", builder().partition_key(bad).build()),
+            ("x", builder().extension("x", bad).unwrap().build()),
+        ] {
+            assert_eq!(built, Err(error(attribute)), "{attribute}");
+        }
+        let mut built = builder().build().unwrap();
+        assert_eq!(built.set_extension("x", bad), Err(error("x")));
+        assert_eq!(built.extension("x"), None);
+    }
+
+    #[test]
+    fn a_time_rfc3339_cannot_write_is_kept_in_utc_never_dropped() {
+        let offset = time::UtcOffset::from_hms(5, 30, 15).unwrap();
+        let time = OffsetDateTime::UNIX_EPOCH.to_offset(offset);
+        let event = Envelope::builder("t", "/s").time(time).build().unwrap();
+        assert_eq!(event.time(), Some(time));
+        assert_eq!(
+            event.time_rfc3339().as_deref(),
+            Some("1970-01-01T00:00:00Z")
+        );
+        let ancient = time::Date::from_calendar_date(-44, time::Month::March, 15)
+            .unwrap()
+            .midnight()
+            .assume_utc();
+        assert_eq!(
+            Envelope::builder("t", "/s").time(ancient).build(),
+            Err(EnvelopeError::TimeOutOfRange(ancient))
+        );
     }
 }
