@@ -76,10 +76,30 @@ async fn housekeeping_runs_until_the_layer_is_gone() {
     for key in 0..100 {
         service.clone().oneshot(key).await.unwrap();
     }
-    let housekeeping = layer.spawn_housekeeping(Duration::from_secs(5));
+    let housekeeping = layer.spawn_housekeeping(Duration::ZERO);
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(layer.keys(), 0);
     drop((layer, service));
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(housekeeping.is_finished());
+}
+
+/// A zero interval from configuration: `tokio::time::interval` panics on it, inside the
+/// spawned task, and housekeeping would silently never run.
+#[tokio::test(start_paused = true)]
+async fn housekeeping_with_a_zero_interval_runs() {
+    let layer = RateLimitLayer::new(per_second(1), |key: &u32| *key);
+    let service = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service_fn(|key: u32| async move { Ok::<_, BoxError>(key) });
+    for key in 0..100 {
+        service.clone().oneshot(key).await.unwrap();
+    }
+    let housekeeping = layer.spawn_housekeeping(Duration::ZERO);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(!housekeeping.is_finished(), "still running");
+    assert_eq!(layer.keys(), 0);
+    drop((layer, service));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(housekeeping.await.is_ok(), "ended without panicking");
 }
