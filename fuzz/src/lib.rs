@@ -329,7 +329,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// Server retry hints: the input's header lines (`Retry-After`, `grpc-retry-pushback-ms`, any
 /// others, repeated or not) on a 503 and on a gRPC `UNAVAILABLE`, read by the classifiers and
 /// run through the retry layer on a paused clock, with and without a deadline. The layer
-/// returns the server's answer after at most [`ATTEMPTS`] attempts, within the deadline, or
+/// returns the server's answer after at most `ATTEMPTS` (3) attempts, within the deadline, or
 /// without one within every wait at its longest.
 pub fn retry_hints(data: &[u8]) {
     let headers = header_map(data);
