@@ -334,16 +334,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 pub fn retry_hints(data: &[u8]) {
     let headers = header_map(data);
     for grpc in [false, true] {
-        let mut response = Response::new(());
-        *response.headers_mut() = headers.clone();
-        if grpc {
-            response
-                .headers_mut()
-                .insert("grpc-status", HeaderValue::from_static("14"));
-        } else {
-            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        }
-        let result: Result<Response<()>, BoxError> = Ok(response);
+        let result: Result<Response<()>, BoxError> = Ok(failing(&headers, grpc));
         let _ = HttpClassifier::new().retry_hint(&result);
         let _ = GrpcClassifier::new().retry_hint(&result);
         for deadline in [None, Some(DEADLINE)] {
@@ -354,6 +345,20 @@ pub fn retry_hints(data: &[u8]) {
             }
         }
     }
+}
+
+/// A failed answer carrying `headers`: a 503, or for gRPC `grpc-status: 14` (`UNAVAILABLE`).
+fn failing(headers: &HeaderMap, grpc: bool) -> Response<()> {
+    let mut response = Response::new(());
+    *response.headers_mut() = headers.clone();
+    if grpc {
+        response
+            .headers_mut()
+            .insert("grpc-status", HeaderValue::from_static("14"));
+    } else {
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    response
 }
 
 fn through_layer<C>(
@@ -376,15 +381,7 @@ fn through_layer<C>(
     let headers = headers.clone();
     let server = tower::service_fn(move |_: Request<RetryBody<http_body_util::Empty<Bytes>>>| {
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut response = Response::new(());
-        *response.headers_mut() = headers.clone();
-        if grpc {
-            response
-                .headers_mut()
-                .insert("grpc-status", HeaderValue::from_static("14"));
-        } else {
-            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        }
+        let response = failing(&headers, grpc);
         async move { Ok::<_, BoxError>(response) }
     });
     let request = Request::post("http://upstream.internal/call")
