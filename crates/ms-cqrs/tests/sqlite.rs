@@ -233,3 +233,28 @@ async fn each_event_is_applied_under_its_correlation_id() {
     }
     runner.shutdown().await.unwrap();
 }
+
+/// A batch timeout from configuration too long for the clock (`Duration::MAX`: "wait for full
+/// batches") is added to the clock for every batch, and must not panic the segment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_timeout_of_duration_max_applies_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(&dir).await;
+    let log = EventLog::<Sqlite>::default();
+    log.migrate(&pool).await.unwrap();
+    let all = entries(4, 10, None);
+    append(&pool, &log, &all).await;
+
+    let runner = ProjectionRunner::from_log(pool.clone(), Ledger::default(), &log)
+        .batch_timeout(Duration::MAX)
+        .poll_interval(Duration::from_millis(5))
+        .start()
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), runner.wait_until(40))
+        .await
+        .expect("applied in time")
+        .unwrap();
+    assert_eq!(read_model(&pool, "ledger").await, fold(&all));
+    runner.shutdown().await.unwrap();
+}

@@ -142,7 +142,11 @@ impl CachedCheck {
         Snapshot {
             result,
             time: SystemTime::now(),
-            expires_at: completed.checked_add(settings.ttl).unwrap_or(completed),
+            // A TTL too long for the clock (`Duration::MAX`: "cache for good") keeps the result
+            // for a century, not for no time at all.
+            expires_at: completed
+                .checked_add(settings.ttl)
+                .unwrap_or_else(|| completed + crate::shutdown::FAR_FUTURE),
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
             consecutive_failures,
         }

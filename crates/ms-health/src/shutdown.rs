@@ -62,6 +62,10 @@ impl ShutdownState {
     }
 }
 
+/// Where an instant too far away for the clock is put: a century on, later than any process
+/// lives and well within the clock's range.
+pub(crate) const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 impl HealthRegistry {
     /// Begins shutdown and waits out the drain delay: readiness fails immediately with output
     /// "shutting down", liveness is untouched, and the returned future completes once the drain
@@ -84,7 +88,11 @@ impl HealthRegistry {
             drain_delay = %humantime::format_duration(state.drain_delay),
             "shutdown began: readiness now fails"
         );
-        began.checked_add(state.drain_delay).unwrap_or(began)
+        // A delay too long for the clock (`Duration::MAX`) drains for a century, as asked,
+        // rather than not at all.
+        began
+            .checked_add(state.drain_delay)
+            .unwrap_or_else(|| began + FAR_FUTURE)
     }
 
     /// Whether shutdown has begun.

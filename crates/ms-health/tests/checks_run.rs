@@ -304,3 +304,22 @@ async fn abandoned_probe_aborts_its_run_and_the_next_probe_runs_afresh() {
     assert_eq!(report.status, Status::Pass);
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
+
+/// A TTL too long for the clock means "cache for good", not "do not cache".
+#[tokio::test(start_paused = true)]
+async fn a_cache_ttl_of_duration_max_keeps_the_result() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let registry = HealthRegistry::builder()
+        .register(
+            "slow",
+            slow_counting_check(&runs, Duration::from_millis(50)),
+            CheckOptions::readiness().cache_ttl(Duration::MAX),
+        )
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(registry.readiness().await.status, Status::Pass);
+        tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}

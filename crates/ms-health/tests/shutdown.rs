@@ -138,3 +138,18 @@ async fn shutdown_begun_resolves_when_shutdown_begins() {
         .expect("shutdown_begun did not resolve")
         .unwrap();
 }
+
+/// A drain delay too long for the clock (`Duration::MAX`) drains, rather than releasing the
+/// caller at once.
+#[tokio::test(start_paused = true)]
+async fn a_drain_delay_of_duration_max_keeps_draining() {
+    let registry = registry(Duration::MAX);
+    let shutdown = tokio::spawn({
+        let registry = registry.clone();
+        async move { registry.shutdown().await }
+    });
+    tokio::time::sleep(Duration::from_secs(365 * 24 * 3600)).await;
+    assert!(!shutdown.is_finished(), "still draining after a year");
+    assert_eq!(registry.readiness().await.status, Status::Fail);
+    shutdown.abort();
+}

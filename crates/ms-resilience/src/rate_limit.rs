@@ -99,14 +99,15 @@ impl<K: Hash + Eq + Clone, F> RateLimitLayer<K, F> {
     }
 
     /// Runs [`retain_recent`](Self::retain_recent) every `interval` on the current tokio
-    /// runtime, until the layer and all its services are dropped.
+    /// runtime, until the layer and all its services are dropped. A zero interval is raised to
+    /// one millisecond, since a zero-period timer cannot exist.
     pub fn spawn_housekeeping(&self, interval: Duration) -> tokio::task::JoinHandle<()>
     where
         K: Send + Sync + 'static,
     {
         let limiter: Weak<Limiter<K>> = Arc::downgrade(&self.limiter);
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
+            let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(1)));
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;

@@ -99,7 +99,7 @@ impl AmqpBusBuilder {
     /// Connects (retrying until the publish timeout) and declares the events exchange.
     pub async fn connect(self) -> Result<AmqpBus, BusError> {
         let link = Arc::new(Link::new(self.url, self.exchange, self.config));
-        let deadline = tokio::time::Instant::now() + self.config.publish_timeout;
+        let deadline = self.config.publish_deadline();
         link.session_before(deadline).await?;
         Ok(AmqpBus::from_parts(link, self.mode, self.propagation))
     }

@@ -26,6 +26,21 @@ pub(crate) struct LinkConfig {
     pub(crate) confirm_window: usize,
 }
 
+/// A deadline for a timeout too long for the clock: a century away, later than any process
+/// lives and well within the clock's range.
+const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+impl LinkConfig {
+    /// When an operation started now stops trying: the publish timeout from now. The timeout
+    /// comes from configuration and may be too long to add to the clock (`Duration::MAX` for
+    /// "keep trying"), which is then as good as no deadline.
+    pub(crate) fn publish_deadline(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_add(self.publish_timeout)
+            .unwrap_or_else(|| now + FAR_FUTURE)
+    }
+}
+
 /// One connection and its channels. Replaced as a whole when any part of it breaks.
 pub(crate) struct Session {
     pub(crate) generation: u64,
@@ -205,11 +220,17 @@ impl Link {
             match self.session().await {
                 Ok(session) => return Ok(session),
                 Err(BusError::Closed) => return Err(BusError::Closed),
-                Err(error) if Instant::now() + delay >= deadline => return Err(error),
+                Err(error)
+                    if Instant::now()
+                        .checked_add(delay)
+                        .is_none_or(|wake| wake >= deadline) =>
+                {
+                    return Err(error);
+                }
                 Err(error) => {
                     tracing::debug!(%error, ?delay, "RabbitMQ unreachable; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(self.config.reconnect_max);
+                    delay = delay.saturating_mul(2).min(self.config.reconnect_max);
                 }
             }
         }
@@ -218,7 +239,7 @@ impl Link {
     /// The delay before the next connection attempt after `delay`.
     pub(crate) fn next_delay(&self, delay: Option<Duration>) -> Duration {
         delay.map_or(self.config.reconnect_initial, |d| {
-            (d * 2).min(self.config.reconnect_max)
+            d.saturating_mul(2).min(self.config.reconnect_max)
         })
     }
 
@@ -257,7 +278,7 @@ impl Link {
         messages: &[Outgoing],
         prepare: &Prepare,
     ) -> Result<(), BusError> {
-        let deadline = Instant::now() + self.config.publish_timeout;
+        let deadline = self.config.publish_deadline();
         let mut confirmed = vec![false; messages.len()];
         let mut redeclared = false;
         loop {

@@ -63,7 +63,7 @@ struct State {
 /// Opens the consumer now (so that, on return, published events reach the group) and returns
 /// its deliveries.
 pub(crate) async fn subscribe(link: Arc<Link>, plan: Plan) -> Result<Deliveries, BusError> {
-    let deadline = tokio::time::Instant::now() + link.config.publish_timeout;
+    let deadline = link.config.publish_deadline();
     let session = link.session_before(deadline).await?;
     let plan = Arc::new(plan);
     let live = open(&link, &plan, session).await?;

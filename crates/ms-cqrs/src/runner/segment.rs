@@ -130,7 +130,9 @@ impl<DB: Store, P: Projection<DB>> Segment<DB, P> {
             let mut control = None;
             let mut closed = false;
             take(first, &mut batch, &mut mark, &mut control);
-            let deadline = tokio::time::Instant::now() + self.shared.config.batch_timeout;
+            // From configuration: a timeout too long for the clock waits for a full batch.
+            let deadline =
+                tokio::time::Instant::now().checked_add(self.shared.config.batch_timeout);
             while batch.len() < batch_size && control.is_none() {
                 match rx.try_recv() {
                     Ok(item) => take(item, &mut batch, &mut mark, &mut control),
@@ -141,7 +143,11 @@ impl<DB: Store, P: Projection<DB>> Segment<DB, P> {
                     // A mark means the reader has handed over all it had: do not wait.
                     Err(mpsc::error::TryRecvError::Empty) if mark.is_some() => break,
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        let next = match deadline {
+                            Some(deadline) => tokio::time::timeout_at(deadline, rx.recv()).await,
+                            None => Ok(rx.recv().await),
+                        };
+                        match next {
                             Ok(Some(item)) => take(item, &mut batch, &mut mark, &mut control),
                             Ok(None) => {
                                 closed = true;

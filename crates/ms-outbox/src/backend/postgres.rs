@@ -416,7 +416,7 @@ impl ClaimedBatch for PgBatch {
                 let delays: Vec<i64> = outcome
                     .failed
                     .iter()
-                    .map(|f| i64::try_from(f.retry_in.as_millis()).unwrap_or(i64::MAX))
+                    .map(|f| retry_in_millis(f.retry_in))
                     .collect();
                 sqlx::query(AssertSqlSafe(Arc::clone(&statements.fail)))
                     .bind(&ids)
@@ -759,4 +759,15 @@ impl Store for PgStore {
             Ok(Some(report))
         })
     }
+}
+
+/// The longest wait before a failed row's next attempt that PostgreSQL is asked to add to
+/// `now()`: about a century (36,500 days), where any longer wait means "not in this system's life". `now()` plus
+/// more than about 290,000 years is out of `timestamptz`'s range, and the error would roll back
+/// the whole batch's outcome (its published rows would be published again).
+const LONGEST_RETRY_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A retry delay (from configuration, and as long as it likes) as the milliseconds to bind.
+fn retry_in_millis(retry_in: Duration) -> i64 {
+    i64::try_from(retry_in.min(LONGEST_RETRY_DELAY).as_millis()).unwrap_or(i64::MAX)
 }

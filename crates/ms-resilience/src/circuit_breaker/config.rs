@@ -18,7 +18,7 @@ pub const DEFAULT_MINIMUM_NUMBER_OF_CALLS: u32 = 100;
 pub const DEFAULT_WAIT_DURATION_IN_OPEN_STATE: Duration = Duration::from_secs(60);
 /// Resilience4j's `permittedNumberOfCallsInHalfOpenState`: 10 trial calls decide.
 pub const DEFAULT_PERMITTED_CALLS_IN_HALF_OPEN_STATE: u32 = 10;
-/// Resilience4j's `slowCallDurationThreshold`: a call slower than 60 s is slow.
+/// Resilience4j's `slowCallDurationThreshold`: a call that takes longer than 60 s is slow.
 pub const DEFAULT_SLOW_CALL_DURATION_THRESHOLD: Duration = Duration::from_secs(60);
 /// Resilience4j's `slowCallRateThreshold`: open when 100 % of the calls in the window were slow.
 pub const DEFAULT_SLOW_CALL_RATE_THRESHOLD: f64 = 100.0;
@@ -62,6 +62,10 @@ pub(crate) struct Config {
     pub(crate) minimum_calls: u32,
     pub(crate) open_duration: OpenDuration,
     pub(crate) half_open_calls: u32,
+    /// How many trials must have finished before the half-open state decides:
+    /// `min(minimum_calls, half_open_calls)`, from the minimum as set (before the build clamps
+    /// it to a count window's size), as Resilience4j's half-open window computes it.
+    pub(crate) half_open_minimum: u32,
     pub(crate) pending_while_open: bool,
     pub(crate) count_successful_calls: bool,
     pub(crate) listeners: Vec<Listener>,
@@ -78,6 +82,7 @@ impl fmt::Debug for Config {
             .field("minimum_calls", &self.minimum_calls)
             .field("open_duration", &self.open_duration)
             .field("half_open_calls", &self.half_open_calls)
+            .field("half_open_minimum", &self.half_open_minimum)
             .field("pending_while_open", &self.pending_while_open)
             .field("count_successful_calls", &self.count_successful_calls)
             .field("listeners", &self.listeners.len())
@@ -112,6 +117,7 @@ impl Default for CircuitBreakerBuilder {
                 minimum_calls: DEFAULT_MINIMUM_NUMBER_OF_CALLS,
                 open_duration: OpenDuration::Fixed(DEFAULT_WAIT_DURATION_IN_OPEN_STATE),
                 half_open_calls: DEFAULT_PERMITTED_CALLS_IN_HALF_OPEN_STATE,
+                half_open_minimum: DEFAULT_PERMITTED_CALLS_IN_HALF_OPEN_STATE,
                 pending_while_open: false,
                 count_successful_calls: false,
                 listeners: Vec::new(),
@@ -141,8 +147,8 @@ impl CircuitBreakerBuilder {
         self
     }
 
-    /// Counts calls that take at least `duration` as slow (whatever their outcome), and turns
-    /// slow-call detection on.
+    /// Counts calls that take longer than `duration` as slow (whatever their outcome), and turns
+    /// slow-call detection on. A call of exactly `duration` is not slow, as in Resilience4j.
     pub fn slow_call_duration(mut self, duration: Duration) -> Self {
         self.config.slow_call_duration = Some(duration);
         self
@@ -163,7 +169,8 @@ impl CircuitBreakerBuilder {
         self
     }
 
-    /// How many calls the window must hold before a rate is judged.
+    /// How many calls the window must hold before a rate is judged. The half-open state judges
+    /// its trials once `min(calls, permitted_calls_in_half_open)` of them have finished.
     pub fn minimum_number_of_calls(mut self, calls: u32) -> Self {
         self.config.minimum_calls = calls.max(1);
         self
@@ -175,8 +182,10 @@ impl CircuitBreakerBuilder {
         self
     }
 
-    /// How many trial calls the half-open state lets through; their failure rate decides
-    /// whether the breaker closes or opens again.
+    /// How many trial calls the half-open state lets through. Once
+    /// `min(minimum_number_of_calls, calls)` of them have finished, their failure (and
+    /// slow-call) rate decides, after each trial that finishes, whether the breaker closes or
+    /// opens again; trials still running then no longer count.
     pub fn permitted_calls_in_half_open(mut self, calls: u32) -> Self {
         self.config.half_open_calls = calls.max(1);
         self
@@ -200,7 +209,10 @@ impl CircuitBreakerBuilder {
     }
 
     /// Calls `listener` on every state change, after the change, on the thread that caused it.
-    /// Keep it short; it is never called on the hot path.
+    /// Keep it short; it is never called on the hot path. A transition to the state the breaker
+    /// is already in ([`reset`](CircuitBreaker::reset) of a closed breaker,
+    /// [`force_open`](CircuitBreaker::force_open) of a forced-open one) changes no state and
+    /// calls no listener, as in Resilience4j.
     pub fn on_state_transition(
         mut self,
         listener: impl Fn(&StateTransition) + Send + Sync + 'static,
@@ -212,6 +224,7 @@ impl CircuitBreakerBuilder {
     /// Builds the breaker.
     pub fn build(self) -> CircuitBreaker {
         let mut config = self.config;
+        config.half_open_minimum = config.minimum_calls.min(config.half_open_calls);
         if let SlidingWindow::Count(n) = config.window {
             config.minimum_calls = config.minimum_calls.min(n);
         }

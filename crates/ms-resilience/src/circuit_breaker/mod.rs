@@ -41,22 +41,52 @@
 //!
 //! # Rules
 //!
-//! Resilience4j's model, with its defaults (see [`config`] for the constants; one deviation:
-//! slow-call detection is off until a slow-call duration is set, because timing each call
-//! costs more than the rest of the closed-state path):
+//! Resilience4j's model and defaults (see [`config`] for the constants), rule by rule, checked
+//! against its `CircuitBreakerStateMachine` and `CircuitBreakerMetrics`; where this breaker
+//! departs from it, [the section below](#where-it-departs-from-resilience4j) says how and why.
 //!
 //! - **Closed**: every call goes through and its outcome is recorded in a sliding window, the
 //!   last N calls ([`SlidingWindow::Count`], a true ring: each call replaces the oldest) or the
 //!   last N seconds ([`SlidingWindow::Time`]). Once the window holds
 //!   [`minimum_number_of_calls`](CircuitBreakerBuilder::minimum_number_of_calls), a failure
 //!   rate at or above the threshold, or a slow-call rate at or above its threshold, opens the
-//!   breaker.
+//!   breaker. A call is slow when it takes longer than the
+//!   [`slow_call_duration`](CircuitBreakerBuilder::slow_call_duration); one of exactly that
+//!   duration is not.
 //! - **Open**: calls fail fast with [`Error::CircuitOpen`] for the open duration (fixed, or an
 //!   [`ExponentialBackoff`](crate::backoff::ExponentialBackoff) over consecutive openings).
+//!   The first call after it moves the breaker to half-open.
 //! - **Half-open**: exactly [`permitted_calls_in_half_open`](CircuitBreakerBuilder::permitted_calls_in_half_open)
-//!   trial calls go through; the others fail fast. When all trials have finished, their failure
-//!   (or slow-call) rate decides: below the threshold closes, at or above opens again. A trial
-//!   call that is cancelled (its future dropped) gives its permit back.
+//!   trial calls go through; the others fail fast. Once `min(minimum_number_of_calls,
+//!   permitted_calls_in_half_open)` trials have finished, their failure (or slow-call) rate
+//!   decides, after each trial that finishes: below the threshold closes, at or above opens
+//!   again. With the defaults (100 and 10) that is when all 10 trials are in; with a minimum
+//!   of 2 and 4 permitted trials, two successes close the breaker. A trial call that is
+//!   cancelled (its future dropped) gives its permit back.
+//! - **Manual control**: [`force_open`](CircuitBreaker::force_open),
+//!   [`force_closed`](CircuitBreaker::force_closed) and [`reset`](CircuitBreaker::reset). A
+//!   transition to the state the breaker is already in (a reset of a closed breaker, a forced
+//!   state forced again) is not a state change: listeners, `tracing`, the
+//!   [`watch_state`](CircuitBreaker::watch_state) channel and the state gauge hear nothing.
+//!
+//! # Where it departs from Resilience4j
+//!
+//! - **Slow-call detection is off** until a slow-call duration is set (Resilience4j times
+//!   every call against 60 s): timing a call reads the clock twice, which costs more than the
+//!   rest of the closed-state path.
+//! - **A half-open trial that finishes after its trial was decided is not counted** (it shows
+//!   in [`ignored_calls`](CircuitBreakerMetrics::ignored_calls)); Resilience4j records it in
+//!   the window of the state the breaker moved to. Each call is recorded under the state word
+//!   it was admitted with, and a trial's outcome speaks for the probe it belonged to, not for
+//!   the fresh window of the closed state (nor against a new open duration). A call admitted
+//!   while closed that finishes after the breaker opened is recorded, as in Resilience4j.
+//! - **No reset event**: Resilience4j publishes a separate `onReset` event on every reset; here
+//!   listeners see state transitions only, so resetting a closed breaker (which empties its
+//!   window) tells no one.
+//! - **Fewer states and timers**: [`State::ForcedClosed`] is Resilience4j's `DISABLED` (every
+//!   call goes through, nothing is recorded); there is no `METRICS_ONLY` state, no
+//!   `maxWaitDurationInHalfOpenState` and no automatic transition from open to half-open
+//!   (Resilience4j's default too: the next call after the open duration moves it).
 //!
 //! What counts as a failure is the [`Classify`](crate::classify::Classify) classifier's call:
 //! by default every `Err` ([`ErrorsAsFailures`]); for HTTP
@@ -143,8 +173,11 @@ pub struct CircuitBreakerMetrics {
     pub slow_calls: u64,
     /// Calls rejected without calling the service.
     pub rejected_calls: u64,
-    /// Calls whose outcome was [`Outcome::Ignored`], or that finished after the state they were
-    /// admitted in had changed.
+    /// Calls whose outcome was [`Outcome::Ignored`], and half-open trials that finished after
+    /// the half-open state they were admitted in had ended (their trial was already decided,
+    /// or the breaker was reset or forced meanwhile), which no longer count. A call admitted
+    /// while closed that finishes after the breaker opened is not here: it is recorded in the
+    /// closed state's window, as in Resilience4j.
     pub ignored_calls: u64,
 }
 
@@ -262,7 +295,8 @@ impl CircuitBreaker {
         self.shared.state_tx.subscribe()
     }
 
-    /// Opens the breaker until [`reset`](Self::reset), whatever the calls do.
+    /// Opens the breaker until [`reset`](Self::reset), whatever the calls do. Forcing the state
+    /// the breaker is already in changes nothing and tells no one.
     pub fn force_open(&self) {
         self.shared.force(State::ForcedOpen);
     }
@@ -273,7 +307,9 @@ impl CircuitBreaker {
         self.shared.force(State::ForcedClosed);
     }
 
-    /// Back to closed with an empty window, from any state.
+    /// Back to closed with an empty window, from any state. A closed breaker's window is
+    /// emptied without a state change: no listener is called and [`watch_state`](Self::watch_state)
+    /// sees nothing (Resilience4j publishes no state transition either).
     pub fn reset(&self) {
         self.shared.force(State::Closed);
     }
@@ -536,7 +572,8 @@ impl Shared {
             }
         };
         let slow = match (elapsed, self.config.slow_call_duration) {
-            (Some(elapsed), Some(threshold)) => elapsed >= threshold,
+            // Resilience4j's boundary: slow means longer than the threshold.
+            (Some(elapsed), Some(threshold)) => elapsed > threshold,
             _ => false,
         };
         if failure {
@@ -586,7 +623,10 @@ impl Shared {
         trial.completed += 1;
         trial.failed += u32::from(recorded.failure);
         trial.slow += u32::from(recorded.slow);
-        if trial.completed < self.config.half_open_calls {
+        // Resilience4j's half-open window: it judges once it holds
+        // min(minimumNumberOfCalls, permittedNumberOfCallsInHalfOpenState) trials, and again
+        // after each one until it has decided.
+        if trial.completed < self.config.half_open_minimum {
             return;
         }
         let counts = WindowCounts {
@@ -670,6 +710,12 @@ impl Shared {
             State::ForcedOpen | State::ForcedClosed => {}
         }
         self.word.store(current.next(to).0, Ordering::Release);
+        // Entering the state it is in (a reset of a closed breaker, a forced state forced
+        // again) still starts the state afresh, but is no change to tell listeners, logs or
+        // gauges about: a periodic reset of a healthy breaker would otherwise fire them all.
+        if current.state() == to {
+            return None;
+        }
         Some(StateTransition {
             name: self.config.name.clone(),
             from: current.state(),

@@ -107,7 +107,11 @@ where
                     Ok(permit) => self.admission = Some(permit),
                     Err(open) => {
                         let wait = open.retry_after().unwrap_or(HALF_OPEN_RECHECK);
-                        let deadline = Instant::now() + wait;
+                        // A wait too long for the clock (an open duration of centuries):
+                        // look again later rather than overflow.
+                        let deadline = Instant::now()
+                            .checked_add(wait)
+                            .unwrap_or_else(|| Instant::now() + HALF_OPEN_RECHECK);
                         let sleep = self
                             .sleep
                             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));

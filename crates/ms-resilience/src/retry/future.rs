@@ -92,7 +92,8 @@ impl<T> Retrying<T> {
         Box::new(Self {
             pending: None,
             delays: None,
-            deadline: config.deadline.map(|d| Instant::now() + d),
+            // A deadline too far away to represent is no deadline.
+            deadline: config.deadline.and_then(|d| Instant::now().checked_add(d)),
             timer: None,
             timer_is_deadline: false,
         })
@@ -101,7 +102,10 @@ impl<T> Retrying<T> {
     /// Starts the timer of one attempt: the per-try timeout or the overall deadline,
     /// whichever ends first; none if neither is set.
     fn arm_attempt_timer(&mut self, config: &Config) {
-        let per_try = config.per_try_timeout.map(|t| Instant::now() + t);
+        // A timeout too far away to represent is no timeout.
+        let per_try = config
+            .per_try_timeout
+            .and_then(|t| Instant::now().checked_add(t));
         let (end, is_deadline) = match (per_try, self.deadline) {
             (None, None) => {
                 self.timer = None;
@@ -327,7 +331,7 @@ where
                 let retrying = this
                     .retrying
                     .get_or_insert_with(|| Retrying::new(this.config));
-                if let (Some(delay), Some(prepared)) = (
+                if let (Some(wait), Some(prepared)) = (
                     next_delay(
                         this.config,
                         &mut retrying.delays,
@@ -337,10 +341,10 @@ where
                     ),
                     this.prepared.as_mut(),
                 ) {
-                    next = this.requests.attempt(prepared, false).map(|r| (delay, r));
+                    next = this.requests.attempt(prepared, false).map(|r| (wait, r));
                 }
             }
-            let Some((delay, request)) = next else {
+            let Some(((delay, wake), request)) = next else {
                 this.state.set(State::Done);
                 return Poll::Ready(match attempt {
                     Attempt::Finished(result) => result.map_err(Into::into),
@@ -355,7 +359,6 @@ where
             crate::metrics::increment(crate::metrics::RETRY_ATTEMPTS);
             if let Some(retrying) = this.retrying.as_mut() {
                 retrying.pending = Some(request);
-                let wake = Instant::now() + delay;
                 match &mut retrying.timer {
                     Some(timer) => timer.as_mut().reset(wake),
                     None => retrying.timer = Some(Box::pin(tokio::time::sleep_until(wake))),
@@ -366,15 +369,17 @@ where
     }
 }
 
-/// The wait before the next attempt, or `None` when no retry should be made: the budget is
-/// spent, the server said not to, or the wait would run past the deadline.
+/// The wait before the next attempt and when it ends, or `None` when no retry should be made:
+/// the budget is spent, the server said not to, the server asked for a wait longer than
+/// `max_retry_hint`, or the wait would run past the deadline (or past what the clock can
+/// represent).
 fn next_delay(
     config: &Config,
     delays: &mut Option<Delays>,
     attempts: u64,
     hint: RetryHint,
     deadline: Option<Instant>,
-) -> Option<Duration> {
+) -> Option<(Duration, Instant)> {
     if config.budget.as_ref().is_some_and(|b| !b.can_retry()) {
         tracing::debug!(attempts, "retry budget spent: not retrying");
         #[cfg(feature = "metrics")]
@@ -387,11 +392,23 @@ fn next_delay(
         .unwrap_or_else(|| config.backoff.max());
     let delay = match hint {
         RetryHint::DoNotRetry => return None,
+        RetryHint::After(after) if after > config.max_retry_hint => {
+            tracing::debug!(
+                attempts,
+                hint = ?after,
+                max_retry_hint = ?config.max_retry_hint,
+                "the server asked to wait longer than max_retry_hint: not retrying"
+            );
+            return None;
+        }
         RetryHint::After(after) => after,
         RetryHint::None => backoff,
     };
+    // A hint comes from the server (and a backoff from configuration): either may be too long
+    // to add to the clock, and a wait that never ends is no retry.
+    let wake = Instant::now().checked_add(delay)?;
     match deadline {
-        Some(deadline) if Instant::now() + delay >= deadline => None,
-        _ => Some(delay),
+        Some(deadline) if wake >= deadline => None,
+        _ => Some((delay, wake)),
     }
 }

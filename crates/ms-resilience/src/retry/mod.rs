@@ -35,6 +35,19 @@
 //! - The wait before retry `n` is the backoff's `n`-th delay (full jitter by default), unless
 //!   the server said how long to wait (`Retry-After`, `grpc-retry-pushback-ms`): then that.
 //!   A server that says "do not retry" is obeyed.
+//! - A server's wait is honoured up to [`max_retry_hint`](RetryLayer::max_retry_hint)
+//!   ([`DEFAULT_MAX_RETRY_HINT`]). A longer one ends the retries at once and the call returns
+//!   the server's answer, as a wait past the deadline does. It is not shortened to the maximum:
+//!   coming back sooner than the server asked is what its hint is there to prevent (a fleet of
+//!   clients retrying an overloaded or maintained server every minute), and waiting as asked
+//!   would let one response park the call for as long as the server likes (a hint of
+//!   `18446744073709551615` seconds is a valid `Retry-After`). The caller gets the answer, hint
+//!   included, and decides. (Envoy discards a reset header longer than its `max_interval`, 300 s
+//!   by default, and falls back to its backoff; grpc-java reads the pushback as a 32-bit
+//!   integer and treats anything else as "do not retry".)
+//! - No wait, timeout or deadline, however long, can overflow the clock: one too far away to
+//!   represent (centuries) is treated as never ending, so a wait that long ends the retries and
+//!   a timeout or deadline that long does not apply.
 //! - Each attempt may have a timeout of its own ([`per_try_timeout`](RetryLayer::per_try_timeout));
 //!   a timed-out attempt fails with [`Error::Timeout`](crate::Error::Timeout), which is
 //!   retryable. The whole call may have a deadline ([`deadline`](RetryLayer::deadline)): no
@@ -89,6 +102,10 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const DEFAULT_INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// The default backoff's longest delay.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// The default longest wait a server may ask for and still be retried after: one minute, the
+/// order of a load shedder's or a brief restart's `Retry-After`, and of what a caller that is
+/// itself serving a request can afford to wait.
+pub const DEFAULT_MAX_RETRY_HINT: Duration = Duration::from_secs(60);
 
 /// The settings, shared by a layer's services and their calls' futures through one `Arc`.
 #[derive(Debug, Clone)]
@@ -97,6 +114,7 @@ pub(crate) struct Config {
     pub(crate) backoff: ExponentialBackoff,
     pub(crate) per_try_timeout: Option<Duration>,
     pub(crate) deadline: Option<Duration>,
+    pub(crate) max_retry_hint: Duration,
     pub(crate) budget: Option<RetryBudget>,
 }
 
@@ -119,7 +137,8 @@ pub struct RetryLayer<C = ErrorsAsFailures, R = CloneRequest> {
 
 impl RetryLayer {
     /// [`DEFAULT_MAX_ATTEMPTS`] attempts, full-jitter backoff from
-    /// [`DEFAULT_INITIAL_BACKOFF`] to [`DEFAULT_MAX_BACKOFF`], no timeouts, no budget.
+    /// [`DEFAULT_INITIAL_BACKOFF`] to [`DEFAULT_MAX_BACKOFF`], server hints honoured up to
+    /// [`DEFAULT_MAX_RETRY_HINT`], no timeouts, no budget.
     pub fn new() -> Self {
         Self {
             config: Config {
@@ -127,6 +146,7 @@ impl RetryLayer {
                 backoff: ExponentialBackoff::new(DEFAULT_INITIAL_BACKOFF, DEFAULT_MAX_BACKOFF),
                 per_try_timeout: None,
                 deadline: None,
+                max_retry_hint: DEFAULT_MAX_RETRY_HINT,
                 budget: None,
             },
             classifier: ErrorsAsFailures,
@@ -184,6 +204,16 @@ impl<C, R> RetryLayer<C, R> {
     /// A time limit for the whole call, waits and all attempts included.
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.config.deadline = Some(deadline);
+        self
+    }
+
+    /// The longest wait a server may ask for (`Retry-After`, `grpc-retry-pushback-ms`) that is
+    /// still honoured; default [`DEFAULT_MAX_RETRY_HINT`]. A longer one ends the retries and the
+    /// call returns the server's answer (see the [rules](self#rules) for why it is not
+    /// shortened instead). With `Duration::MAX` every hint is honoured, unless it ends past the
+    /// [`deadline`](Self::deadline) or too far away for the clock to represent.
+    pub fn max_retry_hint(mut self, max: Duration) -> Self {
+        self.config.max_retry_hint = max;
         self
     }
 

@@ -9,6 +9,8 @@ use ms_resilience::classify::{HttpClassifier, Outcome};
 use ms_resilience::{BoxError, Error};
 use tower::{Service, ServiceBuilder, ServiceExt};
 
+mod resilience4j;
+
 #[derive(Debug, Clone, Copy)]
 enum Call {
     Succeed,
@@ -203,7 +205,8 @@ async fn stays_open_for_the_open_duration_then_admits_exactly_the_permitted_tria
 
 #[tokio::test(start_paused = true)]
 async fn failed_trials_open_again_and_a_cancelled_trial_gives_its_permit_back() {
-    let b = breaker(10, 2);
+    // A minimum of 3 calls: all three trials decide.
+    let b = breaker(10, 3);
     let mut svc = service(&b);
     open(&b, &mut svc).await;
     tokio::time::advance(Duration::from_secs(10)).await;
@@ -222,7 +225,7 @@ async fn failed_trials_open_again_and_a_cancelled_trial_gives_its_permit_back() 
     assert_eq!(
         b.state(),
         State::HalfOpen,
-        "decides only when all trials are in"
+        "decides only when the minimum number of trials are in"
     );
     third.record(Outcome::Failure { retryable: true });
     // 2 of 3 trials failed: 67 % >= 50 %.
@@ -248,7 +251,7 @@ async fn slow_calls_count_even_when_they_succeed() {
         ],
     )
     .await;
-    run(&mut svc, [Call::Take(Duration::from_secs(2))]).await;
+    run(&mut svc, [Call::Take(Duration::from_millis(2_001))]).await;
     // 1 of 4 slow.
     assert_eq!(b.state(), State::Closed);
     run(&mut svc, [Call::Take(Duration::from_secs(5))]).await;

@@ -67,8 +67,12 @@ async fn idle_keys_are_forgotten_so_memory_stays_bounded() {
     assert_eq!(layer.keys(), 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn housekeeping_runs_until_the_layer_is_gone() {
+/// A layer with one allowance per second per key, and a service through it that 100 keys
+/// have called once.
+async fn hundred_keys() -> (
+    RateLimitLayer<u32, impl Fn(&u32) -> u32 + Clone>,
+    impl tower::Service<u32, Response = u32, Error = BoxError> + Clone,
+) {
     let layer = RateLimitLayer::new(per_second(1), |key: &u32| *key);
     let service = ServiceBuilder::new()
         .layer(layer.clone())
@@ -76,10 +80,30 @@ async fn housekeeping_runs_until_the_layer_is_gone() {
     for key in 0..100 {
         service.clone().oneshot(key).await.unwrap();
     }
+    (layer, service)
+}
+
+#[tokio::test(start_paused = true)]
+async fn housekeeping_runs_until_the_layer_is_gone() {
+    let (layer, service) = hundred_keys().await;
     let housekeeping = layer.spawn_housekeeping(Duration::from_secs(5));
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(layer.keys(), 0);
     drop((layer, service));
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(housekeeping.is_finished());
+}
+
+/// A zero interval from configuration: `tokio::time::interval` panics on it, inside the
+/// spawned task, and housekeeping would silently never run.
+#[tokio::test(start_paused = true)]
+async fn housekeeping_with_a_zero_interval_runs() {
+    let (layer, service) = hundred_keys().await;
+    let housekeeping = layer.spawn_housekeeping(Duration::ZERO);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(!housekeeping.is_finished(), "still running");
+    assert_eq!(layer.keys(), 0);
+    drop((layer, service));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(housekeeping.await.is_ok(), "ended without panicking");
 }

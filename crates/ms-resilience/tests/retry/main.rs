@@ -18,6 +18,8 @@ use ms_resilience::{BoxError, Error};
 use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
+mod hints;
+
 const MS: Duration = Duration::from_millis(1);
 
 fn fixed(delay: Duration) -> ExponentialBackoff {
