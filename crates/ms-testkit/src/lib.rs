@@ -46,19 +46,23 @@ mod amqp;
 #[cfg(feature = "testcontainers")]
 mod containers;
 mod error;
+mod kafka;
 mod nats;
 mod postgres;
 mod server;
 mod service;
+mod tools;
 
 pub use amqp::{TestAmqp, amqp};
 pub use error::TestkitError;
+pub use kafka::{TestKafka, kafka};
 pub use nats::{TestNats, nats};
 pub use postgres::{TEST_POOL_MAX_CONNECTIONS, TestPostgres, postgres};
 pub use server::{
-    NatsServer, PostgresServer, RabbitMqServer, SERVER_START_TIMEOUT, SERVER_STOP_TIMEOUT,
+    KafkaServer, NatsServer, PostgresServer, RabbitMqServer, SERVER_START_TIMEOUT, SERVER_STOP_TIMEOUT,
 };
+pub use tools::{CACHE_DIR_VAR, TANSU_BIN_VAR};
 pub use service::{
-    AMQP_MANAGEMENT_URL_VAR, AMQP_URL_VAR, NATS_URL_VAR, POSTGRES_URL_VAR, REQUIRE_SERVICES_VAR,
+    AMQP_MANAGEMENT_URL_VAR, AMQP_URL_VAR, KAFKA_URL_VAR, NATS_URL_VAR, POSTGRES_URL_VAR, REQUIRE_SERVICES_VAR,
     STALE_AFTER, require_services, unique_name,
 };
