@@ -353,14 +353,6 @@ impl Tracker {
         self.partitions.keys().copied().collect()
     }
 
-    /// The commit position of each assigned partition whose position is known.
-    pub(crate) fn positions(&self) -> Vec<(i32, i64)> {
-        self.partitions
-            .iter()
-            .filter_map(|(id, p)| position(p).map(|o| (*id, o)))
-            .collect()
-    }
-
     fn commit_of(&mut self, partition: i32, even_if_unchanged: bool) -> Option<Commit> {
         let p = self.partitions.get_mut(&partition)?;
         let offset = position(p)?;
