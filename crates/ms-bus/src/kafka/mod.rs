@@ -138,7 +138,7 @@ pub use builder::{
 };
 pub use headers::{CONTENT_TYPE_HEADER, KAFKA_HEADER_PREFIX, W3C_HEADERS};
 #[cfg(feature = "health")]
-pub use health::KafkaCheck;
+pub use health::{DEFAULT_HEALTH_DEADLINE, KafkaCheck};
 
 use crate::{BusError, CommandSender, Envelope, EventPublisher};
 use naming::Kind;
