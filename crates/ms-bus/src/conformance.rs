@@ -507,7 +507,9 @@ pub async fn crashed_handler_redelivers<F: Fixture>(fixture: &F) {
     if fixture.capabilities().counts_redeliveries {
         assert!(attempt >= 2, "redelivery reported attempt {attempt}");
     } else {
-        eprintln!("crashed_handler_redelivers: the broker does not let the adapter count deliveries across consumers; attempt {attempt} not checked");
+        eprintln!(
+            "crashed_handler_redelivers: the broker does not let the adapter count deliveries across consumers; attempt {attempt} not checked"
+        );
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use ms_bus::conformance::{Capabilities, Fixture, RestartableFixture};
 use ms_bus::kafka::KafkaBus;
+use rdkafka::consumer::Consumer as _;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
@@ -44,7 +45,11 @@ async fn is_tansu(servers: &str) -> bool {
             .set("bootstrap.servers", &servers)
             .create()
             .unwrap();
-        consumer.client().fetch_cluster_id(Duration::from_secs(10)).as_deref() == Some("tansu_cluster")
+        consumer
+            .client()
+            .fetch_cluster_id(Duration::from_secs(10))
+            .as_deref()
+            == Some("tansu_cluster")
     })
     .await
     .unwrap()

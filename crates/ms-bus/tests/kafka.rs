@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ms_bus::consumer::{Consumer, ConsumerHandle, Message, Outcome, RetryPolicy};
+use ms_bus::consumer::{Consumer, Message, Outcome, RetryPolicy};
 use ms_bus::kafka::{KafkaBus, Topics};
 use ms_bus::{BoxError, Envelope, EventPublisher, Subscription, dead_letter};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
@@ -51,6 +51,9 @@ fn keyed(key: &str, n: usize) -> Envelope {
         .build()
         .unwrap()
 }
+
+/// What handlers ran: (id, key, member, start, end).
+type Spans = Arc<Mutex<Vec<(String, String, usize, Instant, Instant)>>>;
 
 /// What a handler saw: (envelope id, attempt), in order.
 type Log = Arc<Mutex<Vec<(String, u32)>>>;
@@ -106,7 +109,10 @@ async fn commits_never_pass_unsettled_work() {
         .await
         .unwrap();
     first.publish_batch("held", &events).await.unwrap();
-    until("all 50 records to reach the handler", || log.lock().unwrap().len() == 50).await;
+    until("all 50 records to reach the handler", || {
+        log.lock().unwrap().len() == 50
+    })
+    .await;
     let group = first.event_group("held", "g");
     let topic = first.event_topic("held");
     let servers = test.bootstrap_servers().to_owned();
@@ -131,7 +137,11 @@ async fn commits_never_pass_unsettled_work() {
     let later = tokio::task::spawn_blocking(move || committed(&s, &g, &t, 1))
         .await
         .unwrap();
-    assert_eq!(later, [Offset::Offset(5)], "the commit passed the held record");
+    assert_eq!(
+        later,
+        [Offset::Offset(5)],
+        "the commit passed the held record"
+    );
 
     // A crash: the next member starts at the held record.
     handle.abort();
@@ -150,7 +160,10 @@ async fn commits_never_pass_unsettled_work() {
     until("the redelivery", || again.lock().unwrap().len() == 45).await;
     handle.shutdown().await.unwrap();
     let again = again.lock().unwrap().clone();
-    assert_eq!(again[0].0, held_id, "redelivery did not start at the held record");
+    assert_eq!(
+        again[0].0, held_id,
+        "redelivery did not start at the held record"
+    );
     let expected: Vec<&str> = events[5..].iter().map(Envelope::id).collect();
     let got: Vec<&str> = again.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(got, expected);
@@ -167,8 +180,6 @@ async fn a_rebalance_settles_in_flight_work_before_releasing() {
     };
     let publisher = bus(&test, 4);
     let subscription = Subscription::events("rebalance", "g").unwrap();
-    // (id, key, member, start, end)
-    type Spans = Arc<Mutex<Vec<(String, String, usize, Instant, Instant)>>>;
     let spans: Spans = Arc::default();
     let serve = |bus: KafkaBus, member: usize| {
         let spans = spans.clone();
@@ -183,10 +194,13 @@ async fn a_rebalance_settles_in_flight_work_before_releasing() {
                             let start = Instant::now();
                             tokio::time::sleep(Duration::from_millis(100)).await;
                             let key = m.partition_key().unwrap_or_default().to_owned();
-                            spans
-                                .lock()
-                                .unwrap()
-                                .push((m.id().to_owned(), key, member, start, Instant::now()));
+                            spans.lock().unwrap().push((
+                                m.id().to_owned(),
+                                key,
+                                member,
+                                start,
+                                Instant::now(),
+                            ));
                             Ok::<_, BoxError>(())
                         }
                     })
@@ -197,9 +211,14 @@ async fn a_rebalance_settles_in_flight_work_before_releasing() {
         }
     };
     let (first, _first_bus) = serve(bus(&test, 4), 1).await;
-    let events: Vec<Envelope> = (0..2000).map(|n| keyed(&format!("k{}", n % 50), n)).collect();
+    let events: Vec<Envelope> = (0..2000)
+        .map(|n| keyed(&format!("k{}", n % 50), n))
+        .collect();
     publisher.publish_batch("rebalance", &events).await.unwrap();
-    until("the first member to be busy", || spans.lock().unwrap().len() >= 20).await;
+    until("the first member to be busy", || {
+        spans.lock().unwrap().len() >= 20
+    })
+    .await;
     let (second, _second_bus) = serve(bus(&test, 4), 2).await;
     until("every record", || {
         let ids: BTreeSet<String> = spans.lock().unwrap().iter().map(|s| s.0.clone()).collect();
@@ -216,7 +235,10 @@ async fn a_rebalance_settles_in_flight_work_before_releasing() {
         *per_id.entry(&s.0).or_default() += 1;
     }
     let twice: Vec<_> = per_id.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "handled twice across the rebalance: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "handled twice across the rebalance: {twice:?}"
+    );
     let mut per_key: BTreeMap<&str, Vec<(Instant, Instant, usize)>> = BTreeMap::new();
     for s in &spans {
         per_key.entry(&s.1).or_default().push((s.3, s.4, s.2));
@@ -302,7 +324,10 @@ async fn poison_dead_letters_while_its_partitions_other_keys_flow() {
     assert_eq!(letters.len(), 1);
     let letter = &letters[0];
     assert_eq!(letter.envelope(), &events[0]);
-    assert_eq!(letter.info().header(dead_letter::DELIVERIES_HEADER), Some("3"));
+    assert_eq!(
+        letter.info().header(dead_letter::DELIVERIES_HEADER),
+        Some("3")
+    );
     assert!(
         letter
             .info()
@@ -354,7 +379,9 @@ async fn a_retried_record_holds_back_only_its_own_key() {
                         }
                     }
                     let key = m.partition_key().unwrap_or_default().to_owned();
-                    log.lock().unwrap().push((format!("{key}:{}", m.id()), m.attempt()));
+                    log.lock()
+                        .unwrap()
+                        .push((format!("{key}:{}", m.id()), m.attempt()));
                     Ok::<_, BoxError>(if retry {
                         Outcome::RetryAfter(Duration::from_millis(200))
                     } else {
@@ -375,9 +402,18 @@ async fn a_retried_record_holds_back_only_its_own_key() {
         .map(|(id, attempt)| (id[2..].to_owned(), *attempt))
         .collect();
     let mut expected = vec![(first_a.clone(), 1), (first_a.clone(), 2)];
-    expected.extend(events.iter().step_by(2).skip(1).map(|e| (e.id().to_owned(), 1)));
+    expected.extend(
+        events
+            .iter()
+            .step_by(2)
+            .skip(1)
+            .map(|e| (e.id().to_owned(), 1)),
+    );
     assert_eq!(a, expected, "key a out of order around its retry");
-    let first_retry = log.iter().position(|(id, _)| id.ends_with(&first_a)).unwrap();
+    let first_retry = log
+        .iter()
+        .position(|(id, _)| id.ends_with(&first_a))
+        .unwrap();
     let bs_before = log[..first_retry]
         .iter()
         .filter(|(id, _)| id.starts_with("b:"))
@@ -386,7 +422,7 @@ async fn a_retried_record_holds_back_only_its_own_key() {
 }
 
 /// tansu 0.6 keeps a committed offset but drops the commit's metadata (Apache Kafka stores it
-/// and returns it from OffsetFetch, up to `offset.metadata.max.bytes`). The adapter carries
+/// and returns it from `OffsetFetch`, up to `offset.metadata.max.bytes`). The adapter carries
 /// delivery counts across members in that metadata, so on tansu a record redelivered after a
 /// crash starts again at attempt 1. This test shows which the broker does, and fails when
 /// tansu changes (then the adapter's docs need updating).
@@ -425,13 +461,16 @@ async fn commit_metadata_is_kept_except_on_tansu() {
     .await
     .unwrap();
     if cluster.as_deref() == Some("tansu_cluster") {
-        assert_eq!(metadata, "", "tansu now keeps commit metadata: update the adapter's docs");
+        assert_eq!(
+            metadata, "",
+            "tansu now keeps commit metadata: update the adapter's docs"
+        );
     } else {
         assert_eq!(metadata, "ms-bus/1 delivered=7 head=2");
     }
 }
 
-/// tansu 0.6 answers a ListOffsets request for the latest offset with the base offset of the
+/// tansu 0.6 answers a `ListOffsets` request for the latest offset with the base offset of the
 /// partition's last record batch plus one (measured: 1 after one batch of five records), where
 /// Apache Kafka answers the offset after the last record (5). The adapter starts a new group
 /// at that offset, so on tansu a new group of a topic that already holds records gets some of
@@ -462,7 +501,11 @@ async fn the_high_watermark_is_the_end_of_the_log_except_on_tansu() {
     .await
     .unwrap();
     if cluster.as_deref() == Some("tansu_cluster") {
-        assert_eq!(marks, (0, 1), "tansu's answer changed: update the adapter's docs");
+        assert_eq!(
+            marks,
+            (0, 1),
+            "tansu's answer changed: update the adapter's docs"
+        );
     } else {
         assert_eq!(marks, (0, 5));
     }

@@ -54,7 +54,9 @@ async fn reports_lag_per_partition_and_fails_when_a_broker_is_killed() {
     assert_eq!(total, 10, "{lags:?}");
 
     let mut server = ms_testkit::KafkaServer::start().await.unwrap();
-    let private = KafkaBus::builder(&server.bootstrap_servers()).build().unwrap();
+    let private = KafkaBus::builder(&server.bootstrap_servers())
+        .build()
+        .unwrap();
     let check = private.check().deadline(Duration::from_secs(5));
     let result = check.check().await;
     assert_eq!(result.status(), Status::Pass, "{result:?}");

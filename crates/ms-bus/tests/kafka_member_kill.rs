@@ -1,4 +1,4 @@
-//! A consumer group member SIGKILLed mid-stream: 100,000 records of 1,000 keys, consumed at
+//! A consumer group member killed (SIGKILL) mid-stream: 100,000 records of 1,000 keys, consumed at
 //! concurrency 32 by member processes (this test binary run again as `member`); a second
 //! member joins, then the first is killed. Nothing is lost, and every key's records are
 //! handled in order with none skipped: after the kill a key may start again from an earlier
@@ -88,7 +88,13 @@ struct Member {
 
 fn start_member(servers: &str, prefix: &str, tag: usize, seen: &Seen) -> Member {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "member", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "member",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(SERVERS_VAR, servers)
         .env(PREFIX_VAR, prefix)
         .env(ms_testkit::KAFKA_URL_VAR, format!("kafka://{servers}"))
@@ -139,7 +145,10 @@ async fn a_killed_member_loses_nothing_and_skips_nothing() {
         return;
     };
     let deadline = Instant::now() + STREAM_LIMIT;
-    let (servers, prefix) = (test.bootstrap_servers().to_owned(), test.prefix().to_owned());
+    let (servers, prefix) = (
+        test.bootstrap_servers().to_owned(),
+        test.prefix().to_owned(),
+    );
     let publisher = bus(&servers, &prefix);
     publisher.ensure_topic(TOPIC).await.unwrap();
     let seen: Seen = Arc::default();
@@ -152,7 +161,10 @@ async fn a_killed_member_loses_nothing_and_skips_nothing() {
     };
 
     let mut first = start_member(&servers, &prefix, 1, &seen);
-    until("the first member", deadline, || first.ready.load(std::sync::atomic::Ordering::SeqCst)).await;
+    until("the first member", deadline, || {
+        first.ready.load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
     let publishing = tokio::spawn(async move {
         let events: Vec<Envelope> = (0..KEYS * PER_KEY)
             .map(|i| {
@@ -169,9 +181,17 @@ async fn a_killed_member_loses_nothing_and_skips_nothing() {
             publisher.publish_batch(TOPIC, chunk).await.unwrap();
         }
     });
-    until("the first member to be well into the stream", deadline, || count(Some(1)) >= 10_000).await;
+    until(
+        "the first member to be well into the stream",
+        deadline,
+        || count(Some(1)) >= 10_000,
+    )
+    .await;
     let mut second = start_member(&servers, &prefix, 2, &seen);
-    until("the second member's first records", deadline, || count(Some(2)) >= 1_000).await;
+    until("the second member's first records", deadline, || {
+        count(Some(2)) >= 1_000
+    })
+    .await;
     first.child.start_kill().unwrap();
     let _ = first.child.wait().await;
     let killed_at = count(None);

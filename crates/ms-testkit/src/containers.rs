@@ -84,7 +84,7 @@ pub(crate) fn amqp_urls() -> Option<(String, String)> {
     .clone()
 }
 
-/// `apache/kafka` (KRaft, one node), as `bootstrap.servers`.
+/// `apache/kafka` (`KRaft`, one node), as `bootstrap.servers`.
 pub(crate) fn kafka_servers() -> Option<String> {
     KAFKA
         .get_or_init(|| {

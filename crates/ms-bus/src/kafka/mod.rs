@@ -107,9 +107,20 @@
 //! Kafka-protocol broker (ms-testkit provides one). Where it departs from Apache Kafka, as
 //! measured by this crate's tests (`tests/kafka.rs`):
 //!
-//! - With librdkafka's default `session.timeout.ms` (45 s) a new group's first join takes
-//!   about 23 s on tansu; at 6 s it takes about 1 s. The tests set `session.timeout.ms=6000`
-//!   through [`consumer_set`](KafkaBusBuilder::consumer_set); the adapter does not change it.
+//! - **Joining**: with librdkafka's default `session.timeout.ms` (45 s) a new group's first
+//!   join takes about 23 s on tansu; at 6 s it takes about 1 s. The tests set
+//!   `session.timeout.ms=6000` (and `heartbeat.interval.ms=500`, so that members notice a
+//!   rebalance sooner) through [`consumer_set`](KafkaBusBuilder::consumer_set).
+//! - **Commit metadata is dropped**: tansu keeps a committed offset but returns its metadata
+//!   empty (`commit_metadata_is_kept_except_on_tansu`). On tansu a record redelivered to
+//!   another member after a crash therefore starts again at attempt 1, and a record that
+//!   crashes every member is not dead-lettered by the count (the conformance suite's crash
+//!   case checks the redelivery only, through `Capabilities::counts_redeliveries`).
+//! - **High watermarks count batches**: tansu answers `ListOffsets` (latest) with the base
+//!   offset of the partition's last record batch plus one, not the offset after the last
+//!   record (`the_high_watermark_is_the_end_of_the_log_except_on_tansu`). A new group of a
+//!   topic that already holds records then starts early and gets some old records (never
+//!   fewer), and the health check's lag counts batches.
 //!
 //! The adapter is not shaped around any of this: it relies only on Apache Kafka's documented
 //! behaviour.

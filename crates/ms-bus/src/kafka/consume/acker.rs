@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use rdkafka::message::{Header, OwnedHeaders};
 
-use super::tracker::{Record, Ticket};
 use super::Shared;
+use super::tracker::{Record, Ticket};
 use crate::kafka::publish::confirm;
 use crate::{Acker, BusError, DeliveryInfo, dead_letter};
 
@@ -24,7 +24,12 @@ pub(super) struct KafkaAcker {
 }
 
 impl KafkaAcker {
-    pub(super) fn new(shared: Arc<Shared>, ticket: Ticket, record: Arc<Record>, attempt: u32) -> Self {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        ticket: Ticket,
+        record: Arc<Record>,
+        attempt: u32,
+    ) -> Self {
         Self {
             shared,
             ticket,

@@ -94,9 +94,10 @@ fn run(consumer: &BaseConsumer<PollerContext>, start_at_end: bool, commit_interv
     }
     .and_then(|()| consumer.subscribe(&[&shared.topic]));
     if let Err(e) = prepared {
-        context
-            .joined
-            .send_replace(Join::Failed(format!("subscribing to {}: {e}", shared.topic)));
+        context.joined.send_replace(Join::Failed(format!(
+            "subscribing to {}: {e}",
+            shared.topic
+        )));
         finish(shared);
         return;
     }
@@ -161,7 +162,10 @@ fn apply_back_pressure(
         unsettled > shared.prefetch / 2
     };
     if full {
-        let new: Vec<i32> = assigned.into_iter().filter(|p| !paused.contains(p)).collect();
+        let new: Vec<i32> = assigned
+            .into_iter()
+            .filter(|p| !paused.contains(p))
+            .collect();
         if !new.is_empty() {
             let tpl = partitions(&shared.topic, &new);
             if consumer.pause(&tpl).is_ok() {
@@ -169,10 +173,7 @@ fn apply_back_pressure(
             }
         }
     } else if !paused.is_empty() {
-        let owned: Vec<i32> = paused
-            .drain()
-            .filter(|p| assigned.contains(p))
-            .collect();
+        let owned: Vec<i32> = paused.drain().filter(|p| assigned.contains(p)).collect();
         // Partitions revoked meanwhile are no longer paused anywhere.
         let _ = consumer.resume(&partitions(&shared.topic, &owned));
     }
@@ -188,7 +189,12 @@ fn partitions(topic: &str, ids: &[i32]) -> TopicPartitionList {
 
 /// Sends commits (offset and metadata per partition); failures are logged and the partition's
 /// commit is sent again next time.
-fn commit(consumer: &BaseConsumer<PollerContext>, topic: &str, commits: &[Commit], mode: CommitMode) {
+fn commit(
+    consumer: &BaseConsumer<PollerContext>,
+    topic: &str,
+    commits: &[Commit],
+    mode: CommitMode,
+) {
     if commits.is_empty() {
         return;
     }
@@ -220,7 +226,11 @@ fn start_new_group_at_end(consumer: &BaseConsumer<PollerContext>, topic: &str) -
         .topics()
         .iter()
         .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions().iter().map(rdkafka::metadata::MetadataPartition::id))
+        .flat_map(|t| {
+            t.partitions()
+                .iter()
+                .map(rdkafka::metadata::MetadataPartition::id)
+        })
         .collect();
     let committed = consumer.committed_offsets(partitions(topic, &ids), DEFAULT_REQUEST_TIMEOUT)?;
     let mut ends = TopicPartitionList::new();
@@ -375,6 +385,8 @@ impl PollerContext {
 
 /// A commit's metadata, if it is text (rdkafka panics on metadata that is not UTF-8, which
 /// another group member's client may have written).
-fn metadata_of(element: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>) -> Option<String> {
+fn metadata_of(
+    element: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>,
+) -> Option<String> {
     std::panic::catch_unwind(AssertUnwindSafe(|| element.metadata().to_owned())).ok()
 }
