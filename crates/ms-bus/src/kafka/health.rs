@@ -132,7 +132,11 @@ impl KafkaCheck {
         let consumer: BaseConsumer = config.set("group.id", group).create()?;
         let metadata = consumer.fetch_metadata(Some(topic), remaining())?;
         let mut tpl = TopicPartitionList::new();
-        for partition in metadata.topics().iter().flat_map(rdkafka::metadata::MetadataTopic::partitions) {
+        for partition in metadata
+            .topics()
+            .iter()
+            .flat_map(rdkafka::metadata::MetadataTopic::partitions)
+        {
             tpl.add_partition(topic, partition.id());
         }
         let committed = consumer.committed_offsets(tpl, remaining())?;
