@@ -421,3 +421,107 @@ fn first_attempt(p: &Partition, offset: i64) -> u32 {
         _ => 1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(offset: i64, key: &str) -> Record {
+        Record {
+            partition: 0,
+            offset,
+            key: Some(key.as_bytes().to_vec()),
+            payload: None,
+            headers: Vec::new(),
+            unreadable_headers: false,
+        }
+    }
+
+    fn take_all(t: &mut Tracker) -> Vec<(Ticket, u32)> {
+        std::iter::from_fn(|| t.take_ready().map(|(ticket, _, attempt)| (ticket, attempt)))
+            .collect()
+    }
+
+    #[test]
+    fn one_record_per_key_and_commits_stop_at_the_first_unsettled() {
+        let mut t = Tracker::default();
+        t.assign(0, Some((0, None)));
+        for (offset, key) in [(0, "a"), (1, "b"), (2, "a"), (3, "c")] {
+            t.fetched(record(offset, key));
+        }
+        let ready = take_all(&mut t);
+        let offsets: Vec<i64> = ready.iter().map(|(t, _)| t.offset).collect();
+        assert_eq!(
+            offsets,
+            [0, 1, 3],
+            "a's second record waits behind its first"
+        );
+        // b and c settle; a's first is still in its handler: the commit stays at 0.
+        t.settle(ready[1].0);
+        t.settle(ready[2].0);
+        assert_eq!(t.commits()[0].1, 0);
+        // a's first asks for a retry: still unsettled, and a's second still waits.
+        t.retry_later(ready[0].0);
+        assert!(take_all(&mut t).is_empty());
+        assert!(t.retry_due(ready[0].0));
+        let again = take_all(&mut t);
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].0.offset, again[0].1), (0, 2));
+        t.settle(again[0].0);
+        // Now a's second runs; the commit moves to it.
+        let next = take_all(&mut t);
+        assert_eq!(next[0].0.offset, 2);
+        assert_eq!(t.commits()[0].1, 2);
+        t.settle(next[0].0);
+        assert_eq!(t.commits()[0].1, 4);
+        assert_eq!((t.unsettled(), t.handed_out()), (0, 0));
+    }
+
+    #[test]
+    fn a_revoked_partition_hands_out_nothing_and_ignores_late_settlements() {
+        let mut t = Tracker::default();
+        t.assign(0, None);
+        t.fetched(record(0, "a"));
+        t.fetched(record(1, "b"));
+        let first = t.take_ready().unwrap().0;
+        assert_eq!(t.start_revoke(0), 1);
+        assert!(
+            t.take_ready().is_none(),
+            "a revoking partition handed out a record"
+        );
+        assert_eq!(t.release(0).map(|c| c.1), Some(0));
+        // Assigned again: the old ticket belongs to the old assignment.
+        t.assign(0, Some((0, None)));
+        t.settle(first);
+        assert_eq!(t.unsettled(), 0);
+        t.fetched(record(0, "a"));
+        assert_eq!(t.take_ready().unwrap().0.offset, 0);
+    }
+
+    #[test]
+    fn the_previous_owners_metadata_counts_deliveries_on() {
+        let mut t = Tracker::default();
+        let prior = CommitMetadata {
+            delivered_high: 3,
+            head_deliveries: 4,
+        };
+        t.assign(0, Some((2, Some(prior.encode()))));
+        for (offset, key) in [(2, "a"), (3, "b"), (4, "c")] {
+            t.fetched(record(offset, key));
+        }
+        let attempts: Vec<(i64, u32)> = take_all(&mut t)
+            .into_iter()
+            .map(|(ticket, attempt)| (ticket.offset, attempt))
+            .collect();
+        assert_eq!(attempts, [(2, 5), (3, 2), (4, 1)]);
+        let (_, offset, metadata) = t.commits().remove(0);
+        assert_eq!(offset, 2);
+        assert_eq!(
+            CommitMetadata::parse(&metadata),
+            Some(CommitMetadata {
+                delivered_high: 4,
+                head_deliveries: 5
+            })
+        );
+    }
+}
