@@ -153,7 +153,7 @@ fn publish(c: &mut Criterion, s: &Setup) {
             s.bus
                 .publish_batch("sink", &s.events)
                 .await
-                .expect("published")
+                .expect("published");
         });
     });
     group.bench_function("raw_future_producer", |b| {
