@@ -1,8 +1,10 @@
-//! The bus every service shares: in memory (the embedded default), NATS JetStream or RabbitMQ.
+//! The bus every service shares: in memory (the embedded default), NATS JetStream, RabbitMQ or
+//! Kafka.
 
 use std::sync::Arc;
 
 use ms_bus::amqp::AmqpBus;
+use ms_bus::kafka::KafkaBus;
 use ms_bus::memory::MemoryBus;
 use ms_bus::nats::NatsBus;
 use ms_bus::{CommandSender, EventPublisher, Subscriber};
@@ -28,9 +30,33 @@ pub(crate) struct Connected {
     pub(crate) check: Option<Arc<dyn Check>>,
 }
 
-/// Connects the bus the configuration names: RabbitMQ if an AMQP URL is set, NATS if a NATS
-/// URL is, the memory bus otherwise.
+/// Connects the bus the configuration names: Kafka if a Kafka URL is set, RabbitMQ if an AMQP
+/// URL is, NATS if a NATS URL is, the memory bus otherwise.
 pub(crate) async fn connect(config: &Config) -> Result<Connected, Error> {
+    if let Some(url) = &config.kafka_url {
+        let servers = url
+            .split(',')
+            .map(|one| {
+                one.trim()
+                    .trim_start_matches("kafka://")
+                    .trim_end_matches('/')
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let bus = KafkaBus::builder(&servers)
+            .prefix(&config.bus_prefix)?
+            // A new group's first join is slow at librdkafka's 45 s default on some brokers
+            // (tansu); 10 s is within what Apache Kafka's group coordinator allows by default.
+            .consumer_set("session.timeout.ms", "10000")
+            .consumer_set("heartbeat.interval.ms", "1000")
+            .build()?;
+        let check: Arc<dyn Check> = Arc::new(bus.check());
+        return Ok(Connected {
+            bus: Arc::new(bus),
+            kind: "Kafka".to_owned(),
+            check: Some(check),
+        });
+    }
     if let Some(url) = &config.amqp_url {
         let bus = AmqpBus::builder(url)
             .events_exchange(&config.bus_prefix)?

@@ -39,6 +39,9 @@ pub struct Config {
     pub nats_url: Option<String>,
     /// A RabbitMQ server (wins over NATS when both are set).
     pub amqp_url: Option<String>,
+    /// Kafka brokers, `host:port[,host:port…]` (`kafka://` allowed; wins over RabbitMQ and
+    /// NATS).
+    pub kafka_url: Option<String>,
     /// Subject, stream and exchange prefix on a real broker.
     pub bus_prefix: String,
     /// Who may call the gateway.
@@ -62,6 +65,7 @@ impl Default for Config {
             database_url: None,
             nats_url: None,
             amqp_url: None,
+            kafka_url: None,
             bus_prefix: DEFAULT_BUS_PREFIX.to_owned(),
             credentials: vec![
                 Credential {
@@ -94,7 +98,8 @@ pub struct Options {
 
 impl Options {
     /// Reads `args` (without the program name), falling back to `env` for each URL
-    /// (`INVOICING_DATABASE_URL`, `INVOICING_NATS_URL`, `INVOICING_AMQP_URL`).
+    /// (`INVOICING_DATABASE_URL`, `INVOICING_NATS_URL`, `INVOICING_AMQP_URL`,
+    /// `INVOICING_KAFKA_URL`).
     pub fn parse(
         args: impl IntoIterator<Item = String>,
         env: impl Fn(&str) -> Option<String>,
@@ -104,6 +109,7 @@ impl Options {
         config.database_url = env("INVOICING_DATABASE_URL").filter(|v| !v.is_empty());
         config.nats_url = env("INVOICING_NATS_URL").filter(|v| !v.is_empty());
         config.amqp_url = env("INVOICING_AMQP_URL").filter(|v| !v.is_empty());
+        config.kafka_url = env("INVOICING_KAFKA_URL").filter(|v| !v.is_empty());
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -122,6 +128,7 @@ impl Options {
                 "--database-url" => config.database_url = Some(value("--database-url")?),
                 "--nats-url" => config.nats_url = Some(value("--nats-url")?),
                 "--amqp-url" => config.amqp_url = Some(value("--amqp-url")?),
+                "--kafka-url" => config.kafka_url = Some(value("--kafka-url")?),
                 "--help" | "-h" => return Err(Error::Config(USAGE.to_owned())),
                 other => return Err(Error::Config(format!("unknown flag {other}\n{USAGE}"))),
             }
@@ -132,9 +139,10 @@ impl Options {
 
 /// The flags, as `--help` prints them.
 pub const USAGE: &str = "usage: cargo run --example invoicing -- [--once] [--chaos] \
-[--database-url postgres://…] [--nats-url nats://…] [--amqp-url amqp://…]
+[--database-url postgres://…] [--nats-url nats://…] [--amqp-url amqp://…] [--kafka-url host:port]
   --once           run the scenario and exit (CI)
   --chaos          stop payments for a while: the breaker opens, the dashboard degrades, all catches up
   --database-url   PostgreSQL: one schema per service (env INVOICING_DATABASE_URL)
   --nats-url       NATS JetStream (env INVOICING_NATS_URL)
-  --amqp-url       RabbitMQ (env INVOICING_AMQP_URL)";
+  --amqp-url       RabbitMQ (env INVOICING_AMQP_URL)
+  --kafka-url      Kafka (env INVOICING_KAFKA_URL)";

@@ -6,12 +6,13 @@
 //! cargo run --example invoicing -- --chaos    # payments goes down for a while mid-scenario
 //! INVOICING_DATABASE_URL=postgres://postgres@127.0.0.1/postgres \
 //! INVOICING_NATS_URL=nats://127.0.0.1:4222 cargo run --example invoicing
+//! INVOICING_KAFKA_URL=127.0.0.1:9092 cargo run --example invoicing -- --once
 //! ```
 //!
 //! Four services start on loopback ports (gateway, invoicing, payments, reporting), each
 //! with its own database (a SQLite file, or a PostgreSQL schema) and the bus (in memory, NATS
-//! JetStream or RabbitMQ); a scripted scenario runs through the gateway and prints each step,
-//! the dashboard and the trace of one request across every service. See `examples/README.md`.
+//! JetStream, RabbitMQ or Kafka); a scripted scenario runs through the gateway and prints each
+//! step, the dashboard and the trace of one request across every service. See `examples/README.md`.
 
 use std::io::Write as _;
 use std::process::ExitCode;

@@ -1,6 +1,6 @@
 //! The invoicing example end to end on real infrastructure: each service its own schema in a
-//! private PostgreSQL database, and NATS JetStream (private prefix) or RabbitMQ (private
-//! virtual host), through ms-testkit. Skipped loudly without the servers, unless
+//! private PostgreSQL database, and NATS JetStream (private prefix), RabbitMQ (private
+//! virtual host) or Kafka (private topic prefix), through ms-testkit. Skipped loudly without the servers, unless
 //! `MS_TEST_REQUIRE_SERVICES=1`.
 
 use ms_examples::config::Config;
@@ -96,6 +96,25 @@ async fn the_scenario_on_postgres_and_rabbitmq() {
         database_url: Some(pg.url().to_owned()),
         amqp_url: Some(amqp.url().to_owned()),
         bus_prefix: amqp.prefix().to_owned(),
+        ..Config::default()
+    };
+    run_and_check(config, pg.url(), false).await;
+}
+
+/// The whole scenario on PostgreSQL and Kafka (the environment's, or the tansu the test kit
+/// starts), with a topic prefix of the test's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scenario_on_postgres_and_kafka() {
+    let Some(pg) = ms_testkit::postgres().await else {
+        return;
+    };
+    let Some(kafka) = ms_testkit::kafka().await else {
+        return;
+    };
+    let config = Config {
+        database_url: Some(pg.url().to_owned()),
+        kafka_url: Some(kafka.bootstrap_servers().to_owned()),
+        bus_prefix: kafka.prefix().to_owned(),
         ..Config::default()
     };
     run_and_check(config, pg.url(), false).await;

@@ -1,7 +1,7 @@
 //! A broker-agnostic event and command bus over CloudEvents 1.0 envelopes: publish events
 //! to topics (each consumer group gets a copy, instances of a group share them) and send
 //! commands to destinations, consume them with `tower::Service` handlers under one ack model,
-//! on NATS JetStream, RabbitMQ or in memory.
+//! on NATS JetStream, RabbitMQ, Kafka or in memory.
 //!
 //! ```
 //! # #[cfg(feature = "memory")]
@@ -61,9 +61,11 @@
 //!   W3C trace context and ms-tracing's correlation id).
 //! - Adapters, each behind its cargo feature and in its own folder: `memory` (with fault
 //!   injection), `nats` (JetStream), `amqp` (RabbitMQ: topic exchange, a queue per group and
-//!   per command destination, publisher confirms, retry queues, reconnection).
+//!   per command destination, publisher confirms, retry queues, reconnection), `kafka`
+//!   (rdkafka: key-ordered concurrency within a partition, commits of the settled prefix,
+//!   rebalances that settle in-flight work first; tested on tansu).
 //! - `conformance` (feature `testkit`): the suite every adapter runs against its real broker.
-//! - `health` (feature `health`): ms-health checks for consumers, JetStream and RabbitMQ.
+//! - `health` (feature `health`): ms-health checks for consumers, JetStream, RabbitMQ and Kafka.
 //!
 //! # Adding an adapter
 //!
@@ -109,6 +111,9 @@ mod error;
 #[cfg(feature = "health")]
 #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
 pub mod health;
+#[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
+pub mod kafka;
 #[cfg(feature = "memory")]
 #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
 pub mod memory;

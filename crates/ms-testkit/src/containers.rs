@@ -16,6 +16,7 @@ use testcontainers_modules::{nats::Nats, postgres::Postgres, rabbitmq::RabbitMq}
 static POSTGRES: OnceLock<Option<String>> = OnceLock::new();
 static NATS: OnceLock<Option<String>> = OnceLock::new();
 static AMQP: OnceLock<Option<(String, String)>> = OnceLock::new();
+static KAFKA: OnceLock<Option<String>> = OnceLock::new();
 
 pub(crate) fn postgres_url() -> Option<String> {
     POSTGRES
@@ -81,6 +82,25 @@ pub(crate) fn amqp_urls() -> Option<(String, String)> {
         })
     })
     .clone()
+}
+
+/// `apache/kafka` (`KRaft`, one node), as `bootstrap.servers`.
+pub(crate) fn kafka_servers() -> Option<String> {
+    KAFKA
+        .get_or_init(|| {
+            hold_container("Kafka", async {
+                let node = testcontainers_modules::kafka::apache::Kafka::default()
+                    .start()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let port = node
+                    .get_host_port_ipv4(testcontainers_modules::kafka::apache::KAFKA_PORT)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok((node, format!("127.0.0.1:{port}")))
+            })
+        })
+        .clone()
 }
 
 /// Starts a container on a thread of its own and parks that thread, holding the container,

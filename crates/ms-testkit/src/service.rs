@@ -15,6 +15,9 @@ pub const AMQP_URL_VAR: &str = "MS_TEST_AMQP_URL";
 /// The RabbitMQ management API URL, used to create a private virtual host per test.
 /// Defaults to port 15672 on the AMQP host with the AMQP URL's credentials.
 pub const AMQP_MANAGEMENT_URL_VAR: &str = "MS_TEST_AMQP_MANAGEMENT_URL";
+/// The Kafka broker for tests, as `kafka://host:port` (a loopback address). Unset, the kit
+/// tries `127.0.0.1:9092`, then testcontainers, then starts a tansu of its own.
+pub const KAFKA_URL_VAR: &str = "MS_TEST_KAFKA_URL";
 /// When `1` (or `true`), a service that cannot be found fails the test instead of skipping it.
 pub const REQUIRE_SERVICES_VAR: &str = "MS_TEST_REQUIRE_SERVICES";
 
