@@ -85,9 +85,9 @@ fn check(
             .or_insert_with(|| before.get(key).copied().unwrap_or(0) + 1);
         if *seq != *low {
             report.out_of_order += 1;
-            report.first.get_or_insert_with(|| {
-                format!("key {key}: {seq} arrived while {} had not", *low)
-            });
+            report
+                .first
+                .get_or_insert_with(|| format!("key {key}: {seq} arrived while {} had not", *low));
         }
         while seen.contains(&(key.as_str(), *low)) {
             *low += 1;
@@ -275,10 +275,7 @@ fn failing_handler(
         let fut: std::pin::Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> =
             Box::pin(async move {
                 let key = message.subject().expect("a subject").to_owned();
-                let seq: u32 = message
-                    .extension("seq")
-                    .expect("a seq extension")
-                    .parse()?;
+                let seq: u32 = message.extension("seq").expect("a seq extension").parse()?;
                 if seq % 7 == 0 && message.attempt() == 1 {
                     return Err("the first delivery of every seventh event fails".into());
                 }
