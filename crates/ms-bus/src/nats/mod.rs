@@ -65,8 +65,9 @@
 //! stores every event for the first time after its key's earlier ones (tested in ms-outbox's
 //! `tests/kill_order.rs`: a relay draining 12,000 rows over 8 keys, the server killed with
 //! SIGKILL mid-batch ten times, the stream read back key by key). The price is pipelining
-//! within one key: a batch of a single key is published one round trip per event (about
-//! 6,000 a second here), a batch of many keys fills the window.
+//! within one key: a batch of a single key is published one round trip per event (6-7 k/s
+//! on a quiet 2-core machine, 3-4 k/s under load, against 10 k/s and more pipelined; see
+//! BENCHMARKS.md), a batch of many keys fills the window.
 //!
 //! Consumers: see [the consumer runtime's ordering](crate::consumer#ordering).
 //!
