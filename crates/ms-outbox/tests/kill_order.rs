@@ -138,15 +138,15 @@ fn assert_in_order(broker: &str, reports: &[Report]) {
         "{broker}: {total} copies checked over {} kills",
         reports.len()
     );
-    let broken: Vec<(usize, &Report)> = reports
+    let failed: Vec<(usize, &Report)> = reports
         .iter()
         .enumerate()
         .filter(|(_, r)| r.out_of_order > 0 || r.missing > 0)
         .collect();
     assert!(
-        broken.is_empty(),
-        "{broker}: {} of {} kills broke a key's order or lost rows: {broken:?}",
-        broken.len(),
+        failed.is_empty(),
+        "{broker}: {} of {} kills broke a key's order or lost rows: {failed:?}",
+        failed.len(),
         reports.len()
     );
 }
@@ -280,7 +280,7 @@ fn failing_handler(
             Box::pin(async move {
                 let key = message.subject().expect("a subject").to_owned();
                 let seq: u32 = message.extension("seq").expect("a seq extension").parse()?;
-                if seq % 50 == 0 && message.attempt() == 1 {
+                if seq.is_multiple_of(50) && message.attempt() == 1 {
                     return Err("the first delivery of every fiftieth event fails".into());
                 }
                 handled.lock().push((key, seq));

@@ -55,7 +55,7 @@ where
     outbox.migrate(&pool).await.unwrap();
 
     let handled: Handled = Arc::default();
-    let handler = tower::service_fn({
+    let service = tower::service_fn({
         let handled = handled.clone();
         let started = Arc::new(Mutex::new(HashSet::new()));
         move |message: Message| {
@@ -75,7 +75,7 @@ where
     });
     let consumer = Consumer::new(Subscription::events(TOPIC, "checker").unwrap())
         .concurrency(8)
-        .serve(&bus, handler)
+        .serve(&bus, service)
         .await
         .unwrap();
     let relay = Relay::builder(&outbox, &pool, bus.clone()).build().spawn();
