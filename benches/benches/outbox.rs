@@ -27,7 +27,8 @@
 //!   by LISTEN/NOTIFY; per event, from `commit()` returning to the sink receiving it.
 //! - `outbox_paired` (printed on stderr too): the raw drain, ours (and, as a diagnostic, ours
 //!   with every row under one key, so in one shard like the raw drain's) and the peer back to
-//!   back in each of 7 rounds (and the raw publish, ours and the peer to JetStream), with each
+//!   back in each of 7 rounds (and the raw publish, ours, ours with 64 keys and with one key,
+//!   and the peer to JetStream: per-key order limits the pipelining within a key), with each
 //!   round's ratios and their medians: the goals are ratios, and on a shared machine the load
 //!   moves between criterion's groups, minutes apart.
 //!
@@ -623,6 +624,9 @@ mod ours {
         /// One key for every row: one shard, drained one batch after another as the raw drain
         /// drains its one shard (a diagnostic, not a workload).
         One,
+        /// This many keys (customers, say), rows spread over them in turn: each batch holds a
+        /// few keys with many rows each, the shape where per-key order costs pipelining.
+        Few(u64),
     }
 
     /// One invoice event per row, fresh ids (JetStream deduplicates by envelope id).
@@ -639,6 +643,7 @@ mod ours {
                 match keys {
                     Keys::PerInvoice => message,
                     Keys::One => message.partition_key("invoicing"),
+                    Keys::Few(keys) => message.partition_key(format!("customer-{}", n % keys)),
                 }
             })
             .collect()
@@ -901,6 +906,7 @@ mod ours {
             outbox: &Outbox<sqlx::Postgres>,
             pool: &sqlx::PgPool,
             rows: u64,
+            keys: Keys,
         ) -> Duration {
             let js_stream = stream
                 .js
@@ -908,15 +914,7 @@ mod ours {
                 .await
                 .expect("stream");
             js_stream.purge().await.expect("purge");
-            drain(
-                outbox,
-                pool,
-                self.bus.clone(),
-                BATCH,
-                rows,
-                Keys::PerInvoice,
-            )
-            .await
+            drain(outbox, pool, self.bus.clone(), BATCH, rows, keys).await
         }
     }
 
@@ -947,7 +945,9 @@ mod ours {
             b.to_async(rt).iter_custom(|iters| async move {
                 let mut measured = Duration::ZERO;
                 for _ in 0..iters {
-                    measured += nats.drain(stream, outbox, &db.pool, ROWS).await;
+                    measured += nats
+                        .drain(stream, outbox, &db.pool, ROWS, Keys::PerInvoice)
+                        .await;
                 }
                 measured
             });
@@ -1097,6 +1097,9 @@ mod ours {
 
 /// Rounds of the paired comparison.
 const PAIRED_ROUNDS: usize = 7;
+/// Keys of the paired JetStream round's few-keys drain: 20,000 rows over 64 keys, two keys per
+/// shard, so each batch of 1,000 holds about two keys.
+const FEW_KEYS: u64 = 64;
 
 /// The goals compare ours with limits measured minutes apart by criterion; on a shared
 /// machine the load moves in between. This run measures the limit, ours and the peer back to
@@ -1114,6 +1117,7 @@ fn paired(
         let body = bytes::Bytes::from(text.to_owned());
         let (mut to_drain, mut one_key_to_drain, mut to_peer, mut to_js, mut peer_to_limit) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut few_keys_to_js, mut one_key_to_js) = (Vec::new(), Vec::new());
         for round in 1..=PAIRED_ROUNDS {
             refill(&db.pool, text, ROWS).await;
             let mut conn = db.pool.acquire().await.expect("connection");
@@ -1146,14 +1150,22 @@ fn paired(
                 raw_publish(stream, &ids, &body).await;
                 let raw_js = rate(ROWS, start.elapsed());
                 let limit = raw.min(raw_js);
-                let ours_js = rate(ROWS, nats.drain(stream, outbox, &db.pool, ROWS).await);
+                let drain_js =
+                    |keys| async move { rate(ROWS, nats.drain(stream, outbox, &db.pool, ROWS, keys).await) };
+                let ours_js = drain_js(ours::Keys::PerInvoice).await;
+                let few_keys_js = drain_js(ours::Keys::Few(FEW_KEYS)).await;
+                let one_key_js = drain_js(ours::Keys::One).await;
                 let theirs_js = rate(ROWS, peer.drain_jetstream(stream, ROWS).await);
                 eprintln!(
-                    "outbox_paired/jetstream round {round}: raw publish {raw_js:.0}/s, limit min(drain, publish) {limit:.0}/s, ours {ours_js:.0}/s ({:.0} % of limit), outbox-postgres {theirs_js:.0}/s ({:.0} % of limit)",
+                    "outbox_paired/jetstream round {round}: raw publish {raw_js:.0}/s, limit min(drain, publish) {limit:.0}/s, ours {ours_js:.0}/s ({:.0} % of limit), ours with {FEW_KEYS} keys {few_keys_js:.0}/s ({:.0} %), ours with one key {one_key_js:.0}/s ({:.0} %), outbox-postgres {theirs_js:.0}/s ({:.0} % of limit)",
                     100.0 * ours_js / limit,
+                    100.0 * few_keys_js / limit,
+                    100.0 * one_key_js / limit,
                     100.0 * theirs_js / limit
                 );
                 to_js.push(ours_js / limit);
+                few_keys_to_js.push(few_keys_js / limit);
+                one_key_to_js.push(one_key_js / limit);
                 peer_to_limit.push(theirs_js / limit);
             }
         }
@@ -1165,8 +1177,10 @@ fn paired(
         );
         if !to_js.is_empty() {
             eprintln!(
-                "outbox_paired: median over {PAIRED_ROUNDS} rounds: PostgreSQL → JetStream, ours = {:.0} % of min(raw drain, raw publish) (goal ≥ 70 %), outbox-postgres = {:.0} %",
+                "outbox_paired: median over {PAIRED_ROUNDS} rounds: PostgreSQL → JetStream, ours = {:.0} % of min(raw drain, raw publish) (goal ≥ 70 %), ours with {FEW_KEYS} keys = {:.0} %, ours with one key = {:.0} %, outbox-postgres = {:.0} %",
                 100.0 * median(to_js),
+                100.0 * median(few_keys_to_js),
+                100.0 * median(one_key_to_js),
                 100.0 * median(peer_to_limit)
             );
         }

@@ -35,6 +35,20 @@ pub trait Acker: Send + Sync + 'static {
     /// preserved too.
     fn dead_letter<'a>(&'a self, reason: &'a str) -> BoxFuture<'a, Result<(), BusError>>;
 
+    /// [`dead_letter`](Self::dead_letter), recording `deliveries` as the message's number of
+    /// deliveries (the [`DELIVERIES_HEADER`](crate::dead_letter::DELIVERIES_HEADER)): the
+    /// consumer runtime retries in the key's lane (see
+    /// [ordering](crate::consumer#ordering)), so it counts attempts the broker never saw.
+    /// The default ignores the count and records the broker's.
+    fn dead_letter_after<'a>(
+        &'a self,
+        reason: &'a str,
+        deliveries: u32,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        let _ = deliveries;
+        self.dead_letter(reason)
+    }
+
     /// The handler is still working: extend the ack deadline (NATS: `+WPI`). A no-op where
     /// the broker has no per-message deadline (RabbitMQ, whose `consumer_timeout` nothing
     /// from the client resets).

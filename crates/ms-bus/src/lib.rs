@@ -54,8 +54,9 @@
 //!   [`Subscription`] (`subscription.rs`), [`Delivery`] and [`Acker`] (`delivery.rs`): the
 //!   contract every adapter implements. **These shapes are stable: changes are additive.**
 //! - [`consumer`]: the runtime that drives a `tower::Service<Message>` over a subscription,
-//!   with one ack model (ack, retry after a delay, dead letter, in progress), retries with
-//!   backoff, a maximum number of deliveries, and graceful shutdown.
+//!   with one ack model (ack, retry after a delay, dead letter, in progress), per-key lanes
+//!   ([`Envelope::ordering_key`]) that keep retries with backoff in the key's lane, a maximum
+//!   number of deliveries, and graceful shutdown.
 //! - [`dead_letter`]: the headers a dead letter carries. [`propagation`]: the hook for trace
 //!   and correlation context (the default, [`propagation::TraceContextPropagation`], carries
 //!   W3C trace context and ms-tracing's correlation id).
@@ -90,8 +91,15 @@
 //!   envelope only).
 //! - On RabbitMQ, `in_progress` cannot extend anything: there is no per-message deadline
 //!   ([`Subscription::ack_wait`] is ignored); RabbitMQ's `consumer_timeout` (30 minutes by
-//!   default) bounds a handler. Retries wait in per-delay queues, rounded down to one of four
-//!   steps per doubling (at most 20 % short).
+//!   default) bounds a handler. Broker retries (consumers with ordering off) wait in
+//!   per-delay queues, rounded down to one of four steps per doubling (at most 20 % short).
+//!   A redelivered RabbitMQ message is handled in its place but its count cannot grow
+//!   (classic queues keep none): a message that kills its consumer process every time loops.
+//!   Quorum queues (`x-delivery-count`) would count it.
+//! - Per-key order holds for one consumer per group and for first deliveries (see the
+//!   consumer runtime's [ordering](consumer#ordering)); keeping it across instances or
+//!   redeliveries needs per-key sequence numbers checked against stored state, which
+//!   ms-cqrs's runner has and the plain consumer runtime does not.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

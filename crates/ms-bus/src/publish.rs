@@ -25,6 +25,21 @@ use crate::{BusError, Envelope, Subscriber};
 /// is safe where the broker deduplicates (JetStream, by the envelope's
 /// [`dedup_key`](crate::Envelope::dedup_key): its source and id) and harmless elsewhere as
 /// consumers are idempotent (delivery is at least once everywhere).
+///
+/// # Order
+///
+/// Order is per [`Envelope::ordering_key`] (the `partitionkey`, else the subject, else the
+/// id): the one rule the ms-outbox relay, the consumer runtime's lanes and ms-cqrs's runner
+/// all follow. Events of one key that are published one after the other (each confirmed
+/// before the next is published, or in one batch) are stored in that order. A batch that
+/// fails leaves, of each key, a prefix of the key's events stored (plus, possibly, copies of
+/// earlier publications): so republishing the whole batch stores every event for the first
+/// time after the earlier events of its key, whatever broke. The NATS adapter achieves it
+/// through a broken connection by confirming one event of a key before sending the next
+/// (see the `nats` module's ordering notes); RabbitMQ's adapter republishes only
+/// the unconfirmed tail of a batch, on a new connection, in order. Events of different keys
+/// have no order between them. ms-outbox's `tests/kill_order.rs` checks it with the broker
+/// killed mid-batch.
 pub trait EventPublisher: Send + Sync {
     /// Publishes one event and waits for the broker's confirmation.
     fn publish<'a>(
@@ -33,8 +48,9 @@ pub trait EventPublisher: Send + Sync {
         event: &'a Envelope,
     ) -> BoxFuture<'a, Result<(), BusError>>;
 
-    /// Publishes events with many confirmations in flight, in order, and returns when all are
-    /// confirmed. On error some events may have been confirmed; republish the whole batch.
+    /// Publishes events with many confirmations in flight, in order per ordering key (see
+    /// [order](#order)), and returns when all are confirmed. On error some events may have
+    /// been stored, of each key a prefix of its events; republish the whole batch.
     ///
     /// The default publishes one at a time; adapters override it to pipeline.
     fn publish_batch<'a>(

@@ -232,3 +232,62 @@ async fn shutdown_hands_prefetched_messages_to_the_group_at_once() {
     ids.sort();
     assert_eq!(received, ids);
 }
+
+/// The streams' duplicate window is the bus's setting: within it a republished envelope is
+/// dropped, after it stored again; a bus with another setting changes an existing stream's.
+#[tokio::test]
+async fn the_duplicate_window_is_a_setting_of_the_streams() {
+    let Some(test) = ms_testkit::nats().await else {
+        return;
+    };
+    // The client type is ms-bus's re-export: no separate async-nats version to match.
+    let client: ms_bus::nats::async_nats::Client = test.client().await;
+    let window = Duration::from_secs(1);
+    let bus = NatsBus::builder(client.clone())
+        .prefix(test.prefix())
+        .unwrap()
+        .duplicate_window(window)
+        .build();
+    bus.ensure_topic("window").await.unwrap();
+    let js = ms_bus::nats::async_nats::jetstream::new(client.clone());
+    let stream_name = bus.event_stream("window");
+    assert_eq!(stream_name, test.stream("EV_window"));
+    let info = || {
+        let js = js.clone();
+        let name = stream_name.clone();
+        async move {
+            js.get_stream(&name)
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .clone()
+        }
+    };
+    assert_eq!(info().await.config.duplicate_window, window);
+
+    let event = Envelope::builder("test.thing.happened", "/test")
+        .build()
+        .unwrap();
+    bus.publish("window", &event).await.unwrap();
+    bus.publish("window", &event).await.unwrap();
+    assert_eq!(info().await.state.messages, 1, "dropped within the window");
+    tokio::time::sleep(window * 2).await;
+    bus.publish("window", &event).await.unwrap();
+    assert_eq!(
+        info().await.state.messages,
+        2,
+        "stored again after the window"
+    );
+
+    let default = NatsBus::builder(client)
+        .prefix(test.prefix())
+        .unwrap()
+        .build();
+    default.ensure_topic("window").await.unwrap();
+    assert_eq!(
+        info().await.config.duplicate_window,
+        ms_bus::nats::DEFAULT_DUPLICATE_WINDOW
+    );
+}

@@ -34,10 +34,11 @@ impl MessageKind {
 /// its partition key.
 ///
 /// The partition key decides what stays in order: the relay publishes the messages of one key
-/// in commit order. It is, in this order of preference, the one set with
-/// [`partition_key`](Self::partition_key), the envelope's `partitionkey` extension, its
-/// `subject` (the aggregate the event is about, by CloudEvents convention), or else its id (no
-/// ordering constraint).
+/// in commit order, and ms-bus's consumers and ms-cqrs's runner handle them in that order. It
+/// is the envelope's [`ordering_key`](ms_bus::Envelope::ordering_key), the one rule all of
+/// them follow: its `partitionkey` extension (which [`partition_key`](Self::partition_key)
+/// sets), else its `subject` (the aggregate the event is about, by CloudEvents convention),
+/// else its id (no ordering constraint).
 ///
 /// ```
 /// use ms_bus::Envelope;
@@ -49,6 +50,10 @@ impl MessageKind {
 ///     .build()?;
 /// let message = OutboxMessage::event("invoicing.invoice", created);
 /// assert_eq!(message.key(), "invoice-42");
+/// // A key of its own travels on the envelope, for the consumers to order by too.
+/// let message = message.partition_key("customer-7");
+/// assert_eq!(message.envelope().partition_key(), Some("customer-7"));
+/// assert_eq!(message.key(), "customer-7");
 /// # Ok::<(), ms_bus::EnvelopeError>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -56,7 +61,6 @@ pub struct OutboxMessage {
     kind: MessageKind,
     destination: String,
     envelope: Envelope,
-    partition_key: Option<String>,
 }
 
 impl OutboxMessage {
@@ -75,14 +79,17 @@ impl OutboxMessage {
             kind,
             destination,
             envelope,
-            partition_key: None,
         }
     }
 
-    /// Orders this message with the others of `key` (see the type's docs for the default).
+    /// Orders this message with the others of `key` (see the type's docs for the default) by
+    /// setting the envelope's `partitionkey` extension: consumers then keep the same order.
     #[must_use]
     pub fn partition_key(mut self, key: impl Into<String>) -> Self {
-        self.partition_key = Some(key.into());
+        // The name is the spec's own extension name, which `set_extension` accepts.
+        let _ = self
+            .envelope
+            .set_extension(ms_bus::PARTITION_KEY_EXTENSION, key);
         self
     }
 
@@ -103,8 +110,6 @@ impl OutboxMessage {
 
     /// The partition key the message is ordered by.
     pub fn key(&self) -> &str {
-        self.partition_key
-            .as_deref()
-            .unwrap_or_else(|| self.envelope.ordering_key())
+        self.envelope.ordering_key()
     }
 }

@@ -238,3 +238,58 @@ async fn outage(
     assert_eq!(common::pending(&outbox, &pool).await, 0);
     failed
 }
+
+/// A relay started while its broker is down (deployed together, the broker slower to come
+/// up) does not exit: with `retry_on_initial_connect` its client connects in the background,
+/// the rows wait, and they are published once the broker is there, none parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_started_before_its_broker_publishes_once_the_broker_is_up() {
+    const TEST: &str = "a_relay_started_before_its_broker_publishes_once_the_broker_is_up";
+    let Some(db) = ms_testkit::postgres().await else {
+        return;
+    };
+    let mut server = match ms_testkit::NatsServer::start().await {
+        Ok(server) => server,
+        Err(e) if !ms_testkit::require_services() => {
+            eprintln!("SKIPPED {TEST}: {e}");
+            return;
+        }
+        Err(e) => panic!("starting a private nats-server: {e}"),
+    };
+    server.stop().await.unwrap();
+    let pool = db.pool().await;
+    let outbox = Outbox::<Postgres>::new(TableName::new("early").unwrap());
+    outbox.migrate(&pool).await.unwrap();
+    common::create_counters(&pool).await;
+
+    // `connect` returns at once although nothing listens: the client keeps trying.
+    let relay_bus = bus(&server.url()).await;
+    let stream = relay_bus.event_stream(TOPIC);
+    let relay = Relay::builder(&outbox, &pool, relay_bus)
+        .retry_delay(Duration::from_millis(50), Duration::from_millis(500))
+        .build()
+        .spawn();
+    common::write(&pool, &outbox, "k1", 20).await;
+    // The relay waits for its publish (at most its publish timeout), the rows stay pending.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(common::pending(&outbox, &pool).await, 20);
+    let waiting = relay.status();
+    assert!(waiting.running, "{waiting:?}");
+
+    server.restart().await.unwrap();
+    common::wait_drained(&outbox, &pool, Duration::from_secs(60)).await;
+    let status = relay.status();
+    relay.shutdown().await.unwrap();
+    assert_eq!(status.parked, 0);
+    let js = async_nats::jetstream::new(connect(&server.url()).await);
+    let stored = js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(stored, 20);
+}

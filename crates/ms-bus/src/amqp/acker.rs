@@ -122,12 +122,24 @@ impl Acker for AmqpAcker {
     }
 
     fn dead_letter<'a>(&'a self, reason: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
+        self.dead_letter_after(reason, self.info.attempt)
+    }
+
+    fn dead_letter_after<'a>(
+        &'a self,
+        reason: &'a str,
+        deliveries: u32,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
+            let info = DeliveryInfo {
+                attempt: deliveries,
+                ..(*self.info).clone()
+            };
             // The counter is this subscription's bookkeeping; a consumer of the dead letters
             // starts at delivery 1 (the count is in the dead-letter headers).
             let properties = headers::with_headers(
                 &headers::without(&self.properties, ATTEMPT_HEADER),
-                dead_letter::headers(&self.info, reason),
+                dead_letter::headers(&info, reason),
             )?;
             let copy = self.to_queue(&self.dead_letter, properties)?;
             self.replace_with(copy, Prepare::Queue(self.dead_letter.to_string()))

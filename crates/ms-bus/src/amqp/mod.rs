@@ -75,20 +75,30 @@
 //! - Subscriptions reopen their consumers after a reconnection; the stream yields one `Err`
 //!   per break. Unsettled messages are redelivered by RabbitMQ.
 //! - Deliveries are counted by the adapter (a `ms-attempt` header), since RabbitMQ 3.10
-//!   classic queues count nothing: a retry raises it, and so does a redelivery after a crash
-//!   (the message is re-queued as a counted copy), so a message that kills its consumer every
-//!   time is still dead-lettered after the maximum number of deliveries. RabbitMQ flags a
-//!   message `redelivered` whenever a consumer had it and did not settle it, so one that was
-//!   only prefetched when its consumer stopped counts as a delivery too (as JetStream counts
-//!   its pulled messages); such copies go to the back of the queue.
+//!   classic queues count nothing: a broker retry's copy raises it. A message RabbitMQ
+//!   redelivers (flagged `redelivered`: a consumer had it and did not settle it, or a broker
+//!   restart recovered it) is handled where it is in the queue, as one attempt more than its
+//!   header says, so that it keeps its place among its key's messages. The count does not
+//!   grow from one such redelivery to the next (a classic queue cannot change a message in
+//!   place, and moving a counted copy to the back put a restarted broker's whole backlog
+//!   behind what came after it): a message that kills its consumer *process* every time is
+//!   redelivered until it is removed. Failures the runtime sees (errors, panics) are counted
+//!   and dead-lettered as everywhere.
 //! - `in_progress` is a no-op: RabbitMQ has no per-message deadline, and
 //!   [`Subscription::ack_wait`](crate::Subscription::ack_wait) is ignored. RabbitMQ's own
 //!   `consumer_timeout` (30 minutes by default) still closes the channel of a handler that
 //!   runs longer, which requeues every unsettled message of that subscription (see the
 //!   acker's notes in `acker.rs`); raise it on the broker for longer handlers.
-//! - Ordering: one queue delivers in order, so a group with one consumer at
-//!   [`concurrency(1)`](crate::consumer::Consumer::concurrency) sees the publisher's order,
-//!   except for messages that were retried or redelivered, which go to the back.
+//! - Ordering: one queue delivers in order, redeliveries in their place, and the consumer
+//!   runtime keeps retries in the key's lane, so one consumer of a group (at any
+//!   [`concurrency`](crate::consumer::Consumer::concurrency)) handles each key's messages in
+//!   the publisher's order, through broker restarts (ms-outbox's `tests/kill_order.rs`). Not
+//!   across several consumers of one queue, which RabbitMQ serves in turn whatever the key;
+//!   and a message redelivered after its consumer's channel closed may already have been
+//!   overtaken by later ones of its key that another consumer (or a reopened channel)
+//!   received meanwhile. Broker retries with
+//!   [`partition_key_order(false)`](crate::consumer::Consumer::partition_key_order) go to
+//!   the back of the queue.
 
 mod acker;
 mod builder;

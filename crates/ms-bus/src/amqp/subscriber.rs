@@ -1,24 +1,27 @@
 //! A subscription's deliveries: a consumer on the group's (or destination's) queue, reopened on
 //! a new session whenever the connection breaks.
 //!
-//! RabbitMQ 3.10 classic queues do not count deliveries, and a message whose handler crashed
-//! comes back only flagged `redelivered`. So that a message that crashes its consumer every
-//! time still reaches the maximum number of deliveries, a redelivered message is not handed to
-//! the handler: a copy with the attempt counter raised is published to the back of the queue
-//! and the original acked, and the copy is what the handler gets. (A message that was only
-//! prefetched when its consumer stopped counts as a delivery too.)
+//! RabbitMQ 3.10 classic queues do not count deliveries: a message whose consumer's channel
+//! closed before it was settled (a crash, a lost connection, a broker restart, which flags
+//! every message it recovers) comes back only flagged `redelivered`. It is handed to the
+//! handler where it is, with the attempt counter one above its `ms-attempt` header, so that
+//! it keeps its place among its key's messages. (Moving a counted copy to the back of the
+//! queue would count every redelivery, but after a broker restart it put the whole backlog
+//! behind what was published since, out of order.) A message that kills its consumer process
+//! every time is therefore redelivered, as attempt 2, until someone removes it; retries and
+//! dead letters of the consumer runtime are counted as before.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 
 use super::acker::AmqpAcker;
-use super::headers::{self, ATTEMPT_HEADER};
-use super::link::{Link, Outgoing, Prepare, Session};
+use super::headers;
+use super::link::{Link, Session};
 use super::topology;
 use crate::codec::{self, HEADER_PREFIX, HeaderValues};
 use crate::{BusError, Deliveries, Delivery, DeliveryInfo, Subscription};
@@ -132,9 +135,6 @@ async fn next(mut state: State) -> Option<(Result<Delivery, BusError>, State)> {
             }
         };
         match live.consumer.next().await {
-            Some(Ok(delivery)) if delivery.redelivered => {
-                count_redelivery(&state.link, &state.plan, delivery).await;
-            }
             Some(Ok(delivery)) => {
                 let delivery = to_delivery(&state.link, &state.plan, live, delivery);
                 return Some((Ok(delivery), state));
@@ -176,13 +176,14 @@ fn to_delivery(
         properties,
         data,
         acker,
+        redelivered,
         ..
     } = delivery;
     let body = bytes::Bytes::from(data);
     let message = headers::to_transport(&properties, body.clone());
     let decoded = codec::decode(&message, HeaderValues::Raw);
     let info = Arc::new(DeliveryInfo {
-        attempt: headers::attempt(&properties),
+        attempt: headers::attempt(&properties).saturating_add(u32::from(redelivered)),
         origin: plan.origin.clone(),
         group: plan.group.clone(),
         headers: message
@@ -207,44 +208,4 @@ fn to_delivery(
         body,
     };
     Delivery::new(decoded, Arc::unwrap_or_clone(info), Arc::new(acker))
-}
-
-/// Replaces a redelivered message by a copy at the back of the queue with the attempt counter
-/// raised (see the module docs). If the copy cannot be published the original is requeued, to
-/// be counted on its next delivery.
-async fn count_redelivery(link: &Link, plan: &Plan, delivery: lapin::message::Delivery) {
-    let next = headers::attempt(&delivery.properties).saturating_add(1);
-    let copy = headers::with_headers(
-        &delivery.properties,
-        [(ATTEMPT_HEADER.to_owned(), next.to_string())],
-    )
-    .and_then(|properties| {
-        Ok(Outgoing {
-            exchange: "".into(),
-            routing_key: headers::short(plan.queue.as_ref())?,
-            properties,
-            body: bytes::Bytes::from(delivery.data),
-            mandatory: true,
-        })
-    });
-    let published = match copy {
-        Ok(copy) => link.publish(&[copy], &Prepare::Nothing).await,
-        Err(e) => Err(e),
-    };
-    let settled = match published {
-        Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
-        Err(error) => {
-            tracing::warn!(%error, queue = %plan.queue, "could not count a redelivery; requeueing it");
-            delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
-        }
-    };
-    if let Err(error) = settled {
-        tracing::warn!(%error, queue = %plan.queue, "settling a redelivered message failed; RabbitMQ redelivers it");
-    }
 }

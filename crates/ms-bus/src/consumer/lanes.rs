@@ -1,5 +1,7 @@
-//! Per-partition-key lanes: with several messages in flight, messages that share a
-//! `partitionkey` are still handled one after the other, in delivery order.
+//! Per-key lanes: with several messages in flight, messages that share an
+//! [`Envelope::ordering_key`](crate::Envelope::ordering_key) (the `partitionkey`, else the
+//! subject, else the id) are still handled one after the other, in delivery order; a message
+//! retried in its lane keeps the key's later ones behind it.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -24,8 +26,7 @@ impl PartitionLanes {
         let Some(key) = delivery
             .message()
             .ok()
-            .and_then(crate::Envelope::partition_key)
-            .map(str::to_owned)
+            .map(|envelope| envelope.ordering_key().to_owned())
         else {
             return Some((delivery, None));
         };

@@ -44,7 +44,9 @@
 //!   ack, retry after a delay, or dead letter, as the outcome says.
 //! - It returns `Err(e)`: retried after the [`RetryPolicy`]'s delay until the maximum number
 //!   of deliveries, then dead-lettered with `e` (and its sources) as the reason. A [`Reject`]
-//!   error dead-letters at once. A panic counts as an error.
+//!   error dead-letters at once. A panic counts as an error. Retries happen in the message's
+//!   lane (see [ordering](#ordering)), or through the broker with
+//!   [`partition_key_order(false)`](Consumer::partition_key_order).
 //! - A message that is not a valid CloudEvents event is dead-lettered with the decoding error,
 //!   without calling the handler; so is one delivered more often than the maximum (a handler
 //!   that crashed the process every time).
@@ -54,10 +56,64 @@
 //! layers apply to them. Up to [`Consumer::concurrency`] messages are handled at once;
 //! the service's own readiness (a concurrency limit, a breaker) is respected.
 //!
+//! # Ordering
+//!
+//! Every message has a key, [`Envelope::ordering_key`](crate::Envelope::ordering_key): its
+//! `partitionkey`, else its subject, else its id (nothing to order it with). The ms-outbox
+//! relay publishes by the same rule and ms-cqrs's runner applies by it. Messages of one key
+//! are handled one after the other, in delivery order; other keys run concurrently, up to
+//! [`Consumer::concurrency`] (messages held behind their key count against it, so a hot key
+//! cannot make the runtime buffer without bound).
+//!
+//! **Retries stay in the lane.** A message whose handler fails (or asks for
+//! [`Outcome::RetryAfter`]) is not given back to the broker: the runtime keeps it, waits the
+//! [`RetryPolicy`]'s delay (telling the broker every half
+//! [`ack_wait`](crate::Subscription::ack_wait) that it is still working on it) and calls the
+//! handler again, with [`Message::attempt`] one higher, while the later messages of its key
+//! wait behind it and other keys flow. After the last attempt it is dead-lettered (the dead
+//! letter records the runtime's count, [`Acker::dead_letter_after`](crate::Acker::dead_letter_after)),
+//! and only then does its key's next message start. The attempt count starts from the
+//! broker's count of the delivery, so a message redelivered after a crash gets its attempts
+//! again. Brokers' own retries (a JetStream nak with delay, a RabbitMQ retry queue) would
+//! put it behind the later messages of its key. An adapter needs nothing for this: it
+//! delivers in its order and settles what the runtime tells it to (the Kafka adapter, whose
+//! broker has no per-message retry at all, relies on it).
+//!
+//! **What is guaranteed** (tested by the conformance suite's
+//! `a_retry_keeps_the_later_messages_of_its_key_behind_it` on every adapter, and end to end by
+//! ms-outbox's `tests/subject_order.rs` and `tests/kill_order.rs`): one consumer of a group
+//! calls its handler for each key's messages one at a time, in the order the broker delivers
+//! them, and a message's successful call comes after those of every earlier message of its key,
+//! failures and retries included. With the relay in front, the broker's order per key is commit
+//! order, through broker crashes mid-batch.
+//!
+//! **What is not:**
+//!
+//! - *Several consumers of one group* (instances of a service, or two `Consumer`s): the broker
+//!   hands each the next messages without regard to keys (RabbitMQ round-robins a queue over
+//!   its consumers, a JetStream durable consumer serves whichever pull comes), so two
+//!   messages of one key can be handled at once in two processes. Run one consumer per group
+//!   where order matters (RabbitMQ's single active consumer gives fail-over without
+//!   parallelism), or apply in key order against stored state as ms-cqrs's runner does.
+//! - *Redeliveries.* A message the broker delivers again because its settlement never
+//!   arrived (a consumer crash, a lost connection, a broker restart, an ack deadline passed)
+//!   comes when the broker decides: JetStream redelivers after `ack_wait`, possibly after
+//!   later messages of its key that were delivered meanwhile (a message lost on the wire
+//!   when the connection broke is one); RabbitMQ classic queues count nothing, so the adapter
+//!   counts a redelivered message by moving a copy to the back of the queue (else a message
+//!   that crashes its consumer would be redelivered forever). A first call can then come
+//!   after a later message's. Knowing that a message is early needs a per-key sequence number
+//!   from the producer and the last one applied stored with the effects: ms-cqrs's runner
+//!   does this with the `sequence` its write side stamps.
+//! - *Shutdown.* A message waiting in its lane for a retry is handed to the broker's retry
+//!   (with what is left of its delay) and the ones held behind it are left unsettled (see
+//!   below): the next consumer may get them in any order.
+//!
 //! # Shutdown
 //!
 //! [`ConsumerHandle::shutdown`] stops taking deliveries, lets the in-flight handlers finish
-//! and settles them, then returns. Deliveries the adapter had prefetched but not handed out
+//! and settles them, then returns. Messages waiting in their lane for a retry go to the
+//! broker's retry with what is left of their delay. Deliveries the adapter had prefetched but not handed out
 //! go back to the broker: the NATS adapter naks them without delay (another instance gets
 //! them at once), RabbitMQ requeues them when the channel closes; the memory bus prefetches nothing.
 //! Deliveries held behind an in-flight message of the same partition key are left
@@ -68,16 +124,19 @@ mod lanes;
 mod message;
 mod outcome;
 mod retry;
+mod settle;
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt as _, StreamExt as _};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tower::Service;
 
@@ -87,7 +146,8 @@ pub use outcome::{Outcome, Reject};
 pub use retry::{DEFAULT_INITIAL_DELAY, DEFAULT_MAX_DELAY, DEFAULT_MAX_DELIVERIES, RetryPolicy};
 
 use crate::propagation::{Propagation, default_propagation};
-use crate::{Acker, BoxError, BusError, Delivery, DeliveryInfo, Subscriber, Subscription};
+use crate::{BoxError, BusError, Delivery, Subscriber, Subscription};
+use settle::{Attempt, Step};
 
 /// How many messages a consumer handles at once, unless [`Consumer::concurrency`] says
 /// otherwise.
@@ -123,10 +183,11 @@ impl Consumer {
         self
     }
 
-    /// Whether messages with the same `partitionkey` are handled one after the other, in
-    /// delivery order, while messages of other keys (or none) run concurrently (default
-    /// `true`). The order is the broker's delivery order: a message that is retried after a
-    /// delay comes back behind later ones of its key.
+    /// Whether messages with the same [`ordering_key`](crate::Envelope::ordering_key) are
+    /// handled one after the other, in delivery order, with retries kept in the key's lane,
+    /// while other keys run concurrently (default `true`; see [ordering](self#ordering)).
+    /// With `false`, messages run in any order and retries go through the broker
+    /// ([`Acker::retry`](crate::Acker::retry)), which frees the slot during the delay.
     pub fn partition_key_order(mut self, ordered: bool) -> Self {
         self.partition_key_order = ordered;
         self
@@ -255,9 +316,18 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    let mut in_flight: FuturesUnordered<BoxFuture<'static, Option<String>>> =
-        FuturesUnordered::new();
+    let mut in_flight: FuturesUnordered<BoxFuture<'static, Step>> = FuturesUnordered::new();
     let mut lanes = PartitionLanes::default();
+    // Messages whose retry delay passed in their lane: called again before anything else.
+    let mut again: VecDeque<Attempt> = VecDeque::new();
+    // Tells messages waiting in their lane for a retry that the consumer stops.
+    let (stopping, stop_signal) = watch::channel(false);
+    let context = Context {
+        retry: consumer.retry,
+        ack_wait: consumer.subscription.ack_wait_duration(),
+        stopping: stop_signal,
+        propagation: consumer.propagation.clone(),
+    };
     let mut ready = false;
     let mut result = Ok(());
     loop {
@@ -274,20 +344,30 @@ where
                         break;
                     }
                 },
-                Some(key) = in_flight.next(), if !in_flight.is_empty() => lanes.finish(key),
+                Some(step) = in_flight.next(), if !in_flight.is_empty() => {
+                    step_done(step, &mut lanes, &mut again);
+                }
             }
             continue;
         }
-        // A message whose predecessor of the same key finished goes before new deliveries.
+        // A retry whose delay passed, then a message whose predecessor of the same key
+        // finished, go before new deliveries.
+        if let Some(attempt) = again.pop_front() {
+            in_flight.push(call(&context, &mut service, attempt));
+            ready = false;
+            continue;
+        }
         if let Some((delivery, key)) = lanes.next_runnable() {
-            in_flight.push(handle(&consumer, &mut service, delivery, key));
+            in_flight.push(handle(&context, &mut service, delivery, key));
             ready = false;
             continue;
         }
         tokio::select! {
             biased;
             _ = &mut stopped => break,
-            Some(key) = in_flight.next(), if !in_flight.is_empty() => lanes.finish(key),
+            Some(step) = in_flight.next(), if !in_flight.is_empty() => {
+                step_done(step, &mut lanes, &mut again);
+            }
             item = deliveries.next(), if in_flight.len() + lanes.held() < consumer.concurrency => match item {
                 None => break,
                 Some(Err(e)) => tracing::warn!(error = %e, "subscription error; the adapter reconnects"),
@@ -298,28 +378,62 @@ where
                         Some((delivery, None))
                     };
                     if let Some((delivery, key)) = admitted {
-                        in_flight.push(handle(&consumer, &mut service, delivery, key));
+                        in_flight.push(handle(&context, &mut service, delivery, key));
                         ready = false;
                     }
                 }
             },
         }
     }
-    // Drain: finish and settle what the handler already has. Deliveries still in the stream,
-    // or held behind their partition key, are dropped unsettled, for the broker to redeliver.
+    // Drain: finish and settle what the handler already has; messages waiting in their lane
+    // for a retry go to the broker's retry. Deliveries still in the stream, or held behind
+    // their partition key, are dropped unsettled, for the broker to redeliver.
+    let _ = stopping.send(true);
     drop(deliveries);
     drop(lanes);
-    while in_flight.next().await.is_some() {}
+    for attempt in again.drain(..) {
+        in_flight.push(Box::pin(hand_back(attempt)));
+    }
+    while let Some(step) = in_flight.next().await {
+        if let Step::Again(attempt) = step {
+            in_flight.push(Box::pin(hand_back(attempt)));
+        }
+    }
     result
 }
 
-/// Starts handling `delivery`; the future settles it and yields `key` back for the lanes.
+/// What every handler call of one consumer shares.
+struct Context {
+    retry: RetryPolicy,
+    ack_wait: Duration,
+    stopping: watch::Receiver<bool>,
+    propagation: Arc<dyn Propagation>,
+}
+
+fn step_done(step: Step, lanes: &mut PartitionLanes, again: &mut VecDeque<Attempt>) {
+    match step {
+        Step::Settled(key) => lanes.finish(key),
+        Step::Again(attempt) => again.push_back(attempt),
+    }
+}
+
+/// A retry due while the consumer stops: the broker delivers it again (to this group's next
+/// consumer) at once.
+async fn hand_back(attempt: Attempt) -> Step {
+    if let Err(e) = attempt.acker.retry(Duration::ZERO).await {
+        tracing::warn!(error = %e, origin = %attempt.info.origin, "handing a message back failed; the broker redelivers it");
+    }
+    Step::Settled(attempt.key)
+}
+
+/// Starts handling `delivery`; the future settles it (or waits out its retry in its lane) and
+/// yields the step for the run loop.
 fn handle<S>(
-    consumer: &Consumer,
+    context: &Context,
     service: &mut S,
     delivery: Delivery,
     key: Option<String>,
-) -> BoxFuture<'static, Option<String>>
+) -> BoxFuture<'static, Step>
 where
     S: Service<Message> + Send + 'static,
     S::Response: Into<Outcome>,
@@ -328,31 +442,54 @@ where
 {
     let (message, info, acker) = delivery.into_parts();
     let info = Arc::new(info);
-    let envelope = match message {
-        Ok(envelope) => Arc::new(envelope),
+    match message {
+        Ok(envelope) => call(
+            context,
+            service,
+            Attempt {
+                envelope: Arc::new(envelope),
+                info,
+                acker,
+                key,
+            },
+        ),
         Err(error) => {
             let reason = format!("not a valid CloudEvents event: {error}");
-            return Box::pin(async move {
-                settle_dead_letter(&*acker, &info, &reason).await;
-                key
-            });
+            Box::pin(async move {
+                settle::dead_letter(&*acker, &info, &reason).await;
+                Step::Settled(key)
+            })
         }
-    };
-    let retry = consumer.retry;
-    if info.attempt > retry.max_deliveries_count() {
+    }
+}
+
+/// Calls the handler with `attempt`; the future concludes it.
+fn call<S>(context: &Context, service: &mut S, attempt: Attempt) -> BoxFuture<'static, Step>
+where
+    S: Service<Message> + Send + 'static,
+    S::Response: Into<Outcome>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    let retry = context.retry;
+    if attempt.info.attempt > retry.max_deliveries_count() {
         let reason = format!(
             "delivered {} times, more than the maximum of {} (the handler never settled it)",
-            info.attempt,
+            attempt.info.attempt,
             retry.max_deliveries_count()
         );
         return Box::pin(async move {
-            settle_dead_letter(&*acker, &info, &reason).await;
-            key
+            settle::dead_letter(&*attempt.acker, &attempt.info, &reason).await;
+            Step::Settled(attempt.key)
         });
     }
     // `call` runs inside the message's context too: tower services do work in `call`
     // itself (read the correlation id, open a span, publish), not only in its future.
-    let mut message = Some(Message::new(envelope.clone(), info.clone(), acker.clone()));
+    let mut message = Some(Message::new(
+        attempt.envelope.clone(),
+        attempt.info.clone(),
+        attempt.acker.clone(),
+    ));
     let mut call = || -> crate::propagation::HandlerFuture {
         let Some(message) = message.take() else {
             // `scope_call` calls once; a second call has no message to give.
@@ -366,7 +503,7 @@ where
     // A panic in the handler's synchronous `call` is the same handler failure as one in its
     // future: retried, then dead-lettered, while the consumer keeps running.
     let scoped = match std::panic::catch_unwind(AssertUnwindSafe(|| {
-        consumer.propagation.scope_call(&envelope, &mut call)
+        context.propagation.scope_call(&attempt.envelope, &mut call)
     })) {
         Ok(scoped) => scoped,
         Err(panic) => {
@@ -374,65 +511,15 @@ where
             Box::pin(std::future::ready(Err(error)))
         }
     };
+    let (ack_wait, stopping) = (context.ack_wait, context.stopping.clone());
     Box::pin(async move {
         let result = match AssertUnwindSafe(scoped).catch_unwind().await {
             Ok(result) => result,
             Err(panic) => Err(panic_message(&*panic).into()),
         };
-        settle(&*acker, &info, retry, result).await;
-        key
+        let decision = settle::decide(retry, attempt.info.attempt, result);
+        settle::conclude(attempt, decision, ack_wait, stopping).await
     })
-}
-
-async fn settle(
-    acker: &dyn Acker,
-    info: &DeliveryInfo,
-    retry: RetryPolicy,
-    result: Result<Outcome, BoxError>,
-) {
-    let settled = match result {
-        Ok(Outcome::Ack) => acker.ack().await,
-        Ok(Outcome::RetryAfter(delay)) if !retry.gives_up(info.attempt) => acker.retry(delay).await,
-        Ok(Outcome::RetryAfter(_)) => {
-            let reason = format!(
-                "handler asked for a retry on delivery {}, the maximum",
-                info.attempt
-            );
-            return settle_dead_letter(acker, info, &reason).await;
-        }
-        Ok(Outcome::DeadLetter(reason)) => {
-            return settle_dead_letter(acker, info, &reason).await;
-        }
-        Err(error) if error.is::<Reject>() || retry.gives_up(info.attempt) => {
-            return settle_dead_letter(acker, info, &error_chain(&*error)).await;
-        }
-        Err(error) => {
-            tracing::debug!(error = %error_chain(&*error), attempt = info.attempt, "handler failed; retrying");
-            acker.retry(retry.delay(info.attempt)).await
-        }
-    };
-    if let Err(e) = settled {
-        tracing::warn!(error = %e, origin = %info.origin, "settling a message failed; the broker redelivers it");
-    }
-}
-
-async fn settle_dead_letter(acker: &dyn Acker, info: &DeliveryInfo, reason: &str) {
-    tracing::warn!(origin = %info.origin, attempt = info.attempt, reason, "dead-lettering a message");
-    if let Err(e) = acker.dead_letter(reason).await {
-        tracing::warn!(error = %e, origin = %info.origin, "dead-lettering failed; the broker redelivers the message");
-    }
-}
-
-/// An error and its sources, `outer: inner: root`.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -50,8 +50,8 @@ pub const CORRELATION_ID_EXTENSION: &str = "correlationid";
 pub const TRACEPARENT_EXTENSION: &str = "traceparent";
 /// The W3C `tracestate`, as the CloudEvents distributed-tracing extension names it.
 pub const TRACESTATE_EXTENSION: &str = "tracestate";
-/// The partitioning extension: events with the same key keep their order where the broker
-/// promises order.
+/// The partitioning extension: events with the same key keep their order (see
+/// [`Envelope::ordering_key`]).
 pub const PARTITION_KEY_EXTENSION: &str = "partitionkey";
 /// The tenant the event belongs to.
 pub const TENANT_ID_EXTENSION: &str = "tenantid";
@@ -286,8 +286,33 @@ impl Envelope {
     }
 
     /// The key this event is kept in order with: its `partitionkey`, else its subject (the
-    /// aggregate it is about), else its id (nothing to order it with). The outbox relay and
-    /// the projection runner both order by it.
+    /// aggregate it is about), else its id (nothing to order it with).
+    ///
+    /// The one ordering rule: the ms-outbox relay publishes each key's events in commit order
+    /// (its NATS publisher confirms one event of a key before it sends the next), the
+    /// consumer runtime's lanes handle each key's deliveries one at a time, in delivery
+    /// order, with a failed one retried in its lane ahead of the key's later ones, and
+    /// ms-cqrs's runner applies each key's events in order. End to end, one consumer per
+    /// group sees a key's events in commit order, through broker crashes mid-batch and
+    /// handler failures (ms-outbox's `tests/kill_order.rs` and `tests/subject_order.rs`). It
+    /// does not hold across several consumers of one group, which the broker feeds without
+    /// regard to keys, nor for a message the broker redelivers after a lost settlement (a
+    /// crash, a broken connection), which comes when the broker decides: see the consumer
+    /// runtime's [ordering](crate::consumer#ordering).
+    ///
+    /// ```
+    /// use ms_bus::Envelope;
+    /// let event = Envelope::builder("invoicing.invoice.paid", "/invoicing").subject("inv-7").build()?;
+    /// assert_eq!(event.ordering_key(), "inv-7");
+    /// let keyed = Envelope::builder("invoicing.invoice.paid", "/invoicing")
+    ///     .subject("inv-7")
+    ///     .partition_key("customer-3")
+    ///     .build()?;
+    /// assert_eq!(keyed.ordering_key(), "customer-3");
+    /// let loose = Envelope::builder("invoicing.report.ready", "/invoicing").build()?;
+    /// assert_eq!(loose.ordering_key(), loose.id());
+    /// # Ok::<(), ms_bus::EnvelopeError>(())
+    /// ```
     pub fn ordering_key(&self) -> &str {
         self.partition_key()
             .or_else(|| self.subject())

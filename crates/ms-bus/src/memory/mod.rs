@@ -398,11 +398,34 @@ impl Acker for MemoryAcker {
     }
 
     fn dead_letter<'a>(&'a self, reason: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
+        self.dead_letter_counted(reason, None)
+    }
+
+    fn dead_letter_after<'a>(
+        &'a self,
+        reason: &'a str,
+        deliveries: u32,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        self.dead_letter_counted(reason, Some(deliveries))
+    }
+
+    fn in_progress(&self) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl MemoryAcker {
+    /// Moves the message to the dead letter, recording `deliveries` (else the bus's count).
+    fn dead_letter_counted<'a>(
+        &'a self,
+        reason: &'a str,
+        deliveries: Option<u32>,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
         let item = self.take();
         Box::pin(async move {
             let mut item = item?;
             let info = DeliveryInfo {
-                attempt: item.deliveries,
+                attempt: deliveries.unwrap_or(item.deliveries),
                 origin: self.queue.origin.clone(),
                 group: self.queue.group.clone(),
                 headers: Vec::new(),
@@ -412,10 +435,6 @@ impl Acker for MemoryAcker {
             self.inner.command_queue(&self.dead_letter).push(item, None);
             Ok(())
         })
-    }
-
-    fn in_progress(&self) -> BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async { Ok(()) })
     }
 }
 

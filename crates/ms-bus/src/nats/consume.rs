@@ -242,9 +242,17 @@ impl Acker for NatsAcker {
     }
 
     fn dead_letter<'a>(&'a self, reason: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
+        self.dead_letter_after(reason, self.attempt)
+    }
+
+    fn dead_letter_after<'a>(
+        &'a self,
+        reason: &'a str,
+        deliveries: u32,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             let info = DeliveryInfo {
-                attempt: self.attempt,
+                attempt: deliveries,
                 origin: self.context.origin.clone(),
                 group: self.context.group.clone(),
                 headers: Vec::new(),

@@ -6,7 +6,13 @@
 //! use ms_bus::nats::NatsBus;
 //! use ms_bus::{Envelope, EventPublisher, Subscription};
 //!
-//! let client = async_nats::connect("nats://127.0.0.1:4222").await?;
+//! // Started before the server is up (a relay deployed with its broker, say), a client
+//! // without `retry_on_initial_connect` fails at once; with it, it connects in the background
+//! // and publishing waits or fails (to be retried) until then.
+//! let client = async_nats::ConnectOptions::new()
+//!     .retry_on_initial_connect()
+//!     .connect("nats://127.0.0.1:4222")
+//!     .await?;
 //! let bus = NatsBus::builder(client).prefix("shop")?.build();
 //!
 //! let handler = tower::service_fn(|m: Message| async move {
@@ -33,8 +39,8 @@
 //!   Structured-mode messages from other producers are read too.
 //! - `Nats-Msg-Id` is the envelope's [`dedup_key`](crate::Envelope::dedup_key): its source and
 //!   id together, as CloudEvents identifies an event, so a republished envelope is dropped by
-//!   the server within the stream's duplicate window (default two minutes) while another
-//!   producer's event with the same id is kept.
+//!   the server within the stream's duplicate window ([`NatsBusBuilder::duplicate_window`],
+//!   default two minutes) while another producer's event with the same id is kept.
 //! - A header is never written with a line break (async-nats would panic): every envelope is
 //!   free of control characters, and should a value still not fit, the publish fails with
 //!   [`BusError::Unencodable`].
@@ -49,6 +55,26 @@
 //!   group gets them at once rather than after `ack_wait`. Messages still on the wire at that
 //!   instant are redelivered after `ack_wait`.
 //!
+//! # Ordering
+//!
+//! A stream stores what one connection publishes in the order the server receives it. A
+//! batch ([`EventPublisher::publish_batch`]) keeps up to the
+//! [publish window](NatsBusBuilder::publish_window) of acks outstanding, but at most one per
+//! [`Envelope::ordering_key`]: the next event of a key goes out only once the previous one is
+//! confirmed. async-nats resends, on a new connection, the publishes it still had queued
+//! when the old one broke, while those in the old connection's buffers are lost; with two
+//! unconfirmed events of one key the second could be stored without the first, and
+//! republishing the batch would store the first behind it. With one, whatever a failure cuts
+//! off, each key's stored events are a prefix of its events in the batch, and republishing
+//! stores every event for the first time after its key's earlier ones (tested in ms-outbox's
+//! `tests/kill_order.rs`: a relay draining 12,000 rows over 8 keys, the server killed with
+//! SIGKILL mid-batch ten times, the stream read back key by key). The price is pipelining
+//! within one key: a batch of a single key is published one round trip per event (6-7 k/s
+//! on a quiet 2-core machine, 3-4 k/s under load, against 10 k/s and more pipelined; see
+//! BENCHMARKS.md), a batch of many keys fills the window.
+//!
+//! Consumers: see [the consumer runtime's ordering](crate::consumer#ordering).
+//!
 //! Naming: with prefix `ms`, topic `invoicing.invoice` is subject `ms.ev.invoicing.invoice`
 //! in stream `ms_EV_invoicing_invoice` with one durable consumer per group; destination
 //! `payments.capture` is subject `ms.cmd.payments.capture` in stream
@@ -57,8 +83,13 @@
 mod consume;
 mod encode;
 mod naming;
+mod pipeline;
 
-use std::collections::HashSet;
+/// The NATS client this adapter is built on ([`NatsBus::builder`] takes its
+/// [`Client`](async_nats::Client)), re-exported so that the versions match.
+pub use async_nats;
+
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -80,6 +111,9 @@ pub const DEFAULT_PUBLISH_WINDOW: usize = 512;
 pub const CONTENT_TYPE_HEADER: &str = "content-type";
 /// JetStream's dedup header.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
+/// How long the streams ms-bus creates remember a `Nats-Msg-Id` (JetStream's own default),
+/// unless [`NatsBusBuilder::duplicate_window`] says otherwise.
+pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// An event and command bus on NATS JetStream. Cloning shares the connection.
 #[derive(Debug, Clone)]
@@ -94,6 +128,7 @@ struct Inner {
     prefix: String,
     mode: Mode,
     window: usize,
+    duplicate_window: Duration,
     propagation: Arc<dyn Propagation>,
     /// Streams known to exist, so that publishing does not ask the server each time.
     streams: Mutex<HashSet<String>>,
@@ -107,6 +142,7 @@ pub struct NatsBusBuilder {
     prefix: String,
     mode: Mode,
     window: usize,
+    duplicate_window: Duration,
     propagation: Arc<dyn Propagation>,
 }
 
@@ -126,9 +162,29 @@ impl NatsBusBuilder {
     }
 
     /// Sets how many batch publishes wait for acks at once (default
-    /// [`DEFAULT_PUBLISH_WINDOW`]).
+    /// [`DEFAULT_PUBLISH_WINDOW`]). Of one ordering key, one at a time: see
+    /// [ordering](self#ordering).
     pub fn publish_window(mut self, window: usize) -> Self {
         self.window = window.max(1);
+        self
+    }
+
+    /// Sets how long the streams this bus uses remember the `Nats-Msg-Id` of what they stored
+    /// (default [`DEFAULT_DUPLICATE_WINDOW`], two minutes): a copy republished within the
+    /// window is dropped by the server, a later one is stored again. Applied when a stream is
+    /// created, and to an existing stream whose window differs when this bus first uses it
+    /// (the rest of its configuration is left as it is).
+    ///
+    /// Make it longer than the longest broker or network outage a deployment must survive
+    /// without duplicates in the stream, plus the publisher's retry delay: a relay that
+    /// published a batch whose acks the outage swallowed republishes it when the broker is
+    /// back. The server keeps every id of the window in memory (about a hundred bytes per
+    /// message), so a window of an hour on a stream taking 1,000 messages a second holds
+    /// 3.6 million ids. What is stored twice anyway reaches consumers twice, in order after
+    /// the first copy; an idempotent handler (ms-outbox's `Inbox`, keyed by the envelope id,
+    /// kept longer than any republication) makes the second copy a no-op.
+    pub fn duplicate_window(mut self, window: Duration) -> Self {
+        self.duplicate_window = window;
         self
     }
 
@@ -151,6 +207,7 @@ impl NatsBusBuilder {
                 prefix: self.prefix,
                 mode: self.mode,
                 window: self.window,
+                duplicate_window: self.duplicate_window,
                 propagation: self.propagation,
                 streams: Mutex::new(HashSet::new()),
             }),
@@ -166,6 +223,7 @@ impl NatsBus {
             prefix: DEFAULT_PREFIX.to_owned(),
             mode: Mode::Binary,
             window: DEFAULT_PUBLISH_WINDOW,
+            duplicate_window: DEFAULT_DUPLICATE_WINDOW,
             propagation: default_propagation(),
         }
     }
@@ -192,6 +250,17 @@ impl NatsBus {
     /// The subject a destination's commands are sent on.
     pub fn command_subject(&self, destination: &str) -> String {
         naming::subject(&self.inner.prefix, Kind::Commands, destination)
+    }
+
+    /// The JetStream stream a topic's events are stored in (to read it back, inspect or
+    /// purge it with a plain client or the `nats` CLI).
+    pub fn event_stream(&self, topic: &str) -> String {
+        naming::stream(&self.inner.prefix, Kind::Events, topic)
+    }
+
+    /// The JetStream stream a destination's commands are stored in.
+    pub fn command_stream(&self, destination: &str) -> String {
+        naming::stream(&self.inner.prefix, Kind::Commands, destination)
     }
 
     /// Creates the stream of a topic if needed: raw producers publishing to
@@ -225,12 +294,28 @@ impl Inner {
                 Kind::Commands => stream::RetentionPolicy::WorkQueue,
             },
             storage: stream::StorageType::File,
+            duplicate_window: self.duplicate_window,
             ..stream::Config::default()
         };
-        self.jetstream
+        let mut stream = self
+            .jetstream
             .get_or_create_stream(config)
             .await
             .map_err(|e| BusError::broker(format!("creating stream {stream_name}: {e}")))?;
+        let existing = &stream.cached_info().config;
+        if existing.duplicate_window != self.duplicate_window {
+            let mut config = existing.clone();
+            tracing::info!(stream = %stream_name, from = ?config.duplicate_window, to = ?self.duplicate_window, "changing the stream's duplicate window");
+            config.duplicate_window = self.duplicate_window;
+            self.jetstream
+                .update_stream(config)
+                .await
+                .map_err(|e| BusError::broker(format!("updating stream {stream_name}: {e}")))?;
+            stream
+                .info()
+                .await
+                .map_err(|e| BusError::broker(format!("reading stream {stream_name}: {e}")))?;
+        }
         self.streams
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -305,21 +390,26 @@ impl Inner {
         envelopes: &[Envelope],
     ) -> Result<(), BusError> {
         let subject = self.prepare(kind, name).await?;
+        // Up to the window unconfirmed, at most one per ordering key: see `pipeline`.
         let result = async {
-            let mut pending = std::collections::VecDeque::with_capacity(self.window);
-            for envelope in envelopes {
-                if pending.len() >= self.window
-                    && let Some(ack) = pending.pop_front()
+            let mut schedule = pipeline::KeyedSchedule::new(envelopes);
+            let mut pending: VecDeque<(&str, PublishAckFuture)> =
+                VecDeque::with_capacity(self.window.min(envelopes.len()));
+            loop {
+                while pending.len() < self.window
+                    && let Some((position, key)) = schedule.next()
                 {
-                    let ack: PublishAckFuture = ack;
-                    ack.await.map_err(|e| BusError::NotConfirmed(e.into()))?;
+                    let ack = self
+                        .start_publish(name, &subject, &envelopes[position])
+                        .await?;
+                    pending.push_back((key, ack));
                 }
-                pending.push_back(self.start_publish(name, &subject, envelope).await?);
-            }
-            for ack in pending {
+                let Some((key, ack)) = pending.pop_front() else {
+                    return Ok(());
+                };
                 ack.await.map_err(|e| BusError::NotConfirmed(e.into()))?;
+                schedule.confirmed(key);
             }
-            Ok(())
         }
         .await;
         self.forget_stream_on_error(kind, name, &result);
