@@ -59,6 +59,6 @@ pub use server::{
     NatsServer, PostgresServer, RabbitMqServer, SERVER_START_TIMEOUT, SERVER_STOP_TIMEOUT,
 };
 pub use service::{
-    AMQP_MANAGEMENT_URL_VAR, AMQP_URL_VAR, NATS_URL_VAR, POSTGRES_URL_VAR, REQUIRE_SERVICES_VAR,
-    STALE_AFTER, require_services, unique_name,
+    AMQP_MANAGEMENT_URL_VAR, AMQP_PRIVATE_VHOSTS_VAR, AMQP_URL_VAR, NATS_URL_VAR, POSTGRES_URL_VAR,
+    REQUIRE_SERVICES_VAR, STALE_AFTER, require_services, unique_name,
 };
