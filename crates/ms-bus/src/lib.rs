@@ -90,9 +90,19 @@
 //!   ([`Subscription::ack_wait`] is ignored); RabbitMQ's `consumer_timeout` (30 minutes by
 //!   default) bounds a handler. Retries wait in per-delay queues, rounded down to one of four
 //!   steps per doubling (at most 20 % short).
+//!
+//! # Feature flags
+//!
+#![doc = document_features::document_features!()]
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README's examples run as doctests, so its quick start cannot rot (it uses the memory
+// adapter).
+#[cfg(all(doctest, feature = "memory"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 #[cfg(feature = "amqp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]
