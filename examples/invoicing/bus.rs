@@ -59,7 +59,7 @@ pub(crate) async fn connect(config: &Config) -> Result<Connected, Error> {
     }
     if let Some(url) = &config.amqp_url {
         let bus = AmqpBus::builder(url)
-            .events_exchange(&config.bus_prefix)?
+            .namespace(config.bus_prefix.as_str())?
             .connect()
             .await?;
         let check: Arc<dyn Check> = Arc::new(bus.check());

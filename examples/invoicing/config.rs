@@ -15,7 +15,7 @@ pub const DEMO_CLIENT: &str = "demo";
 pub const DEFAULT_RATE_PER_SECOND: u32 = 50;
 /// Requests a client may make at once before the average applies.
 pub const DEFAULT_RATE_BURST: u32 = 100;
-/// The subject / exchange prefix on a real broker.
+/// The NATS subject prefix, or the RabbitMQ namespace, on a real broker.
 pub const DEFAULT_BUS_PREFIX: &str = "invoicing";
 /// How long `--chaos` keeps payments down.
 pub const DEFAULT_CHAOS_OUTAGE: Duration = Duration::from_secs(6);
@@ -42,7 +42,8 @@ pub struct Config {
     /// Kafka brokers, `host:port[,host:port…]` (`kafka://` allowed; wins over RabbitMQ and
     /// NATS).
     pub kafka_url: Option<String>,
-    /// Subject, stream and exchange prefix on a real broker.
+    /// On a real broker: the NATS subject and stream prefix, or the RabbitMQ namespace in
+    /// front of every exchange and queue name.
     pub bus_prefix: String,
     /// Who may call the gateway.
     pub credentials: Vec<Credential>,

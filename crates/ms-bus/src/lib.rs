@@ -100,9 +100,19 @@
 //!   consumer runtime's [ordering](consumer#ordering)); keeping it across instances or
 //!   redeliveries needs per-key sequence numbers checked against stored state, which
 //!   ms-cqrs's runner has and the plain consumer runtime does not.
+//!
+//! # Feature flags
+//!
+#![doc = document_features::document_features!()]
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README's examples run as doctests, so its quick start cannot rot (it uses the memory
+// adapter).
+#[cfg(all(doctest, feature = "memory"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 #[cfg(feature = "amqp")]
 #[cfg_attr(docsrs, doc(cfg(feature = "amqp")))]

@@ -1,5 +1,8 @@
 //! The RabbitMQ adapter against a real broker: each test has its own virtual host
-//! (`ms_testkit::amqp()`), so queue and exchange names need no prefix.
+//! (`ms_testkit::amqp()`) and the bus's default names, or, where the management API is not
+//! there (or `MS_TEST_AMQP_PRIVATE_VHOSTS=0`), the shared vhost and a namespace of its own.
+//! What a test reads or writes on the broker directly goes by the bus's own names for it
+//! (`AmqpBus::queue`), so both ways run every test.
 #![cfg(feature = "amqp")]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -10,7 +13,7 @@ use futures_util::StreamExt as _;
 use lapin::BasicProperties;
 use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use ms_bus::amqp::AmqpBus;
+use ms_bus::amqp::{AmqpBus, AmqpBusBuilder};
 use ms_bus::consumer::{Consumer, ConsumerHandle, Message, Outcome, Reject, RetryPolicy};
 use ms_bus::dead_letter::{DELIVERIES_HEADER, GROUP_HEADER, ORIGIN_HEADER, REASON_HEADER};
 use ms_bus::{BoxError, CommandSender, Envelope, EventPublisher, Subscriber, Subscription};
@@ -88,8 +91,22 @@ async fn wait_until(handle: ConsumerHandle, done: impl FnMut() -> bool) {
         .expect("the consumer shut down cleanly");
 }
 
+/// A builder for the test's vhost, with its namespace (if it has no vhost of its own).
+fn builder(rabbit: &TestAmqp) -> AmqpBusBuilder {
+    AmqpBus::builder(rabbit.url())
+        .namespace(rabbit.namespace())
+        .unwrap()
+}
+
 async fn bus(rabbit: &TestAmqp) -> AmqpBus {
-    AmqpBus::connect(rabbit.url()).await.expect("connecting")
+    builder(rabbit).connect().await.expect("connecting")
+}
+
+/// The broker's queue for a command destination.
+fn queue(bus: &AmqpBus, destination: &str) -> lapin::types::ShortString {
+    bus.queue(&Subscription::commands(destination).unwrap())
+        .unwrap()
+        .into()
 }
 
 fn event(n: usize) -> Envelope {
@@ -151,7 +168,10 @@ async fn the_wire_format_is_the_cloudevents_rabbitmq_binding() {
     let connection = rabbit.connection().await;
     let channel = connection.create_channel().await.unwrap();
     let got = channel
-        .basic_get("billing.invoice".into(), BasicGetOptions { no_ack: true })
+        .basic_get(
+            queue(&bus, "billing.invoice"),
+            BasicGetOptions { no_ack: true },
+        )
         .await
         .unwrap()
         .expect("the command is in its queue");
@@ -382,7 +402,7 @@ async fn a_message_that_is_not_a_cloudevent_is_dead_lettered_with_the_decoding_e
     channel
         .basic_publish(
             "".into(),
-            "work".into(),
+            queue(&bus, "work"),
             BasicPublishOptions::default(),
             b"\xff\x00 not an event",
             BasicProperties::default().with_headers(headers),
@@ -394,7 +414,7 @@ async fn a_message_that_is_not_a_cloudevent_is_dead_lettered_with_the_decoding_e
     // it before the adapter does is not a 404, which would close the channel.)
     channel
         .queue_declare(
-            "work.dead-letter".into(),
+            queue(&bus, "work.dead-letter"),
             lapin::options::QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
@@ -406,7 +426,10 @@ async fn a_message_that_is_not_a_cloudevent_is_dead_lettered_with_the_decoding_e
     let deadline = Instant::now() + PATIENCE;
     let got = loop {
         if let Some(got) = channel
-            .basic_get("work.dead-letter".into(), BasicGetOptions { no_ack: true })
+            .basic_get(
+                queue(&bus, "work.dead-letter"),
+                BasicGetOptions { no_ack: true },
+            )
             .await
             .unwrap()
         {
@@ -602,7 +625,10 @@ async fn a_deleted_queue_is_declared_again_by_senders_and_consumers() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     channel
-        .queue_delete("work".into(), lapin::options::QueueDeleteOptions::default())
+        .queue_delete(
+            queue(&bus, "work"),
+            lapin::options::QueueDeleteOptions::default(),
+        )
         .await
         .unwrap();
 
@@ -618,7 +644,7 @@ async fn structured_mode_publishes_one_json_document_and_reads_back_equal() {
     let Some(rabbit) = ms_testkit::amqp().await else {
         return;
     };
-    let bus = AmqpBus::builder(rabbit.url())
+    let bus = builder(&rabbit)
         .mode(ms_bus::codec::Mode::Structured)
         .connect()
         .await
@@ -634,7 +660,10 @@ async fn structured_mode_publishes_one_json_document_and_reads_back_equal() {
     let connection = rabbit.connection().await;
     let channel = connection.create_channel().await.unwrap();
     let got = channel
-        .basic_get("billing.invoice".into(), BasicGetOptions { no_ack: false })
+        .basic_get(
+            queue(&bus, "billing.invoice"),
+            BasicGetOptions { no_ack: false },
+        )
         .await
         .unwrap()
         .expect("the command is in its queue");
@@ -713,4 +742,186 @@ async fn a_command_sent_from_a_handler_carries_the_incoming_correlation_id() {
         forwarded.all()[0].envelope.correlation_id(),
         Some(correlation)
     );
+}
+
+/// Whether `queue` exists on the broker (a passive declare; its failure closes the channel,
+/// so each check has its own).
+async fn queue_exists(connection: &lapin::Connection, queue: &str) -> bool {
+    let channel = connection.create_channel().await.unwrap();
+    let options = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .is_ok()
+}
+
+async fn exchange_exists(connection: &lapin::Connection, exchange: &str) -> bool {
+    let channel = connection.create_channel().await.unwrap();
+    let options = lapin::options::ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Topic,
+            options,
+            FieldTable::default(),
+        )
+        .await
+        .is_ok()
+}
+
+/// The topic, group and destination both systems of the namespace test use.
+const SHARED_TOPIC: &str = "namespaced.topic";
+const SHARED_DESTINATION: &str = "namespaced.work";
+
+/// One system in the namespace test: a group on [`SHARED_TOPIC`], a consumer of
+/// [`SHARED_DESTINATION`] and one of its dead letters, each recording what it saw.
+struct System {
+    bus: AmqpBus,
+    events: Log,
+    commands: Log,
+    dead: Log,
+    consumers: Vec<ConsumerHandle>,
+}
+
+impl System {
+    fn group() -> Subscription {
+        Subscription::events(SHARED_TOPIC, "g").unwrap()
+    }
+
+    fn commands() -> Subscription {
+        Subscription::commands(SHARED_DESTINATION).unwrap()
+    }
+
+    fn dead_letters() -> Subscription {
+        Subscription::commands(Self::commands().dead_letter_destination()).unwrap()
+    }
+
+    /// Connects in `namespace`; its command handler retries once after 20 ms and then rejects
+    /// (to its dead letters) when `retry_then_reject`, else acks.
+    async fn start(rabbit: &TestAmqp, namespace: &str, retry_then_reject: bool) -> Self {
+        let bus = AmqpBus::builder(rabbit.url())
+            .namespace(namespace)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let (events, commands, dead) = (Log::default(), Log::default(), Log::default());
+        let handle = move |m: &Message| match m.attempt() {
+            _ if !retry_then_reject => Ok(Outcome::Ack),
+            1 => Ok(Outcome::RetryAfter(Duration::from_millis(20))),
+            _ => Err(Reject::new("no").into()),
+        };
+        let consumers = vec![
+            Consumer::new(Self::group())
+                .serve(&bus, recording(events.clone(), ack))
+                .await
+                .unwrap(),
+            Consumer::new(Self::commands())
+                .serve(&bus, recording(commands.clone(), handle))
+                .await
+                .unwrap(),
+            Consumer::new(Self::dead_letters())
+                .serve(&bus, recording(dead.clone(), ack))
+                .await
+                .unwrap(),
+        ];
+        Self {
+            bus,
+            events,
+            commands,
+            dead,
+            consumers,
+        }
+    }
+
+    async fn shutdown(self) {
+        for consumer in self.consumers {
+            consumer.shutdown().await.unwrap();
+        }
+    }
+}
+
+fn subjects(log: &Log) -> Vec<String> {
+    log.all()
+        .iter()
+        .map(|s| s.envelope.subject().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The names a leak of the namespace test's system would create on the broker.
+fn bare_names() -> [String; 4] {
+    [
+        format!("{SHARED_TOPIC}:g"),
+        SHARED_DESTINATION.to_owned(),
+        System::commands().dead_letter_destination().to_owned(),
+        format!("{SHARED_DESTINATION}:retry:20"),
+    ]
+}
+
+#[tokio::test]
+async fn namespaces_keep_two_systems_on_one_vhost_apart_down_to_retries_and_dead_letters() {
+    let Some(rabbit) = ms_testkit::amqp().await else {
+        return;
+    };
+    // What a leak would create under the bare names is gone before the test starts.
+    let connection = rabbit.connection().await;
+    let channel = connection.create_channel().await.unwrap();
+    for queue in bare_names() {
+        let options = lapin::options::QueueDeleteOptions::default();
+        channel
+            .queue_delete(queue.as_str().into(), options)
+            .await
+            .unwrap();
+    }
+    // Two systems using the same topic, group and destination names on one vhost.
+    let ns_a = format!("{}.a", rabbit.prefix());
+    let a = System::start(&rabbit, &ns_a, true).await;
+    let b = System::start(&rabbit, &format!("{}.b", rabbit.prefix()), false).await;
+    a.bus.publish(SHARED_TOPIC, &event(1)).await.unwrap();
+    a.bus.send(SHARED_DESTINATION, &event(2)).await.unwrap();
+    b.bus.publish(SHARED_TOPIC, &event(3)).await.unwrap();
+    b.bus.send(SHARED_DESTINATION, &event(4)).await.unwrap();
+
+    let deadline = Instant::now() + PATIENCE;
+    let done =
+        || a.dead.len() == 1 && a.events.len() == 1 && b.events.len() == 1 && b.commands.len() == 1;
+    while !done() {
+        assert!(Instant::now() < deadline, "the hang guard");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(subjects(&a.events), ["inv-1"]);
+    assert_eq!(subjects(&a.commands), ["inv-2", "inv-2"], "tried, retried");
+    assert_eq!(subjects(&a.dead), ["inv-2"]);
+    assert_eq!(subjects(&b.events), ["inv-3"]);
+    assert_eq!(subjects(&b.commands), ["inv-4"]);
+    assert_eq!(b.dead.len(), 0, "a's dead letter is not b's");
+
+    // On the broker: everything a used is behind its namespace, nothing under the bare names.
+    assert_eq!(a.bus.events_exchange(), format!("{ns_a}/ms.events"));
+    assert!(exchange_exists(&connection, a.bus.events_exchange()).await);
+    let a_queue = a.bus.queue(&System::commands()).unwrap();
+    assert_eq!(a_queue, format!("{ns_a}/{SHARED_DESTINATION}"));
+    for queue in [
+        a.bus.queue(&System::group()).unwrap(),
+        format!("{a_queue}:retry:20"),
+        a.bus.queue(&System::dead_letters()).unwrap(),
+        a_queue,
+    ] {
+        assert!(queue_exists(&connection, &queue).await, "{queue}");
+    }
+    for queue in bare_names() {
+        assert!(!queue_exists(&connection, &queue).await, "{queue} leaked");
+    }
+    if rabbit.namespace().is_none() {
+        // The vhost is this test's alone: no bus here used the bare exchange.
+        assert!(!exchange_exists(&connection, "ms.events").await);
+    }
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -84,6 +84,8 @@ async fn the_python_sdk_reads_what_the_adapter_publishes() {
 
 async fn sdk_reads(rabbit: &ms_testkit::TestAmqp, mode: Mode) {
     let bus = AmqpBus::builder(rabbit.url())
+        .namespace(rabbit.namespace())
+        .unwrap()
         .mode(mode)
         .connect()
         .await
@@ -94,10 +96,13 @@ async fn sdk_reads(rabbit: &ms_testkit::TestAmqp, mode: Mode) {
     // Ours → the broker → the SDK.
     let sent = ours();
     bus.send_batch("interop.to-python", &sent).await.unwrap();
+    let queue = bus
+        .queue(&Subscription::commands("interop.to-python").unwrap())
+        .unwrap();
     let mut messages = Vec::new();
     for _ in &sent {
         let got = channel
-            .basic_get("interop.to-python".into(), BasicGetOptions { no_ack: true })
+            .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
             .await
             .unwrap()
             .expect("a message in the queue");
@@ -153,7 +158,12 @@ async fn the_adapter_consumes_what_the_python_sdk_encodes() {
     if !python_with_sdk("amqp_interop") {
         return;
     }
-    let bus = AmqpBus::connect(rabbit.url()).await.unwrap();
+    let bus = AmqpBus::builder(rabbit.url())
+        .namespace(rabbit.namespace())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let connection = rabbit.connection().await;
     let channel = connection.create_channel().await.unwrap();
     let answer = peer(&json!({ "decode": [] }));
@@ -167,9 +177,11 @@ async fn the_adapter_consumes_what_the_python_sdk_encodes() {
         .cloned()
         .collect();
     assert!(theirs.len() >= 4, "{theirs:?}");
+    let subscription = Subscription::commands("interop.from-python").unwrap();
+    let queue = bus.queue(&subscription).unwrap();
     channel
         .queue_declare(
-            "interop.from-python".into(),
+            queue.as_str().into(),
             QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
@@ -196,7 +208,7 @@ async fn the_adapter_consumes_what_the_python_sdk_encodes() {
         channel
             .basic_publish(
                 "".into(),
-                "interop.from-python".into(),
+                queue.as_str().into(),
                 BasicPublishOptions::default(),
                 &body,
                 properties,
@@ -205,7 +217,7 @@ async fn the_adapter_consumes_what_the_python_sdk_encodes() {
             .unwrap();
     }
     let received: Arc<Mutex<Vec<Envelope>>> = Arc::default();
-    let consumer = Consumer::new(Subscription::commands("interop.from-python").unwrap())
+    let consumer = Consumer::new(subscription)
         .serve(&bus, {
             let received = received.clone();
             tower::service_fn(move |m: Message| {

@@ -1,17 +1,19 @@
 //! The conformance suite against RabbitMQ: the shared broker (`ms_testkit::amqp()`, a private
-//! virtual host per test) and, for the restart case, a private `rabbitmq-server` node killed
-//! and restarted.
+//! virtual host per test, or a namespace of its own where there is none) and, for the restart
+//! case, a private `rabbitmq-server` node killed and restarted.
 #![cfg(all(feature = "amqp", feature = "testkit"))]
 
 use futures_util::future::BoxFuture;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use ms_bus::Subscriber as _;
-use ms_bus::amqp::{AmqpBus, DEFAULT_EVENTS_EXCHANGE};
+use ms_bus::amqp::AmqpBus;
 use ms_bus::conformance::{Capabilities, Fixture, RestartableFixture, WAIT_LIMIT};
 
 struct Rabbit {
     url: String,
+    /// The test's namespace where it has no virtual host of its own.
+    namespace: Option<String>,
     server: Option<ms_testkit::RabbitMqServer>,
     _test: Option<ms_testkit::TestAmqp>,
 }
@@ -21,6 +23,7 @@ impl Rabbit {
         let test = ms_testkit::amqp().await?;
         Some(Self {
             url: test.url().to_owned(),
+            namespace: test.namespace().map(str::to_owned),
             server: None,
             _test: Some(test),
         })
@@ -33,6 +36,8 @@ impl Fixture for Rabbit {
     fn connect(&self) -> BoxFuture<'_, AmqpBus> {
         Box::pin(async {
             AmqpBus::builder(&self.url)
+                .namespace(self.namespace.as_deref())
+                .unwrap()
                 // Keep publishing through a broker restart for as long as the suite waits.
                 .publish_timeout(WAIT_LIMIT)
                 .connect()
@@ -42,7 +47,7 @@ impl Fixture for Rabbit {
     }
 
     fn name(&self, name: &str) -> String {
-        // Each test has its own virtual host: names need no prefix.
+        // Each test has its own virtual host, or the bus namespaces every name.
         name.to_owned()
     }
 
@@ -78,6 +83,10 @@ impl Fixture for Rabbit {
 impl Rabbit {
     /// Publishes a message as a foreign producer would, past the adapter's encoder.
     async fn publish_raw(&self, topic: &str, properties: lapin::BasicProperties, body: Vec<u8>) {
+        // The exchange as the bus names it: namespaced when the test has no private vhost.
+        let bus = self.connect().await;
+        let exchange = bus.events_exchange().to_owned();
+        bus.close().await;
         let connection =
             lapin::Connection::connect(&self.url, lapin::ConnectionProperties::default())
                 .await
@@ -85,7 +94,7 @@ impl Rabbit {
         let channel = connection.create_channel().await.unwrap();
         channel
             .basic_publish(
-                DEFAULT_EVENTS_EXCHANGE.into(),
+                exchange.into(),
                 topic.into(),
                 BasicPublishOptions::default(),
                 &body,
@@ -134,6 +143,7 @@ async fn broker_restart_loses_nothing_confirmed() {
     server.restart().await.unwrap();
     let mut fixture = Rabbit {
         url: server.url(),
+        namespace: None,
         server: Some(server),
         _test: None,
     };

@@ -98,9 +98,18 @@
 //! - `health` (feature `health`): an ms-health check that a projection is caught up.
 //! - The databases: [`Store`] is PostgreSQL (feature `postgres`) or SQLite (feature `sqlite`,
 //!   the default).
+//!
+//! # Feature flags
+//!
+#![doc = document_features::document_features!()]
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README's examples run as doctests, so its quick start cannot rot (it uses SQLite).
+#[cfg(all(doctest, feature = "sqlite"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 mod business_rule;
 pub mod command;

@@ -51,9 +51,18 @@
 //! Checks for this project's own components (the bus, the outbox, ...) live in the crate that
 //! owns the component, behind that crate's `health` feature, implementing [`Check`]; this crate
 //! defines the trait and ships checks only for third-party clients.
+//!
+//! # Feature flags
+//!
+#![doc = document_features::document_features!()]
 #![deny(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README's examples run as doctests, so its quick start cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 mod cache;
 pub mod check;

@@ -55,12 +55,21 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Feature flags
+//!
+#![doc = document_features::document_features!()]
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 // Each database uses part of the shared machinery; the all-features build (CI's clippy) still
 // finds code no database uses.
 #![cfg_attr(not(all(feature = "postgres", feature = "sqlite")), allow(dead_code))]
+
+// The README's examples run as doctests, so its quick start cannot rot (it uses SQLite).
+#[cfg(all(doctest, feature = "sqlite"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 mod backend;
 mod error;

@@ -70,9 +70,18 @@
 //!   authority.
 //! - The lock-free windows are covered by a model-based property test and multi-threaded tests,
 //!   not by `loom`.
+//!
+//! # Feature flags
+//!
+#![doc = document_features::document_features!()]
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README's examples run as doctests, so its quick start cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub mod backoff;
 pub mod bulkhead;

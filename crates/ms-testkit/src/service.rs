@@ -18,6 +18,12 @@ pub const AMQP_MANAGEMENT_URL_VAR: &str = "MS_TEST_AMQP_MANAGEMENT_URL";
 /// The Kafka broker for tests, as `kafka://host:port` (a loopback address). Unset, the kit
 /// tries `127.0.0.1:9092`, then testcontainers, then starts a tansu of its own.
 pub const KAFKA_URL_VAR: &str = "MS_TEST_KAFKA_URL";
+/// Whether tests get a private RabbitMQ virtual host: `0` (or `false`) never (each test's
+/// exchanges and queues are namespaced in the AMQP URL's own virtual host, as on a machine
+/// without the management plugin, even where the management API answers), `1` (or `true`)
+/// always (a management API that does not answer fails the test); unset, wherever the
+/// management API answers.
+pub const AMQP_PRIVATE_VHOSTS_VAR: &str = "MS_TEST_AMQP_PRIVATE_VHOSTS";
 /// When `1` (or `true`), a service that cannot be found fails the test instead of skipping it.
 pub const REQUIRE_SERVICES_VAR: &str = "MS_TEST_REQUIRE_SERVICES";
 
@@ -26,8 +32,17 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Whether missing services fail tests ([`REQUIRE_SERVICES_VAR`] is `1` or `true`).
 pub fn require_services() -> bool {
-    std::env::var(REQUIRE_SERVICES_VAR)
-        .is_ok_and(|v| matches!(v.trim(), "1" | "true" | "TRUE" | "yes"))
+    std::env::var(REQUIRE_SERVICES_VAR).is_ok_and(|v| flag(&v) == Some(true))
+}
+
+/// A boolean setting's value: `1`, `true`, `yes`, `on` or `0`, `false`, `no`, `off` (any case);
+/// `None` for anything else.
+pub(crate) fn flag(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
 }
 
 /// A name no other test (in this or another process) will pick: `{prefix}_{uuid}`, where

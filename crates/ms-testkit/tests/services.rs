@@ -72,22 +72,27 @@ async fn nats_prefix_isolates_subjects_and_drop_deletes_streams() {
 }
 
 #[tokio::test]
-async fn amqp_gives_a_private_vhost_and_removes_it() {
+async fn amqp_gives_a_private_vhost_and_removes_it_or_else_a_namespace() {
     let Some(amqp) = ms_testkit::amqp().await else {
         return;
     };
     let connection = amqp.connection().await;
     if !amqp.has_private_vhost() {
-        // Without the management plugin the kit falls back to a name prefix; CI enables the
-        // plugin and requires the real thing.
+        // Without the management API (or with private vhosts off) the test gets the URL's own
+        // vhost and a namespace no other test has.
         assert!(
-            !ms_testkit::require_services(),
-            "MS_TEST_REQUIRE_SERVICES=1 but the RabbitMQ management API is not reachable"
+            std::env::var(ms_testkit::AMQP_PRIVATE_VHOSTS_VAR).as_deref() != Ok("1"),
+            "private vhosts required, but none was made"
         );
         assert!(connection.status().connected());
-        eprintln!("SKIPPED vhost removal check: RabbitMQ management API not reachable");
+        let namespace = amqp.namespace().expect("a namespace without a vhost");
+        assert_eq!(namespace, amqp.prefix());
+        let other = ms_testkit::amqp().await.unwrap();
+        assert_ne!(other.namespace(), Some(namespace));
+        assert_eq!(other.vhost(), amqp.vhost());
         return;
     }
+    assert_eq!(amqp.namespace(), None, "a private vhost needs no namespace");
     let channel = connection.create_channel().await.unwrap();
     let queue = channel
         .queue_declare(

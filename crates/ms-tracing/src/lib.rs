@@ -47,11 +47,6 @@
 //! | tail sampling by error, latency and ratio, with a memory budget | [`tail_sampling`] |
 //! | in-memory spans for tests (feature `testing`) | `testing` |
 //!
-//! # Features
-//! - `axum`: `http.route` from axum's `MatchedPath` on server spans.
-//! - `otlp`: the OTLP/gRPC (tonic) exporter.
-//! - `testing`: the in-memory exporter and the `testing` module.
-//!
 //! # Not there yet, and known limits
 //! - A new root span started by the OpenTelemetry SDK does not set the W3C Level 2 `random`
 //!   flag (the SDK sets only `sampled`), although its IDs are random; a `random` flag received
@@ -72,9 +67,18 @@
 //!   caller's trace context with it: calls made under it start new traces.
 //! - ms-bus does not call [`message::inject`] / [`message::extract`] yet; the end-to-end test
 //!   carries the message through a channel.
+//!
+//! # Feature flags
+//!
+#![doc = document_features::document_features!()]
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+// The README's examples run as doctests, so its quick start cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub mod client;
 pub mod correlation;

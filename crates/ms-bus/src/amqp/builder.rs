@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::AmqpBus;
 use super::link::{Link, LinkConfig};
-use super::topology::DEFAULT_EVENTS_EXCHANGE;
+use super::topology::{DEFAULT_EVENTS_EXCHANGE, Names};
 use crate::codec::Mode;
 use crate::propagation::{Propagation, default_propagation};
 use crate::{BusError, validate_name};
@@ -30,6 +30,7 @@ pub const DEFAULT_RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
 #[must_use]
 pub struct AmqpBusBuilder {
     url: String,
+    namespace: Option<String>,
     exchange: String,
     mode: Mode,
     config: LinkConfig,
@@ -40,6 +41,7 @@ impl AmqpBusBuilder {
     pub(super) fn new(url: &str) -> Self {
         Self {
             url: url.to_owned(),
+            namespace: None,
             exchange: DEFAULT_EVENTS_EXCHANGE.to_owned(),
             mode: Mode::Binary,
             config: LinkConfig {
@@ -53,11 +55,39 @@ impl AmqpBusBuilder {
     }
 
     /// Sets the topic exchange events are published to (default
-    /// [`DEFAULT_EVENTS_EXCHANGE`](super::DEFAULT_EVENTS_EXCHANGE)). Publishers and subscribers
-    /// of one topic must agree on it.
+    /// [`DEFAULT_EVENTS_EXCHANGE`](super::DEFAULT_EVENTS_EXCHANGE)), behind the
+    /// [namespace](Self::namespace) if one is set. Publishers and subscribers of one topic must
+    /// agree on it.
     pub fn events_exchange(mut self, exchange: &str) -> Result<Self, BusError> {
         validate_name(exchange)?;
         exchange.clone_into(&mut self.exchange);
+        Ok(self)
+    }
+
+    /// Puts every exchange and queue the bus declares, and every one it publishes to, behind
+    /// `namespace` (a bus name): `{namespace}/ms.events`, `{namespace}/{topic}:{group}`,
+    /// `{namespace}/{destination}`, and the retry and dead-letter queues derived from those.
+    /// Default: no namespace, the names in the [module docs](super#on-the-broker).
+    ///
+    /// Two systems that share a virtual host, each with its own namespace, share nothing on
+    /// it. Bus names cannot contain `/`, so namespaced names never meet un-namespaced ones.
+    /// Every publisher and subscriber of a topic or destination must use the same namespace.
+    /// A virtual host per system isolates more (permissions, limits, policies); this is for
+    /// when there is one.
+    ///
+    /// Takes a `&str` or an `Option<&str>` (an optional setting from configuration; `None`
+    /// means no namespace).
+    pub fn namespace<'a>(
+        mut self,
+        namespace: impl Into<Option<&'a str>>,
+    ) -> Result<Self, BusError> {
+        self.namespace = match namespace.into() {
+            Some(namespace) => {
+                validate_name(namespace)?;
+                Some(namespace.to_owned())
+            }
+            None => None,
+        };
         Ok(self)
     }
 
@@ -98,7 +128,8 @@ impl AmqpBusBuilder {
 
     /// Connects (retrying until the publish timeout) and declares the events exchange.
     pub async fn connect(self) -> Result<AmqpBus, BusError> {
-        let link = Arc::new(Link::new(self.url, self.exchange, self.config));
+        let names = Names::new(self.namespace.as_deref(), &self.exchange)?;
+        let link = Arc::new(Link::new(self.url, names, self.config));
         let deadline = self.config.publish_deadline();
         link.session_before(deadline).await?;
         Ok(AmqpBus::from_parts(link, self.mode, self.propagation))

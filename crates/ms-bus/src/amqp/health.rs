@@ -6,7 +6,10 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let Some(rabbit) = ms_testkit::amqp().await else { return Ok(()) };
-//! let bus = ms_bus::amqp::AmqpBus::connect(rabbit.url()).await?;
+//! let bus = ms_bus::amqp::AmqpBus::builder(rabbit.url())
+//! #   .namespace(rabbit.namespace())? // the test's own, where it has no vhost of its own
+//!     .connect()
+//!     .await?;
 //! let check = bus.check();
 //! assert_eq!(check.check().await.status(), Status::Pass);
 //!

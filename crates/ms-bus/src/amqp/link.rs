@@ -13,7 +13,7 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::time::Instant;
 
-use super::topology;
+use super::topology::{self, Names};
 use crate::{BoxError, BusError};
 
 /// How the link waits between connection attempts, and for how long an operation keeps
@@ -157,7 +157,7 @@ enum Failure {
 /// The connection manager.
 pub(crate) struct Link {
     url: String,
-    exchange: String,
+    names: Names,
     pub(crate) config: LinkConfig,
     current: tokio::sync::Mutex<Option<Arc<Session>>>,
     generations: AtomicU64,
@@ -167,17 +167,17 @@ pub(crate) struct Link {
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Link")
-            .field("exchange", &self.exchange)
+            .field("names", &self.names)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
 impl Link {
-    pub(crate) fn new(url: String, exchange: String, config: LinkConfig) -> Self {
+    pub(crate) fn new(url: String, names: Names, config: LinkConfig) -> Self {
         Self {
             url,
-            exchange,
+            names,
             config,
             current: tokio::sync::Mutex::new(None),
             generations: AtomicU64::new(0),
@@ -185,8 +185,14 @@ impl Link {
         }
     }
 
+    /// The events exchange (behind the namespace, if any).
     pub(crate) fn exchange(&self) -> &str {
-        &self.exchange
+        self.names.exchange()
+    }
+
+    /// The broker's names for this bus's exchange and queues.
+    pub(crate) fn names(&self) -> &Names {
+        &self.names
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -258,7 +264,7 @@ impl Link {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(|e| BusError::Connection(e.into()))?;
-        topology::declare_events_exchange(&publish, &self.exchange).await?;
+        topology::declare_events_exchange(&publish, self.names.exchange()).await?;
         Ok(Session {
             generation,
             connection,

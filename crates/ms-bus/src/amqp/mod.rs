@@ -11,7 +11,10 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let Some(rabbit) = ms_testkit::amqp().await else { return Ok(()) };
 //! # let url = rabbit.url();
-//! let bus = AmqpBus::builder(url).connect().await?;
+//! let bus = AmqpBus::builder(url)
+//! #   .namespace(rabbit.namespace())? // the test's own, where it has no vhost of its own
+//!     .connect()
+//!     .await?;
 //!
 //! let seen = Arc::new(AtomicUsize::new(0));
 //! let handler = tower::service_fn({
@@ -49,6 +52,11 @@
 //! | commands | durable queue named after the destination, through the default exchange | the sender and the subscriber |
 //! | a retry after `d` | durable queue `{queue}:retry:{ms}` with `x-message-ttl` = `ms` and the default exchange as dead-letter exchange, routing key `{queue}` | the acker, before each retry |
 //! | dead letters | the subscription's dead-letter destination, a command queue | the acker |
+//!
+//! With a [namespace](AmqpBusBuilder::namespace), every name in the table starts with
+//! `{namespace}/` (`acme/ms.events`, `acme/{topic}:{group}`, …): systems sharing a virtual
+//! host, each with its own namespace, share no exchange or queue. [`AmqpBus::queue`] and
+//! [`AmqpBus::events_exchange`] give the names on the broker.
 //!
 //! `:` is not allowed in bus names, so group and retry queues never collide with a command
 //! destination. Retries wait in queues per delay rather than with a per-message `expiration`,
@@ -177,15 +185,49 @@ impl AmqpBus {
         self.link.close().await;
     }
 
+    /// The events exchange on the broker: [`DEFAULT_EVENTS_EXCHANGE`] or the builder's, behind
+    /// the [namespace](AmqpBusBuilder::namespace) if one is set.
+    pub fn events_exchange(&self) -> &str {
+        self.link.exchange()
+    }
+
+    /// The queue on the broker that `subscription` consumes from (and that commands sent to a
+    /// destination wait in: `Subscription::commands(destination)`), for tools and other
+    /// clients that read or send by queue name.
+    ///
+    /// ```no_run
+    /// // Not run here: `tests/amqp.rs` checks these names on a real broker, in a vhost or
+    /// // namespace of its own.
+    /// # use ms_bus::Subscription;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let bus = ms_bus::amqp::AmqpBus::builder("amqp://guest:guest@127.0.0.1:5672/%2f")
+    ///     .namespace("acme")?
+    ///     .connect()
+    ///     .await?;
+    /// let group = Subscription::events("invoicing.invoice", "reporting")?;
+    /// assert_eq!(bus.queue(&group)?, "acme/invoicing.invoice:reporting");
+    /// assert_eq!(bus.queue(&Subscription::commands("payments.charge")?)?, "acme/payments.charge");
+    /// assert_eq!(bus.events_exchange(), "acme/ms.events");
+    /// # bus.close().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn queue(&self, subscription: &Subscription) -> Result<String, BusError> {
+        self.link.names().work_queue(subscription)
+    }
+
+    /// An outgoing message for bus name `name` (a topic or destination), routed by
+    /// `routing_key` (the topic, or the destination's queue).
     fn outgoing(
         &self,
         exchange: &str,
+        name: &str,
         routing_key: &str,
         envelope: &Envelope,
         mandatory: bool,
     ) -> Result<Outgoing, BusError> {
-        validate_name(routing_key)?;
-        let envelope = propagation::outgoing_to(&*self.propagation, routing_key, envelope);
+        validate_name(name)?;
+        let envelope = propagation::outgoing_to(&*self.propagation, name, envelope);
         let message = codec::encode(&envelope, self.mode, HeaderValues::Raw);
         let (properties, body) = headers::to_amqp(message, &envelope.dedup_key())?;
         Ok(Outgoing {
@@ -200,18 +242,19 @@ impl AmqpBus {
     fn events(&self, topic: &str, events: &[Envelope]) -> Result<Vec<Outgoing>, BusError> {
         events
             .iter()
-            .map(|event| self.outgoing(self.link.exchange(), topic, event, false))
+            .map(|event| self.outgoing(self.link.exchange(), topic, topic, event, false))
             .collect()
     }
 
     fn commands(
         &self,
         destination: &str,
+        queue: &str,
         commands: &[Envelope],
     ) -> Result<Vec<Outgoing>, BusError> {
         commands
             .iter()
-            .map(|command| self.outgoing("", destination, command, true))
+            .map(|command| self.outgoing("", destination, queue, command, true))
             .collect()
     }
 }
@@ -252,10 +295,12 @@ impl CommandSender for AmqpBus {
         commands: &'a [Envelope],
     ) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
-            let messages = self.commands(destination, commands)?;
+            validate_name(destination)?;
+            let queue = self.link.names().destination(destination)?;
+            let messages = self.commands(destination, &queue, commands)?;
             // Commands sent before any consumer listens must wait for one: the sender declares
             // the destination's durable queue (once per connection).
-            let prepare = Prepare::Queue(destination.to_owned());
+            let prepare = Prepare::Queue(queue);
             self.link.publish(&messages, &prepare).await
         })
     }
@@ -267,7 +312,7 @@ impl Subscriber for AmqpBus {
         subscription: &'a Subscription,
     ) -> BoxFuture<'a, Result<Deliveries, BusError>> {
         Box::pin(async move {
-            let plan = subscriber::Plan::new(subscription)?;
+            let plan = subscriber::Plan::new(self.link.names(), subscription)?;
             subscriber::subscribe(self.link.clone(), plan).await
         })
     }

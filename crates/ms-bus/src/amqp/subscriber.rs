@@ -22,7 +22,7 @@ use lapin::{Channel, Consumer};
 use super::acker::AmqpAcker;
 use super::headers;
 use super::link::{Link, Session};
-use super::topology;
+use super::topology::{self, Names};
 use crate::codec::{self, HEADER_PREFIX, HeaderValues};
 use crate::{BusError, Deliveries, Delivery, DeliveryInfo, Subscription};
 
@@ -36,12 +36,14 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    pub(crate) fn new(subscription: &Subscription) -> Result<Self, BusError> {
+    pub(crate) fn new(names: &Names, subscription: &Subscription) -> Result<Self, BusError> {
         Ok(Self {
-            queue: topology::work_queue(subscription)?.into(),
+            queue: names.work_queue(subscription)?.into(),
             origin: subscription.origin().into(),
             group: subscription.group().map(Into::into),
-            dead_letter: subscription.dead_letter_destination().into(),
+            dead_letter: names
+                .destination(subscription.dead_letter_destination())?
+                .into(),
             subscription: subscription.clone(),
         })
     }

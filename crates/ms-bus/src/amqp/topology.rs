@@ -11,6 +11,9 @@
 //!   delay and whose dead-letter exchange (the default exchange, routing key `{queue}`) sends
 //!   expired messages back to the work queue. See [`retry_bucket`] for why delays are rounded.
 //! - Dead letters go to the subscription's dead-letter destination, a command queue.
+//! - With a namespace (see [`Names`]), every exchange and queue name above starts with
+//!   `{namespace}/`: two systems on one virtual host, each with its own namespace, share no
+//!   exchange, queue, retry queue or dead-letter queue.
 
 use std::time::Duration;
 
@@ -23,7 +26,11 @@ use crate::{BusError, Source, Subscription};
 /// The topic exchange events are published to, unless the builder names another.
 pub const DEFAULT_EVENTS_EXCHANGE: &str = "ms.events";
 
-/// AMQP's limit on queue names.
+/// What separates a namespace from the name it qualifies. Bus names cannot contain `/`, so a
+/// namespaced name never equals an un-namespaced one or one of another namespace.
+pub(crate) const NAMESPACE_SEPARATOR: char = '/';
+
+/// AMQP's limit on queue and exchange names.
 const MAX_QUEUE_NAME: usize = 255;
 /// Room a work queue's name leaves for its retry queues' `:retry:{ms}` suffix.
 const RETRY_SUFFIX_ROOM: usize = ":retry:4294967295".len();
@@ -34,21 +41,66 @@ const RETRY_SUFFIX_ROOM: usize = ":retry:4294967295".len();
 /// `delay + RETRY_QUEUE_IDLE_EXPIRY` without use).
 const RETRY_QUEUE_IDLE_EXPIRY: Duration = Duration::from_secs(3600);
 
-/// The queue a subscription consumes from.
-pub(crate) fn work_queue(subscription: &Subscription) -> Result<String, BusError> {
-    let name = match subscription.source() {
-        Source::Events { topic, group } => format!("{topic}:{group}"),
-        Source::Commands { destination } => destination.to_string(),
-        #[allow(unreachable_patterns)] // `Source` is non-exhaustive for other crates only
-        _ => return Err(BusError::broker("unsupported subscription source")),
-    };
-    if name.len() > MAX_QUEUE_NAME - RETRY_SUFFIX_ROOM {
-        return Err(BusError::InvalidName {
-            name,
-            reason: "topic and group together are too long for an AMQP queue name (238 bytes with `:`)",
-        });
+/// The broker's names for one bus: its events exchange and its queues, each behind the
+/// namespace if there is one.
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    /// `{namespace}/`, or empty without a namespace.
+    qualifier: String,
+    /// The events exchange, qualified.
+    exchange: String,
+}
+
+impl Names {
+    /// Names under `namespace` (a valid bus name, or none) for events on `exchange`.
+    pub(crate) fn new(namespace: Option<&str>, exchange: &str) -> Result<Self, BusError> {
+        let qualifier =
+            namespace.map_or_else(String::new, |ns| format!("{ns}{NAMESPACE_SEPARATOR}"));
+        let exchange = format!("{qualifier}{exchange}");
+        if exchange.len() > MAX_QUEUE_NAME {
+            return Err(BusError::InvalidName {
+                name: exchange,
+                reason: "with the namespace, the events exchange's name is too long for AMQP \
+                         (255 bytes)",
+            });
+        }
+        Ok(Self {
+            qualifier,
+            exchange,
+        })
     }
-    Ok(name)
+
+    /// The events exchange.
+    pub(crate) fn exchange(&self) -> &str {
+        &self.exchange
+    }
+
+    /// The queue of a command (or dead-letter) destination, a valid bus name.
+    pub(crate) fn destination(&self, destination: &str) -> Result<String, BusError> {
+        self.qualified(destination.to_owned(), MAX_QUEUE_NAME)
+    }
+
+    /// The queue a subscription consumes from; its name leaves room for its retry queues'.
+    pub(crate) fn work_queue(&self, subscription: &Subscription) -> Result<String, BusError> {
+        let name = match subscription.source() {
+            Source::Events { topic, group } => format!("{topic}:{group}"),
+            Source::Commands { destination } => destination.to_string(),
+            #[allow(unreachable_patterns)] // `Source` is non-exhaustive for other crates only
+            _ => return Err(BusError::broker("unsupported subscription source")),
+        };
+        self.qualified(name, MAX_QUEUE_NAME - RETRY_SUFFIX_ROOM)
+    }
+
+    fn qualified(&self, name: String, limit: usize) -> Result<String, BusError> {
+        if self.qualifier.len() + name.len() > limit {
+            return Err(BusError::InvalidName {
+                name,
+                reason: "with the namespace, and room for the retry queues' `:retry:{ms}`, it is \
+                         too long for an AMQP queue name (255 bytes)",
+            });
+        }
+        Ok(format!("{}{name}", self.qualifier))
+    }
 }
 
 /// Declares the subscription's work queue (and, for events, the exchange and the binding).
@@ -187,23 +239,78 @@ mod tests {
 
     #[test]
     fn group_queues_cannot_collide_with_command_destinations() {
+        let names = Names::new(None, DEFAULT_EVENTS_EXCHANGE).unwrap();
         let group = Subscription::events("a.b", "c").unwrap();
         let other = Subscription::events("a", "b.c").unwrap();
         let command = Subscription::commands("a.b.c").unwrap();
-        let names = [
-            work_queue(&group).unwrap(),
-            work_queue(&other).unwrap(),
-            work_queue(&command).unwrap(),
+        let queues = [
+            names.work_queue(&group).unwrap(),
+            names.work_queue(&other).unwrap(),
+            names.work_queue(&command).unwrap(),
         ];
-        assert_eq!(names, ["a.b:c", "a:b.c", "a.b.c"]);
+        assert_eq!(queues, ["a.b:c", "a:b.c", "a.b.c"]);
+    }
+
+    #[test]
+    fn without_a_namespace_the_names_are_the_bus_names() {
+        let names = Names::new(None, DEFAULT_EVENTS_EXCHANGE).unwrap();
+        assert_eq!(names.exchange(), "ms.events");
+        assert_eq!(names.destination("work").unwrap(), "work");
+        let retry = retry_queue_name(
+            &names
+                .work_queue(&Subscription::events("t", "g").unwrap())
+                .unwrap(),
+            400,
+        );
+        assert_eq!(retry, "t:g:retry:400");
+    }
+
+    #[test]
+    fn a_namespace_qualifies_every_name_and_namespaces_cannot_collide() {
+        let names = Names::new(Some("acme"), DEFAULT_EVENTS_EXCHANGE).unwrap();
+        let group = Subscription::events("invoicing.invoice", "ledger").unwrap();
+        let queue = names.work_queue(&group).unwrap();
+        assert_eq!(names.exchange(), "acme/ms.events");
+        assert_eq!(queue, "acme/invoicing.invoice:ledger");
+        assert_eq!(
+            retry_queue_name(&queue, 400),
+            "acme/invoicing.invoice:ledger:retry:400"
+        );
+        assert_eq!(
+            names.destination(group.dead_letter_destination()).unwrap(),
+            "acme/invoicing.invoice.ledger.dead-letter"
+        );
+        // `acme` + `b.c` and `acme.b` + `c` stay apart, and neither is a plain bus name.
+        let nested = Names::new(Some("acme.b"), DEFAULT_EVENTS_EXCHANGE).unwrap();
+        assert_ne!(
+            names.destination("b.c").unwrap(),
+            nested.destination("c").unwrap()
+        );
+        assert!(crate::validate_name(&names.destination("b.c").unwrap()).is_err());
     }
 
     #[test]
     fn an_overlong_queue_name_is_a_typed_error() {
         let long = "t".repeat(200);
         let subscription = Subscription::events(&long, &long).unwrap();
+        let names = Names::new(None, DEFAULT_EVENTS_EXCHANGE).unwrap();
         assert!(matches!(
-            work_queue(&subscription),
+            names.work_queue(&subscription),
+            Err(BusError::InvalidName { .. })
+        ));
+        // A name that fits alone may not fit behind a namespace.
+        let fits = Subscription::commands(&"t".repeat(200)).unwrap();
+        assert!(names.work_queue(&fits).is_ok());
+        let namespaced = Names::new(Some(&"n".repeat(40)), DEFAULT_EVENTS_EXCHANGE).unwrap();
+        assert!(matches!(
+            namespaced.work_queue(&fits),
+            Err(BusError::InvalidName { .. })
+        ));
+        assert!(namespaced.destination(&"t".repeat(200)).is_ok());
+        let long_exchange = "e".repeat(200);
+        assert!(Names::new(None, &long_exchange).is_ok());
+        assert!(matches!(
+            Names::new(Some(&"n".repeat(60)), &long_exchange),
             Err(BusError::InvalidName { .. })
         ));
     }
