@@ -81,6 +81,7 @@ pub mod correlation;
 pub mod head_sampling;
 pub mod init;
 pub mod message;
+mod missing_layer;
 pub mod propagation;
 pub mod response;
 pub mod server;

@@ -50,6 +50,7 @@ where
         // current one goes out instead, so the trace is not cut.
         let mut cx = span.context();
         if !cx.span().span_context().is_valid() {
+            crate::missing_layer::check(&span);
             cx = tracing::Span::current().context();
         }
         propagator().inject_context(&cx, &mut HeaderInjector(request.headers_mut()));

@@ -4,7 +4,6 @@ use http::{Request, Response};
 use opentelemetry::propagation::TextMapPropagator as _;
 use tower::Service;
 use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::ServerTraceLayer;
 use crate::correlation::CorrelationId;
@@ -60,9 +59,8 @@ where
             &HeaderExtractor(request.headers()),
         );
         // Always set, even without a valid remote parent: a server span starts a trace rather
-        // than joining whatever span happens to be current where the server runs. An error only
-        // means no OpenTelemetry layer is installed, which leaves nothing to parent.
-        let _ = span.set_parent(parent);
+        // than joining whatever span happens to be current where the server runs.
+        crate::missing_layer::set_parent(&span, parent);
         let future = span.in_scope(|| self.inner.call(request));
         ResponseFuture::new(future, span, Side::Server, protocol)
     }
