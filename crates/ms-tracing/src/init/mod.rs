@@ -16,7 +16,7 @@
 //! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | the head sampler (see [`crate::head_sampling`]) | `parentbased_always_on` |
 //! | `RUST_LOG` | the log filter (not the span filter: see [`TracingBuilder::span_filter`]) | [`DEFAULT_FILTER`] |
 //!
-//! Exported spans carry no source locations (`code.filepath`, which for a dependency is an
+//! Exported spans carry no source locations (`code.file.path`, which for a dependency is an
 //! absolute path on the build machine) unless [`TracingBuilder::code_location`] asks for them.
 //!
 //! ```
@@ -61,8 +61,9 @@ pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 /// The variable that turns the SDK off (`true`): nothing is exported.
 pub const OTEL_SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
 
-/// Whether exported spans carry `code.filepath`, `code.lineno` and `code.namespace`: no, since
-/// the path of a dependency's file is an absolute path on the machine that built the binary.
+/// Whether exported spans carry `code.file.path`, `code.line.number` and `code.module.name`:
+/// no, since the path of a dependency's file is an absolute path on the machine that built the
+/// binary.
 pub const DEFAULT_CODE_LOCATION: bool = false;
 
 /// The spans exported unless [`TracingBuilder::span_filter`] says otherwise: `info` and above,
@@ -201,8 +202,8 @@ impl TracingBuilder {
         Ok(self)
     }
 
-    /// Whether exported spans carry their source location (`code.filepath`, `code.lineno`,
-    /// `code.namespace`); default [`DEFAULT_CODE_LOCATION`].
+    /// Whether exported spans carry their source location (`code.file.path`, `code.line.number`,
+    /// `code.module.name`); default [`DEFAULT_CODE_LOCATION`].
     pub fn code_location(mut self, on: bool) -> Self {
         self.code_location = on;
         self
@@ -334,6 +335,14 @@ impl TracingBuilder {
             #[cfg(feature = "otlp")]
             SpanExport::Otlp { endpoint } => {
                 use opentelemetry_otlp::WithExportConfig as _;
+                // tonic's channel spawns onto the current runtime, and panics without one.
+                if tokio::runtime::Handle::try_current().is_err() {
+                    return Err(InitError::Exporter(
+                        "the OTLP exporter needs a Tokio runtime: set up tracing inside it \
+                         (in `#[tokio::main]`, or after `Runtime::enter`)"
+                            .to_owned(),
+                    ));
+                }
                 let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
                 if let Some(endpoint) = endpoint {
                     exporter = exporter.with_endpoint(endpoint.clone());
