@@ -236,7 +236,10 @@ fn init_with_nothing_set_prints_no_spans_and_console_does() {
     // The builder's own default, whatever the environment says, is no exporter.
     let quiet = child_stdout(
         TEST,
-        &[("MS_TRACING_INIT_CHILD", "builder"), ("OTEL_TRACES_EXPORTER", "console")],
+        &[
+            ("MS_TRACING_INIT_CHILD", "builder"),
+            ("OTEL_TRACES_EXPORTER", "console"),
+        ],
     );
     assert!(!quiet.contains("the-span-to-look-for"), "{quiet}");
     // On request, printed, and with no source paths of the build machine.
@@ -245,12 +248,18 @@ fn init_with_nothing_set_prints_no_spans_and_console_does() {
     assert!(!console.contains("code.file.path"), "{console}");
     let disabled = child_stdout(
         TEST,
-        &[("OTEL_TRACES_EXPORTER", "console"), ("OTEL_SDK_DISABLED", "true")],
+        &[
+            ("OTEL_TRACES_EXPORTER", "console"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ],
     );
     assert!(!disabled.contains("the-span-to-look-for"), "{disabled}");
     let named = child_stdout(
         TEST,
-        &[("OTEL_TRACES_EXPORTER", "console"), ("OTEL_SERVICE_NAME", "billing")],
+        &[
+            ("OTEL_TRACES_EXPORTER", "console"),
+            ("OTEL_SERVICE_NAME", "billing"),
+        ],
     );
     assert!(named.contains("billing"), "{named}");
 }

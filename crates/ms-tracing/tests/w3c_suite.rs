@@ -164,7 +164,9 @@ fn traceparent(headers: &HeaderMap) -> Traceparent {
     let value = values[0].to_str().unwrap();
     let fields: Vec<&str> = value.split('-').collect();
     let hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     assert!(
         fields.len() == 4
@@ -481,7 +483,11 @@ async fn test_tracestate_included_traceparent_missing() {
     let (_, one) = suite.single(&[("tracestate", "foo=1")]).await;
     let (_, two) = suite.single(&[("tracestate", "foo=1,bar=2")]).await;
     assert_eq!(one.0.len(), two.0.len());
-    assert_eq!(one.0.len(), 0, "a tracestate without a traceparent is ignored");
+    assert_eq!(
+        one.0.len(),
+        0,
+        "a tracestate without a traceparent is ignored"
+    );
 }
 
 #[tokio::test]
@@ -559,7 +565,10 @@ async fn test_tracestate_duplicated_keys() {
     for (headers, allowed) in [
         (&[("tracestate", "foo=1,foo=1")][..], &["foo=1"][..]),
         (&[("tracestate", "foo=1,foo=2")], &["foo=1", "foo=2"]),
-        (&[("tracestate", "foo=1"), ("tracestate", "foo=1")], &["foo=1"]),
+        (
+            &[("tracestate", "foo=1"), ("tracestate", "foo=1")],
+            &["foo=1"],
+        ),
         (
             &[("tracestate", "foo=1"), ("tracestate", "foo=2")],
             &["foo=1", "foo=2"],
@@ -633,7 +642,11 @@ async fn discards(values: &[&str], keys: &[&str]) {
 
 #[tokio::test]
 async fn test_tracestate_key_illegal_characters() {
-    discards(&["foo =1", "FOO=1", "foo.bar=1"], &["foo ", "FOO", "foo.bar"]).await;
+    discards(
+        &["foo =1", "FOO=1", "foo.bar=1"],
+        &["foo ", "FOO", "foo.bar"],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -660,9 +673,8 @@ async fn test_tracestate_key_illegal_vendor_format() {
 async fn test_tracestate_member_count_limit() {
     let suite = Suite::start().await;
     let member = |n: usize| format!("bar{n:02}={n:02}");
-    let list = |range: std::ops::RangeInclusive<usize>| {
-        range.map(member).collect::<Vec<_>>().join(",")
-    };
+    let list =
+        |range: std::ops::RangeInclusive<usize>| range.map(member).collect::<Vec<_>>().join(",");
     let (first, second, third) = (list(1..=10), list(11..=20), list(21..=30));
     let (fourth_32, fourth_33) = (list(31..=32), list(31..=33));
     let (_, state) = suite
