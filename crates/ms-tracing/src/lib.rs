@@ -76,11 +76,15 @@
 #![deny(missing_docs, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod call_metrics;
 pub mod client;
 pub mod correlation;
 pub mod head_sampling;
 pub mod init;
 pub mod message;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod missing_layer;
 pub mod propagation;
 pub mod response;

@@ -271,14 +271,12 @@ fn without_the_otlp_feature_the_default_exporter_is_none() {
         SpanExport::from_env_value(None),
         Ok(SpanExport::None)
     ));
+    #[cfg(not(feature = "otlp"))]
     assert!(matches!(
         SpanExport::from_env_value(Some("")),
-        Ok(SpanExport::None | SpanExport::Otlp { .. })
+        Ok(SpanExport::None)
     ));
-    assert!(!matches!(
-        TracingBuilder::new("svc").from_env().map(|_| ()),
-        Err(_)
-    ));
+    assert!(TracingBuilder::new("svc").from_env().is_ok());
 }
 
 #[test]

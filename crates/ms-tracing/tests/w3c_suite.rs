@@ -1,5 +1,5 @@
 //! Every case of the W3C Trace Context validation suite (`w3c/trace-context`, `test/test.py`,
-//! commit acab820, STRICT_LEVEL 2, SPEC_LEVEL 2), run the way the suite runs them: a raw HTTP
+//! commit acab820, `STRICT_LEVEL` 2, `SPEC_LEVEL` 2), run the way the suite runs them: a raw HTTP
 //! request reaches a service built as a user would build one (axum, `ServerTraceLayer`,
 //! `CorrelationIdLayer`, a hyper-util client in `ClientTraceLayer`, a parent-based sampler),
 //! whose handler calls back a harness over real loopback HTTP; the harness's view of that
@@ -103,7 +103,10 @@ impl Suite {
             body.len()
         );
         for (name, value) in headers {
-            raw.push_str(&format!("{name}: {value}\r\n"));
+            raw.push_str(name);
+            raw.push_str(": ");
+            raw.push_str(value);
+            raw.push_str("\r\n");
         }
         raw.push_str("\r\n");
         raw.push_str(&body);

@@ -196,7 +196,7 @@ impl TracingBuilder {
             self.export = SpanExport::None;
         }
         if let Some(name) = var(OTEL_SERVICE_NAME) {
-            self.service_name = name.trim().to_owned();
+            name.trim().clone_into(&mut self.service_name);
         }
         self.sampler = HeadSampler::from_env_or_default();
         Ok(self)
