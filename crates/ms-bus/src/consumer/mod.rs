@@ -102,6 +102,8 @@ pub struct Consumer {
     retry: RetryPolicy,
     propagation: Arc<dyn Propagation>,
     partition_key_order: bool,
+    /// The subscriber's `messaging.system`, set by `serve`, for the metrics.
+    messaging_system: &'static str,
 }
 
 impl Consumer {
@@ -114,6 +116,7 @@ impl Consumer {
             retry: RetryPolicy::default(),
             propagation: default_propagation(),
             partition_key_order: true,
+            messaging_system: "ms_bus",
         }
     }
 
@@ -147,7 +150,11 @@ impl Consumer {
 
     /// Subscribes through `subscriber` and runs `handler` on a spawned task until
     /// [`ConsumerHandle::shutdown`]. Returns once the subscription exists on the broker.
-    pub async fn serve<B, S>(self, subscriber: &B, handler: S) -> Result<ConsumerHandle, BusError>
+    pub async fn serve<B, S>(
+        mut self,
+        subscriber: &B,
+        handler: S,
+    ) -> Result<ConsumerHandle, BusError>
     where
         B: Subscriber + ?Sized,
         S: Service<Message> + Send + 'static,
@@ -156,6 +163,7 @@ impl Consumer {
         S::Future: Send + 'static,
     {
         let deliveries = subscriber.subscribe(&self.subscription).await?;
+        self.messaging_system = subscriber.messaging_system();
         let (stop, stopped) = oneshot::channel();
         let running = Arc::new(AtomicBool::new(true));
         let origin: Arc<str> = self.subscription.origin().into();
@@ -363,6 +371,8 @@ where
         let call = service.call(message);
         Box::pin(async move { call.await.map(Into::into).map_err(Into::into) })
     };
+    let processing = crate::metrics::Processing::start();
+    let system = consumer.messaging_system;
     // A panic in the handler's synchronous `call` is the same handler failure as one in its
     // future: retried, then dead-lettered, while the consumer keeps running.
     let scoped = match std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -379,6 +389,7 @@ where
             Ok(result) => result,
             Err(panic) => Err(panic_message(&*panic).into()),
         };
+        processing.finish(system, &info.origin, &result);
         settle(&*acker, &info, retry, result).await;
         key
     })

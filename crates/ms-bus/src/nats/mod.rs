@@ -315,6 +315,7 @@ impl Inner {
         }
         .await;
         self.forget_stream_on_error(kind, name, &result);
+        crate::metrics::sent("nats", name, 1, &result);
         result
     }
 
@@ -354,6 +355,7 @@ impl Inner {
         }
         .await;
         self.forget_stream_on_error(kind, name, &result);
+        crate::metrics::sent("nats", name, envelopes.len(), &result);
         result
     }
 
