@@ -5,6 +5,9 @@
 //! - `server_trace/*`: `ServerTraceLayer` against axum-tracing-opentelemetry's `OtelAxumLayer`
 //!   on the same axum router, same subscriber and exporter, with a `traceparent` to continue;
 //!   and the bare router (floor);
+//! - `server_trace_metrics/*`: `ServerTraceLayer` with its RED metrics into a Prometheus
+//!   recorder against the same layer with `.metrics(false)`, and the bare router (so the
+//!   layer's own cost is `off - floor` and the metrics' is `on - off`);
 //! - `tail_sampling/*`: a 5-span trace through `TailSamplingProcessor` (dropped or kept) against
 //!   the same pipeline without it.
 //!
@@ -120,7 +123,8 @@ fn server_trace(c: &mut Criterion) {
     );
     let route =
         || axum::Router::new().route("/orders/{id}", axum::routing::get(|| async { "order" }));
-    let ours = route().layer(ServerTraceLayer::new());
+    // The peer records no metrics; neither does ours here (see `server_trace_metrics`).
+    let ours = route().layer(ServerTraceLayer::new().metrics(false));
     let peer = route().layer(axum_tracing_opentelemetry::middleware::OtelAxumLayer::default());
     let bare = route();
     let _guard = tracing::dispatcher::set_default(&dispatch);
@@ -133,6 +137,36 @@ fn server_trace(c: &mut Criterion) {
     });
     group.bench_function("bare_router_floor", |b| b.to_async(&rt).iter(|| get(&bare)));
     group.finish();
+}
+
+fn server_trace_metrics(c: &mut Criterion) {
+    let rt = runtime();
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(SimpleSpanProcessor::new(Discard))
+        .build();
+    let dispatch = traced_dispatch(&provider);
+    // What a service installs to serve `/metrics`; the histograms get buckets, as there.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0])
+        .expect("buckets")
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).expect("the only recorder of this bench");
+    let plain =
+        || axum::Router::new().route("/orders/{id}", axum::routing::get(|| async { "order" }));
+    let with_metrics = plain().layer(ServerTraceLayer::new());
+    let without = plain().layer(ServerTraceLayer::new().metrics(false));
+    let bare = plain();
+    let _guard = tracing::dispatcher::set_default(&dispatch);
+    let mut group = c.benchmark_group("server_trace_metrics");
+    group.bench_function("metrics_on", |b| {
+        b.to_async(&rt).iter(|| get(&with_metrics));
+    });
+    group.bench_function("metrics_off", |b| b.to_async(&rt).iter(|| get(&without)));
+    group.bench_function("bare_router_floor", |b| b.to_async(&rt).iter(|| get(&bare)));
+    group.finish();
+    // The samples really went somewhere.
+    assert!(handle.render().contains("http_server_request_duration"));
 }
 
 /// One trace of five spans: a root and four children.
@@ -183,5 +217,11 @@ fn tail_sampling(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, correlation_id, server_trace, tail_sampling);
+criterion_group!(
+    benches,
+    correlation_id,
+    server_trace,
+    server_trace_metrics,
+    tail_sampling
+);
 criterion_main!(benches);

@@ -43,6 +43,7 @@ pub mod grpc {
 }
 pub mod http;
 pub mod invoicing_service;
+pub mod metrics;
 pub mod payments;
 pub mod reporting;
 pub mod scenario;

@@ -437,8 +437,9 @@ async fn serve(
 ) -> Result<SocketAddr, Error> {
     let app = routes
         .merge(ms_health::router(registry.clone()))
+        .merge(crate::metrics::router())
         .layer(axum::middleware::from_fn(crate::http::access_log))
-        .layer(ServerTraceLayer::new())
+        .layer(ServerTraceLayer::new().skip_path(crate::metrics::METRICS_PATH))
         .layer(CorrelationIdLayer::new());
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

@@ -447,3 +447,39 @@ async fn without_payments_the_dashboard_is_partial_the_breaker_opens_and_all_cat
 }
 
 mod common;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_serves_its_metrics_in_prometheus_text() {
+    let system = common::start_embedded().await;
+    let a = system.addresses();
+    let client = GatewayClient::new(&system);
+    // The gateway's readiness asks invoicing and reporting over HTTP: server and client calls.
+    let reply = client
+        .clone()
+        .with_api_key(None)
+        .call(Method::GET, "/readyz", None, &[])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    for addr in [a.gateway, a.invoicing, a.payments_http, a.reporting] {
+        let url = format!("http://{addr}/metrics");
+        let (status, text) = common::get(&url).await;
+        assert_eq!(status, StatusCode::OK, "{url}: {text}");
+        for family in [
+            "# TYPE http_server_request_duration histogram",
+            "# TYPE http_client_request_duration histogram",
+        ] {
+            assert!(text.contains(family), "{url} lacks {family}:\n{text}");
+        }
+        assert!(
+            text.contains("http_server_request_duration_bucket{"),
+            "{url}:\n{text}"
+        );
+        // The scrape itself is not traced nor measured.
+        assert!(!text.contains("http_route=\"/metrics\""), "{url}:\n{text}");
+        if std::env::var_os("MS_EXAMPLES_PRINT_METRICS").is_some() {
+            println!("{text}");
+        }
+    }
+    common::finish(system).await;
+}

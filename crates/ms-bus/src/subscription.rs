@@ -39,6 +39,12 @@ pub trait Subscriber: Send + Sync {
         &'a self,
         subscription: &'a Subscription,
     ) -> BoxFuture<'a, Result<Deliveries, BusError>>;
+
+    /// The broker's name as OpenTelemetry's `messaging.system` (`nats`, `rabbitmq`), for
+    /// [metrics](crate::metrics). The default is `ms_bus`.
+    fn messaging_system(&self) -> &'static str {
+        "ms_bus"
+    }
 }
 
 impl<T: Subscriber + ?Sized> Subscriber for Arc<T> {
@@ -47,6 +53,10 @@ impl<T: Subscriber + ?Sized> Subscriber for Arc<T> {
         subscription: &'a Subscription,
     ) -> BoxFuture<'a, Result<Deliveries, BusError>> {
         (**self).subscribe(subscription)
+    }
+
+    fn messaging_system(&self) -> &'static str {
+        (**self).messaging_system()
     }
 }
 

@@ -35,6 +35,34 @@
 //! # }
 //! ```
 //!
+//! Outgoing calls: wrap the client in [`ClientTraceLayer`]. A hyper-util client (features
+//! `client-legacy`, `http1` and `tokio`, plus `http2` for gRPC) and a tonic channel:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use ms_tracing::ClientTraceLayer;
+//! use tonic_health::pb::health_client::HealthClient;
+//! use tower::ServiceBuilder;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // HTTP: each call gets a client span; traceparent, tracestate, baggage and the correlation
+//! // ID go out with it.
+//! let http = ServiceBuilder::new()
+//!     .layer(ClientTraceLayer::new())
+//!     .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+//!
+//! // gRPC: the same layer around a tonic channel; calls get `rpc.*` attributes.
+//! let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051").connect_lazy();
+//! let health = HealthClient::new(ServiceBuilder::new().layer(ClientTraceLayer::new()).service(channel));
+//! # drop((http, health));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! | piece | module |
 //! |---|---|
 //! | [`CorrelationId`], [`CorrelationIdLayer`]: take or make an ID, make it current | [`correlation`] |
@@ -45,24 +73,25 @@
 //! | [`TracingBuilder`]: subscriber, exporter (stdout, OTLP, in-memory), samplers; [`init()`], the one setup call | [`mod@init`] |
 //! | head samplers from `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` | [`head_sampling`] |
 //! | tail sampling by error, latency and ratio, with a memory budget | [`tail_sampling`] |
+//! | RED metrics of every layer (feature `metrics`), OpenTelemetry names | `metrics` |
 //! | in-memory spans for tests (feature `testing`) | `testing` |
 //!
 //! # Not there yet, and known limits
-//! - A new root span started by the OpenTelemetry SDK does not set the W3C Level 2 `random`
-//!   flag (the SDK sets only `sampled`), although its IDs are random; a `random` flag received
-//!   from a caller is kept on every local child and sent on.
-//! - A `tracestate` key whose `system-id` has 14 characters is valid but cannot be held by
-//!   opentelemetry 0.33's `TraceState`: the propagator keeps such a `tracestate` beside the span
-//!   context and sends it on unchanged, but it cannot be read or mutated through `TraceState`,
-//!   and [`message::extract`] (which returns a bare span context) drops it.
+//! - Conformance: the W3C Trace Context validation suite (`w3c/trace-context` `test/`, commit
+//!   acab820) passes whole at both levels (41/41, and 40/40 at level 1), its cases carried by
+//!   `tests/w3c_suite.rs`. The Level 2 `random` flag is set on traces started here
+//!   ([`init::Level2Tracer`]) and kept, set or unset, for traces continued here, sampled or not.
+//! - A Level 2 `tracestate` key that opentelemetry 0.33's `TraceState` still refuses (it keeps
+//!   Level 1's `tenant@system` split: `foo@@bar`, more than 13 characters after the `@`) is
+//!   kept beside the span context and sent on unchanged, but cannot be read or mutated through
+//!   `TraceState`.
 //! - The correlation-ID rejection counter is a plain counter on the layer
-//!   ([`CorrelationIdLayer::rejected`]) plus a `warn` event; no metrics backend is wired.
+//!   ([`CorrelationIdLayer::rejected`]) plus a `warn` event, not a `metrics` counter yet.
 //! - No cargo-fuzz target: the header parsers are covered by property tests instead.
 //! - The tail sampler is one mutex-guarded map per process; its cost is measured in
 //!   `benches/benches/tracing.rs`, not tuned for many cores.
-//! - What counts as a failed call is fixed per side (tower-http's classifiers: 5xx on a server,
-//!   4xx and 5xx on a client, gRPC server faults on a server, every non-OK code on a client);
-//!   the layers do not take a custom classifier yet.
+//! - A tonic client above a `Channel` sends path-only URIs, so its client spans and metrics
+//!   have no `server.address`.
 //! - A server span that the span filter ([`TracingBuilder::span_filter`]) drops takes the
 //!   caller's trace context with it: calls made under it start new traces.
 //! - ms-bus does not call [`message::inject`] / [`message::extract`] yet; the end-to-end test
@@ -80,11 +109,16 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod call_metrics;
 pub mod client;
 pub mod correlation;
 pub mod head_sampling;
 pub mod init;
 pub mod message;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+mod missing_layer;
 pub mod propagation;
 pub mod response;
 pub mod server;
@@ -100,8 +134,9 @@ pub use correlation::{
 pub use init::TracingBuilder;
 
 /// The one setup call for a service: [`TracingBuilder`] configured from the environment
-/// (`OTEL_TRACES_EXPORTER`, `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`, `RUST_LOG`) and
-/// installed process-wide. Keep the guard until the process ends: dropping it flushes the last
+/// (`OTEL_TRACES_EXPORTER`, `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER`, … `RUST_LOG`: see
+/// [`mod@init`]) and installed process-wide. Quiet by default: spans go over OTLP with the `otlp`
+/// feature, nowhere without it, and are printed only with `OTEL_TRACES_EXPORTER=console`. Keep the guard until the process ends: dropping it flushes the last
 /// spans.
 ///
 /// ```no_run

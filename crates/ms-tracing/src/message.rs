@@ -113,7 +113,11 @@ impl<H: MessageHeaders + ?Sized> Extractor for AsExtractor<'_, H> {
 /// Writes the current span's trace context and the [current](CorrelationId::current)
 /// correlation ID into `headers`.
 pub fn inject<H: MessageHeaders + ?Sized>(headers: &mut H) {
-    let cx = tracing::Span::current().context();
+    let current = tracing::Span::current();
+    let cx = current.context();
+    if !cx.span().span_context().is_valid() {
+        crate::missing_layer::check(&current);
+    }
     inject_context(&cx, CorrelationId::current().as_ref(), headers);
 }
 
@@ -132,7 +136,11 @@ pub fn inject_context<H: MessageHeaders + ?Sized>(
 
 /// What a received message carries.
 pub fn extract<H: MessageHeaders + ?Sized>(headers: &H) -> MessageContext {
-    let remote = W3cTraceContextPropagator::new().extract_span_context(&AsExtractor(headers));
+    // The whole context, not only the span context: it carries what the propagator read beside
+    // it (the Level 2 `random` flag as received, a `tracestate` opentelemetry cannot hold).
+    let parent = W3cTraceContextPropagator::new()
+        .extract_with_context(&Context::new(), &AsExtractor(headers));
+    let remote = Some(parent.span().span_context().clone()).filter(SpanContext::is_valid);
     let (correlation_id, rejected) = match headers.get(CORRELATION_ID).map(CorrelationId::parse) {
         None => (None, None),
         Some(Ok(id)) => (Some(id), None),
@@ -140,6 +148,7 @@ pub fn extract<H: MessageHeaders + ?Sized>(headers: &H) -> MessageContext {
     };
     MessageContext {
         remote,
+        parent,
         correlation_id,
         rejected,
     }
@@ -160,6 +169,7 @@ pub enum ConsumerRelation {
 #[derive(Debug, Clone, Default)]
 pub struct MessageContext {
     remote: Option<SpanContext>,
+    parent: Context,
     correlation_id: Option<CorrelationId>,
     rejected: Option<InvalidCorrelationId>,
 }
@@ -195,7 +205,7 @@ impl MessageContext {
         };
         if relation == ConsumerRelation::ChildAndLink {
             // An error only means the span is disabled or already started: nothing to relate.
-            let _ = span.set_parent(Context::new().with_remote_span_context(remote.clone()));
+            let _ = span.set_parent(self.parent.clone());
         }
         span.add_link(remote.clone());
     }

@@ -1,7 +1,8 @@
 //! The response side shared by [`ServerTraceService`](crate::server::ServerTraceService) and
-//! [`ClientTraceService`](crate::client::ClientTraceService): the future that records the
-//! outcome on the span, and the body that keeps the span open until the response is complete
-//! (and reads a gRPC status from the trailers).
+//! [`ClientTraceService`](crate::client::ClientTraceService): the future that classifies the
+//! outcome (with the layer's tower-http classifier) and records it on the span and the call's
+//! metrics, and the body that keeps both open until the response is complete (and classifies a
+//! gRPC status in the trailers).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,20 +11,12 @@ use std::task::{Context, Poll, ready};
 use http::{HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tower_http::classify::{
-    ClassifiedResponse, ClassifyEos as _, ClassifyResponse as _, GrpcCode, GrpcEosErrorsAsFailures,
-    GrpcErrorsAsFailures, ServerErrorsAsFailures, StatusInRangeAsFailures,
-};
+use tower_http::classify::{ClassifiedResponse, ClassifyEos, ClassifyResponse};
 use tracing::Span;
 
-/// Which side of the call a span is, which decides what counts as an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Side {
-    Server,
-    Client,
-}
+use crate::call_metrics::CallMetrics;
 
-/// What the call is, which decides which attributes it gets.
+/// What the call is, which decides which attributes it gets and which classifier applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Protocol {
     Http,
@@ -46,154 +39,188 @@ pub(crate) fn grpc_service_method(path: &str) -> Option<(&str, &str)> {
         .then_some((service, method))
 }
 
-/// What counts as a failed gRPC call for `side`, as a tower-http classifier so that this crate's
-/// spans agree with tower-http's `TraceLayer` and with retry and breaker layers that use the
-/// same classifiers: client side every code but `OK`; server side, per the semantic
-/// conventions, only the codes that point at the server (`UNKNOWN`, `DEADLINE_EXCEEDED`,
-/// `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`): the others are the caller's doing.
-fn grpc_classifier(side: Side) -> GrpcErrorsAsFailures {
-    match side {
-        Side::Client => GrpcErrorsAsFailures::new(),
-        Side::Server => [
-            GrpcCode::Cancelled,
-            GrpcCode::InvalidArgument,
-            GrpcCode::NotFound,
-            GrpcCode::AlreadyExists,
-            GrpcCode::PermissionDenied,
-            GrpcCode::ResourceExhausted,
-            GrpcCode::FailedPrecondition,
-            GrpcCode::Aborted,
-            GrpcCode::OutOfRange,
-            GrpcCode::Unauthenticated,
-        ]
-        .into_iter()
-        .fold(
-            GrpcErrorsAsFailures::new(),
-            GrpcErrorsAsFailures::with_success,
-        ),
-    }
+/// The layer's classifier for this call's protocol.
+#[derive(Debug, Clone)]
+pub(crate) enum Classifier<H, G> {
+    Http(H),
+    Grpc(G),
 }
 
-/// Whether an HTTP response failed, for `side`: 5xx on a server (tower-http's
-/// `ServerErrorsAsFailures`), 4xx and 5xx on a client.
-fn http_failed<B>(side: Side, response: &Response<B>) -> bool {
-    match side {
-        Side::Server => matches!(
-            ServerErrorsAsFailures::new().classify_response(response),
-            ClassifiedResponse::Ready(Err(_))
-        ),
-        Side::Client => matches!(
-            StatusInRangeAsFailures::new_for_client_and_server_errors().classify_response(response),
-            ClassifiedResponse::Ready(Err(_))
-        ),
-    }
-}
-
-/// Records the numeric `grpc-status` of `headers` (response headers of a trailers-only
-/// response, or trailers), if there is one.
-fn record_grpc_code(span: &Span, headers: &HeaderMap) {
-    if let Some(code) = headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i64>().ok())
+impl<H, G> Classifier<H, G> {
+    pub(crate) fn for_protocol(protocol: Protocol, http: &H, grpc: &G) -> Self
+    where
+        H: Clone,
+        G: Clone,
     {
-        span.record("rpc.grpc.status_code", code);
-    }
-}
-
-pin_project! {
-    /// Response future of the trace services: polls the inner future inside the span, records
-    /// the status and hands the span on to the [`ResponseBody`].
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: F,
-        span: Option<Span>,
-        side: Side,
-        protocol: Protocol,
-    }
-}
-
-impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, span: Span, side: Side, protocol: Protocol) -> Self {
-        Self {
-            inner,
-            span: Some(span),
-            side,
-            protocol,
+        match protocol {
+            Protocol::Http => Self::Http(http.clone()),
+            Protocol::Grpc => Self::Grpc(grpc.clone()),
         }
     }
 }
 
-impl<F, B, E> Future for ResponseFuture<F>
+/// A tower-http end-of-stream classifier, boxed so that the body type does not name it.
+trait Eos: Send + Sync {
+    fn failed(self: Box<Self>, trailers: Option<&HeaderMap>) -> bool;
+}
+
+impl<T: ClassifyEos + Send + Sync> Eos for T {
+    fn failed(self: Box<Self>, trailers: Option<&HeaderMap>) -> bool {
+        (*self).classify_eos(trailers).is_err()
+    }
+}
+
+/// The numeric `grpc-status` of `headers` (response headers of a trailers-only response, or
+/// trailers), if there is one.
+fn grpc_code(headers: &HeaderMap) -> Option<i32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i32>().ok())
+}
+
+/// The `error.type` of a failed gRPC call: the status code's canonical name.
+fn grpc_error_type(code: Option<i32>) -> &'static str {
+    code.and_then(ms_resilience::classify::grpc_code_name)
+        .unwrap_or("_OTHER")
+}
+
+/// One traced call: its span and its metrics, which end together.
+#[derive(Debug)]
+pub(crate) struct Call {
+    span: Span,
+    metrics: Option<CallMetrics>,
+}
+
+impl Call {
+    pub(crate) fn new(span: Span, metrics: Option<CallMetrics>) -> Self {
+        Self { span, metrics }
+    }
+
+    fn fail(&mut self, error_type: &'static str) {
+        self.span.record("otel.status_code", "error");
+        if let Some(metrics) = &mut self.metrics {
+            metrics.error(error_type);
+        }
+    }
+
+    fn grpc_status(&mut self, code: Option<i32>) {
+        if let Some(code) = code {
+            self.span.record("rpc.grpc.status_code", i64::from(code));
+            if let Some(metrics) = &mut self.metrics {
+                metrics.grpc_status(code);
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of the trace services: polls the inner future inside the span,
+    /// classifies the response head and hands the call on to the [`ResponseBody`].
+    pub struct ResponseFuture<F, H, G> {
+        #[pin]
+        inner: F,
+        call: Option<Call>,
+        classifier: Option<Classifier<H, G>>,
+    }
+}
+
+impl<F, H, G> ResponseFuture<F, H, G> {
+    pub(crate) fn new(inner: F, call: Option<Call>, classifier: Classifier<H, G>) -> Self {
+        Self {
+            inner,
+            call,
+            classifier: Some(classifier),
+        }
+    }
+}
+
+impl<F, B, E, H, G> Future for ResponseFuture<F, H, G>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    H: ClassifyResponse,
+    H::ClassifyEos: Send + Sync + 'static,
+    G: ClassifyResponse,
+    G::ClassifyEos: Send + Sync + 'static,
 {
     type Output = Result<Response<ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Some(span) = this.span.as_ref() else {
-            // Polled after completion: the inner future decides what that means.
-            return this
-                .inner
-                .poll(cx)
-                .map_ok(|r| r.map(ResponseBody::untraced));
+        let outcome = match this.call.as_ref() {
+            Some(call) => ready!(call.span.in_scope(|| this.inner.poll(cx))),
+            // Untraced (a skipped path), or polled after completion: the inner future decides.
+            None => ready!(this.inner.poll(cx)),
         };
-        let outcome = ready!(span.in_scope(|| this.inner.poll(cx)));
-        let span = this.span.take().unwrap_or_else(Span::none);
+        let (Some(mut call), Some(classifier)) = (this.call.take(), this.classifier.take()) else {
+            return Poll::Ready(outcome.map(|r| r.map(ResponseBody::untraced)));
+        };
         let response = match outcome {
             Ok(response) => response,
             Err(error) => {
-                span.record("otel.status_code", "error");
+                call.fail(std::any::type_name::<E>());
                 return Poll::Ready(Err(error));
             }
         };
-        let mut eos = None;
-        match this.protocol {
-            Protocol::Http => {
-                span.record(
-                    "http.response.status_code",
-                    i64::from(response.status().as_u16()),
-                );
-                if http_failed(*this.side, &response) {
-                    span.record("otel.status_code", "error");
+        let eos: Option<Box<dyn Eos>> = match classifier {
+            Classifier::Http(classifier) => {
+                let status = response.status().as_u16();
+                call.span
+                    .record("http.response.status_code", i64::from(status));
+                if let Some(metrics) = &mut call.metrics {
+                    metrics.http_status(status);
+                }
+                match classifier.classify_response(&response) {
+                    ClassifiedResponse::Ready(Ok(())) => None,
+                    ClassifiedResponse::Ready(Err(_)) => {
+                        call.fail(CallMetrics::status_text(status));
+                        None
+                    }
+                    ClassifiedResponse::RequiresEos(eos) => Some(Box::new(eos)),
                 }
             }
-            Protocol::Grpc => match grpc_classifier(*this.side).classify_response(&response) {
+            Classifier::Grpc(classifier) => {
                 // A "trailers-only" response carries its status in the headers.
-                ClassifiedResponse::Ready(outcome) => {
-                    record_grpc_code(&span, response.headers());
-                    if outcome.is_err() {
-                        span.record("otel.status_code", "error");
+                let code = grpc_code(response.headers());
+                call.grpc_status(code);
+                match classifier.classify_response(&response) {
+                    ClassifiedResponse::Ready(Ok(())) => None,
+                    ClassifiedResponse::Ready(Err(_)) => {
+                        call.fail(grpc_error_type(code));
+                        None
                     }
+                    ClassifiedResponse::RequiresEos(eos) => Some(Box::new(eos)),
                 }
-                ClassifiedResponse::RequiresEos(classifier) => eos = Some(classifier),
-            },
+            }
+        };
+        if let Some(metrics) = &mut call.metrics {
+            metrics.head_received();
         }
         Poll::Ready(Ok(response.map(|inner| ResponseBody {
             inner,
-            span: Some(span),
+            call: Some(call),
             eos,
         })))
     }
 }
 
-impl<F> std::fmt::Debug for ResponseFuture<F> {
+impl<F, H, G> std::fmt::Debug for ResponseFuture<F, H, G> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("span", &self.span)
+            .field("call", &self.call)
             .finish_non_exhaustive()
     }
 }
 
 pin_project! {
-    /// Response body of the trace services: the span ends when the body has been sent (or
-    /// dropped), and a gRPC status in the trailers is recorded on it.
+    /// Response body of the trace services: the span ends and the call's duration is recorded
+    /// when the body has been sent (or dropped), and a gRPC status in the trailers is
+    /// classified and recorded.
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
-        span: Option<Span>,
-        eos: Option<GrpcEosErrorsAsFailures>,
+        call: Option<Call>,
+        eos: Option<Box<dyn Eos>>,
     }
 }
 
@@ -211,7 +238,7 @@ impl<B> ResponseBody<B> {
     fn untraced(inner: B) -> Self {
         Self {
             inner,
-            span: None,
+            call: None,
             eos: None,
         }
     }
@@ -229,23 +256,32 @@ impl<B: Body> Body for ResponseBody<B> {
         let frame = ready!(this.inner.poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
-                if let (Some(trailers), Some(span)) = (frame.trailers_ref(), this.span.as_ref()) {
-                    if let Some(classifier) = this.eos.take() {
-                        record_grpc_code(span, trailers);
-                        if classifier.classify_eos(Some(trailers)).is_err() {
-                            span.record("otel.status_code", "error");
+                if let Some(trailers) = frame.trailers_ref() {
+                    // Trailers are the last frame: the exchange is over.
+                    if let Some(mut call) = this.call.take() {
+                        let code = grpc_code(trailers);
+                        call.grpc_status(code);
+                        if let Some(eos) = this.eos.take()
+                            && eos.failed(Some(trailers))
+                        {
+                            call.fail(grpc_error_type(code));
                         }
                     }
-                    // Trailers are the last frame: the exchange is over.
-                    *this.span = None;
                 }
             }
             Some(Err(_)) => {
-                if let Some(span) = this.span.take() {
-                    span.record("otel.status_code", "error");
+                if let Some(mut call) = this.call.take() {
+                    call.fail(std::any::type_name::<B::Error>());
                 }
             }
-            None => *this.span = None,
+            None => {
+                if let Some(mut call) = this.call.take()
+                    && let Some(eos) = this.eos.take()
+                    && eos.failed(None)
+                {
+                    call.fail(grpc_error_type(None));
+                }
+            }
         }
         Poll::Ready(frame)
     }
@@ -262,7 +298,7 @@ impl<B: Body> Body for ResponseBody<B> {
 impl<B> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseBody")
-            .field("span", &self.span)
+            .field("call", &self.call)
             .finish_non_exhaustive()
     }
 }

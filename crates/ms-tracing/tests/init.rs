@@ -191,3 +191,106 @@ fn json_logs_are_one_object_per_event_with_the_spans_fields() {
     assert_eq!(event["span"]["correlation.id"], "order-42");
     assert_eq!(event["spans"][0]["name"], "request");
 }
+
+/// Runs `init` in a child process (it installs process-wide state) with `env`, and returns
+/// what the child printed on stdout.
+fn child_stdout(test: &str, env: &[(&str, &str)]) -> String {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env("MS_TRACING_INIT_CHILD", "1")
+        .env("RUST_LOG", "off")
+        .env_remove("OTEL_TRACES_EXPORTER")
+        .env_remove("OTEL_SDK_DISABLED")
+        .env_remove("OTEL_SERVICE_NAME");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn init_with_nothing_set_prints_no_spans_and_console_does() {
+    const TEST: &str = "init_with_nothing_set_prints_no_spans_and_console_does";
+    if let Some(how) = std::env::var_os("MS_TRACING_INIT_CHILD") {
+        // A service sets tracing up inside its runtime (the OTLP exporter needs one).
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let _inside = runtime.enter();
+        let guard = if how == "builder" {
+            TracingBuilder::new("quiet").install().unwrap()
+        } else {
+            ms_tracing::init("quiet").unwrap()
+        };
+        tracing::info_span!("the-span-to-look-for").in_scope(|| {});
+        drop(guard);
+        return;
+    }
+    // Unset: `none`, or `otlp` with that feature (to a collector that is not there): neither
+    // prints a span.
+    let quiet = child_stdout(TEST, &[]);
+    assert!(!quiet.contains("the-span-to-look-for"), "{quiet}");
+    let quiet = child_stdout(TEST, &[("OTEL_TRACES_EXPORTER", "none")]);
+    assert!(!quiet.contains("the-span-to-look-for"), "{quiet}");
+    // The builder's own default, whatever the environment says, is no exporter.
+    let quiet = child_stdout(
+        TEST,
+        &[
+            ("MS_TRACING_INIT_CHILD", "builder"),
+            ("OTEL_TRACES_EXPORTER", "console"),
+        ],
+    );
+    assert!(!quiet.contains("the-span-to-look-for"), "{quiet}");
+    // On request, printed, and with no source paths of the build machine.
+    let console = child_stdout(TEST, &[("OTEL_TRACES_EXPORTER", "console")]);
+    assert!(console.contains("the-span-to-look-for"), "{console}");
+    assert!(!console.contains("code.file.path"), "{console}");
+    let disabled = child_stdout(
+        TEST,
+        &[
+            ("OTEL_TRACES_EXPORTER", "console"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ],
+    );
+    assert!(!disabled.contains("the-span-to-look-for"), "{disabled}");
+    let named = child_stdout(
+        TEST,
+        &[
+            ("OTEL_TRACES_EXPORTER", "console"),
+            ("OTEL_SERVICE_NAME", "billing"),
+        ],
+    );
+    assert!(named.contains("billing"), "{named}");
+}
+
+#[test]
+fn without_the_otlp_feature_the_default_exporter_is_none() {
+    #[cfg(not(feature = "otlp"))]
+    assert!(matches!(
+        SpanExport::from_env_value(None),
+        Ok(SpanExport::None)
+    ));
+    #[cfg(not(feature = "otlp"))]
+    assert!(matches!(
+        SpanExport::from_env_value(Some("")),
+        Ok(SpanExport::None)
+    ));
+    assert!(TracingBuilder::new("svc").from_env().is_ok());
+}
+
+#[test]
+fn code_locations_are_left_out_unless_asked_for() {
+    let tracing = TestTracing::new();
+    tracing::dispatcher::with_default(tracing.dispatch(), || {
+        tracing::info_span!("plain").in_scope(|| {});
+    });
+    let span = tracing.span("plain");
+    assert_eq!(TestTracing::attribute(&span, "code.file.path"), None);
+    let tracing = TestTracing::with(|b| b.code_location(true));
+    tracing::dispatcher::with_default(tracing.dispatch(), || {
+        tracing::info_span!("located").in_scope(|| {});
+    });
+    let span = tracing.span("located");
+    assert!(TestTracing::attribute(&span, "code.file.path").is_some());
+}

@@ -300,30 +300,40 @@ fn thirty_two_members_are_kept_and_thirty_three_discarded_with_the_traceparent_k
 }
 
 #[test]
-fn keys_follow_the_grammar() {
+fn keys_follow_the_level_2_grammar() {
+    // key = ( lcalpha / DIGIT ) 0*255 ( keychar ), keychar includes "@".
     let key_ok = |key: &str| parse_tracestate([format!("{key}=v").as_str()]).is_ok();
     assert!(key_ok("a"));
-    assert!(key_ok("rojo_-*/9"));
+    assert!(key_ok("1abc")); // a digit may come first
+    assert!(key_ok("rojo_-*/9@"));
     assert!(key_ok(&format!("a{}", "b".repeat(255)))); // 256
     assert!(!key_ok(&format!("a{}", "b".repeat(256)))); // 257
     assert!(!key_ok("Rojo")); // uppercase
-    assert!(!key_ok("1abc")); // a simple key starts with a letter
     assert!(!key_ok("ro.jo"));
+    assert!(!key_ok("ro jo"));
     assert!(!key_ok(""));
-    // multi-tenant: tenant@system
-    assert!(key_ok("1tenant@vendor"));
-    assert!(key_ok(&format!("t{}@{}", "x".repeat(240), "s".repeat(13)))); // 241 @ 13
-    // A 14-character system-id is valid, but opentelemetry's TraceState cannot hold it.
-    assert_eq!(
-        parse_tracestate([format!("t@{}=v", "s".repeat(14)).as_str()]),
-        Err(InvalidTracestate::NotRepresentable)
-    );
-    assert!(!key_ok(&format!("t{}@s", "x".repeat(241)))); // tenant 242
-    assert!(!key_ok(&format!("t@{}", "s".repeat(15)))); // system 15
-    assert!(!key_ok("tenant@1vendor")); // system starts with a letter
-    assert!(!key_ok("@vendor"));
-    assert!(!key_ok("tenant@"));
-    assert!(!key_ok("a@b@c"));
+    assert!(!key_ok("@vendor")); // "@" is a keychar, not a first character
+    assert!(!key_ok("_vendor"));
+    // Level 1's tenant@system split and its limits are gone; each of these is one valid key,
+    // although opentelemetry's TraceState (still on Level 1's rule) cannot hold most of them.
+    for key in [
+        "tenant@".to_owned(),
+        "tenant@1vendor".to_owned(),
+        format!("t{}@s", "x".repeat(241)), // tenant of 242
+    ] {
+        assert!(key_ok(&key), "{key}");
+    }
+    for key in [
+        "a@b@c".to_owned(),
+        "foo@@bar".to_owned(),
+        format!("t@{}", "s".repeat(15)), // system of 15
+    ] {
+        assert_eq!(
+            parse_tracestate([format!("{key}=v").as_str()]),
+            Err(InvalidTracestate::NotRepresentable),
+            "{key}"
+        );
+    }
 }
 
 #[test]
@@ -348,8 +358,8 @@ fn a_tracestate_header_with_non_ascii_bytes_discards_the_tracestate() {
 }
 
 #[test]
-fn malformed_or_duplicated_members_discard_the_whole_tracestate() {
-    for bad in ["a=1,novalue", "a=1,=v", "a=1,b=2,a=3", "a=1,B=2"] {
+fn malformed_members_discard_the_whole_tracestate() {
+    for bad in ["a=1,novalue", "a=1,=v", "a=1,B=2", "a=1,b=2=3"] {
         assert!(parse_tracestate([bad]).is_err(), "{bad}");
         assert_eq!(
             state(&[("tracestate", bad.as_bytes())]).header(),
@@ -358,9 +368,28 @@ fn malformed_or_duplicated_members_discard_the_whole_tracestate() {
         );
     }
     assert_eq!(
-        parse_tracestate(["a=1,b=2,a=3"]),
-        Err(InvalidTracestate::DuplicateKey { index: 2 })
+        parse_tracestate(["a=1,b=2,C=3"]),
+        Err(InvalidTracestate::MalformedMember { index: 2 })
     );
+}
+
+#[test]
+fn a_repeated_key_keeps_its_first_value_across_headers() {
+    // §3.5: vendors MAY discard duplicate keys they did not generate; the rest is kept.
+    assert_eq!(
+        parse_tracestate(["a=1,b=2,a=3"]).unwrap().header(),
+        "a=1,b=2"
+    );
+    assert_eq!(
+        state(&[("tracestate", b"a=1"), ("tracestate", b"a=2,c=3")]).header(),
+        "a=1,c=3"
+    );
+    // The limit counts the members that were sent, repeats included.
+    let thirty_three = format!("{},a1=x", members(32));
+    assert!(matches!(
+        parse_tracestate([thirty_three.as_str()]),
+        Err(InvalidTracestate::TooManyMembers { count: 33 })
+    ));
 }
 
 #[test]
@@ -495,7 +524,7 @@ proptest! {
     }
 }
 
-// ---- cases of the W3C test suite (w3c/trace-context test/test.py) not covered above ---------
+// ---- what opentelemetry's TraceState cannot hold ----------------------------------------
 
 /// Extracts, then injects from a child span of the extracted context, as a service would.
 fn forwarded(pairs: &[(&str, &[u8])]) -> HeaderMap {
@@ -512,9 +541,8 @@ fn forwarded(pairs: &[(&str, &[u8])]) -> HeaderMap {
 }
 
 #[test]
-fn a_14_character_system_id_is_carried_on_although_opentelemetry_cannot_hold_it() {
-    // test_tracestate_key_length_limit: 241-character tenant, 14-character system.
-    let long = format!("{}@{}=1", "t".repeat(241), "v".repeat(14));
+fn a_tracestate_opentelemetry_cannot_hold_goes_on_with_its_own_trace_only() {
+    let long = format!("{}@v=1", "t".repeat(242));
     let out = forwarded(&[
         ("traceparent", VALID.as_bytes()),
         ("tracestate", b"foo=1"),
@@ -543,71 +571,31 @@ fn a_14_character_system_id_is_carried_on_although_opentelemetry_cannot_hold_it(
 }
 
 #[test]
-fn every_allowed_character_survives_the_round_trip() {
-    // test_tracestate_all_allowed_characters
-    let key = "abcdefghijklmnopqrstuvwxyz0123456789_-*/";
-    let vendor_key = format!("{key}@a-z0-9_-*/");
-    let value: String = (0x20u8..=0x7e)
-        .filter(|c| *c != b',' && *c != b'=')
-        .map(char::from)
-        .collect();
-    for key in [key.to_owned(), vendor_key] {
-        let member = format!("{key}={value}");
-        let out = forwarded(&[
-            ("traceparent", VALID.as_bytes()),
-            ("tracestate", member.as_bytes()),
-        ]);
-        assert_eq!(out["tracestate"], member.as_str());
+fn the_received_random_flag_goes_out_for_the_same_trace_whatever_the_span_context_says() {
+    // The SDK gives a span it drops empty flags; what was received decides, both ways.
+    for (received, sent) in [("02", "02"), ("03", "02"), ("00", "00"), ("01", "00")] {
+        let map = headers(&[(
+            "traceparent",
+            VALID.replace("-01", &format!("-{received}")).as_bytes(),
+        )]);
+        let cx = propagator().extract_with_context(&Context::new(), &HeaderExtractor(&map));
+        let remote = cx.span().span_context().clone();
+        let dropped = SpanContext::new(
+            remote.trace_id(),
+            SpanId::from(7_u64),
+            TraceFlags::new(if received == "00" { 0x02 } else { 0 }),
+            false,
+            TraceState::default(),
+        );
+        let mut out = HeaderMap::new();
+        propagator().inject_context(
+            &cx.with_remote_span_context(dropped),
+            &mut HeaderInjector(&mut out),
+        );
+        assert_eq!(
+            out["traceparent"],
+            format!("00-{TRACE_ID}-0000000000000007-{sent}").as_str(),
+            "received {received}"
+        );
     }
-}
-
-#[test]
-fn the_suites_malformed_keys_and_values_discard_the_tracestate() {
-    // test_tracestate_key_illegal_characters, _key_illegal_vendor_format,
-    // _value_illegal_characters, _duplicated_keys
-    for bad in [
-        "foo =1",
-        "FOO=1",
-        "foo.bar=1",
-        "foo@=1,bar=2",
-        "@foo=1,bar=2",
-        "foo@@bar=1,bar=2",
-        "foo@bar@baz=1,bar=2",
-        "foo=bar=baz",
-        "foo=,bar=3",
-        "foo=1,foo=1",
-    ] {
-        let out = forwarded(&[
-            ("traceparent", VALID.as_bytes()),
-            ("tracestate", bad.as_bytes()),
-        ]);
-        assert!(!out.contains_key("tracestate"), "{bad}");
-    }
-    let out = forwarded(&[
-        ("traceparent", VALID.as_bytes()),
-        ("tracestate", b"foo=1"),
-        ("tracestate", b"foo=2"),
-    ]);
-    assert!(!out.contains_key("tracestate"));
-}
-
-#[test]
-fn the_suites_empty_and_whitespace_tracestates_are_handled() {
-    // test_tracestate_empty_header, test_tracestate_ows_handling
-    let out = forwarded(&[("traceparent", VALID.as_bytes()), ("tracestate", b"")]);
-    assert!(!out.contains_key("tracestate"));
-    for pairs in [
-        &[("tracestate", &b"foo=1"[..]), ("tracestate", b"")][..],
-        &[("tracestate", b""), ("tracestate", b"foo=1")],
-        &[("tracestate", b"\t foo=1 \t")],
-    ] {
-        let mut all = vec![("traceparent", VALID.as_bytes())];
-        all.extend_from_slice(pairs);
-        assert_eq!(forwarded(&all)["tracestate"], "foo=1");
-    }
-    let out = forwarded(&[
-        ("traceparent", VALID.as_bytes()),
-        ("tracestate", b"foo=1 \t , \t bar=2, \t baz=3"),
-    ]);
-    assert_eq!(out["tracestate"], "foo=1,bar=2,baz=3");
 }

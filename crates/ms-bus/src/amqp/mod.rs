@@ -275,7 +275,9 @@ impl EventPublisher for AmqpBus {
     ) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             let messages = self.events(topic, events)?;
-            self.link.publish(&messages, &Prepare::Nothing).await
+            let result = self.link.publish(&messages, &Prepare::Nothing).await;
+            crate::metrics::sent("rabbitmq", topic, events.len(), result.as_ref().err());
+            result
         })
     }
 }
@@ -301,12 +303,18 @@ impl CommandSender for AmqpBus {
             // Commands sent before any consumer listens must wait for one: the sender declares
             // the destination's durable queue (once per connection).
             let prepare = Prepare::Queue(queue);
-            self.link.publish(&messages, &prepare).await
+            let result = self.link.publish(&messages, &prepare).await;
+            crate::metrics::sent("rabbitmq", destination, commands.len(), result.as_ref().err());
+            result
         })
     }
 }
 
 impl Subscriber for AmqpBus {
+    fn messaging_system(&self) -> &'static str {
+        "rabbitmq"
+    }
+
     fn subscribe<'a>(
         &'a self,
         subscription: &'a Subscription,

@@ -162,6 +162,8 @@ pub struct Consumer {
     retry: RetryPolicy,
     propagation: Arc<dyn Propagation>,
     partition_key_order: bool,
+    /// The subscriber's `messaging.system`, set by `serve`, for the metrics.
+    messaging_system: &'static str,
 }
 
 impl Consumer {
@@ -174,6 +176,7 @@ impl Consumer {
             retry: RetryPolicy::default(),
             propagation: default_propagation(),
             partition_key_order: true,
+            messaging_system: "ms_bus",
         }
     }
 
@@ -208,7 +211,11 @@ impl Consumer {
 
     /// Subscribes through `subscriber` and runs `handler` on a spawned task until
     /// [`ConsumerHandle::shutdown`]. Returns once the subscription exists on the broker.
-    pub async fn serve<B, S>(self, subscriber: &B, handler: S) -> Result<ConsumerHandle, BusError>
+    pub async fn serve<B, S>(
+        mut self,
+        subscriber: &B,
+        handler: S,
+    ) -> Result<ConsumerHandle, BusError>
     where
         B: Subscriber + ?Sized,
         S: Service<Message> + Send + 'static,
@@ -217,6 +224,7 @@ impl Consumer {
         S::Future: Send + 'static,
     {
         let deliveries = subscriber.subscribe(&self.subscription).await?;
+        self.messaging_system = subscriber.messaging_system();
         let (stop, stopped) = oneshot::channel();
         let running = Arc::new(AtomicBool::new(true));
         let origin: Arc<str> = self.subscription.origin().into();
@@ -324,6 +332,7 @@ where
     let (stopping, stop_signal) = watch::channel(false);
     let context = Context {
         retry: consumer.retry,
+        messaging_system: consumer.messaging_system,
         ack_wait: consumer.subscription.ack_wait_duration(),
         stopping: stop_signal,
         propagation: consumer.propagation.clone(),
@@ -405,6 +414,8 @@ where
 /// What every handler call of one consumer shares.
 struct Context {
     retry: RetryPolicy,
+    /// The subscriber's `messaging.system`, for the metrics.
+    messaging_system: &'static str,
     ack_wait: Duration,
     stopping: watch::Receiver<bool>,
     propagation: Arc<dyn Propagation>,
@@ -500,6 +511,8 @@ where
         let call = service.call(message);
         Box::pin(async move { call.await.map(Into::into).map_err(Into::into) })
     };
+    let processing = crate::metrics::Processing::start();
+    let system = context.messaging_system;
     // A panic in the handler's synchronous `call` is the same handler failure as one in its
     // future: retried, then dead-lettered, while the consumer keeps running.
     let scoped = match std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -517,6 +530,7 @@ where
             Ok(result) => result,
             Err(panic) => Err(panic_message(&*panic).into()),
         };
+        processing.finish(system, &attempt.info.origin, &result);
         let decision = settle::decide(retry, attempt.info.attempt, result);
         settle::conclude(attempt, decision, ack_wait, stopping).await
     })

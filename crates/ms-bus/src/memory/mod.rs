@@ -262,6 +262,7 @@ impl EventPublisher for MemoryBus {
             let event = outgoing_to(&*self.inner.propagation, topic, event);
             self.inner
                 .fan_out(topic, &Payload::Envelope(event.into_owned()));
+            crate::metrics::sent("memory", topic, 1, None);
             Ok(())
         })
     }
@@ -290,6 +291,7 @@ impl EventPublisher for MemoryBus {
                     deliveries: 0,
                 }));
             }
+            crate::metrics::sent("memory", topic, prepared.len(), None);
             Ok(())
         })
     }
@@ -306,12 +308,17 @@ impl CommandSender for MemoryBus {
             let command = outgoing_to(&*self.inner.propagation, destination, command).into_owned();
             let queue = self.inner.command_queue(destination);
             self.inner.enqueue(&queue, Payload::Envelope(command));
+            crate::metrics::sent("memory", destination, 1, None);
             Ok(())
         })
     }
 }
 
 impl Subscriber for MemoryBus {
+    fn messaging_system(&self) -> &'static str {
+        "memory"
+    }
+
     fn subscribe<'a>(
         &'a self,
         subscription: &'a Subscription,

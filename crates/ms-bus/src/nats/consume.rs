@@ -21,6 +21,10 @@ use crate::{
 const REOPEN_DELAY: Duration = Duration::from_millis(250);
 
 impl Subscriber for NatsBus {
+    fn messaging_system(&self) -> &'static str {
+        "nats"
+    }
+
     fn subscribe<'a>(
         &'a self,
         subscription: &'a Subscription,

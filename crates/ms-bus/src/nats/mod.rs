@@ -369,6 +369,7 @@ impl Inner {
         }
         .await;
         self.forget_stream_on_error(kind, name, &result);
+        crate::metrics::sent("nats", name, 1, result.as_ref().err());
         result
     }
 
@@ -413,6 +414,7 @@ impl Inner {
         }
         .await;
         self.forget_stream_on_error(kind, name, &result);
+        crate::metrics::sent("nats", name, envelopes.len(), result.as_ref().err());
         result
     }
 

@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use http::{HeaderMap, Response};
 use tower_http::classify::{
-    ClassifiedResponse, ClassifyResponse, GrpcCode, GrpcErrorsAsFailures, GrpcFailureClass,
+    ClassifiedResponse, ClassifyResponse, GrpcCode, GrpcEosErrorsAsFailures, GrpcErrorsAsFailures,
+    GrpcFailureClass,
 };
 
+use super::grpc_codes::{GRPC_CODES, SERVER_FAULT_CODES};
 use super::{Classify, Outcome, RetryHint, classify_error, error_hint};
 
 /// Codes that say the server (not the request) is in trouble.
@@ -16,27 +18,6 @@ const DEFAULT_FAILURE_CODES: [GrpcCode; 4] = [
     GrpcCode::DeadlineExceeded,
     GrpcCode::ResourceExhausted,
     GrpcCode::Internal,
-];
-
-/// Every code, to build tower-http's success set from our failure set.
-const ALL_CODES: [GrpcCode; 17] = [
-    GrpcCode::Ok,
-    GrpcCode::Cancelled,
-    GrpcCode::Unknown,
-    GrpcCode::InvalidArgument,
-    GrpcCode::DeadlineExceeded,
-    GrpcCode::NotFound,
-    GrpcCode::AlreadyExists,
-    GrpcCode::PermissionDenied,
-    GrpcCode::ResourceExhausted,
-    GrpcCode::FailedPrecondition,
-    GrpcCode::Aborted,
-    GrpcCode::OutOfRange,
-    GrpcCode::Unimplemented,
-    GrpcCode::Internal,
-    GrpcCode::Unavailable,
-    GrpcCode::DataLoss,
-    GrpcCode::Unauthenticated,
 ];
 
 /// The header a gRPC server uses to tell a client when to retry (gRFC A6).
@@ -125,9 +106,21 @@ impl GrpcClassifier {
         self
     }
 
+    /// Failures: the codes OpenTelemetry's conventions count as a server span's errors
+    /// (`UNKNOWN`, `DEADLINE_EXCEEDED`, `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE`,
+    /// `DATA_LOSS`); the other codes are the caller's doing. Retryable: `UNAVAILABLE`. The
+    /// default of ms-tracing's server spans.
+    pub fn server_faults() -> Self {
+        Self {
+            failures: SERVER_FAULT_CODES.iter().fold(0, |m, c| m | bit(*c)),
+            retryable: bit(GrpcCode::Unavailable),
+        }
+    }
+
     fn tower_http(self) -> GrpcErrorsAsFailures {
-        ALL_CODES
+        GRPC_CODES
             .iter()
+            .map(|(code, _)| code)
             .filter(|code| self.failures & bit(**code) == 0)
             .fold(GrpcErrorsAsFailures::new(), |c, code| c.with_success(*code))
     }
@@ -181,6 +174,24 @@ pub(crate) fn pushback(headers: &HeaderMap) -> RetryHint {
     }
 }
 
+/// tower-http's kind of classifier, with the same failure codes: a streamed response's status
+/// in the trailers is classified too (which [`Classify`] cannot see).
+impl ClassifyResponse for GrpcClassifier {
+    type FailureClass = GrpcFailureClass;
+    type ClassifyEos = GrpcEosErrorsAsFailures;
+
+    fn classify_response<B>(
+        self,
+        response: &Response<B>,
+    ) -> ClassifiedResponse<Self::FailureClass, Self::ClassifyEos> {
+        self.tower_http().classify_response(response)
+    }
+
+    fn classify_error<E: std::fmt::Display + 'static>(self, error: &E) -> Self::FailureClass {
+        GrpcFailureClass::Error(error.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +229,38 @@ mod tests {
         assert_eq!(
             c.classify(&with("15")),
             Outcome::Failure { retryable: false }
+        );
+    }
+
+    #[test]
+    fn as_a_tower_http_classifier_it_reads_the_trailers_too() {
+        use tower_http::classify::ClassifyEos as _;
+        let trailers = |code: &str| {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", code.parse().unwrap());
+            trailers
+        };
+        let head = with("13").unwrap();
+        assert!(matches!(
+            GrpcClassifier::new().classify_response(&head),
+            ClassifiedResponse::Ready(Err(_))
+        ));
+        let ClassifiedResponse::RequiresEos(eos) =
+            GrpcClassifier::server_faults().classify_response(&Response::new(()))
+        else {
+            panic!("a response without grpc-status waits for its trailers");
+        };
+        assert!(eos.clone().classify_eos(Some(&trailers("12"))).is_err()); // UNIMPLEMENTED
+        assert!(eos.classify_eos(Some(&trailers("5"))).is_ok()); // NOT_FOUND: the caller's
+        // The breaker's default does not count UNIMPLEMENTED; the server spans' default does.
+        assert_eq!(
+            GrpcClassifier::new().classify(&with("12")),
+            Outcome::Success
+        );
+        assert!(
+            GrpcClassifier::server_faults()
+                .classify(&with("12"))
+                .is_failure()
         );
     }
 

@@ -3,7 +3,10 @@
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, Response, StatusCode, header::RETRY_AFTER};
-use tower_http::classify::{ClassifiedResponse, ClassifyResponse, StatusInRangeAsFailures};
+use tower_http::classify::{
+    ClassifiedResponse, ClassifyResponse, NeverClassifyEos, StatusInRangeAsFailures,
+    StatusInRangeFailureClass,
+};
 
 use super::{Classify, Outcome, RetryHint, classify_error, error_hint};
 
@@ -118,6 +121,29 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> RetryHint {
     }
 }
 
+/// tower-http's kind of classifier, with the same rule: a 5xx fails, and a 429 unless
+/// [`TooManyRequests::Success`].
+impl ClassifyResponse for HttpClassifier {
+    type FailureClass = StatusInRangeFailureClass;
+    type ClassifyEos = NeverClassifyEos<StatusInRangeFailureClass>;
+
+    fn classify_response<B>(
+        self,
+        response: &Response<B>,
+    ) -> ClassifiedResponse<Self::FailureClass, Self::ClassifyEos> {
+        let status = response.status();
+        if status.is_server_error() || self.classify_status(status).is_failure() {
+            ClassifiedResponse::Ready(Err(StatusInRangeFailureClass::StatusCode(status)))
+        } else {
+            ClassifiedResponse::Ready(Ok(()))
+        }
+    }
+
+    fn classify_error<E: std::fmt::Display + 'static>(self, error: &E) -> Self::FailureClass {
+        StatusInRangeFailureClass::Error(error.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +172,27 @@ mod tests {
         assert_eq!(retry_after(&headers("-5"), now), RetryHint::None);
         assert_eq!(retry_after(&headers("soon"), now), RetryHint::None);
         assert_eq!(retry_after(&HeaderMap::new(), now), RetryHint::None);
+    }
+
+    #[test]
+    fn as_a_tower_http_classifier_it_agrees_with_classify() {
+        for (status, how) in [
+            (200, TooManyRequests::RetryableFailure),
+            (404, TooManyRequests::RetryableFailure),
+            (429, TooManyRequests::RetryableFailure),
+            (429, TooManyRequests::Success),
+            (500, TooManyRequests::RetryableFailure),
+            (501, TooManyRequests::Success),
+        ] {
+            let c = HttpClassifier::new().too_many_requests(how);
+            let response = Response::builder().status(status).body(()).unwrap();
+            let tower = matches!(
+                c.classify_response(&response),
+                ClassifiedResponse::Ready(Err(_))
+            );
+            let ours = c.classify(&Ok::<_, std::io::Error>(response)).is_failure();
+            assert_eq!(tower, ours, "{status} {how:?}");
+        }
     }
 
     #[test]

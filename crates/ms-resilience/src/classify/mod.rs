@@ -24,11 +24,18 @@
 //! are worth retrying, and the server's own retry hints (`Retry-After`,
 //! `grpc-retry-pushback-ms`). Slow calls are not the classifier's business: the breaker times
 //! calls itself.
+//!
+//! Both also implement tower-http's own [`ClassifyResponse`](tower_http::classify::ClassifyResponse),
+//! so the very classifier a breaker uses can be handed to anything that takes tower-http's
+//! kind, such as tower-http's `TraceLayer` or ms-tracing's trace layers: a span, a metric's
+//! `error.type` and the breaker then agree on what failed.
 
 mod grpc;
+mod grpc_codes;
 mod http;
 
 pub use self::grpc::GrpcClassifier;
+pub use self::grpc_codes::grpc_code_name;
 pub use self::http::{HttpClassifier, TooManyRequests};
 
 use std::time::Duration;

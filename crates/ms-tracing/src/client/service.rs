@@ -4,36 +4,44 @@ use http::{HeaderValue, Request, Response};
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::TraceContextExt as _;
 use tower::Service;
+use tower_http::classify::{ClassifyResponse, GrpcErrorsAsFailures, StatusInRangeAsFailures};
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::ClientTraceLayer;
+use crate::call_metrics::CallMetrics;
 use crate::correlation::CorrelationId;
 use crate::propagation::{HeaderInjector, propagator};
-use crate::response::{Protocol, ResponseBody, ResponseFuture, Side, grpc_service_method};
+use crate::response::{
+    Call, Classifier, Protocol, ResponseBody, ResponseFuture, grpc_service_method,
+};
 
 /// Middleware that runs each outgoing call in a client span and propagates it; see the
 /// [module docs](super).
 #[derive(Debug, Clone)]
-pub struct ClientTraceService<S> {
+pub struct ClientTraceService<S, H = StatusInRangeAsFailures, G = GrpcErrorsAsFailures> {
     inner: S,
-    layer: ClientTraceLayer,
+    layer: ClientTraceLayer<H, G>,
 }
 
-impl<S> ClientTraceService<S> {
+impl<S, H, G> ClientTraceService<S, H, G> {
     /// Wraps `inner` with the settings of `layer`.
-    pub fn new(inner: S, layer: ClientTraceLayer) -> Self {
+    pub fn new(inner: S, layer: ClientTraceLayer<H, G>) -> Self {
         Self { inner, layer }
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ClientTraceService<S>
+impl<S, H, G, ReqBody, ResBody> Service<Request<ReqBody>> for ClientTraceService<S, H, G>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    H: ClassifyResponse + Clone,
+    H::ClassifyEos: Send + Sync + 'static,
+    G: ClassifyResponse + Clone,
+    G::ClassifyEos: Send + Sync + 'static,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, H, G>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -41,6 +49,7 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let protocol = Protocol::of(request.headers());
+        let classifier = Classifier::for_protocol(protocol, &self.layer.http, &self.layer.grpc);
         let correlation_id = CorrelationId::current()
             .or_else(|| request.extensions().get::<CorrelationId>().cloned());
         let span = client_span(&request, protocol, correlation_id.as_ref());
@@ -50,6 +59,7 @@ where
         // current one goes out instead, so the trace is not cut.
         let mut cx = span.context();
         if !cx.span().span_context().is_valid() {
+            crate::missing_layer::check(&span);
             cx = tracing::Span::current().context();
         }
         propagator().inject_context(&cx, &mut HeaderInjector(request.headers_mut()));
@@ -60,9 +70,30 @@ where
         {
             request.headers_mut().insert(header.clone(), value);
         }
+        let metrics = self
+            .layer
+            .metrics
+            .then(|| client_metrics(&request, protocol))
+            .flatten();
         let future = span.in_scope(|| self.inner.call(request));
-        ResponseFuture::new(future, span, Side::Client, protocol)
+        ResponseFuture::new(future, Some(Call::new(span, metrics)), classifier)
     }
+}
+
+#[cfg(feature = "metrics")]
+#[allow(clippy::unnecessary_wraps)] // The shape of the build without metrics.
+fn client_metrics<B>(request: &Request<B>, protocol: Protocol) -> Option<CallMetrics> {
+    if protocol == Protocol::Grpc
+        && let Some((service, method)) = grpc_service_method(request.uri().path())
+    {
+        return Some(CallMetrics::rpc_client(service, method, request.uri()));
+    }
+    Some(CallMetrics::http_client(request))
+}
+
+#[cfg(not(feature = "metrics"))]
+fn client_metrics<B>(_request: &Request<B>, _protocol: Protocol) -> Option<CallMetrics> {
+    None
 }
 
 fn client_span<B>(

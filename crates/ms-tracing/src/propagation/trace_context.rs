@@ -3,9 +3,9 @@ use std::sync::OnceLock;
 use opentelemetry::Context;
 use opentelemetry::propagation::text_map_propagator::FieldIter;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, TraceContextExt, TraceId, TraceState};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceId, TraceState};
 
-use super::traceparent::Traceparent;
+use super::traceparent::{RANDOM_FLAG, Traceparent};
 use super::tracestate::{parse_members, shortened_header, tracestate_header};
 
 /// The `traceparent` header name.
@@ -22,12 +22,18 @@ pub const TRACESTATE: &str = "tracestate";
 /// trace: never an error, never a panic.
 /// - more than one `traceparent` header is invalid (which one is meant is ambiguous);
 /// - the `traceparent` rules are those of [`Traceparent::parse`];
-/// - several `tracestate` headers are combined; a malformed, duplicated or over-long
-///   (more than 32 members) `tracestate` is discarded while the `traceparent` is kept;
+/// - several `tracestate` headers are combined; a malformed or over-long (more than 32
+///   members) `tracestate` is discarded while the `traceparent` is kept; a key that appears
+///   again is dropped, its first value kept;
 /// - a `tracestate` without a valid `traceparent` is ignored.
 ///
-/// On injection, `traceparent` is written in version `00` with the `sampled` and `random`
-/// flags; `tracestate` is written when not empty, shortened to 512 characters as §3.3.1.5 says.
+/// On injection, `traceparent` is written in version `00` with the `sampled` flag of the span
+/// context and, for a trace that came in through this propagator, the `random` flag exactly as
+/// it came in (§3.2.2.5.2: set stays set, unset stays unset, for the same trace ID), even
+/// though the SDK gives a span it does not sample empty flags. A trace started in this process
+/// carries the `random` flag its span context has (see
+/// [`Level2Tracer`](crate::init::Level2Tracer), which [`init`](crate::init()) installs).
+/// `tracestate` is written when not empty, shortened to 512 characters as §3.3.1.5 says.
 ///
 /// Repeated headers are only seen through [`Extractor::get_all`]: use an extractor that
 /// implements it, such as [`HeaderExtractor`](super::HeaderExtractor).
@@ -52,9 +58,7 @@ impl W3cTraceContextPropagator {
         Self::extract_parts(extractor).map(|(remote, _)| remote)
     }
 
-    fn extract_parts(
-        extractor: &dyn Extractor,
-    ) -> Option<(SpanContext, Option<UnrepresentableTracestate>)> {
+    fn extract_parts(extractor: &dyn Extractor) -> Option<(SpanContext, Received)> {
         let parents = extractor.get_all(TRACEPARENT)?;
         let [parent] = parents.as_slice() else {
             return None;
@@ -65,28 +69,34 @@ impl W3cTraceContextPropagator {
             .and_then(|values| parse_members(values).ok())
             .unwrap_or_default();
         let header_len = members.len();
-        let (state, raw) = match TraceState::from_key_value(members.iter().copied()) {
+        let (state, tracestate) = match TraceState::from_key_value(members.iter().copied()) {
             Ok(state) => (state, None),
-            Err(_) if header_len > 0 => (
-                TraceState::default(),
-                Some(UnrepresentableTracestate {
-                    trace_id: parent.trace_id,
-                    header: shortened_header(members),
-                }),
-            ),
+            Err(_) if header_len > 0 => (TraceState::default(), Some(shortened_header(members))),
             Err(_) => (TraceState::default(), None),
         };
+        let received = Received {
+            trace_id: parent.trace_id,
+            random: parent.flags.to_u8() & RANDOM_FLAG.to_u8() != 0,
+            tracestate,
+        };
         let remote = SpanContext::new(parent.trace_id, parent.parent_id, parent.flags, true, state);
-        Some((remote, raw))
+        Some((remote, received))
     }
 }
 
-/// A valid `tracestate` that opentelemetry's `TraceState` refuses, kept in the context beside
-/// the remote span context so that it still goes out with the trace it came with.
+/// What the propagator read from a valid `traceparent`, kept in the context beside the remote
+/// span context so that it outlives the spans the SDK derives from it (their context is
+/// `parent_cx.with_span(..)`, which keeps the parent's values):
+/// - whether the trace ID is random (Level 2 flag): §3.2.2.5.2 says the flag goes out exactly
+///   as it came in for the same trace ID, but the SDK gives a span it does not sample empty
+///   flags, whatever its parent's were;
+/// - a valid `tracestate` that opentelemetry's `TraceState` refuses, so that it still goes out
+///   with the trace it came with.
 #[derive(Debug, Clone)]
-struct UnrepresentableTracestate {
+pub(crate) struct Received {
     trace_id: TraceId,
-    header: String,
+    random: bool,
+    tracestate: Option<String>,
 }
 
 impl TextMapPropagator for W3cTraceContextPropagator {
@@ -96,18 +106,29 @@ impl TextMapPropagator for W3cTraceContextPropagator {
         if !span_context.is_valid() {
             return;
         }
+        let received = cx
+            .get::<Received>()
+            .filter(|received| received.trace_id == span_context.trace_id());
+        let mut flags = span_context.trace_flags();
+        if let Some(received) = received {
+            let random = if received.random {
+                RANDOM_FLAG.to_u8()
+            } else {
+                0
+            };
+            flags = TraceFlags::new(flags.to_u8() & !RANDOM_FLAG.to_u8() | random);
+        }
         let parent = Traceparent {
             trace_id: span_context.trace_id(),
             parent_id: span_context.span_id(),
-            flags: span_context.trace_flags(),
+            flags,
         };
         injector.set(TRACEPARENT, parent.to_header());
         let mut header = tracestate_header(span_context.trace_state());
         if header.is_empty()
-            && let Some(raw) = cx.get::<UnrepresentableTracestate>()
-            && raw.trace_id == span_context.trace_id()
+            && let Some(raw) = received.and_then(|received| received.tracestate.as_ref())
         {
-            header.clone_from(&raw.header);
+            header.clone_from(raw);
         }
         if !header.is_empty() {
             injector.set(TRACESTATE, header);
@@ -116,8 +137,7 @@ impl TextMapPropagator for W3cTraceContextPropagator {
 
     fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
         match Self::extract_parts(extractor) {
-            Some((remote, None)) => cx.with_remote_span_context(remote),
-            Some((remote, Some(raw))) => cx.with_remote_span_context(remote).with_value(raw),
+            Some((remote, received)) => cx.with_remote_span_context(remote).with_value(received),
             None => cx.clone(),
         }
     }

@@ -30,53 +30,50 @@ pub enum InvalidTracestate {
         index: usize,
     },
     /// Valid by the recommendation, but opentelemetry 0.33's `TraceState` refuses it, so it
-    /// cannot be carried in a span context: its key check allows a `system-id` of at most 13
-    /// characters where the grammar allows 14. The propagator still forwards such a
-    /// `tracestate` (kept beside the span context); only [`parse_tracestate`] reports it.
+    /// cannot be carried in a span context: its key check still follows Level 1's
+    /// `tenant@system` split (one `@`, at most 13 characters after it), where Level 2's grammar
+    /// allows `@` anywhere after the first character (`foo@@bar`, `t@` + 15 characters). The
+    /// propagator still forwards such a `tracestate` (kept beside the span context); only
+    /// [`parse_tracestate`] reports it.
     #[error("tracestate is valid but cannot be represented by opentelemetry's TraceState")]
     NotRepresentable,
-    /// A key appears twice.
-    #[error("tracestate key at list member {index} appears twice")]
-    DuplicateKey {
-        /// The position of the second occurrence.
-        index: usize,
-    },
 }
 
 /// Parses the values of every `tracestate` header of a request, combined in order as one list
 /// (§3.3.1.1: "values from multiple headers... SHOULD be combined"). Empty members and optional
-/// whitespace around members are allowed and skipped. Any malformed member, any duplicate key
-/// or more than 32 members discards the whole list.
+/// whitespace around members are allowed and skipped. A key that appears again is dropped, the
+/// first one kept (§3.5: "vendors MAY also discard duplicate keys"). Any malformed member or
+/// more than 32 members discards the whole list.
 pub fn parse_tracestate<'a>(
     values: impl IntoIterator<Item = &'a str>,
 ) -> Result<TraceState, InvalidTracestate> {
     to_trace_state(parse_members(values)?)
 }
 
-/// The list members of the `tracestate` headers, checked against the grammar and the limits.
+/// The list members of the `tracestate` headers, checked against the grammar and the limits,
+/// repeated keys dropped.
 pub(crate) fn parse_members<'a>(
     values: impl IntoIterator<Item = &'a str>,
 ) -> Result<Vec<(&'a str, &'a str)>, InvalidTracestate> {
     let mut members: Vec<(&str, &str)> = Vec::new();
+    // The limit counts the list members the sender wrote, repeats included.
+    let mut count = 0;
     for member in values.into_iter().flat_map(|value| value.split(',')) {
         let member = member.trim_matches([' ', '\t']);
         if member.is_empty() {
             continue;
         }
-        let index = members.len();
         let (key, value) = member
             .split_once('=')
             .filter(|(key, value)| valid_key(key) && valid_value(value))
-            .ok_or(InvalidTracestate::MalformedMember { index })?;
-        if members.iter().any(|(seen, _)| *seen == key) {
-            return Err(InvalidTracestate::DuplicateKey { index });
+            .ok_or(InvalidTracestate::MalformedMember { index: count })?;
+        count += 1;
+        if !members.iter().any(|(seen, _)| *seen == key) {
+            members.push((key, value));
         }
-        members.push((key, value));
     }
-    if members.len() > MAX_TRACESTATE_MEMBERS {
-        return Err(InvalidTracestate::TooManyMembers {
-            count: members.len(),
-        });
+    if count > MAX_TRACESTATE_MEMBERS {
+        return Err(InvalidTracestate::TooManyMembers { count });
     }
     Ok(members)
 }
@@ -136,30 +133,19 @@ fn to_trace_state(members: Vec<(&str, &str)>) -> Result<TraceState, InvalidTrace
     TraceState::from_key_value(members).map_err(|_| InvalidTracestate::NotRepresentable)
 }
 
-/// `key = simple-key / multi-tenant-key` (§3.3.1.3.1):
-/// `simple-key = lcalpha 0*255( lcalpha / DIGIT / "_" / "-" / "*" / "/" )`,
-/// `tenant-id = ( lcalpha / DIGIT ) 0*240( ... )`, `system-id = lcalpha 0*13( ... )`.
+/// `key = ( lcalpha / DIGIT ) 0*255 ( keychar )`,
+/// `keychar = lcalpha / DIGIT / "_" / "-" / "*" / "/" / "@"` (Level 2, §3.3.1.3.1): 1 to 256
+/// characters; `@` may appear anywhere but first, any number of times (Level 1's
+/// `tenant@system` split and its 241/14 limits are gone).
 fn valid_key(key: &str) -> bool {
-    let rest_ok = |s: &[u8]| {
-        s.iter().all(|&b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/')
+    let b = key.as_bytes();
+    (1..=256).contains(&b.len())
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b[1..].iter().all(|&c| {
+            c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || matches!(c, b'_' | b'-' | b'*' | b'/' | b'@')
         })
-    };
-    match key.split_once('@') {
-        None => {
-            let b = key.as_bytes();
-            (1..=256).contains(&b.len()) && b[0].is_ascii_lowercase() && rest_ok(&b[1..])
-        }
-        Some((tenant, system)) => {
-            let (t, s) = (tenant.as_bytes(), system.as_bytes());
-            (1..=241).contains(&t.len())
-                && (t[0].is_ascii_lowercase() || t[0].is_ascii_digit())
-                && rest_ok(&t[1..])
-                && (1..=14).contains(&s.len())
-                && s[0].is_ascii_lowercase()
-                && rest_ok(&s[1..])
-        }
-    }
 }
 
 /// `value = 0*255(chr) nblk-chr`, `nblk-chr = %x21-2B / %x2D-3C / %x3E-7E`,

@@ -54,5 +54,5 @@
 mod layer;
 mod service;
 
-pub use layer::ServerTraceLayer;
+pub use layer::{DEFAULT_METRICS, ServerTraceLayer};
 pub use service::ServerTraceService;

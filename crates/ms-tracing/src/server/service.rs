@@ -1,42 +1,52 @@
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
+use ms_resilience::classify::GrpcClassifier;
 use opentelemetry::propagation::TextMapPropagator as _;
 use tower::Service;
+use tower_http::classify::{ClassifyResponse, ServerErrorsAsFailures};
 use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::ServerTraceLayer;
+use crate::call_metrics::CallMetrics;
 use crate::correlation::CorrelationId;
 use crate::propagation::{HeaderExtractor, propagator};
-use crate::response::{Protocol, ResponseBody, ResponseFuture, Side, grpc_service_method};
+use crate::response::{
+    Call, Classifier, Protocol, ResponseBody, ResponseFuture, grpc_service_method,
+};
 
 /// Middleware that runs each request in a server span; see the [module docs](super).
 #[derive(Debug, Clone)]
-pub struct ServerTraceService<S> {
+pub struct ServerTraceService<S, H = ServerErrorsAsFailures, G = GrpcClassifier> {
     inner: S,
-    layer: ServerTraceLayer,
+    layer: ServerTraceLayer<H, G>,
 }
 
 impl<S> ServerTraceService<S> {
-    /// Wraps `inner`, tracing every request.
+    /// Wraps `inner`, tracing every request with the default settings.
     pub fn new(inner: S) -> Self {
         Self::with_layer(inner, ServerTraceLayer::new())
     }
+}
 
+impl<S, H, G> ServerTraceService<S, H, G> {
     /// Wraps `inner` with the settings of `layer`.
-    pub fn with_layer(inner: S, layer: ServerTraceLayer) -> Self {
+    pub fn with_layer(inner: S, layer: ServerTraceLayer<H, G>) -> Self {
         Self { inner, layer }
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ServerTraceService<S>
+impl<S, H, G, ReqBody, ResBody> Service<Request<ReqBody>> for ServerTraceService<S, H, G>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    H: ClassifyResponse + Clone,
+    H::ClassifyEos: Send + Sync + 'static,
+    G: ClassifyResponse + Clone,
+    G::ClassifyEos: Send + Sync + 'static,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, H, G>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -44,6 +54,7 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let protocol = Protocol::of(request.headers());
+        let classifier = Classifier::for_protocol(protocol, &self.layer.http, &self.layer.grpc);
         let path = request.uri().path();
         if self
             .layer
@@ -52,20 +63,40 @@ where
             .any(|skipped| skipped == path)
         {
             let future = self.inner.call(request);
-            return ResponseFuture::new(future, tracing::Span::none(), Side::Server, protocol);
+            return ResponseFuture::new(future, None, classifier);
         }
         let span = server_span(&request, protocol);
+        let metrics = self
+            .layer
+            .metrics
+            .then(|| server_metrics(&request, protocol))
+            .flatten();
         let parent = propagator().extract_with_context(
             &opentelemetry::Context::new(),
             &HeaderExtractor(request.headers()),
         );
         // Always set, even without a valid remote parent: a server span starts a trace rather
-        // than joining whatever span happens to be current where the server runs. An error only
-        // means no OpenTelemetry layer is installed, which leaves nothing to parent.
-        let _ = span.set_parent(parent);
+        // than joining whatever span happens to be current where the server runs.
+        crate::missing_layer::set_parent(&span, parent);
         let future = span.in_scope(|| self.inner.call(request));
-        ResponseFuture::new(future, span, Side::Server, protocol)
+        ResponseFuture::new(future, Some(Call::new(span, metrics)), classifier)
     }
+}
+
+#[cfg(feature = "metrics")]
+#[allow(clippy::unnecessary_wraps)] // The shape of the build without metrics.
+fn server_metrics<B>(request: &Request<B>, protocol: Protocol) -> Option<CallMetrics> {
+    if protocol == Protocol::Grpc
+        && let Some((service, method)) = grpc_service_method(request.uri().path())
+    {
+        return Some(CallMetrics::rpc_server(service, method));
+    }
+    Some(CallMetrics::http_server(request, route(request)))
+}
+
+#[cfg(not(feature = "metrics"))]
+fn server_metrics<B>(_request: &Request<B>, _protocol: Protocol) -> Option<CallMetrics> {
+    None
 }
 
 fn server_span<B>(request: &Request<B>, protocol: Protocol) -> tracing::Span {

@@ -56,6 +56,10 @@ impl Shared {
 }
 
 impl Subscriber for KafkaBus {
+    fn messaging_system(&self) -> &'static str {
+        "kafka"
+    }
+
     fn subscribe<'a>(
         &'a self,
         subscription: &'a Subscription,

@@ -1,6 +1,24 @@
 //! One setup call: a `tracing` subscriber with an OpenTelemetry layer, an exporter chosen by
 //! configuration, head sampling, optional tail sampling, and this crate's propagator.
 //!
+//! Quiet by default: [`init`](crate::init()) with nothing set exports spans over OTLP when the
+//! crate is built with the `otlp` feature (the OpenTelemetry specification's default) and
+//! nowhere otherwise; it never prints spans unless asked to (`OTEL_TRACES_EXPORTER=console`).
+//! Logs go to stdout, filtered by `RUST_LOG` (default [`DEFAULT_FILTER`]).
+//!
+//! | variable | what it does | unset |
+//! |---|---|---|
+//! | `OTEL_TRACES_EXPORTER` | `otlp`, `console` (spans printed to stdout; `stdout` is accepted too) or `none` | `otlp` with the `otlp` feature, else `none` |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | the collector, read by the OTLP exporter | `http://localhost:4317` |
+//! | `OTEL_SERVICE_NAME` | `service.name`, over the name given in code | the name given in code |
+//! | `OTEL_RESOURCE_ATTRIBUTES` | more resource attributes (`key=value,…`) | none |
+//! | `OTEL_SDK_DISABLED` | `true`: no span is exported (propagation still works) | `false` |
+//! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | the head sampler (see [`crate::head_sampling`]) | `parentbased_always_on` |
+//! | `RUST_LOG` | the log filter (not the span filter: see [`TracingBuilder::span_filter`]) | [`DEFAULT_FILTER`] |
+//!
+//! Exported spans carry no source locations (`code.file.path`, which for a dependency is an
+//! absolute path on the build machine) unless [`TracingBuilder::code_location`] asks for them.
+//!
 //! ```
 //! use ms_tracing::init::{SpanExport, TracingBuilder};
 //!
@@ -16,6 +34,10 @@
 //! tracing.shutdown()?;
 //! # Ok::<(), ms_tracing::init::InitError>(())
 //! ```
+
+mod level2_tracer;
+
+pub use level2_tracer::{Level2Span, Level2Tracer};
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
@@ -34,6 +56,15 @@ use crate::tail_sampling::{TailSampling, TailSamplingProcessor};
 
 /// The variable that chooses the exporter, as the OpenTelemetry specification names it.
 pub const OTEL_TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
+/// The variable that names the service, over the name given in code.
+pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+/// The variable that turns the SDK off (`true`): nothing is exported.
+pub const OTEL_SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
+
+/// Whether exported spans carry `code.file.path`, `code.line.number` and `code.module.name`:
+/// no, since the path of a dependency's file is an absolute path on the machine that built the
+/// binary.
+pub const DEFAULT_CODE_LOCATION: bool = false;
 
 /// The spans exported unless [`TracingBuilder::span_filter`] says otherwise: `info` and above,
 /// which is every span of this crate's layers and none of hyper's or h2's `trace`-level ones.
@@ -46,10 +77,11 @@ pub const DEFAULT_FILTER: &str = "info";
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub enum SpanExport {
-    /// Nowhere (logs still go to stdout).
-    None,
-    /// Printed to stdout, for development.
+    /// Nowhere (logs still go to stdout; trace context is still propagated). The default of
+    /// [`TracingBuilder::new`].
     #[default]
+    None,
+    /// Printed to stdout (`OTEL_TRACES_EXPORTER=console`), for development.
     Stdout,
     /// OTLP over gRPC (tonic) to `endpoint` (the exporter's default, `http://localhost:4317`,
     /// or `OTEL_EXPORTER_OTLP_ENDPOINT`, when `None`), batched.
@@ -68,13 +100,13 @@ pub enum SpanExport {
 impl SpanExport {
     /// The exporter named by `OTEL_TRACES_EXPORTER`'s value: `otlp`, `console` (or `stdout`),
     /// `none`. Unset means `otlp` when this crate is built with the `otlp` feature (the
-    /// specification's default), `console` otherwise.
+    /// specification's default), `none` otherwise: spans are never printed unless asked for.
     pub fn from_env_value(value: Option<&str>) -> Result<Self, InitError> {
         match value.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
             #[cfg(feature = "otlp")]
             None | Some("" | "otlp") => Ok(Self::Otlp { endpoint: None }),
             #[cfg(not(feature = "otlp"))]
-            None | Some("") => Ok(Self::Stdout),
+            None | Some("") => Ok(Self::None),
             Some("console" | "stdout") => Ok(Self::Stdout),
             Some("none") => Ok(Self::None),
             Some(other) => Err(InitError::UnknownExporter(other.to_owned())),
@@ -116,6 +148,7 @@ pub struct TracingBuilder {
     span_filter: Option<String>,
     json_logs: bool,
     log_writer: Option<BoxMakeWriter>,
+    code_location: bool,
 }
 
 /// The built pipeline: a subscriber ([`Tracing::dispatch`]) and the span provider behind it.
@@ -134,8 +167,9 @@ pub struct TracingGuard {
 }
 
 impl TracingBuilder {
-    /// Defaults: [`SpanExport::Stdout`], [`HeadSampler::ParentBasedAlwaysOn`], no tail sampling,
-    /// filter from `RUST_LOG` or [`DEFAULT_FILTER`], text logs.
+    /// Defaults: [`SpanExport::None`], [`HeadSampler::ParentBasedAlwaysOn`], no tail sampling,
+    /// log filter from `RUST_LOG` or [`DEFAULT_FILTER`], span filter [`DEFAULT_SPAN_FILTER`],
+    /// text logs to stdout, no code locations ([`DEFAULT_CODE_LOCATION`]).
     pub fn new(service_name: impl Into<String>) -> Self {
         Self {
             service_name: service_name.into(),
@@ -146,16 +180,33 @@ impl TracingBuilder {
             span_filter: None,
             json_logs: false,
             log_writer: None,
+            code_location: DEFAULT_CODE_LOCATION,
         }
     }
 
-    /// Exporter and head sampler from `OTEL_TRACES_EXPORTER`, `OTEL_TRACES_SAMPLER` and
-    /// `OTEL_TRACES_SAMPLER_ARG`.
+    /// Exporter, service name and head sampler from the environment, as the
+    /// [module docs](self) list: `OTEL_TRACES_EXPORTER`, `OTEL_SDK_DISABLED`,
+    /// `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`
+    /// (`OTEL_RESOURCE_ATTRIBUTES` and the OTLP endpoint variables are read when the pipeline
+    /// is built).
     pub fn from_env(mut self) -> Result<Self, InitError> {
-        self.export =
-            SpanExport::from_env_value(std::env::var(OTEL_TRACES_EXPORTER).ok().as_deref())?;
+        let var = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        self.export = SpanExport::from_env_value(var(OTEL_TRACES_EXPORTER).as_deref())?;
+        if var(OTEL_SDK_DISABLED).is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+            self.export = SpanExport::None;
+        }
+        if let Some(name) = var(OTEL_SERVICE_NAME) {
+            name.trim().clone_into(&mut self.service_name);
+        }
         self.sampler = HeadSampler::from_env_or_default();
         Ok(self)
+    }
+
+    /// Whether exported spans carry their source location (`code.file.path`, `code.line.number`,
+    /// `code.module.name`); default [`DEFAULT_CODE_LOCATION`].
+    pub fn code_location(mut self, on: bool) -> Self {
+        self.code_location = on;
+        self
     }
 
     /// Where spans go.
@@ -217,7 +268,7 @@ impl TracingBuilder {
         let span_filter =
             EnvFilter::try_new(self.span_filter.as_deref().unwrap_or(DEFAULT_SPAN_FILTER))?;
         let provider = self.provider()?;
-        let tracer = provider.tracer("ms-tracing");
+        let tracer = Level2Tracer::new(provider.tracer("ms-tracing"));
         // Spans and logs are filtered apart: with one filter, `RUST_LOG=warn` would disable the
         // request spans, and with them the trace context that outgoing calls carry on.
         let writer = self
@@ -242,6 +293,7 @@ impl TracingBuilder {
             .with(
                 tracing_opentelemetry::layer()
                     .with_tracer(tracer)
+                    .with_location(self.code_location)
                     .with_filter(span_filter),
             )
             .with(logs);
@@ -283,6 +335,14 @@ impl TracingBuilder {
             #[cfg(feature = "otlp")]
             SpanExport::Otlp { endpoint } => {
                 use opentelemetry_otlp::WithExportConfig as _;
+                // tonic's channel spawns onto the current runtime, and panics without one.
+                if tokio::runtime::Handle::try_current().is_err() {
+                    return Err(InitError::Exporter(
+                        "the OTLP exporter needs a Tokio runtime: set up tracing inside it \
+                         (in `#[tokio::main]`, or after `Runtime::enter`)"
+                            .to_owned(),
+                    ));
+                }
                 let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
                 if let Some(endpoint) = endpoint {
                     exporter = exporter.with_endpoint(endpoint.clone());
