@@ -304,7 +304,12 @@ impl CommandSender for AmqpBus {
             // the destination's durable queue (once per connection).
             let prepare = Prepare::Queue(queue);
             let result = self.link.publish(&messages, &prepare).await;
-            crate::metrics::sent("rabbitmq", destination, commands.len(), result.as_ref().err());
+            crate::metrics::sent(
+                "rabbitmq",
+                destination,
+                commands.len(),
+                result.as_ref().err(),
+            );
             result
         })
     }

@@ -146,12 +146,7 @@ impl Inner {
             Ok(stored)
         }
         .await;
-        crate::metrics::sent(
-            "kafka",
-            name,
-            envelopes.len(),
-            result.as_ref().err(),
-        );
+        crate::metrics::sent("kafka", name, envelopes.len(), result.as_ref().err());
         if result.is_err() {
             // The topic may be gone (deleted by an operator): ask the broker again next time.
             self.topics_made
