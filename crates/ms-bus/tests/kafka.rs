@@ -143,8 +143,11 @@ async fn commits_never_pass_unsettled_work() {
         "the commit passed the held record"
     );
 
-    // A crash: the next member starts at the held record.
+    // A crash: the next member starts at the held record. The crashed process's client goes
+    // with it (a client left alive beside the aborted consumer can keep its group membership
+    // on tansu, and the next member then waits for partitions that never move).
     handle.abort();
+    drop(first);
     let again: Log = Arc::default();
     let second = bus(&test, 1);
     let handle = Consumer::new(subscription)

@@ -221,9 +221,10 @@ async fn one_trace_and_one_correlation_id_from_http_through_two_consumers() {
     // The envelopes carry their producer spans.
     let traceparent = |span: &SpanData| {
         format!(
-            "00-{}-{}-01",
+            "00-{}-{}-{:02x}",
             span.span_context.trace_id(),
-            span.span_context.span_id()
+            span.span_context.span_id(),
+            span.span_context.trace_flags().to_u8()
         )
     };
     assert_eq!(

@@ -89,9 +89,10 @@ async fn the_enqueueing_requests_trace_and_correlation_id_reach_the_consumer() {
         envelope.traceparent(),
         Some(
             format!(
-                "00-{}-{}-01",
+                "00-{}-{}-{:02x}",
                 producer.span_context.trace_id(),
-                producer.span_context.span_id()
+                producer.span_context.span_id(),
+                producer.span_context.trace_flags().to_u8()
             )
             .as_str()
         )

@@ -87,9 +87,17 @@ impl Acker for KafkaAcker {
     }
 
     fn dead_letter<'a>(&'a self, reason: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
+        self.dead_letter_after(reason, self.attempt)
+    }
+
+    fn dead_letter_after<'a>(
+        &'a self,
+        reason: &'a str,
+        deliveries: u32,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             let info = DeliveryInfo {
-                attempt: self.attempt,
+                attempt: deliveries,
                 origin: self.shared.origin.clone(),
                 group: self.shared.group.clone(),
                 headers: Vec::new(),
