@@ -16,9 +16,10 @@ use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
 use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
 
+use super::sqlite_schedule as schedule;
 use super::{
-    Backlog, BatchOutcome, Claim, ClaimedBatch, DeadLetter, InboxStatements, PreparedRow, Store,
-    StoredRow, sealed,
+    Backlog, BatchOutcome, Claim, ClaimedBatch, DeadLetter, InboxStatements, PreparedRow, Promoted,
+    ScheduledRef, Store, StoredRow, Wake, sealed,
 };
 use crate::outbox::OutboxInner;
 use crate::schema::{OutboxSchema, outbox_migrations, pending_migrations, versions_table};
@@ -28,11 +29,18 @@ type Sql = Arc<str>;
 
 #[allow(private_interfaces)] // Sealed: callable only inside this crate.
 impl sealed::Sealed for Sqlite {
-    const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = &[(
-        1,
-        "outbox and dead-letter tables",
-        include_str!("../../migrations/sqlite/0001_outbox.sql"),
-    )];
+    const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = &[
+        (
+            1,
+            "outbox and dead-letter tables",
+            include_str!("../../migrations/sqlite/0001_outbox.sql"),
+        ),
+        (
+            2,
+            "scheduled messages",
+            include_str!("../../migrations/sqlite/0002_scheduled.sql"),
+        ),
+    ];
     // SQLite has no table partitioning; `OutboxBuilder::partitioned` exists only for
     // PostgreSQL, so this is never chosen.
     const PARTITIONED_MIGRATIONS: &'static [(i64, &'static str, &'static str)] = Self::MIGRATIONS;
@@ -50,7 +58,11 @@ impl sealed::Sealed for Sqlite {
                 outbox.schema.outbox
             )));
             let now = now_ms();
-            for row in rows {
+            let later: Vec<&PreparedRow> = rows.iter().filter(|r| r.due_at.is_some()).collect();
+            if !later.is_empty() {
+                schedule::enqueue(conn, outbox, &later).await?;
+            }
+            for row in rows.iter().filter(|r| r.due_at.is_none()) {
                 sqlx::query(AssertSqlSafe(Arc::clone(&insert.0)))
                     .bind(row.shard)
                     .bind(&row.key)
@@ -70,6 +82,23 @@ impl sealed::Sealed for Sqlite {
 
     fn store(pool: SqlitePool, outbox: Arc<OutboxInner>) -> Arc<dyn Store> {
         Arc::new(SqliteStore::new(pool, outbox))
+    }
+
+    fn cancel<'a>(
+        conn: &'a mut SqliteConnection,
+        outbox: &'a OutboxInner,
+        which: ScheduledRef<'a>,
+    ) -> BoxFuture<'a, Result<u64, OutboxError>> {
+        Box::pin(schedule::cancel(conn, outbox, which))
+    }
+
+    fn reschedule<'a>(
+        conn: &'a mut SqliteConnection,
+        outbox: &'a OutboxInner,
+        id: &'a str,
+        at: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<u64, OutboxError>> {
+        Box::pin(schedule::reschedule(conn, outbox, id, at))
     }
 
     fn apply_migrations<'a>(
@@ -143,7 +172,7 @@ pub(crate) fn now_ms() -> i64 {
     to_ms(OffsetDateTime::now_utc())
 }
 
-fn to_ms(at: OffsetDateTime) -> i64 {
+pub(crate) fn to_ms(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
@@ -418,14 +447,24 @@ impl Store for SqliteStore {
         })
     }
 
-    fn listen(&self, wake: Arc<dyn Fn(Option<i16>) + Send + Sync>) -> BoxFuture<'static, ()> {
+    fn listen(&self, wake: Arc<dyn Fn(Wake) + Send + Sync>) -> BoxFuture<'static, ()> {
         let outbox = Arc::clone(&self.outbox);
         Box::pin(async move {
             loop {
-                outbox.wake.notified().await;
-                wake(Some(0));
+                tokio::select! {
+                    () = outbox.wake.notified() => wake(Wake::Shard(0)),
+                    () = outbox.schedule_wake.notified() => wake(Wake::Scheduled),
+                }
             }
         })
+    }
+
+    fn promote_due(&self, limit: i64) -> BoxFuture<'_, Result<Promoted, OutboxError>> {
+        Box::pin(schedule::promote_due(&self.pool, &self.outbox, limit))
+    }
+
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<Duration>, OutboxError>> {
+        Box::pin(schedule::next_due(&self.pool, &self.outbox))
     }
 
     fn dead_letters(&self, limit: i64) -> BoxFuture<'_, Result<Vec<DeadLetter>, OutboxError>> {
@@ -506,16 +545,23 @@ impl Store for SqliteStore {
             let row = sqlx::query(AssertSqlSafe(format!(
                 "SELECT (SELECT count(*) FROM {t} WHERE published_at IS NULL), \
                         (SELECT min(created_at) FROM {t} WHERE published_at IS NULL), \
-                        (SELECT count(*) FROM {d})",
+                        (SELECT count(*) FROM {d}), \
+                        (SELECT count(*) FROM {sc}), \
+                        (SELECT min(due_at) FROM {sc})",
                 t = s.outbox,
-                d = s.dead_letters
+                d = s.dead_letters,
+                sc = s.scheduled
             )))
             .fetch_one(&self.pool)
             .await?;
             let pending: i64 = row.try_get(0)?;
             let oldest: Option<i64> = row.try_get(1)?;
             let dead: i64 = row.try_get(2)?;
+            let scheduled: i64 = row.try_get(3)?;
+            let next_due: Option<i64> = row.try_get(4)?;
             Ok(Backlog {
+                scheduled: scheduled.max(0).cast_unsigned(),
+                next_due: next_due.map(from_ms),
                 pending: pending.max(0).cast_unsigned(),
                 oldest: oldest.map(from_ms),
                 dead_letters: dead.max(0).cast_unsigned(),

@@ -154,6 +154,7 @@
 
 mod config;
 mod queue;
+mod scheduler;
 mod status;
 mod worker;
 
@@ -177,7 +178,7 @@ use self::config::RelayConfig;
 use self::queue::ShardQueue;
 use self::status::RelayState;
 use self::worker::{Round, Shared, Target};
-use crate::backend::Backend;
+use crate::backend::{Backend, Wake};
 use crate::{Outbox, OutboxError};
 
 /// How many poll intervals pass between two backlog measurements.
@@ -251,18 +252,30 @@ impl Relay {
         let _running = Running(Arc::clone(&ctx.state));
         let queue = Arc::new(ShardQueue::default());
         let poll_now = Arc::new(tokio::sync::Notify::new());
+        let timer_now = Arc::new(tokio::sync::Notify::new());
         let (stop, stopped) = watch::channel(false);
 
-        // Background tasks, aborted at shutdown (they hold no rows).
+        // Background tasks, aborted at shutdown (they hold no rows; the timer's moves are
+        // single transactions).
         let mut background = JoinSet::new();
         {
             let queue = Arc::clone(&queue);
             let poll_now = Arc::clone(&poll_now);
-            background.spawn(ctx.store.listen(Arc::new(move |shard| match shard {
-                Some(shard) => queue.mark(shard),
-                None => poll_now.notify_one(),
+            let timer_now = Arc::clone(&timer_now);
+            background.spawn(ctx.store.listen(Arc::new(move |wake| match wake {
+                Wake::Shard(shard) => queue.mark(shard),
+                Wake::All => {
+                    poll_now.notify_one();
+                    timer_now.notify_one();
+                }
+                Wake::Scheduled => timer_now.notify_one(),
             })));
         }
+        background.spawn(scheduler::run(
+            Arc::clone(&ctx),
+            Arc::clone(&queue),
+            Arc::clone(&timer_now),
+        ));
         background.spawn(poll(
             Arc::clone(&ctx),
             Arc::clone(&queue),
@@ -397,6 +410,13 @@ fn record_backlog(ctx: &Shared, backlog: &crate::Backlog) {
     metrics::gauge!("ms_outbox_backlog_rows", "table" => table.clone()).set(backlog.pending as f64);
     metrics::gauge!("ms_outbox_dead_letter_rows", "table" => table.clone())
         .set(backlog.dead_letters as f64);
+    metrics::gauge!("ms_outbox_scheduled_rows", "table" => table.clone())
+        .set(backlog.scheduled as f64);
+    let overdue = backlog
+        .overdue(time::OffsetDateTime::now_utc())
+        .unwrap_or_default();
+    metrics::gauge!("ms_outbox_scheduled_overdue_seconds", "table" => table.clone())
+        .set(overdue.as_secs_f64());
     let age = backlog
         .oldest_age(time::OffsetDateTime::now_utc())
         .unwrap_or_default();

@@ -1,0 +1,170 @@
+//! SQLite: scheduled rows, written and cancelled in the caller's transaction, moved into the
+//! outbox by the relay when due. SQLite has one writer at a time, so the move is simply a
+//! short `BEGIN IMMEDIATE` transaction: no key locks, nothing to skip.
+
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnection, SqlitePool};
+use sqlx::{AssertSqlSafe, Row};
+use time::OffsetDateTime;
+
+use super::sqlite::{from_ms, now_ms, to_ms};
+use super::{PreparedRow, Promoted, ScheduledRef};
+use crate::OutboxError;
+use crate::outbox::OutboxInner;
+
+/// Writes scheduled rows in the caller's transaction.
+pub(super) async fn enqueue(
+    conn: &mut SqliteConnection,
+    outbox: &OutboxInner,
+    rows: &[&PreparedRow],
+) -> Result<(), OutboxError> {
+    let insert = format!(
+        "INSERT INTO {} (message_id, shard, partition_key, key_lock, kind, destination, \
+             envelope, created_at, due_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        outbox.schema.scheduled
+    );
+    let now = now_ms();
+    for row in rows {
+        sqlx::query(AssertSqlSafe(insert.as_str()))
+            .bind(&row.message_id)
+            .bind(row.shard)
+            .bind(&row.key)
+            .bind(row.key_lock)
+            .bind(row.kind)
+            .bind(&row.destination)
+            .bind(&row.envelope)
+            .bind(now)
+            .bind(row.due_at.map_or(now, to_ms))
+            .execute(&mut *conn)
+            .await?;
+    }
+    // Early, as for an immediate row: the relay's timer reads in `BEGIN IMMEDIATE`, which
+    // waits for this transaction to end.
+    outbox.schedule_wake.notify_one();
+    Ok(())
+}
+
+/// Deletes the rows `which` names; nothing found is not an error.
+pub(super) async fn cancel(
+    conn: &mut SqliteConnection,
+    outbox: &OutboxInner,
+    which: ScheduledRef<'_>,
+) -> Result<u64, OutboxError> {
+    let (column, value) = match which {
+        ScheduledRef::Id(id) => ("message_id", id),
+        ScheduledRef::Key(key) => ("partition_key", key),
+    };
+    let done = sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM {} WHERE {column} = ?",
+        outbox.schema.scheduled
+    )))
+    .bind(value)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Moves the due time of the rows with envelope id `id`, rewriting their `deliverat`
+/// extension to match.
+pub(super) async fn reschedule(
+    conn: &mut SqliteConnection,
+    outbox: &OutboxInner,
+    id: &str,
+    at: OffsetDateTime,
+) -> Result<u64, OutboxError> {
+    let table = &outbox.schema.scheduled;
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT id, envelope FROM {table} WHERE message_id = ?"
+    )))
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let update = format!("UPDATE {table} SET due_at = ?2, envelope = ?3 WHERE id = ?1");
+    for row in &rows {
+        let envelope = super::with_due_time(row.try_get(1)?, at);
+        sqlx::query(AssertSqlSafe(update.as_str()))
+            .bind(row.try_get::<i64, _>(0)?)
+            .bind(to_ms(at))
+            .bind(envelope)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !rows.is_empty() {
+        outbox.schedule_wake.notify_one();
+    }
+    Ok(rows.len() as u64)
+}
+
+/// Moves up to `limit` due rows into the outbox in one transaction, in due order; each draws
+/// its id there, after every row already in the outbox.
+pub(super) async fn promote_due(
+    pool: &SqlitePool,
+    outbox: &OutboxInner,
+    limit: i64,
+) -> Result<Promoted, OutboxError> {
+    let s = &outbox.schema;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let now = now_ms();
+    let mut rows = sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM {sc} WHERE id IN (SELECT id FROM {sc} WHERE due_at <= ?1 \
+             ORDER BY due_at, id LIMIT ?2) \
+         RETURNING id, shard, partition_key, kind, destination, envelope, due_at",
+        sc = s.scheduled
+    )))
+    .bind(now)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|row| Ok::<_, sqlx::Error>((row.try_get::<i64, _>(6)?, row.try_get::<i64, _>(0)?, row)))
+    .collect::<Result<Vec<_>, _>>()?;
+    // RETURNING follows no particular order.
+    rows.sort_unstable_by_key(|(due, id, _)| (*due, *id));
+    let insert = format!(
+        "INSERT INTO {} (shard, partition_key, kind, destination, envelope, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+        s.outbox
+    );
+    let mut promoted = Promoted::default();
+    for (due, _, row) in &rows {
+        sqlx::query(AssertSqlSafe(insert.as_str()))
+            .bind(row.try_get::<i64, _>(1)?)
+            .bind(row.try_get::<String, _>(2)?)
+            .bind(row.try_get::<i64, _>(3)?)
+            .bind(row.try_get::<String, _>(4)?)
+            .bind(row.try_get::<String, _>(5)?)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let late = (from_ms(now) - from_ms(*due)).max(time::Duration::ZERO);
+        promoted
+            .lateness
+            .push(late.try_into().unwrap_or(Duration::ZERO));
+    }
+    tx.commit().await?;
+    if !rows.is_empty() {
+        // One relay drains the whole table: shard 0 stands for all of it.
+        promoted.shards.push(0);
+    }
+    Ok(promoted)
+}
+
+/// How long until the earliest scheduled row is due.
+pub(super) async fn next_due(
+    pool: &SqlitePool,
+    outbox: &OutboxInner,
+) -> Result<Option<Duration>, OutboxError> {
+    // `BEGIN IMMEDIATE` waits for a writer that is still committing (an enqueue wakes the
+    // timer before its commit), so the read sees its rows.
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let due: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT min(due_at) FROM {}",
+        outbox.schema.scheduled
+    )))
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(due
+        .map(|due| Duration::from_millis(u64::try_from(due.saturating_sub(now_ms())).unwrap_or(0))))
+}

@@ -1,0 +1,236 @@
+//! Scheduled messages, the same scenarios on each database: published when due and never
+//! before (checked against the due time the envelope carries), cancelled ones never, cancel
+//! and reschedule undone by a rollback, and the order rule.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use ms_bus::{CommandSender, Deliveries, Envelope, EventPublisher, Subscriber, Subscription};
+use ms_outbox::{
+    Backend, Cancellation, DELIVER_AT_EXTENSION, Outbox, OutboxMessage, Relay, Rescheduling,
+};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// The topic of the scheduling tests.
+pub(crate) const SCHEDULED_TOPIC: &str = "test.scheduled";
+/// How long a test waits for something due.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A message of `key` with envelope id `id`.
+pub(crate) fn message(id: &str, key: &str) -> OutboxMessage {
+    let envelope = Envelope::builder("test.scheduled", "/test")
+        .id(id)
+        .subject(key)
+        .build()
+        .expect("valid envelope");
+    OutboxMessage::event(SCHEDULED_TOPIC, envelope)
+}
+
+/// The due time an envelope carries, if scheduled.
+pub(crate) fn due_of(envelope: &Envelope) -> Option<OffsetDateTime> {
+    envelope
+        .extension(DELIVER_AT_EXTENSION)
+        .map(|text| OffsetDateTime::parse(text, &Rfc3339).expect("an RFC 3339 due time"))
+}
+
+/// The next envelope within `limit`, acknowledged; asserts it did not come before its due
+/// time. `None` when nothing came.
+pub(crate) async fn next_checked(deliveries: &mut Deliveries, limit: Duration) -> Option<Envelope> {
+    let delivery = tokio::time::timeout(limit, deliveries.next())
+        .await
+        .ok()??;
+    let received = OffsetDateTime::now_utc();
+    let (envelope, _info, acker) = delivery.expect("a delivery").into_parts();
+    acker.ack().await.expect("ack");
+    let envelope = envelope.expect("a decodable envelope");
+    if let Some(due) = due_of(&envelope) {
+        assert!(
+            received >= due,
+            "{} received at {received}, before its due time {due}",
+            envelope.id()
+        );
+    }
+    Some(envelope)
+}
+
+async fn subscribe<B: Subscriber>(bus: &B, group: &str) -> Deliveries {
+    bus.subscribe(&Subscription::events(SCHEDULED_TOPIC, group).unwrap())
+        .await
+        .unwrap()
+}
+
+fn in_ms(ms: u64) -> OffsetDateTime {
+    OffsetDateTime::now_utc() + Duration::from_millis(ms)
+}
+
+/// Published when due, not before; cancelled never; moved at the new time; a rollback of a
+/// cancel and a reschedule changes nothing.
+pub(crate) async fn due_cancel_reschedule<DB, B>(pool: &sqlx::Pool<DB>, bus: B)
+where
+    DB: Backend,
+    B: EventPublisher + CommandSender + Subscriber + Clone + 'static,
+{
+    let outbox = Outbox::<DB>::default();
+    outbox.migrate(pool).await.unwrap();
+    let mut deliveries = subscribe(&bus, "due").await;
+    let relay = Relay::builder(&outbox, pool, bus.clone()).build().spawn();
+
+    let mut tx = pool.begin().await.unwrap();
+    outbox
+        .enqueue_all(
+            &mut *tx,
+            [
+                message("later-1", "k1").deliver_at(in_ms(1_500)),
+                message("now-1", "k1"),
+                message("later-2", "k2").deliver_after(Duration::from_millis(700)),
+                message("cancelled", "k3").deliver_at(in_ms(1_000)),
+                message("moved", "k4").deliver_at(in_ms(300)),
+                message("kept", "k5").deliver_at(in_ms(1_200)),
+            ],
+        )
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let backlog = outbox.backlog(pool).await.unwrap();
+    assert_eq!(backlog.scheduled, 5, "{backlog:?}");
+    assert!(backlog.next_due.is_some());
+
+    // Undone by a rollback: "kept" still comes at its time, "moved" is not moved yet.
+    let mut tx = pool.begin().await.unwrap();
+    assert_eq!(
+        outbox.cancel(&mut *tx, "kept").await.unwrap(),
+        Cancellation::Cancelled
+    );
+    assert_eq!(
+        outbox
+            .reschedule(&mut *tx, "moved", in_ms(60_000))
+            .await
+            .unwrap(),
+        Rescheduling::Moved
+    );
+    tx.rollback().await.unwrap();
+    assert_eq!(outbox.backlog(pool).await.unwrap().scheduled, 5);
+
+    // Committed: "cancelled" never comes, "moved" comes at its new time. Unknown ids are an
+    // answer, and the transaction goes on to commit.
+    let moved_to = in_ms(2_000);
+    let mut tx = pool.begin().await.unwrap();
+    assert_eq!(
+        outbox.cancel(&mut *tx, "cancelled").await.unwrap(),
+        Cancellation::Cancelled
+    );
+    assert_eq!(
+        outbox.cancel(&mut *tx, "no-such-id").await.unwrap(),
+        Cancellation::NotScheduled
+    );
+    assert_eq!(
+        outbox
+            .reschedule(&mut *tx, "moved", moved_to)
+            .await
+            .unwrap(),
+        Rescheduling::Moved
+    );
+    assert_eq!(
+        outbox
+            .reschedule(&mut *tx, "no-such-id", moved_to)
+            .await
+            .unwrap(),
+        Rescheduling::NotScheduled
+    );
+    tx.commit().await.unwrap();
+
+    let mut order = Vec::new();
+    let expected: HashSet<&str> = ["now-1", "later-1", "later-2", "moved", "kept"].into();
+    while order.len() < expected.len() {
+        let envelope = next_checked(&mut deliveries, WAIT)
+            .await
+            .unwrap_or_else(|| panic!("only {order:?} arrived"));
+        if envelope.id() == "moved" {
+            assert!(
+                due_of(&envelope).unwrap() >= moved_to - Duration::from_millis(1),
+                "the envelope carries the new due time"
+            );
+        }
+        order.push(envelope.id().to_owned());
+    }
+    assert_eq!(order[0], "now-1", "the immediate message is not held back");
+    assert_eq!(
+        order.iter().map(String::as_str).collect::<HashSet<_>>(),
+        expected,
+        "{order:?}"
+    );
+    // Nothing more: not the cancelled one, not a second copy.
+    assert!(
+        next_checked(&mut deliveries, Duration::from_millis(1_500))
+            .await
+            .is_none()
+    );
+    let status = relay.status();
+    assert_eq!(status.scheduled_due, 4, "{status:?}");
+    let backlog = outbox.backlog(pool).await.unwrap();
+    assert_eq!((backlog.scheduled, backlog.pending), (0, 0), "{backlog:?}");
+    assert!(backlog.next_due.is_none());
+    relay.shutdown().await.unwrap();
+}
+
+/// The order rule: a scheduled message joins its key's order when it becomes due, and holds
+/// back no immediate message of its key.
+pub(crate) async fn joins_its_key_at_its_due_time<DB, B>(pool: &sqlx::Pool<DB>, bus: B)
+where
+    DB: Backend,
+    B: EventPublisher + CommandSender + Subscriber + Clone + 'static,
+{
+    let outbox = Outbox::<DB>::default();
+    outbox.migrate(pool).await.unwrap();
+    let mut deliveries = subscribe(&bus, "order").await;
+
+    // No relay yet: "due" becomes due while "before" (enqueued after it, before its due time)
+    // waits. Once a relay runs, "before" must come first: "due" joined the key when due.
+    let mut tx = pool.begin().await.unwrap();
+    outbox
+        .enqueue(&mut *tx, message("due", "k").deliver_at(in_ms(300)))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    outbox
+        .enqueue(&mut *tx, message("before", "k"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let relay = Relay::builder(&outbox, pool, bus.clone()).build().spawn();
+    let first = next_checked(&mut deliveries, WAIT)
+        .await
+        .expect("published");
+    let second = next_checked(&mut deliveries, WAIT)
+        .await
+        .expect("published");
+    assert_eq!(
+        [first.id(), second.id()],
+        ["before", "due"],
+        "a message enqueued before the due time goes first"
+    );
+
+    // A message of the key due much later holds back nothing enqueued after it.
+    let mut tx = pool.begin().await.unwrap();
+    outbox
+        .enqueue(&mut *tx, message("far", "k").deliver_at(in_ms(3_600_000)))
+        .await
+        .unwrap();
+    outbox
+        .enqueue(&mut *tx, message("after", "k"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let next = next_checked(&mut deliveries, WAIT)
+        .await
+        .expect("not held back");
+    assert_eq!(next.id(), "after");
+    let mut tx = pool.begin().await.unwrap();
+    assert_eq!(outbox.cancel_key(&mut *tx, "k").await.unwrap(), 1);
+    tx.commit().await.unwrap();
+    relay.shutdown().await.unwrap();
+}
