@@ -2,6 +2,9 @@
 //! before (checked against the due time the envelope carries), cancelled ones never, cancel
 //! and reschedule undone by a rollback, and the order rule.
 
+// Each test binary uses its own part of it.
+#![allow(dead_code)]
+
 use std::collections::HashSet;
 use std::time::Duration;
 
