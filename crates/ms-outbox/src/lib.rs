@@ -11,7 +11,8 @@
 //!   partition at a time: no bloat.
 //! - [Scheduled messages](schedule) ([`OutboxMessage::deliver_at`]) are published when due,
 //!   never before; [`Outbox::cancel`] and [`Outbox::reschedule`] change them in the caller's
-//!   transaction.
+//!   transaction; [recurring schedules](recurring) send one message per tick of an interval,
+//!   exactly once per tick across relays.
 //! - [`Inbox`] records which envelopes a consumer has handled, in the consumer's transaction,
 //!   by the same key (source and id).
 //! - `health::RelayCheck` (feature `health`) is an ms-health check of a running relay: alive,
@@ -84,6 +85,7 @@ mod key;
 mod message;
 mod outbox;
 mod partition;
+pub mod recurring;
 pub mod relay;
 pub mod schedule;
 mod schema;
@@ -99,6 +101,7 @@ pub use outbox::{
     DEFAULT_KEY_LOCK_SLOTS, DEFAULT_SHARDS, DEFAULT_TABLE, MAX_SHARDS, Outbox, OutboxBuilder,
 };
 pub use partition::{PARTITIONS_AHEAD, PartitionInterval};
+pub use recurring::{MissedTicks, Recurring};
 pub use relay::{OnPoison, Relay, RelayBuilder, RelayHandle, RelayMonitor, RelayStatus, Retention};
 pub use schedule::{Cancellation, Rescheduling};
 pub use schema::Migration;

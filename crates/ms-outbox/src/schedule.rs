@@ -1,6 +1,6 @@
 //! Scheduled messages: sent later, cancelled or moved in the caller's transaction.
 //!
-//! A message with a due time ([`OutboxMessage::deliver_at`], [`deliver_after`]) is enqueued
+//! A message with a due time ([`OutboxMessage::deliver_at`](crate::OutboxMessage::deliver_at), [`deliver_after`]) is enqueued
 //! like any other, in the caller's transaction, with the trace context and correlation ID of
 //! that moment. It waits in a table of its own (the outbox's name with `_scheduled`) until it
 //! is due; then a relay moves it into the outbox, where it draws its id and is published like

@@ -46,8 +46,11 @@ pub(crate) struct OutboxSchema {
     pub(crate) default_partition: String,
     /// Quoted, qualified table of scheduled messages, not yet due.
     pub(crate) scheduled: String,
+    /// Quoted, qualified table of recurring schedules.
+    pub(crate) recurring: String,
     pub(crate) dead_letters_name: TableName,
     pub(crate) scheduled_name: TableName,
+    pub(crate) recurring_name: TableName,
     /// The LISTEN/NOTIFY channel (PostgreSQL).
     pub(crate) channel: String,
     /// First key of the two-key advisory locks that order writers per partition key.
@@ -61,12 +64,15 @@ impl OutboxSchema {
         let table = name.table().to_owned();
         let dead_letters_name = qualified(&name, &derived_name(&table, "_dead_letters"));
         let scheduled_name = qualified(&name, &derived_name(&table, "_scheduled"));
+        let recurring_name = qualified(&name, &derived_name(&table, "_recurring"));
         let full = name.to_string();
         Self {
             outbox: name.quoted(),
             dead_letters: dead_letters_name.quoted(),
             scheduled: scheduled_name.quoted(),
             scheduled_name,
+            recurring: recurring_name.quoted(),
+            recurring_name,
             default_partition: qualified(&name, &derived_name(&table, "_default")).quoted(),
             dead_letters_name,
             channel: derived_name(&full.replace('.', "_"), "_wakeup"),
@@ -86,6 +92,7 @@ impl OutboxSchema {
         let table = self.name.table();
         let dead = self.dead_letters_name.table();
         let scheduled = self.scheduled_name.table();
+        let recurring = self.recurring_name.table();
         let index = |base: &str, suffix: &str| {
             let name = derived_name(base, suffix);
             match (qualify_indexes, self.name.schema()) {
@@ -102,6 +109,9 @@ impl OutboxSchema {
             .replace("{scheduled_key_idx}", &index(scheduled, "_key_idx"))
             .replace("{scheduled_table}", &format!(r#""{scheduled}""#))
             .replace("{scheduled}", &self.scheduled)
+            .replace("{recurring_next_idx}", &index(recurring, "_next_idx"))
+            .replace("{recurring_table}", &format!(r#""{recurring}""#))
+            .replace("{recurring}", &self.recurring)
             .replace("{outbox_default}", &self.default_partition)
             .replace("{outbox_table}", &format!(r#""{table}""#))
             .replace("{dead_letters_table}", &format!(r#""{dead}""#))
@@ -209,10 +219,16 @@ mod tests {
         for file in [
             include_str!("../migrations/postgres/0002_scheduled.sql"),
             include_str!("../migrations/sqlite/0002_scheduled.sql"),
+            include_str!("../migrations/postgres/0003_recurring.sql"),
+            include_str!("../migrations/sqlite/0003_recurring.sql"),
         ] {
             let sql = schema.render(file, true);
             assert!(!sql.contains('{'), "{sql}");
-            assert!(sql.contains(r#""billing"."outbox_scheduled""#), "{sql}");
+            assert!(
+                sql.contains(r#""billing"."outbox_scheduled""#)
+                    || sql.contains(r#""billing"."outbox_recurring""#),
+                "{sql}"
+            );
         }
         assert!(sql.contains(r#"ON "outbox_dead_letters" ("#), "{sql}");
         assert_eq!(schema.channel, "billing_outbox_wakeup");

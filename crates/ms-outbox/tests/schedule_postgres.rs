@@ -35,6 +35,14 @@ async fn a_scheduled_message_joins_its_key_at_its_due_time() {
     schedule::joins_its_key_at_its_due_time(&db.pool().await, nats_bus(&nats).await).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recurring_ticks_fire_once_each_and_all_after_downtime() {
+    let (Some(db), Some(nats)) = (ms_testkit::postgres().await, ms_testkit::nats().await) else {
+        return;
+    };
+    schedule::recurring_ticks_fire_once_each(&db.pool().await, nats_bus(&nats).await).await;
+}
+
 /// Rows scheduled for tomorrow, this many.
 const FUTURE_ROWS: i64 = 200_000;
 
@@ -114,6 +122,65 @@ async fn many_future_rows_leave_the_relay_on_index_probes() {
     assert_eq!(soon.id(), "soon");
     let backlog = outbox.backlog(&pool).await.unwrap();
     assert_eq!(backlog.scheduled, u64::try_from(FUTURE_ROWS).unwrap());
+    assert_eq!(relay.status().scheduled_due, 1);
+    relay.shutdown().await.unwrap();
+}
+
+/// A due message that no relay can move (a caller's transaction holds it) fails the relay's
+/// health check once it is overdue by more than the backlog limit, and recovers once moved.
+#[cfg(feature = "health")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overdue_scheduled_message_fails_the_relay_check() {
+    use ms_health::{Check, Status};
+
+    let Some(db) = ms_testkit::postgres().await else {
+        return;
+    };
+    let pool = db.pool().await;
+    let outbox = Outbox::<Postgres>::default();
+    outbox.migrate(&pool).await.unwrap();
+    // The backlog is measured every ten polls.
+    let relay = Relay::builder(&outbox, &pool, ms_bus::memory::MemoryBus::new())
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .spawn();
+    let due = time::OffsetDateTime::now_utc() + Duration::from_millis(300);
+    let mut tx = pool.begin().await.unwrap();
+    outbox
+        .enqueue(&mut *tx, schedule::message("held", "k").deliver_at(due))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // A transaction that moved it (uncommitted) holds its row: the relays skip it.
+    let mut holder = pool.begin().await.unwrap();
+    assert_eq!(
+        outbox.reschedule(&mut *holder, "held", due).await.unwrap(),
+        ms_outbox::Rescheduling::Moved
+    );
+    let strict = relay.check().max_backlog_age(Duration::from_millis(200));
+    let until = |want: Status, says: &'static str| {
+        let strict = &strict;
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    let result = strict.check().await;
+                    if result.status() == want && result.output().unwrap_or("").contains(says) {
+                        return result;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("never {want:?} saying {says:?}"))
+        }
+    };
+    let failed = until(Status::Fail, "has been due for").await;
+    assert!(
+        failed.output().unwrap().contains("(1 scheduled)"),
+        "{failed:?}"
+    );
+    holder.rollback().await.unwrap();
+    until(Status::Pass, "").await;
     assert_eq!(relay.status().scheduled_due, 1);
     relay.shutdown().await.unwrap();
 }

@@ -59,3 +59,9 @@ async fn a_scheduled_message_joins_its_key_at_its_due_time() {
     let db = TempDb::new();
     schedule::joins_its_key_at_its_due_time(&db.pool().await, MemoryBus::new()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recurring_ticks_fire_once_each_and_all_after_downtime() {
+    let db = TempDb::new();
+    schedule::recurring_ticks_fire_once_each(&db.pool().await, MemoryBus::new()).await;
+}

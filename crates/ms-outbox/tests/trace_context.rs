@@ -85,15 +85,19 @@ async fn the_enqueueing_requests_trace_and_correlation_id_reach_the_consumer() {
         request.span_context.trace_id()
     );
     assert_eq!(producer.parent_span_id, request.span_context.span_id());
+    // The flags are the producer span's: sampled, and (W3C Level 2, since ms-tracing's
+    // propagator sets it) the random trace-id flag.
     assert_eq!(
         envelope.traceparent(),
         Some(
             format!(
-                "00-{}-{}-01",
+                "00-{}-{}-{:02x}",
                 producer.span_context.trace_id(),
-                producer.span_context.span_id()
+                producer.span_context.span_id(),
+                producer.span_context.trace_flags().to_u8()
             )
             .as_str()
         )
     );
+    assert!(producer.span_context.trace_flags().is_sampled());
 }

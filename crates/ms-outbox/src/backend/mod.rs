@@ -10,6 +10,7 @@ use futures_util::future::BoxFuture;
 use time::OffsetDateTime;
 
 use crate::outbox::OutboxInner;
+use crate::recurring::RecurringRow;
 use crate::{Migration, OutboxError, TableName};
 
 #[cfg(feature = "postgres")]
@@ -32,7 +33,7 @@ impl<DB: sqlx::Database + sealed::Sealed> Backend for DB {}
 pub(crate) mod sealed {
     use super::{
         Arc, BoxFuture, Duration, InboxStatements, Migration, OffsetDateTime, OutboxError,
-        OutboxInner, PreparedRow, ScheduledRef, Store, TableName,
+        OutboxInner, PreparedRow, RecurringRow, ScheduledRef, Store, TableName,
     };
 
     /// What each database implements; sealed so that the set can grow without breaking anyone.
@@ -65,6 +66,23 @@ pub(crate) mod sealed {
             id: &'a str,
             at: OffsetDateTime,
         ) -> BoxFuture<'a, Result<u64, OutboxError>>;
+
+        /// Inserts or updates a recurring schedule (keeping its next tick when the interval is
+        /// the same).
+        #[doc(hidden)]
+        fn register<'a>(
+            pool: &'a sqlx::Pool<Self>,
+            outbox: &'a OutboxInner,
+            row: &'a RecurringRow,
+        ) -> BoxFuture<'a, Result<(), OutboxError>>;
+
+        /// Deletes a recurring schedule in the caller's transaction; whether it existed.
+        #[doc(hidden)]
+        fn unregister<'a>(
+            conn: &'a mut Self::Connection,
+            outbox: &'a OutboxInner,
+            name: &'a str,
+        ) -> BoxFuture<'a, Result<bool, OutboxError>>;
 
         /// The migration files: version, description, SQL with placeholders.
         #[doc(hidden)]
@@ -285,6 +303,8 @@ pub struct Backlog {
     pub scheduled: u64,
     /// When the earliest scheduled message is due.
     pub next_due: Option<OffsetDateTime>,
+    /// Recurring schedules registered.
+    pub recurring: u64,
 }
 
 impl Backlog {
@@ -325,8 +345,11 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// id then (that is how it joins its key's order). Rows locked by a caller's transaction
     /// (a cancel in progress) or whose key a writer holds are left for the next round.
     fn promote_due(&self, limit: i64) -> BoxFuture<'_, Result<Promoted, OutboxError>>;
-    /// How long until the earliest scheduled row is due, by the database's clock (zero when
-    /// it is due already); `None` when nothing is scheduled.
+    /// Turns the due ticks of up to `limit` recurring schedules into scheduled rows, each in
+    /// the transaction that moves its schedule past them; how many ticks.
+    fn fire_recurring(&self, limit: i64) -> BoxFuture<'_, Result<usize, OutboxError>>;
+    /// How long until the earliest scheduled row or recurring tick is due, by the database's
+    /// clock (zero when it is due already); `None` when nothing is scheduled.
     fn next_due(&self) -> BoxFuture<'_, Result<Option<Duration>, OutboxError>>;
     fn dead_letters(&self, limit: i64) -> BoxFuture<'_, Result<Vec<DeadLetter>, OutboxError>>;
     fn replay(&self, id: i64) -> BoxFuture<'_, Result<bool, OutboxError>>;

@@ -16,6 +16,7 @@ use super::{
 };
 use crate::key::{key_hash, lock_id};
 use crate::outbox::OutboxInner;
+use crate::recurring::RecurringRow;
 use crate::schema::{OutboxSchema, outbox_migrations, pending_migrations, versions_table};
 use crate::{MessageKind, OutboxError};
 
@@ -31,6 +32,7 @@ impl sealed::Sealed for Postgres {
             include_str!("../../migrations/postgres/0001_outbox.sql"),
         ),
         (2, "scheduled messages", SCHEDULED_MIGRATION),
+        (3, "recurring schedules", RECURRING_MIGRATION),
     ];
     const PARTITIONED_MIGRATIONS: &'static [(i64, &'static str, &'static str)] = &[
         (
@@ -39,6 +41,7 @@ impl sealed::Sealed for Postgres {
             include_str!("../../migrations/postgres/0001_outbox_partitioned.sql"),
         ),
         (2, "scheduled messages", SCHEDULED_MIGRATION),
+        (3, "recurring schedules", RECURRING_MIGRATION),
     ];
     const QUALIFIED_INDEXES: bool = false;
 
@@ -69,6 +72,22 @@ impl sealed::Sealed for Postgres {
         at: OffsetDateTime,
     ) -> BoxFuture<'a, Result<u64, OutboxError>> {
         Box::pin(schedule::reschedule(conn, outbox, id, at))
+    }
+
+    fn register<'a>(
+        pool: &'a PgPool,
+        outbox: &'a OutboxInner,
+        row: &'a RecurringRow,
+    ) -> BoxFuture<'a, Result<(), OutboxError>> {
+        Box::pin(schedule::register(pool, outbox, row))
+    }
+
+    fn unregister<'a>(
+        conn: &'a mut PgConnection,
+        outbox: &'a OutboxInner,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<bool, OutboxError>> {
+        Box::pin(schedule::unregister(conn, outbox, name))
     }
 
     fn apply_migrations<'a>(
@@ -143,6 +162,8 @@ impl sealed::Sealed for Postgres {
 
 /// The scheduled table is the same for plain and partitioned outboxes.
 const SCHEDULED_MIGRATION: &str = include_str!("../../migrations/postgres/0002_scheduled.sql");
+/// So is the recurring schedules'.
+const RECURRING_MIGRATION: &str = include_str!("../../migrations/postgres/0003_recurring.sql");
 
 async fn enqueue(
     conn: &mut PgConnection,
@@ -739,10 +760,12 @@ impl Store for PgStore {
                          WHERE datname = current_database() AND pid <> pg_backend_pid() \
                            AND xact_start IS NOT NULL), \
                         (SELECT count(*) FROM {sc}), \
-                        (SELECT min(due_at) FROM {sc})",
+                        (SELECT min(due_at) FROM {sc}), \
+                        (SELECT count(*) FROM {r})",
                 t = s.outbox,
                 d = s.dead_letters,
-                sc = s.scheduled
+                sc = s.scheduled,
+                r = s.recurring
             )))
             .fetch_one(&self.pool)
             .await?;
@@ -754,6 +777,7 @@ impl Store for PgStore {
             Ok(Backlog {
                 scheduled: scheduled.max(0).cast_unsigned(),
                 next_due: row.try_get(5)?,
+                recurring: row.try_get::<i64, _>(6)?.max(0).cast_unsigned(),
                 pending: pending.max(0).cast_unsigned(),
                 oldest,
                 dead_letters: dead.max(0).cast_unsigned(),
@@ -794,6 +818,10 @@ impl Store for PgStore {
 
     fn next_due(&self) -> BoxFuture<'_, Result<Option<Duration>, OutboxError>> {
         Box::pin(schedule::next_due(&self.pool, &self.outbox))
+    }
+
+    fn fire_recurring(&self, limit: i64) -> BoxFuture<'_, Result<usize, OutboxError>> {
+        Box::pin(schedule::fire_recurring(&self.pool, &self.outbox, limit))
     }
 
     fn shards_concurrently(&self) -> bool {

@@ -22,6 +22,7 @@ use super::{
     ScheduledRef, Store, StoredRow, Wake, sealed,
 };
 use crate::outbox::OutboxInner;
+use crate::recurring::RecurringRow;
 use crate::schema::{OutboxSchema, outbox_migrations, pending_migrations, versions_table};
 use crate::{MessageKind, OutboxError};
 
@@ -39,6 +40,11 @@ impl sealed::Sealed for Sqlite {
             2,
             "scheduled messages",
             include_str!("../../migrations/sqlite/0002_scheduled.sql"),
+        ),
+        (
+            3,
+            "recurring schedules",
+            include_str!("../../migrations/sqlite/0003_recurring.sql"),
         ),
     ];
     // SQLite has no table partitioning; `OutboxBuilder::partitioned` exists only for
@@ -99,6 +105,22 @@ impl sealed::Sealed for Sqlite {
         at: OffsetDateTime,
     ) -> BoxFuture<'a, Result<u64, OutboxError>> {
         Box::pin(schedule::reschedule(conn, outbox, id, at))
+    }
+
+    fn register<'a>(
+        pool: &'a SqlitePool,
+        outbox: &'a OutboxInner,
+        row: &'a RecurringRow,
+    ) -> BoxFuture<'a, Result<(), OutboxError>> {
+        Box::pin(schedule::register(pool, outbox, row))
+    }
+
+    fn unregister<'a>(
+        conn: &'a mut SqliteConnection,
+        outbox: &'a OutboxInner,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<bool, OutboxError>> {
+        Box::pin(schedule::unregister(conn, outbox, name))
     }
 
     fn apply_migrations<'a>(
@@ -467,6 +489,10 @@ impl Store for SqliteStore {
         Box::pin(schedule::next_due(&self.pool, &self.outbox))
     }
 
+    fn fire_recurring(&self, limit: i64) -> BoxFuture<'_, Result<usize, OutboxError>> {
+        Box::pin(schedule::fire_recurring(&self.pool, &self.outbox, limit))
+    }
+
     fn dead_letters(&self, limit: i64) -> BoxFuture<'_, Result<Vec<DeadLetter>, OutboxError>> {
         Box::pin(async move {
             let rows = sqlx::query(AssertSqlSafe(format!(
@@ -547,10 +573,12 @@ impl Store for SqliteStore {
                         (SELECT min(created_at) FROM {t} WHERE published_at IS NULL), \
                         (SELECT count(*) FROM {d}), \
                         (SELECT count(*) FROM {sc}), \
-                        (SELECT min(due_at) FROM {sc})",
+                        (SELECT min(due_at) FROM {sc}), \
+                        (SELECT count(*) FROM {r})",
                 t = s.outbox,
                 d = s.dead_letters,
-                sc = s.scheduled
+                sc = s.scheduled,
+                r = s.recurring
             )))
             .fetch_one(&self.pool)
             .await?;
@@ -562,6 +590,7 @@ impl Store for SqliteStore {
             Ok(Backlog {
                 scheduled: scheduled.max(0).cast_unsigned(),
                 next_due: next_due.map(from_ms),
+                recurring: row.try_get::<i64, _>(5)?.max(0).cast_unsigned(),
                 pending: pending.max(0).cast_unsigned(),
                 oldest: oldest.map(from_ms),
                 dead_letters: dead.max(0).cast_unsigned(),

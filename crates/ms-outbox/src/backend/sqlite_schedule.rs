@@ -12,6 +12,7 @@ use super::sqlite::{from_ms, now_ms, to_ms};
 use super::{PreparedRow, Promoted, ScheduledRef};
 use crate::OutboxError;
 use crate::outbox::OutboxInner;
+use crate::recurring::{DueSchedule, MissedTicks, RecurringRow, plan, tick_rows};
 
 /// Writes scheduled rows in the caller's transaction.
 pub(super) async fn enqueue(
@@ -150,7 +151,7 @@ pub(super) async fn promote_due(
     Ok(promoted)
 }
 
-/// How long until the earliest scheduled row is due.
+/// How long until the earliest scheduled row or recurring tick is due.
 pub(super) async fn next_due(
     pool: &SqlitePool,
     outbox: &OutboxInner,
@@ -159,12 +160,113 @@ pub(super) async fn next_due(
     // timer before its commit), so the read sees its rows.
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let due: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT min(due_at) FROM {}",
-        outbox.schema.scheduled
+        "SELECT min(at) FROM (SELECT min(due_at) AS at FROM {} \
+                              UNION ALL SELECT min(next_tick_ms) FROM {})",
+        outbox.schema.scheduled, outbox.schema.recurring
     )))
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(due
         .map(|due| Duration::from_millis(u64::try_from(due.saturating_sub(now_ms())).unwrap_or(0))))
+}
+
+/// Inserts or updates a recurring schedule; the same interval keeps its next tick.
+pub(super) async fn register(
+    pool: &SqlitePool,
+    outbox: &OutboxInner,
+    row: &RecurringRow,
+) -> Result<(), OutboxError> {
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {} AS r (name, every_ms, missed, kind, destination, envelope, \
+             next_tick_ms, registered_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT (name) DO UPDATE SET every_ms = excluded.every_ms, \
+             missed = excluded.missed, kind = excluded.kind, \
+             destination = excluded.destination, envelope = excluded.envelope, \
+             next_tick_ms = CASE WHEN r.every_ms = excluded.every_ms THEN r.next_tick_ms \
+                                 ELSE excluded.next_tick_ms END",
+        outbox.schema.recurring
+    )))
+    .bind(&row.name)
+    .bind(row.every_ms)
+    .bind(row.missed)
+    .bind(row.kind)
+    .bind(&row.destination)
+    .bind(&row.envelope)
+    .bind(row.next_tick_ms)
+    .bind(now_ms())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Deletes a recurring schedule in the caller's transaction.
+pub(super) async fn unregister(
+    conn: &mut SqliteConnection,
+    outbox: &OutboxInner,
+    name: &str,
+) -> Result<bool, OutboxError> {
+    let done = sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM {} WHERE name = ?",
+        outbox.schema.recurring
+    )))
+    .bind(name)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Turns the due ticks of up to `limit` schedules into scheduled rows, in the transaction
+/// that moves each schedule past them.
+pub(super) async fn fire_recurring(
+    pool: &SqlitePool,
+    outbox: &OutboxInner,
+    limit: i64,
+) -> Result<usize, OutboxError> {
+    let r = &outbox.schema.recurring;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    let now = now_ms();
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT name, every_ms, missed, kind, destination, envelope, next_tick_ms \
+         FROM {r} WHERE next_tick_ms <= ?1 ORDER BY next_tick_ms LIMIT ?2"
+    )))
+    .bind(now)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        tx.commit().await?;
+        return Ok(0);
+    }
+    let update = format!("UPDATE {r} SET next_tick_ms = ?2 WHERE name = ?1");
+    let mut ticks = Vec::new();
+    for row in rows {
+        let schedule = DueSchedule {
+            name: row.try_get(0)?,
+            every_ms: row.try_get(1)?,
+            missed: row.try_get(2)?,
+            kind: row.try_get(3)?,
+            destination: row.try_get(4)?,
+            envelope: row.try_get(5)?,
+            next_tick_ms: row.try_get(6)?,
+        };
+        let (due, next) = plan(
+            schedule.next_tick_ms,
+            schedule.every_ms,
+            now,
+            MissedTicks::from_code(schedule.missed),
+        );
+        ticks.extend(tick_rows(outbox, &schedule, &due));
+        sqlx::query(AssertSqlSafe(update.as_str()))
+            .bind(&schedule.name)
+            .bind(next)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if !ticks.is_empty() {
+        let refs: Vec<&PreparedRow> = ticks.iter().collect();
+        enqueue(&mut tx, outbox, &refs).await?;
+    }
+    tx.commit().await?;
+    Ok(ticks.len())
 }

@@ -102,6 +102,16 @@
 //! poll every [`poll_interval`](RelayBuilder::poll_interval) with a loose index scan of the
 //! shards that have pending rows (one index probe per shard).
 //!
+//! **Scheduled rows** ([`OutboxMessage::deliver_at`](crate::OutboxMessage::deliver_at)) wait
+//! in the scheduled table, which the claim never reads. Each relay runs a timer that sleeps
+//! until the earliest due time (the first entry of the `(due_at, id)` index), at most a poll
+//! interval, and is woken by a notification when a scheduled row is written or moved. When
+//! rows are due it moves them into the outbox, in due order, in one short transaction
+//! (`FOR UPDATE SKIP LOCKED`, so relays never move a row twice, and never wait on a caller's
+//! cancel), taking each row's key lock without waiting, as a writer would: the row draws its
+//! id then, which is how it joins its key's order at its due time. From there it is an
+//! ordinary row. See [`schedule`](crate::schedule) for the caller's side.
+//!
 //! # Partitioned retention
 //!
 //! Published rows leave the table in one of three ways, chosen by [`Retention`] and

@@ -23,6 +23,22 @@ pub(super) const SKIPPED_RETRY: Duration = Duration::from_millis(50);
 pub(super) async fn run(ctx: Arc<Shared>, queue: Arc<ShardQueue>, wake: Arc<Notify>) {
     let limit = i64::try_from(ctx.config.batch_size).unwrap_or(i64::MAX);
     loop {
+        // Recurring ticks first: they become scheduled rows, due now, moved just below.
+        loop {
+            match ctx.store.fire_recurring(limit).await {
+                // A round fires at most `limit` schedules; more may be due.
+                Ok(ticks) if ticks > 0 => {
+                    ctx.state.ticks.fetch_add(ticks as u64, Ordering::Relaxed);
+                    record_ticks(&ctx, ticks);
+                }
+                Ok(_) => break,
+                Err(error) => {
+                    ctx.state.error(error.to_string());
+                    tracing::warn!(%error, "outbox relay: firing recurring schedules failed");
+                    break;
+                }
+            }
+        }
         // Full rounds, one after another, until a short one: after downtime the due rows
         // move in bounded transactions.
         loop {
@@ -85,3 +101,12 @@ fn record_metrics(ctx: &Shared, promoted: &Promoted) {
 
 #[cfg(not(feature = "metrics"))]
 fn record_metrics(_: &Shared, _: &Promoted) {}
+
+#[cfg(feature = "metrics")]
+fn record_ticks(ctx: &Shared, ticks: usize) {
+    metrics::counter!("ms_outbox_recurring_ticks_total", "table" => ctx.table.clone())
+        .increment(ticks as u64);
+}
+
+#[cfg(not(feature = "metrics"))]
+fn record_ticks(_: &Shared, _: usize) {}
