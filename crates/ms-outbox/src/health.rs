@@ -45,9 +45,9 @@ pub const DEFAULT_MAX_BACKLOG_AGE: Duration = Duration::from_secs(5 * 60);
 /// Fails when the relay it watches is not running, when its heartbeat is older than
 /// [`max_heartbeat_age`](Self::max_heartbeat_age), when the oldest pending row is older
 /// than [`max_backlog_age`](Self::max_backlog_age), or when a scheduled message has been due
-/// for longer than that without being moved into the outbox; warns while rows wait in the dead-letter
-/// table. The output says which and by how much; the observed value is the oldest pending
-/// row's age in seconds.
+/// for longer than that without being moved into the outbox; warns while rows wait in the
+/// dead-letter table. The output says which and by how much; the observed value is the
+/// oldest pending row's age in seconds.
 ///
 /// It reads the relay's status in memory (the backlog as the relay last measured it, every
 /// few poll intervals), so it is cheap and never cached. Made by
@@ -157,7 +157,8 @@ impl RelayCheck {
             problem(
                 Status::Fail,
                 &format!(
-                    "the earliest scheduled message has been due for {}, {} over the limit                      of {}, and is not in the outbox yet ({scheduled} scheduled)",
+                    "the earliest scheduled message has been due for {}, {} over the limit \
+                     of {}, and is not in the outbox yet ({scheduled} scheduled)",
                     secs(overdue),
                     secs(overdue.saturating_sub(self.max_backlog_age)),
                     secs(self.max_backlog_age)

@@ -125,8 +125,9 @@ impl OutboxMessage {
         }
     }
 
-    /// Publishes the message at `at`, not before (see [scheduled messages](Self#scheduled-messages)),
-    /// and records `at` in the envelope's [`DELIVER_AT_EXTENSION`]. A time in the past means
+    /// Publishes the message at `at`, not before (see
+    /// [scheduled messages](Self#scheduled-messages)), and records `at` in the envelope's
+    /// [`DELIVER_AT_EXTENSION`]. A time in the past means
     /// as soon as a relay gets to it.
     #[must_use]
     pub fn deliver_at(mut self, at: OffsetDateTime) -> Self {

@@ -211,7 +211,11 @@ pub(crate) fn tick_rows(
     let template = match ms_bus::codec::from_json(schedule.envelope.as_bytes()) {
         Ok(template) => template,
         Err(error) => {
-            tracing::warn!(schedule = %schedule.name, %error, "outbox: recurring template does not decode; ticks dropped");
+            tracing::warn!(
+                schedule = %schedule.name,
+                %error,
+                "outbox: recurring template does not decode; ticks dropped"
+            );
             return Vec::new();
         }
     };

@@ -1,11 +1,11 @@
 //! Scheduled messages: sent later, cancelled or moved in the caller's transaction.
 //!
-//! A message with a due time ([`OutboxMessage::deliver_at`](crate::OutboxMessage::deliver_at), [`deliver_after`]) is enqueued
-//! like any other, in the caller's transaction, with the trace context and correlation ID of
-//! that moment. It waits in a table of its own (the outbox's name with `_scheduled`) until it
-//! is due; then a relay moves it into the outbox, where it draws its id and is published like
-//! an immediate message: never before its due time, at least once, under its envelope id as
-//! the broker's dedup key. Until then [`Outbox::cancel`] deletes it and [`Outbox::reschedule`]
+//! A message with a due time ([`deliver_at`], [`deliver_after`]) is enqueued like any other,
+//! in the caller's transaction, with the trace context and correlation ID of that moment. It
+//! waits in a table of its own (the outbox's name with `_scheduled`) until it is due; then a
+//! relay moves it into the outbox, where it draws its id and is published like an immediate
+//! message: never before its due time, at least once, under its envelope id as the broker's
+//! dedup key. Until then [`Outbox::cancel`] deletes it and [`Outbox::reschedule`]
 //! moves it, both in a transaction of the caller's (a saga's timeout is cancelled in the
 //! transaction that records the reply); finding nothing is an answer, not an error.
 //!
@@ -47,6 +47,7 @@
 //! # }
 //! ```
 //!
+//! [`deliver_at`]: crate::OutboxMessage::deliver_at
 //! [`deliver_after`]: crate::OutboxMessage::deliver_after
 
 use time::OffsetDateTime;

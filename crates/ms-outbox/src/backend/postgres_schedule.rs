@@ -30,7 +30,7 @@
 //!                          ->  Index Scan using ms_outbox_scheduled_due_idx on ms_outbox_scheduled
 //!                                Index Cond: (due_at <= now())
 //!                                Filter: pg_try_advisory_xact_lock(1, key_lock)
-//!            ->  Index Scan using ms_outbox_scheduled_pkey on ms_outbox_scheduled ms_outbox_scheduled_1
+//!            ->  Index Scan using ms_outbox_scheduled_pkey on ms_outbox_scheduled …
 //!                  Index Cond: (id = ANY ($1))
 //!    CTE moved
 //!      ->  Insert on ms_outbox
