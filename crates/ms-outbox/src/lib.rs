@@ -103,6 +103,6 @@ pub use outbox::{
 pub use partition::{PARTITIONS_AHEAD, PartitionInterval};
 pub use recurring::{MissedTicks, Recurring};
 pub use relay::{OnPoison, Relay, RelayBuilder, RelayHandle, RelayMonitor, RelayStatus, Retention};
-pub use schedule::{Cancellation, Rescheduling};
+pub use schedule::{Cancellation, Rescheduling, ScheduledMessage};
 pub use schema::Migration;
 pub use table_name::{InvalidTableName, MAX_IDENTIFIER_LEN, TableName};

@@ -55,6 +55,24 @@ use time::OffsetDateTime;
 use crate::backend::{Backend, ScheduledRef};
 use crate::{Outbox, OutboxError};
 
+/// A scheduled message not yet due, as [`Outbox::scheduled`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ScheduledMessage {
+    /// The envelope's id (what [`Outbox::cancel`] and [`Outbox::reschedule`] take).
+    pub id: String,
+    /// Event or command.
+    pub kind: crate::MessageKind,
+    /// The topic or command destination.
+    pub destination: String,
+    /// The partition key.
+    pub partition_key: String,
+    /// When it is due.
+    pub due_at: OffsetDateTime,
+    /// When it was scheduled.
+    pub created_at: OffsetDateTime,
+}
+
 /// What [`Outbox::cancel`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
@@ -112,6 +130,17 @@ impl<DB: Backend> Outbox<DB> {
         key: &str,
     ) -> Result<u64, OutboxError> {
         DB::cancel(conn, &self.inner, ScheduledRef::Key(key)).await
+    }
+
+    /// The scheduled messages not yet due, earliest first, at most `limit`; only those of
+    /// partition key `key` when given (for operators: what is pending for an aggregate).
+    pub async fn scheduled(
+        &self,
+        pool: &sqlx::Pool<DB>,
+        key: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<ScheduledMessage>, OutboxError> {
+        self.store(pool).scheduled(key, limit).await
     }
 
     /// Moves the due time of the scheduled messages whose envelope id is `id` to `at`, in the

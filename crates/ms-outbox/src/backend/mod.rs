@@ -345,6 +345,12 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// id then (that is how it joins its key's order). Rows locked by a caller's transaction
     /// (a cancel in progress) or whose key a writer holds are left for the next round.
     fn promote_due(&self, limit: i64) -> BoxFuture<'_, Result<Promoted, OutboxError>>;
+    /// The scheduled rows, earliest due first, of `key` when given.
+    fn scheduled(
+        &self,
+        key: Option<&str>,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<crate::ScheduledMessage>, OutboxError>>;
     /// Turns the due ticks of up to `limit` recurring schedules into scheduled rows, each in
     /// the transaction that moves its schedule past them; how many ticks.
     fn fire_recurring(&self, limit: i64) -> BoxFuture<'_, Result<usize, OutboxError>>;

@@ -493,6 +493,39 @@ impl Store for SqliteStore {
         Box::pin(schedule::fire_recurring(&self.pool, &self.outbox, limit))
     }
 
+    fn scheduled(
+        &self,
+        key: Option<&str>,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<crate::ScheduledMessage>, OutboxError>> {
+        let key = key.map(str::to_owned);
+        Box::pin(async move {
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT message_id, kind, destination, partition_key, due_at, created_at \
+                 FROM {} WHERE (?1 IS NULL OR partition_key = ?1) \
+                 ORDER BY due_at, id LIMIT ?2",
+                self.schema().scheduled
+            )))
+            .bind(key)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(crate::ScheduledMessage {
+                        id: row.try_get(0)?,
+                        kind: MessageKind::from_code(row.try_get(1)?).unwrap_or(MessageKind::Event),
+                        destination: row.try_get(2)?,
+                        partition_key: row.try_get(3)?,
+                        due_at: from_ms(row.try_get(4)?),
+                        created_at: from_ms(row.try_get(5)?),
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(OutboxError::from)
+        })
+    }
+
     fn dead_letters(&self, limit: i64) -> BoxFuture<'_, Result<Vec<DeadLetter>, OutboxError>> {
         Box::pin(async move {
             let rows = sqlx::query(AssertSqlSafe(format!(

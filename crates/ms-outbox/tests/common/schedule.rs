@@ -68,6 +68,23 @@ fn in_ms(ms: u64) -> OffsetDateTime {
     OffsetDateTime::now_utc() + Duration::from_millis(ms)
 }
 
+/// What operators see of the scheduled messages of [`due_cancel_reschedule`]: earliest first,
+/// all or by key.
+async fn operators_see_them_earliest_first<DB: Backend>(
+    outbox: &Outbox<DB>,
+    pool: &sqlx::Pool<DB>,
+) {
+    let listed = outbox.scheduled(pool, None, 10).await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["moved", "later-2", "cancelled", "kept", "later-1"]);
+    let of_k1 = outbox.scheduled(pool, Some("k1"), 10).await.unwrap();
+    assert_eq!(of_k1.len(), 1);
+    assert_eq!(
+        (of_k1[0].id.as_str(), of_k1[0].destination.as_str()),
+        ("later-1", SCHEDULED_TOPIC)
+    );
+}
+
 /// Published when due, not before; cancelled never; moved at the new time; a rollback of a
 /// cancel and a reschedule changes nothing.
 pub(crate) async fn due_cancel_reschedule<DB, B>(pool: &sqlx::Pool<DB>, bus: B)
@@ -85,12 +102,12 @@ where
         .enqueue_all(
             &mut *tx,
             [
-                message("later-1", "k1").deliver_at(in_ms(1_500)),
+                message("later-1", "k1").deliver_at(in_ms(2_000)),
                 message("now-1", "k1"),
-                message("later-2", "k2").deliver_after(Duration::from_millis(700)),
-                message("cancelled", "k3").deliver_at(in_ms(1_000)),
-                message("moved", "k4").deliver_at(in_ms(300)),
-                message("kept", "k5").deliver_at(in_ms(1_200)),
+                message("later-2", "k2").deliver_after(Duration::from_millis(1_200)),
+                message("cancelled", "k3").deliver_at(in_ms(1_500)),
+                message("moved", "k4").deliver_at(in_ms(800)),
+                message("kept", "k5").deliver_at(in_ms(1_700)),
             ],
         )
         .await
@@ -99,6 +116,7 @@ where
     let backlog = outbox.backlog(pool).await.unwrap();
     assert_eq!(backlog.scheduled, 5, "{backlog:?}");
     assert!(backlog.next_due.is_some());
+    operators_see_them_earliest_first(&outbox, pool).await;
 
     // Undone by a rollback: "kept" still comes at its time, "moved" is not moved yet.
     let mut tx = pool.begin().await.unwrap();
@@ -118,7 +136,7 @@ where
 
     // Committed: "cancelled" never comes, "moved" comes at its new time. Unknown ids are an
     // answer, and the transaction goes on to commit.
-    let moved_to = in_ms(2_000);
+    let moved_to = in_ms(2_500);
     let mut tx = pool.begin().await.unwrap();
     assert_eq!(
         outbox.cancel(&mut *tx, "cancelled").await.unwrap(),
