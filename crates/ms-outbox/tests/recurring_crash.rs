@@ -1,4 +1,5 @@
-//! A recurring schedule every second through killed relays: three relay processes, each
+//! A recurring schedule every second (a cron expression, with feature `cron`) through killed
+//! relays: three relay processes, each
 //! killed (SIGKILL) and restarted, then all three down for 5 s. Exactly one message per tick
 //! reaches the consumer (counted by id), every tick while a relay runs, none early, and after
 //! the outage the default missed-tick policy (fire the latest missed tick once) holds.
@@ -85,6 +86,16 @@ async fn kill(child: &mut Child) {
     assert_eq!(status.signal(), Some(9), "killed: {status}");
 }
 
+/// The schedule: a cron expression with the feature (the test), else the interval.
+fn every_second() -> Recurring {
+    let template = schedule::message("template", "second");
+    #[cfg(feature = "cron")]
+    let schedule = Recurring::cron("second", "* * * * * *", "UTC", template);
+    #[cfg(not(feature = "cron"))]
+    let schedule = Recurring::every("second", EVERY, template);
+    schedule.unwrap()
+}
+
 /// Each tick's due time and how many copies arrived, by id.
 type Ticks = Arc<Mutex<HashMap<String, (OffsetDateTime, u32)>>>;
 
@@ -136,13 +147,7 @@ async fn a_tick_every_second_is_one_message_through_kills_and_an_outage() {
     consume(deliveries, Arc::clone(&ticks), Arc::clone(&early));
 
     let begun = OffsetDateTime::now_utc();
-    outbox
-        .register(
-            &pool,
-            &Recurring::every("second", EVERY, schedule::message("template", "second")).unwrap(),
-        )
-        .await
-        .unwrap();
+    outbox.register(&pool, &every_second()).await.unwrap();
     let spawn = || start(db.url(), nats.url(), nats.prefix());
     let mut relays: Vec<Child> = (0..RELAYS).map(|_| spawn()).collect();
     // Each relay killed and restarted in turn, one every 2 s, while the others run.

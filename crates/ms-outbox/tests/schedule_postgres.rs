@@ -43,6 +43,15 @@ async fn recurring_ticks_fire_once_each_and_all_after_downtime() {
     schedule::recurring_ticks_fire_once_each(&db.pool().await, nats_bus(&nats).await).await;
 }
 
+#[cfg(feature = "cron")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_schedule_ticks_every_second() {
+    let (Some(db), Some(nats)) = (ms_testkit::postgres().await, ms_testkit::nats().await) else {
+        return;
+    };
+    schedule::cron_ticks_every_second(&db.pool().await, nats_bus(&nats).await).await;
+}
+
 /// Rows scheduled for tomorrow, this many.
 const FUTURE_ROWS: i64 = 200_000;
 

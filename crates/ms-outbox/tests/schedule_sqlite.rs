@@ -65,3 +65,10 @@ async fn recurring_ticks_fire_once_each_and_all_after_downtime() {
     let db = TempDb::new();
     schedule::recurring_ticks_fire_once_each(&db.pool().await, MemoryBus::new()).await;
 }
+
+#[cfg(feature = "cron")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_schedule_ticks_every_second() {
+    let db = TempDb::new();
+    schedule::cron_ticks_every_second(&db.pool().await, MemoryBus::new()).await;
+}

@@ -4,6 +4,8 @@
 CREATE TABLE IF NOT EXISTS {recurring} (
     name          TEXT    PRIMARY KEY,
     every_ms      INTEGER NOT NULL,
+    cron          TEXT,
+    time_zone     TEXT,
     missed        INTEGER NOT NULL,
     kind          INTEGER NOT NULL,
     destination   TEXT    NOT NULL,

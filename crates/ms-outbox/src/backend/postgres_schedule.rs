@@ -54,7 +54,7 @@ use time::OffsetDateTime;
 use super::{PreparedRow, Promoted, ScheduledRef};
 use crate::OutboxError;
 use crate::outbox::OutboxInner;
-use crate::recurring::{DueSchedule, MissedTicks, RecurringRow, plan, tick_rows};
+use crate::recurring::{CRON, DueSchedule, RecurringRow, plan_schedule, tick_rows};
 
 /// The notification payload that tells relays a scheduled row was written or moved (shards
 /// are numbers, so it cannot be mistaken for one).
@@ -253,9 +253,11 @@ pub(super) async fn next_due(
     let seconds: Option<f64> = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT EXTRACT(EPOCH FROM least( \
              (SELECT min(due_at) FROM {}), \
-             (SELECT to_timestamp(min(next_tick_ms) / 1000.0) FROM {})) - now())::float8",
+             (SELECT to_timestamp(min(next_tick_ms) / 1000.0) FROM {} \
+              WHERE cron IS NULL OR $1)) - now())::float8",
         outbox.schema.scheduled, outbox.schema.recurring
     )))
+    .bind(CRON)
     .fetch_one(pool)
     .await?;
     Ok(seconds.map(|s| Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)))
@@ -270,12 +272,15 @@ pub(super) async fn register(
     let mut tx = pool.begin().await?;
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {} AS r (name, every_ms, missed, kind, destination, envelope, \
-             next_tick_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             next_tick_ms, cron, time_zone) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
          ON CONFLICT (name) DO UPDATE SET every_ms = EXCLUDED.every_ms, \
              missed = EXCLUDED.missed, kind = EXCLUDED.kind, \
              destination = EXCLUDED.destination, envelope = EXCLUDED.envelope, \
-             next_tick_ms = CASE WHEN r.every_ms = EXCLUDED.every_ms THEN r.next_tick_ms \
-                                 ELSE EXCLUDED.next_tick_ms END",
+             cron = EXCLUDED.cron, time_zone = EXCLUDED.time_zone, \
+             next_tick_ms = CASE WHEN r.every_ms = EXCLUDED.every_ms \
+                 AND r.cron IS NOT DISTINCT FROM EXCLUDED.cron \
+                 AND r.time_zone IS NOT DISTINCT FROM EXCLUDED.time_zone THEN r.next_tick_ms \
+                 ELSE EXCLUDED.next_tick_ms END",
         outbox.schema.recurring
     )))
     .bind(&row.name)
@@ -285,6 +290,8 @@ pub(super) async fn register(
     .bind(&row.destination)
     .bind(&row.envelope)
     .bind(row.next_tick_ms)
+    .bind(&row.cron)
+    .bind(&row.time_zone)
     .execute(&mut *tx)
     .await?;
     notify_timers(&mut tx, outbox).await?;
@@ -322,11 +329,13 @@ pub(super) async fn fire_recurring(
     let r = &outbox.schema.recurring;
     let mut tx = pool.begin().await?;
     let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT name, every_ms, missed, kind, destination, envelope, next_tick_ms, {NOW_MS} \
-         FROM {r} WHERE next_tick_ms <= {NOW_MS} ORDER BY next_tick_ms LIMIT $1 \
-         FOR UPDATE SKIP LOCKED"
+        "SELECT name, every_ms, missed, kind, destination, envelope, next_tick_ms, {NOW_MS}, \
+             cron, time_zone \
+         FROM {r} WHERE next_tick_ms <= {NOW_MS} AND (cron IS NULL OR $2) \
+         ORDER BY next_tick_ms LIMIT $1 FOR UPDATE SKIP LOCKED"
     )))
     .bind(limit)
+    .bind(CRON)
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {
@@ -344,14 +353,11 @@ pub(super) async fn fire_recurring(
             destination: row.try_get(4)?,
             envelope: row.try_get(5)?,
             next_tick_ms: row.try_get(6)?,
+            cron: row.try_get(8)?,
+            time_zone: row.try_get(9)?,
         };
         let now: i64 = row.try_get(7)?;
-        let (due, next) = plan(
-            schedule.next_tick_ms,
-            schedule.every_ms,
-            now,
-            MissedTicks::from_code(schedule.missed),
-        );
+        let (due, next) = plan_schedule(&schedule, now);
         ticks.extend(tick_rows(outbox, &schedule, &due));
         names.push(schedule.name);
         nexts.push(next);

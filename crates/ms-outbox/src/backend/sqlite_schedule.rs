@@ -12,7 +12,7 @@ use super::sqlite::{from_ms, now_ms, to_ms};
 use super::{PreparedRow, Promoted, ScheduledRef};
 use crate::OutboxError;
 use crate::outbox::OutboxInner;
-use crate::recurring::{DueSchedule, MissedTicks, RecurringRow, plan, tick_rows};
+use crate::recurring::{CRON, DueSchedule, RecurringRow, plan_schedule, tick_rows};
 
 /// Writes scheduled rows in the caller's transaction.
 pub(super) async fn enqueue(
@@ -161,9 +161,11 @@ pub(super) async fn next_due(
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let due: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT min(at) FROM (SELECT min(due_at) AS at FROM {} \
-                              UNION ALL SELECT min(next_tick_ms) FROM {})",
+                              UNION ALL SELECT min(next_tick_ms) FROM {} \
+                                  WHERE cron IS NULL OR ?1)",
         outbox.schema.scheduled, outbox.schema.recurring
     )))
+    .bind(CRON)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -179,12 +181,15 @@ pub(super) async fn register(
 ) -> Result<(), OutboxError> {
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {} AS r (name, every_ms, missed, kind, destination, envelope, \
-             next_tick_ms, registered_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+             next_tick_ms, registered_at, cron, time_zone) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
          ON CONFLICT (name) DO UPDATE SET every_ms = excluded.every_ms, \
              missed = excluded.missed, kind = excluded.kind, \
              destination = excluded.destination, envelope = excluded.envelope, \
-             next_tick_ms = CASE WHEN r.every_ms = excluded.every_ms THEN r.next_tick_ms \
-                                 ELSE excluded.next_tick_ms END",
+             cron = excluded.cron, time_zone = excluded.time_zone, \
+             next_tick_ms = CASE WHEN r.every_ms = excluded.every_ms \
+                 AND r.cron IS excluded.cron AND r.time_zone IS excluded.time_zone \
+                 THEN r.next_tick_ms ELSE excluded.next_tick_ms END",
         outbox.schema.recurring
     )))
     .bind(&row.name)
@@ -195,6 +200,8 @@ pub(super) async fn register(
     .bind(&row.envelope)
     .bind(row.next_tick_ms)
     .bind(now_ms())
+    .bind(&row.cron)
+    .bind(&row.time_zone)
     .execute(pool)
     .await?;
     Ok(())
@@ -227,11 +234,14 @@ pub(super) async fn fire_recurring(
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let now = now_ms();
     let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT name, every_ms, missed, kind, destination, envelope, next_tick_ms \
-         FROM {r} WHERE next_tick_ms <= ?1 ORDER BY next_tick_ms LIMIT ?2"
+        "SELECT name, every_ms, missed, kind, destination, envelope, next_tick_ms, cron, \
+             time_zone \
+         FROM {r} WHERE next_tick_ms <= ?1 AND (cron IS NULL OR ?3) \
+         ORDER BY next_tick_ms LIMIT ?2"
     )))
     .bind(now)
     .bind(limit)
+    .bind(CRON)
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {
@@ -249,13 +259,10 @@ pub(super) async fn fire_recurring(
             destination: row.try_get(4)?,
             envelope: row.try_get(5)?,
             next_tick_ms: row.try_get(6)?,
+            cron: row.try_get(7)?,
+            time_zone: row.try_get(8)?,
         };
-        let (due, next) = plan(
-            schedule.next_tick_ms,
-            schedule.every_ms,
-            now,
-            MissedTicks::from_code(schedule.missed),
-        );
+        let (due, next) = plan_schedule(&schedule, now);
         ticks.extend(tick_rows(outbox, &schedule, &due));
         sqlx::query(AssertSqlSafe(update.as_str()))
             .bind(&schedule.name)

@@ -310,3 +310,45 @@ where
     tx.commit().await.unwrap();
     assert_eq!(outbox.backlog(pool).await.unwrap().recurring, 0);
 }
+
+/// A cron schedule every second, in a time zone: one message per second, on whole seconds,
+/// each with its tick's id; registering again (same expression) changes nothing.
+#[cfg(feature = "cron")]
+pub(crate) async fn cron_ticks_every_second<DB, B>(pool: &sqlx::Pool<DB>, bus: B)
+where
+    DB: Backend,
+    B: EventPublisher + CommandSender + Subscriber + Clone + 'static,
+{
+    use ms_outbox::Recurring;
+
+    let outbox = Outbox::<DB>::default();
+    outbox.migrate(pool).await.unwrap();
+    let mut deliveries = subscribe(&bus, "cron").await;
+    let schedule = Recurring::cron(
+        "cron-beat",
+        "* * * * * *",
+        "Europe/Paris",
+        message("template", "cron-beat"),
+    )
+    .unwrap();
+    outbox.register(pool, &schedule).await.unwrap();
+    let relay = Relay::builder(&outbox, pool, bus.clone()).build().spawn();
+    let mut ticks = Vec::new();
+    for n in 0..4 {
+        if n == 2 {
+            outbox.register(pool, &schedule).await.unwrap();
+        }
+        let envelope = next_checked(&mut deliveries, WAIT).await.expect("a tick");
+        let due = due_of(&envelope).expect("a tick carries its due time");
+        assert_eq!(
+            envelope.id(),
+            format!("cron-beat@{}", due.format(&Rfc3339).unwrap())
+        );
+        assert_eq!((due.nanosecond(), due.offset()), (0, time::UtcOffset::UTC));
+        ticks.push(due);
+    }
+    relay.shutdown().await.unwrap();
+    for pair in ticks.windows(2) {
+        assert_eq!(pair[1] - pair[0], Duration::from_secs(1), "{ticks:?}");
+    }
+}

@@ -1,5 +1,6 @@
-//! Recurring schedules: a named message sent at every tick of a fixed interval, exactly once
-//! per tick across any number of relays and restarts.
+//! Recurring schedules: a named message sent at every tick of a fixed interval or (feature
+//! `cron`) of a cron expression in a time zone, exactly once per tick across any number of
+//! relays and restarts.
 //!
 //! [`Outbox::register`] stores a [`Recurring`] schedule (idempotent: every instance of a
 //! service may register it at start; the tick position survives re-registration with the
@@ -39,6 +40,9 @@
 //! # Ok(())
 //! # }
 //! ```
+
+#[cfg(feature = "cron")]
+mod cron;
 
 use std::time::Duration;
 
@@ -90,11 +94,14 @@ impl MissedTicks {
     }
 }
 
-/// A named message sent at every tick of a fixed interval; see the [module docs](self).
+/// A named message sent at every tick of a fixed interval ([`every`](Self::every)) or of a
+/// cron expression (`cron`, feature `cron`); see the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct Recurring {
     name: String,
     every: Duration,
+    /// A cron expression and its time zone, instead of the interval.
+    cron: Option<(String, String)>,
     message: OutboxMessage,
     missed: MissedTicks,
 }
@@ -121,9 +128,48 @@ impl Recurring {
         Ok(Self {
             name,
             every: interval,
+            cron: None,
             message,
             missed: MissedTicks::default(),
         })
+    }
+
+    /// `message` at every occurrence of the cron `expression` in `time_zone` (an IANA name such
+    /// as `Europe/Paris`, or `UTC`), under `name` (feature `cron`). Six fields, seconds
+    /// first: `0 30 9 * * Mon-Fri` is 09:30:00 on weekdays, local time, daylight saving time
+    /// included; parsed by [`croner`](https://docs.rs/croner), time zones from the system's
+    /// database through `jiff`.
+    ///
+    /// ```
+    /// use ms_bus::Envelope;
+    /// use ms_outbox::{OutboxMessage, Recurring};
+    ///
+    /// let report = Envelope::builder("reporting.daily.due", "/reporting").build()?;
+    /// let daily = Recurring::cron(
+    ///     "daily-report",
+    ///     "0 0 7 * * *",
+    ///     "Europe/Paris",
+    ///     OutboxMessage::command("reporting.daily", report),
+    /// )?;
+    /// assert_eq!(daily.name(), "daily-report");
+    /// assert!(Recurring::cron("x", "0 7 * * *", "UTC", daily_message()).is_err()); // no seconds
+    /// # fn daily_message() -> OutboxMessage {
+    /// #     OutboxMessage::command("reporting.daily", Envelope::builder("t", "/s").build().unwrap())
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "cron")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cron")))]
+    pub fn cron(
+        name: impl Into<String>,
+        expression: &str,
+        time_zone: &str,
+        message: OutboxMessage,
+    ) -> Result<Self, OutboxError> {
+        cron::CronSchedule::new(expression, time_zone)?;
+        let mut schedule = Self::every(name, Duration::from_secs(1), message)?;
+        schedule.cron = Some((expression.to_owned(), time_zone.to_owned()));
+        Ok(schedule)
     }
 
     /// What to do with ticks missed while no relay ran ([`MissedTicks::FireOnce`]).
@@ -155,6 +201,8 @@ pub(crate) struct RecurringRow {
     pub(crate) envelope: String,
     /// The first tick after registration (kept by a re-registration with the same interval).
     pub(crate) next_tick_ms: i64,
+    pub(crate) cron: Option<String>,
+    pub(crate) time_zone: Option<String>,
 }
 
 /// A stored schedule found due by the relay.
@@ -167,6 +215,42 @@ pub(crate) struct DueSchedule {
     pub(crate) destination: String,
     pub(crate) envelope: String,
     pub(crate) next_tick_ms: i64,
+    pub(crate) cron: Option<String>,
+    pub(crate) time_zone: Option<String>,
+}
+
+/// Whether this build evaluates cron schedules (the relays of a build without the feature
+/// leave them to those with it).
+pub(crate) const CRON: bool = cfg!(feature = "cron");
+
+/// The next tick of a schedule that never fires again: 9999-12-31T23:59:59Z, the last time
+/// every database here can hold (a larger value would fail the timer's `to_timestamp`).
+pub(crate) const NEVER_MS: i64 = 253_402_300_799_000;
+
+/// [`plan`] for a stored schedule, interval or cron. A cron schedule that cannot be evaluated
+/// (no occurrence left, or an expression this build no longer reads) never fires again: its
+/// next tick becomes [`NEVER_MS`], rather than come back due at every round.
+pub(crate) fn plan_schedule(schedule: &DueSchedule, now_ms: i64) -> (Vec<i64>, i64) {
+    let missed = MissedTicks::from_code(schedule.missed);
+    let Some(expression) = &schedule.cron else {
+        return plan(schedule.next_tick_ms, schedule.every_ms, now_ms, missed);
+    };
+    #[cfg(feature = "cron")]
+    {
+        let zone = schedule.time_zone.as_deref().unwrap_or("UTC");
+        if let Some(planned) = cron::CronSchedule::new(expression, zone)
+            .ok()
+            .and_then(|cron| cron.plan(schedule.next_tick_ms, now_ms, missed))
+        {
+            return planned;
+        }
+    }
+    tracing::warn!(
+        schedule = %schedule.name,
+        cron = %expression,
+        "outbox: a recurring schedule cannot be evaluated any more; it stops"
+    );
+    (Vec::new(), NEVER_MS)
 }
 
 /// The ticks to enqueue at `now_ms` of a schedule whose next tick is `next_ms`, and the next
@@ -292,9 +376,25 @@ impl<DB: Backend> Outbox<DB> {
     ) -> Result<(), OutboxError> {
         let message = &schedule.message;
         ms_bus::validate_name(message.destination()).map_err(OutboxError::InvalidDestination)?;
-        let every_ms = millis(schedule.every);
         let now = i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
             .unwrap_or(i64::MAX);
+        let (every_ms, next_tick_ms) = match &schedule.cron {
+            // A cron schedule's "interval" is 0; a re-registration keeps its next tick while
+            // the expression and time zone stay the same.
+            #[cfg(feature = "cron")]
+            Some((expression, zone)) => (
+                0,
+                cron::CronSchedule::new(expression, zone)?
+                    .next_after(now, false)
+                    .unwrap_or(NEVER_MS),
+            ),
+            #[cfg(not(feature = "cron"))]
+            Some(_) => (0, NEVER_MS),
+            None => {
+                let every_ms = millis(schedule.every);
+                (every_ms, (now / every_ms + 1).saturating_mul(every_ms))
+            }
+        };
         let row = RecurringRow {
             name: schedule.name.clone(),
             every_ms,
@@ -303,7 +403,12 @@ impl<DB: Backend> Outbox<DB> {
             destination: message.destination().to_owned(),
             envelope: String::from_utf8_lossy(&ms_bus::codec::to_json(message.envelope()))
                 .into_owned(),
-            next_tick_ms: (now / every_ms + 1).saturating_mul(every_ms),
+            next_tick_ms,
+            cron: schedule
+                .cron
+                .as_ref()
+                .map(|(expression, _)| expression.clone()),
+            time_zone: schedule.cron.as_ref().map(|(_, zone)| zone.clone()),
         };
         DB::register(pool, &self.inner, &row).await?;
         self.inner.schedule_wake.notify_one();
