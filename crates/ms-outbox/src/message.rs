@@ -80,7 +80,9 @@ impl MessageKind {
 /// says nothing about the order among messages of other keys. "Became due" is when a relay
 /// moves it into the outbox: its due time while a relay runs, a relay's start after downtime
 /// (a relay that was down for an hour publishes an hour's due messages, in due order, after
-/// the messages enqueued during that hour). Due times are compared with the database's clock.
+/// the messages enqueued during that hour). A due message whose key an open transaction is
+/// writing waits for that transaction to end, as any writer of the key would. Due times are
+/// compared with the database's clock.
 ///
 /// ```
 /// use std::time::Duration;

@@ -40,8 +40,9 @@ pub(super) async fn enqueue(
             .execute(&mut *conn)
             .await?;
     }
-    // Early, as for an immediate row: the relay's timer reads in `BEGIN IMMEDIATE`, which
-    // waits for this transaction to end.
+    // Before the commit (there is no hook after it): the relay's timer may read too early and
+    // miss the row, and then finds it at its next poll, at most a poll interval (100 ms)
+    // later.
     outbox.schedule_wake.notify_one();
     Ok(())
 }
@@ -156,9 +157,10 @@ pub(super) async fn next_due(
     pool: &SqlitePool,
     outbox: &OutboxInner,
 ) -> Result<Option<Duration>, OutboxError> {
-    // `BEGIN IMMEDIATE` waits for a writer that is still committing (an enqueue wakes the
-    // timer before its commit), so the read sees its rows.
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    // A plain read, not `BEGIN IMMEDIATE`: this runs at every poll (100 ms), and must not take
+    // the write lock from the application that often. An enqueue wakes the timer before its
+    // commit, so this read may miss its row: the timer then looks again within a poll
+    // interval.
     let due: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT min(at) FROM (SELECT min(due_at) AS at FROM {} \
                               UNION ALL SELECT min(next_tick_ms) FROM {} \
@@ -166,9 +168,8 @@ pub(super) async fn next_due(
         outbox.schema.scheduled, outbox.schema.recurring
     )))
     .bind(CRON)
-    .fetch_one(&mut *tx)
+    .fetch_one(pool)
     .await?;
-    tx.commit().await?;
     Ok(due
         .map(|due| Duration::from_millis(u64::try_from(due.saturating_sub(now_ms())).unwrap_or(0))))
 }

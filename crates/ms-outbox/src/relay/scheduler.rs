@@ -1,9 +1,10 @@
 //! The relay's timer: moves scheduled rows into the outbox when they are due.
 //!
-//! It sleeps until the earliest due time (read from the scheduled table's due index), or until
-//! told that a scheduled row was written or moved (a notification, or in-process on SQLite),
-//! and never longer than the poll interval (a missed notification, a writer in another
-//! process). No row due in the future costs it anything but that one index probe per wake-up.
+//! It sleeps until the earliest due time (read from the scheduled and recurring tables' due
+//! indexes), or until told that a scheduled row was written or moved (a notification, or
+//! in-process on SQLite), and never longer than the poll interval (a missed notification, a
+//! writer in another process). While nothing is due, a wake-up costs that one read; the moves
+//! run only when something is due.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,46 +24,20 @@ pub(super) const SKIPPED_RETRY: Duration = Duration::from_millis(50);
 pub(super) async fn run(ctx: Arc<Shared>, queue: Arc<ShardQueue>, wake: Arc<Notify>) {
     let limit = i64::try_from(ctx.config.batch_size).unwrap_or(i64::MAX);
     loop {
-        // Recurring ticks first: they become scheduled rows, due now, moved just below.
-        loop {
-            match ctx.store.fire_recurring(limit).await {
-                // A round fires at most `limit` schedules; more may be due.
-                Ok(ticks) if ticks > 0 => {
-                    ctx.state.ticks.fetch_add(ticks as u64, Ordering::Relaxed);
-                    record_ticks(&ctx, ticks);
-                }
-                Ok(_) => break,
-                Err(error) => {
-                    ctx.state.error(error.to_string());
-                    tracing::warn!(%error, "outbox relay: firing recurring schedules failed");
-                    break;
-                }
-            }
-        }
-        // Full rounds, one after another, until a short one: after downtime the due rows
-        // move in bounded transactions.
-        loop {
-            match ctx.store.promote_due(limit).await {
-                Ok(promoted) => {
-                    let moved = promoted.lateness.len();
-                    record(&ctx, &queue, &promoted);
-                    if moved < ctx.config.batch_size {
-                        break;
-                    }
-                }
-                Err(error) => {
-                    ctx.state.error(error.to_string());
-                    tracing::warn!(%error, "outbox relay: moving due scheduled rows failed");
-                    break;
-                }
-            }
-        }
+        // One index probe per wake-up while nothing is due: the moves run only when it is.
         let sleep = match ctx.store.next_due().await {
-            // Due but left behind: locked, or its key busy.
-            Ok(Some(Duration::ZERO)) => SKIPPED_RETRY,
+            Ok(Some(Duration::ZERO)) => {
+                if move_due(&ctx, &queue, limit).await {
+                    // Look again at once: the next due time has changed.
+                    continue;
+                }
+                // Due but left behind: locked by a caller, or its key busy.
+                SKIPPED_RETRY
+            }
             Ok(Some(until)) => until.min(ctx.config.poll_interval),
             Ok(None) => ctx.config.poll_interval,
             Err(error) => {
+                ctx.state.error(error.to_string());
                 tracing::warn!(%error, "outbox relay: reading the next due time failed");
                 ctx.config.poll_interval
             }
@@ -72,6 +47,49 @@ pub(super) async fn run(ctx: Arc<Shared>, queue: Arc<ShardQueue>, wake: Arc<Noti
             () = wake.notified() => {}
         }
     }
+}
+
+/// Fires the due recurring ticks and moves the due scheduled rows into the outbox; whether
+/// anything was done.
+async fn move_due(ctx: &Shared, queue: &ShardQueue, limit: i64) -> bool {
+    let mut done = false;
+    // Recurring ticks first: they become scheduled rows, due now, moved just below.
+    loop {
+        match ctx.store.fire_recurring(limit).await {
+            // A round fires at most `limit` schedules; more may be due.
+            Ok(ticks) if ticks > 0 => {
+                done = true;
+                ctx.state.ticks.fetch_add(ticks as u64, Ordering::Relaxed);
+                record_ticks(ctx, ticks);
+            }
+            Ok(_) => break,
+            Err(error) => {
+                ctx.state.error(error.to_string());
+                tracing::warn!(%error, "outbox relay: firing recurring schedules failed");
+                break;
+            }
+        }
+    }
+    // Full rounds, one after another, until a short one: after downtime the due rows move
+    // in bounded transactions.
+    loop {
+        match ctx.store.promote_due(limit).await {
+            Ok(promoted) => {
+                let moved = promoted.lateness.len();
+                done |= moved > 0;
+                record(ctx, queue, &promoted);
+                if moved < ctx.config.batch_size {
+                    break;
+                }
+            }
+            Err(error) => {
+                ctx.state.error(error.to_string());
+                tracing::warn!(%error, "outbox relay: moving due scheduled rows failed");
+                break;
+            }
+        }
+    }
+    done
 }
 
 fn record(ctx: &Shared, queue: &ShardQueue, promoted: &Promoted) {
