@@ -26,6 +26,10 @@ pub enum OutboxError {
         /// The latest version this crate ships.
         known: i64,
     },
+    /// A recurring schedule is not valid (no name, an interval under a millisecond); nothing
+    /// was registered. Fix the schedule.
+    #[error("invalid schedule: {0}")]
+    InvalidSchedule(String),
     /// The relay task stopped abnormally (it panicked); its last batch was rolled back, so
     /// nothing was lost. Start a new relay.
     #[error("the relay task stopped abnormally: {0}")]

@@ -43,10 +43,11 @@ pub const DEFAULT_MAX_HEARTBEAT_AGE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_BACKLOG_AGE: Duration = Duration::from_secs(5 * 60);
 
 /// Fails when the relay it watches is not running, when its heartbeat is older than
-/// [`max_heartbeat_age`](Self::max_heartbeat_age), or when the oldest pending row is older
-/// than [`max_backlog_age`](Self::max_backlog_age); warns while rows wait in the dead-letter
-/// table. The output says which and by how much; the observed value is the oldest pending
-/// row's age in seconds.
+/// [`max_heartbeat_age`](Self::max_heartbeat_age), when the oldest pending row is older
+/// than [`max_backlog_age`](Self::max_backlog_age), or when a scheduled message has been due
+/// for longer than that without being moved into the outbox; warns while rows wait in the
+/// dead-letter table. The output says which and by how much; the observed value is the
+/// oldest pending row's age in seconds.
 ///
 /// It reads the relay's status in memory (the backlog as the relay last measured it, every
 /// few poll intervals), so it is cheap and never cached. Made by
@@ -142,6 +143,24 @@ impl RelayCheck {
                      ({pending} rows pending)",
                     secs(age),
                     secs(age.saturating_sub(self.max_backlog_age)),
+                    secs(self.max_backlog_age)
+                ),
+            );
+        }
+        // A due scheduled row waits outside the outbox until a relay moves it: overdue, it
+        // is as stuck as an old pending row, and counts against the same limit.
+        let overdue = backlog
+            .and_then(|b| b.overdue(OffsetDateTime::now_utc()))
+            .unwrap_or_default();
+        if overdue > self.max_backlog_age {
+            let scheduled = backlog.map_or(0, |b| b.scheduled);
+            problem(
+                Status::Fail,
+                &format!(
+                    "the earliest scheduled message has been due for {}, {} over the limit \
+                     of {}, and is not in the outbox yet ({scheduled} scheduled)",
+                    secs(overdue),
+                    secs(overdue.saturating_sub(self.max_backlog_age)),
                     secs(self.max_backlog_age)
                 ),
             );

@@ -9,6 +9,10 @@
 //! - Published rows are deleted per batch, kept for a while ([`Retention::Keep`]), or, on a
 //!   PostgreSQL table [partitioned by time](OutboxBuilder::partitioned), dropped a whole
 //!   partition at a time: no bloat.
+//! - [Scheduled messages](schedule) ([`OutboxMessage::deliver_at`]) are published when due,
+//!   never before; [`Outbox::cancel`] and [`Outbox::reschedule`] change them in the caller's
+//!   transaction; [recurring schedules](recurring) send one message per tick of an interval,
+//!   exactly once per tick across relays.
 //! - [`Inbox`] records which envelopes a consumer has handled, in the consumer's transaction,
 //!   by the same key (source and id).
 //! - `health::RelayCheck` (feature `health`) is an ms-health check of a running relay: alive,
@@ -81,7 +85,9 @@ mod key;
 mod message;
 mod outbox;
 mod partition;
+pub mod recurring;
 pub mod relay;
+pub mod schedule;
 mod schema;
 mod table_name;
 
@@ -90,11 +96,13 @@ pub use error::OutboxError;
 #[cfg(feature = "health")]
 pub use health::RelayCheck;
 pub use inbox::{DEFAULT_INBOX_CLEANUP_BATCH, DEFAULT_INBOX_TABLE, Inbox};
-pub use message::{MessageKind, OutboxMessage};
+pub use message::{DELIVER_AT_EXTENSION, MessageKind, OutboxMessage};
 pub use outbox::{
     DEFAULT_KEY_LOCK_SLOTS, DEFAULT_SHARDS, DEFAULT_TABLE, MAX_SHARDS, Outbox, OutboxBuilder,
 };
 pub use partition::{PARTITIONS_AHEAD, PartitionInterval};
+pub use recurring::{MissedTicks, Recurring};
 pub use relay::{OnPoison, Relay, RelayBuilder, RelayHandle, RelayMonitor, RelayStatus, Retention};
+pub use schedule::{Cancellation, Rescheduling, ScheduledMessage};
 pub use schema::Migration;
 pub use table_name::{InvalidTableName, MAX_IDENTIFIER_LEN, TableName};

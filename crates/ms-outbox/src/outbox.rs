@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ms_bus::propagation::{Propagation, default_propagation, outgoing_to};
 
 use crate::backend::{Backend, Backlog, DeadLetter, PreparedRow, Store};
-use crate::key::{key_hash, shard_of};
+use crate::key::{key_hash, lock_id, shard_of};
 use crate::schema::{Migration, OutboxSchema};
 use crate::{OutboxError, OutboxMessage, PartitionInterval, TableName};
 
@@ -55,7 +55,7 @@ pub const DEFAULT_KEY_LOCK_SLOTS: u32 = 1024;
 /// # }
 /// ```
 pub struct Outbox<DB: Backend> {
-    inner: Arc<OutboxInner>,
+    pub(crate) inner: Arc<OutboxInner>,
     _db: PhantomData<fn() -> DB>,
 }
 
@@ -71,6 +71,8 @@ pub(crate) struct OutboxInner {
     pub(crate) partitioning: Option<PartitionInterval>,
     /// Wakes an in-process relay (SQLite, where there is no LISTEN/NOTIFY).
     pub(crate) wake: tokio::sync::Notify,
+    /// Wakes an in-process relay's timer when a scheduled row is written or moved (SQLite).
+    pub(crate) schedule_wake: tokio::sync::Notify,
 }
 
 impl<DB: Backend> Clone for Outbox<DB> {
@@ -209,10 +211,13 @@ impl<DB: Backend> Outbox<DB> {
         Ok(PreparedRow {
             shard: shard_of(hash, self.inner.shards),
             key_hash: hash,
+            key_lock: lock_id(hash % self.inner.key_lock_slots),
             key,
             kind: message.kind().code(),
             destination: message.destination().to_owned(),
             envelope,
+            message_id: message.envelope().id().to_owned(),
+            due_at: message.due_at(),
         })
     }
 
@@ -327,6 +332,7 @@ impl<DB: Backend> OutboxBuilder<DB> {
                 propagation: self.propagation.unwrap_or_else(default_propagation),
                 partitioning: self.partitioning,
                 wake: tokio::sync::Notify::new(),
+                schedule_wake: tokio::sync::Notify::new(),
             }),
             _db: PhantomData,
         }

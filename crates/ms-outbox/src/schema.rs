@@ -44,7 +44,13 @@ pub(crate) struct OutboxSchema {
     pub(crate) dead_letters: String,
     /// Quoted, qualified default partition (partitioned outboxes, PostgreSQL).
     pub(crate) default_partition: String,
+    /// Quoted, qualified table of scheduled messages, not yet due.
+    pub(crate) scheduled: String,
+    /// Quoted, qualified table of recurring schedules.
+    pub(crate) recurring: String,
     pub(crate) dead_letters_name: TableName,
+    pub(crate) scheduled_name: TableName,
+    pub(crate) recurring_name: TableName,
     /// The LISTEN/NOTIFY channel (PostgreSQL).
     pub(crate) channel: String,
     /// First key of the two-key advisory locks that order writers per partition key.
@@ -57,10 +63,16 @@ impl OutboxSchema {
     pub(crate) fn new(name: TableName) -> Self {
         let table = name.table().to_owned();
         let dead_letters_name = qualified(&name, &derived_name(&table, "_dead_letters"));
+        let scheduled_name = qualified(&name, &derived_name(&table, "_scheduled"));
+        let recurring_name = qualified(&name, &derived_name(&table, "_recurring"));
         let full = name.to_string();
         Self {
             outbox: name.quoted(),
             dead_letters: dead_letters_name.quoted(),
+            scheduled: scheduled_name.quoted(),
+            scheduled_name,
+            recurring: recurring_name.quoted(),
+            recurring_name,
             default_partition: qualified(&name, &derived_name(&table, "_default")).quoted(),
             dead_letters_name,
             channel: derived_name(&full.replace('.', "_"), "_wakeup"),
@@ -79,6 +91,8 @@ impl OutboxSchema {
     pub(crate) fn render(&self, sql: &str, qualify_indexes: bool) -> String {
         let table = self.name.table();
         let dead = self.dead_letters_name.table();
+        let scheduled = self.scheduled_name.table();
+        let recurring = self.recurring_name.table();
         let index = |base: &str, suffix: &str| {
             let name = derived_name(base, suffix);
             match (qualify_indexes, self.name.schema()) {
@@ -90,6 +104,14 @@ impl OutboxSchema {
             .replace("{outbox_failing_idx}", &index(table, "_failing_idx"))
             .replace("{outbox_published_idx}", &index(table, "_published_idx"))
             .replace("{dead_letters_key_idx}", &index(dead, "_key_idx"))
+            .replace("{scheduled_due_idx}", &index(scheduled, "_due_idx"))
+            .replace("{scheduled_message_idx}", &index(scheduled, "_message_idx"))
+            .replace("{scheduled_key_idx}", &index(scheduled, "_key_idx"))
+            .replace("{scheduled_table}", &format!(r#""{scheduled}""#))
+            .replace("{scheduled}", &self.scheduled)
+            .replace("{recurring_next_idx}", &index(recurring, "_next_idx"))
+            .replace("{recurring_table}", &format!(r#""{recurring}""#))
+            .replace("{recurring}", &self.recurring)
             .replace("{outbox_default}", &self.default_partition)
             .replace("{outbox_table}", &format!(r#""{table}""#))
             .replace("{dead_letters_table}", &format!(r#""{dead}""#))
@@ -194,6 +216,20 @@ mod tests {
         }
         let sql = schema.render(include_str!("../migrations/sqlite/0001_outbox.sql"), true);
         assert!(!sql.contains('{'), "{sql}");
+        for file in [
+            include_str!("../migrations/postgres/0002_scheduled.sql"),
+            include_str!("../migrations/sqlite/0002_scheduled.sql"),
+            include_str!("../migrations/postgres/0003_recurring.sql"),
+            include_str!("../migrations/sqlite/0003_recurring.sql"),
+        ] {
+            let sql = schema.render(file, true);
+            assert!(!sql.contains('{'), "{sql}");
+            assert!(
+                sql.contains(r#""billing"."outbox_scheduled""#)
+                    || sql.contains(r#""billing"."outbox_recurring""#),
+                "{sql}"
+            );
+        }
         assert!(sql.contains(r#"ON "outbox_dead_letters" ("#), "{sql}");
         assert_eq!(schema.channel, "billing_outbox_wakeup");
         assert_ne!(schema.key_lock_space, schema.shard_lock_space);

@@ -21,6 +21,10 @@ struct Seen {
     published: u64,
     backlog: Option<f64>,
     dead_letters: Option<f64>,
+    scheduled: Option<f64>,
+    overdue: Option<f64>,
+    due: u64,
+    lateness: usize,
 }
 
 impl Seen {
@@ -36,6 +40,14 @@ impl Seen {
                 ("ms_outbox_backlog_rows", DebugValue::Gauge(v)) => self.backlog = Some(v.0),
                 ("ms_outbox_dead_letter_rows", DebugValue::Gauge(v)) => {
                     self.dead_letters = Some(v.0);
+                }
+                ("ms_outbox_scheduled_rows", DebugValue::Gauge(v)) => self.scheduled = Some(v.0),
+                ("ms_outbox_scheduled_overdue_seconds", DebugValue::Gauge(v)) => {
+                    self.overdue = Some(v.0);
+                }
+                ("ms_outbox_scheduled_due_total", DebugValue::Counter(n)) => self.due += n,
+                ("ms_outbox_scheduled_lateness_seconds", DebugValue::Histogram(v)) => {
+                    self.lateness += v.len();
                 }
                 _ => {}
             }
@@ -62,16 +74,21 @@ async fn until(
     .await;
     assert!(
         waited.is_ok(),
-        "published {}, backlog {:?}, dead letters {:?}; relay {:?}",
+        "published {}, backlog {:?}, dead letters {:?}, scheduled {:?} ({} due, {} \
+         latenesses, overdue {:?}); relay {:?}",
         seen.published,
         seen.backlog,
         seen.dead_letters,
+        seen.scheduled,
+        seen.due,
+        seen.lateness,
+        seen.overdue,
         relay.status()
     );
 }
 
 #[test]
-fn the_published_counter_and_the_backlog_gauge_move() {
+fn the_published_counter_and_the_backlog_and_scheduled_gauges_move() {
     let path: PathBuf =
         std::env::temp_dir().join(format!("ms-outbox-metrics-{}.db", std::process::id()));
     let recorder = DebuggingRecorder::new();
@@ -113,6 +130,16 @@ fn the_published_counter_and_the_backlog_gauge_move() {
                 .await
                 .unwrap();
         }
+        // One due soon (moved, then published), one due in an hour (stays scheduled).
+        for (key, due) in [("soon", 200), ("later", 3_600_000)] {
+            let envelope = Envelope::builder("test.happened", "/test")
+                .subject(key)
+                .build()
+                .unwrap();
+            let message = OutboxMessage::event("test.events", envelope)
+                .deliver_after(Duration::from_millis(due));
+            outbox.enqueue(&mut *tx, message).await.unwrap();
+        }
         tx.commit().await.unwrap();
 
         // The backlog is measured every ten polls.
@@ -122,13 +149,19 @@ fn the_published_counter_and_the_backlog_gauge_move() {
             .spawn();
         let mut seen = Seen::default();
         until(&mut seen, &snapshotter, &relay, |s| {
-            s.published == 2 && s.backlog == Some(1.0) && s.dead_letters == Some(1.0)
+            s.published == 3
+                && s.backlog == Some(1.0)
+                && s.dead_letters == Some(1.0)
+                && s.scheduled == Some(1.0)
+                && s.overdue == Some(0.0)
+                && s.due == 1
+                && s.lateness == 1
         })
         .await;
 
         assert!(outbox.discard(&pool, bad_id).await.unwrap());
         until(&mut seen, &snapshotter, &relay, |s| {
-            s.published == 3 && s.backlog == Some(0.0) && s.dead_letters == Some(0.0)
+            s.published == 4 && s.backlog == Some(0.0) && s.dead_letters == Some(0.0)
         })
         .await;
         relay.shutdown().await.unwrap();

@@ -85,6 +85,8 @@ async fn the_enqueueing_requests_trace_and_correlation_id_reach_the_consumer() {
         request.span_context.trace_id()
     );
     assert_eq!(producer.parent_span_id, request.span_context.span_id());
+    // The flags are the producer span's: sampled, and (W3C Level 2, since ms-tracing's
+    // propagator sets it) the random trace-id flag.
     assert_eq!(
         envelope.traceparent(),
         Some(
@@ -97,4 +99,5 @@ async fn the_enqueueing_requests_trace_and_correlation_id_reach_the_consumer() {
             .as_str()
         )
     );
+    assert!(producer.span_context.trace_flags().is_sampled());
 }

@@ -10,14 +10,19 @@ use futures_util::future::BoxFuture;
 use time::OffsetDateTime;
 
 use crate::outbox::OutboxInner;
+use crate::recurring::RecurringRow;
 use crate::{Migration, OutboxError, TableName};
 
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
 mod postgres_partitions;
+#[cfg(feature = "postgres")]
+mod postgres_schedule;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "sqlite")]
+mod sqlite_schedule;
 
 /// A database the outbox can live in: [`sqlx::Postgres`] (feature `postgres`) or
 /// [`sqlx::Sqlite`] (feature `sqlite`, the default).
@@ -27,8 +32,8 @@ impl<DB: sqlx::Database + sealed::Sealed> Backend for DB {}
 
 pub(crate) mod sealed {
     use super::{
-        Arc, BoxFuture, Duration, InboxStatements, Migration, OutboxError, OutboxInner,
-        PreparedRow, Store, TableName,
+        Arc, BoxFuture, Duration, InboxStatements, Migration, OffsetDateTime, OutboxError,
+        OutboxInner, PreparedRow, RecurringRow, ScheduledRef, Store, TableName,
     };
 
     /// What each database implements; sealed so that the set can grow without breaking anyone.
@@ -43,6 +48,41 @@ pub(crate) mod sealed {
             outbox: &'a OutboxInner,
             rows: &'a [PreparedRow],
         ) -> BoxFuture<'a, Result<(), OutboxError>>;
+
+        /// Deletes the scheduled rows `which` names in the caller's transaction; how many.
+        #[doc(hidden)]
+        fn cancel<'a>(
+            conn: &'a mut Self::Connection,
+            outbox: &'a OutboxInner,
+            which: ScheduledRef<'a>,
+        ) -> BoxFuture<'a, Result<u64, OutboxError>>;
+
+        /// Moves the due time of the scheduled rows with envelope id `id` to `at` in the
+        /// caller's transaction (and their `deliverat` extension with it); how many.
+        #[doc(hidden)]
+        fn reschedule<'a>(
+            conn: &'a mut Self::Connection,
+            outbox: &'a OutboxInner,
+            id: &'a str,
+            at: OffsetDateTime,
+        ) -> BoxFuture<'a, Result<u64, OutboxError>>;
+
+        /// Inserts or updates a recurring schedule (keeping its next tick when the interval is
+        /// the same).
+        #[doc(hidden)]
+        fn register<'a>(
+            pool: &'a sqlx::Pool<Self>,
+            outbox: &'a OutboxInner,
+            row: &'a RecurringRow,
+        ) -> BoxFuture<'a, Result<(), OutboxError>>;
+
+        /// Deletes a recurring schedule in the caller's transaction; whether it existed.
+        #[doc(hidden)]
+        fn unregister<'a>(
+            conn: &'a mut Self::Connection,
+            outbox: &'a OutboxInner,
+            name: &'a str,
+        ) -> BoxFuture<'a, Result<bool, OutboxError>>;
 
         /// The migration files: version, description, SQL with placeholders.
         #[doc(hidden)]
@@ -111,14 +151,49 @@ pub(crate) struct InboxStatements {
 }
 
 /// A message ready to be written: validated, keyed, encoded.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct PreparedRow {
     pub(crate) shard: i16,
     pub(crate) key_hash: u32,
+    /// The advisory lock that orders the key's writers (PostgreSQL).
+    pub(crate) key_lock: i32,
     pub(crate) key: String,
     pub(crate) kind: i16,
     pub(crate) destination: String,
     pub(crate) envelope: String,
+    /// The envelope's id (what a scheduled row is cancelled by).
+    pub(crate) message_id: String,
+    /// Set for a scheduled message: it waits in the scheduled table until then.
+    pub(crate) due_at: Option<OffsetDateTime>,
+}
+
+/// Which scheduled rows a cancel means.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ScheduledRef<'a> {
+    /// Those with this envelope id.
+    Id(&'a str),
+    /// Those of this partition key.
+    Key(&'a str),
+}
+
+/// What a relay's round of moving due scheduled rows into the outbox did.
+#[derive(Debug, Default)]
+pub(crate) struct Promoted {
+    /// Shards that received rows.
+    pub(crate) shards: Vec<i16>,
+    /// How late each moved row was (the database's clock).
+    pub(crate) lateness: Vec<Duration>,
+}
+
+/// What woke a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// A committed write to this shard.
+    Shard(i16),
+    /// Writes may have been missed (a listener reconnected): look everywhere.
+    All,
+    /// A scheduled row was written or moved: the earliest due time may have changed.
+    Scheduled,
 }
 
 /// A pending row as the relay reads it.
@@ -223,9 +298,25 @@ pub struct Backlog {
     /// The age of the oldest open transaction on the database (PostgreSQL), which holds back
     /// vacuum and, when it wrote outbox rows, the events of its keys.
     pub oldest_transaction: Option<Duration>,
+    /// Scheduled messages not yet due (or due and not yet moved into the outbox by a relay);
+    /// not counted in `pending`.
+    pub scheduled: u64,
+    /// When the earliest scheduled message is due.
+    pub next_due: Option<OffsetDateTime>,
+    /// Recurring schedules registered.
+    pub recurring: u64,
 }
 
 impl Backlog {
+    /// How long the earliest scheduled message has been due at `now` without a relay moving
+    /// it into the outbox (`None` when none is due): more than a poll interval or so means no
+    /// relay is running.
+    pub fn overdue(&self, now: OffsetDateTime) -> Option<Duration> {
+        self.next_due
+            .filter(|due| *due <= now)
+            .map(|due| (now - due).try_into().unwrap_or(Duration::ZERO))
+    }
+
     /// The age of the oldest pending row at `now`.
     pub fn oldest_age(&self, now: OffsetDateTime) -> Option<Duration> {
         self.oldest
@@ -247,9 +338,25 @@ pub(crate) trait Store: Send + Sync + 'static {
         hold_keys: bool,
         keep_published: bool,
     ) -> BoxFuture<'_, Result<Claim, OutboxError>>;
-    /// Runs forever, calling `wake(Some(shard))` for each committed write it hears of and
-    /// `wake(None)` when it may have missed some (reconnection).
-    fn listen(&self, wake: Arc<dyn Fn(Option<i16>) + Send + Sync>) -> BoxFuture<'static, ()>;
+    /// Runs forever, calling `wake` for each committed write it hears of, and with
+    /// [`Wake::All`] when it may have missed some (reconnection).
+    fn listen(&self, wake: Arc<dyn Fn(Wake) + Send + Sync>) -> BoxFuture<'static, ()>;
+    /// Moves up to `limit` due scheduled rows into the outbox, in due order, each drawing its
+    /// id then (that is how it joins its key's order). Rows locked by a caller's transaction
+    /// (a cancel in progress) or whose key a writer holds are left for the next round.
+    fn promote_due(&self, limit: i64) -> BoxFuture<'_, Result<Promoted, OutboxError>>;
+    /// The scheduled rows, earliest due first, of `key` when given.
+    fn scheduled(
+        &self,
+        key: Option<&str>,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<crate::ScheduledMessage>, OutboxError>>;
+    /// Turns the due ticks of up to `limit` recurring schedules into scheduled rows, each in
+    /// the transaction that moves its schedule past them; how many ticks.
+    fn fire_recurring(&self, limit: i64) -> BoxFuture<'_, Result<usize, OutboxError>>;
+    /// How long until the earliest scheduled row or recurring tick is due, by the database's
+    /// clock (zero when it is due already); `None` when nothing is scheduled.
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<Duration>, OutboxError>>;
     fn dead_letters(&self, limit: i64) -> BoxFuture<'_, Result<Vec<DeadLetter>, OutboxError>>;
     fn replay(&self, id: i64) -> BoxFuture<'_, Result<bool, OutboxError>>;
     fn discard(&self, id: i64) -> BoxFuture<'_, Result<bool, OutboxError>>;
@@ -281,4 +388,15 @@ pub(crate) struct PartitionReport {
     pub(crate) dropped: Vec<String>,
     /// Partitions old enough to drop, kept because they hold pending rows.
     pub(crate) pinned: Vec<String>,
+}
+
+/// A stored envelope with its `deliverat` extension set to `at` (a rescheduled row). A stored
+/// text that does not decode (this crate wrote it, so it always should) is kept as it is: the
+/// due time moves all the same, and the relay parks what it cannot decode.
+pub(crate) fn with_due_time(envelope: String, at: OffsetDateTime) -> String {
+    let Ok(decoded) = ms_bus::codec::from_json(envelope.as_bytes()) else {
+        return envelope;
+    };
+    let message = crate::OutboxMessage::event("unused", decoded).deliver_at(at);
+    String::from_utf8_lossy(&ms_bus::codec::to_json(message.envelope())).into_owned()
 }

@@ -9,12 +9,14 @@ use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
 
 use super::postgres_partitions as partitions;
+use super::postgres_schedule as schedule;
 use super::{
     Backlog, BatchOutcome, Claim, ClaimedBatch, DeadLetter, InboxStatements, PartitionReport,
-    PreparedRow, Store, StoredRow, sealed,
+    PreparedRow, Promoted, ScheduledRef, Store, StoredRow, Wake, sealed,
 };
 use crate::key::{key_hash, lock_id};
 use crate::outbox::OutboxInner;
+use crate::recurring::RecurringRow;
 use crate::schema::{OutboxSchema, outbox_migrations, pending_migrations, versions_table};
 use crate::{MessageKind, OutboxError};
 
@@ -23,16 +25,24 @@ type Sql = Arc<str>;
 
 #[allow(private_interfaces)] // Sealed: callable only inside this crate.
 impl sealed::Sealed for Postgres {
-    const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = &[(
-        1,
-        "outbox and dead-letter tables",
-        include_str!("../../migrations/postgres/0001_outbox.sql"),
-    )];
-    const PARTITIONED_MIGRATIONS: &'static [(i64, &'static str, &'static str)] = &[(
-        1,
-        "outbox (partitioned by created_at) and dead-letter tables",
-        include_str!("../../migrations/postgres/0001_outbox_partitioned.sql"),
-    )];
+    const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = &[
+        (
+            1,
+            "outbox and dead-letter tables",
+            include_str!("../../migrations/postgres/0001_outbox.sql"),
+        ),
+        (2, "scheduled messages", SCHEDULED_MIGRATION),
+        (3, "recurring schedules", RECURRING_MIGRATION),
+    ];
+    const PARTITIONED_MIGRATIONS: &'static [(i64, &'static str, &'static str)] = &[
+        (
+            1,
+            "outbox (partitioned by created_at) and dead-letter tables",
+            include_str!("../../migrations/postgres/0001_outbox_partitioned.sql"),
+        ),
+        (2, "scheduled messages", SCHEDULED_MIGRATION),
+        (3, "recurring schedules", RECURRING_MIGRATION),
+    ];
     const QUALIFIED_INDEXES: bool = false;
 
     fn enqueue<'a>(
@@ -45,6 +55,39 @@ impl sealed::Sealed for Postgres {
 
     fn store(pool: PgPool, outbox: Arc<OutboxInner>) -> Arc<dyn Store> {
         Arc::new(PgStore::new(pool, outbox))
+    }
+
+    fn cancel<'a>(
+        conn: &'a mut PgConnection,
+        outbox: &'a OutboxInner,
+        which: ScheduledRef<'a>,
+    ) -> BoxFuture<'a, Result<u64, OutboxError>> {
+        Box::pin(schedule::cancel(conn, outbox, which))
+    }
+
+    fn reschedule<'a>(
+        conn: &'a mut PgConnection,
+        outbox: &'a OutboxInner,
+        id: &'a str,
+        at: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<u64, OutboxError>> {
+        Box::pin(schedule::reschedule(conn, outbox, id, at))
+    }
+
+    fn register<'a>(
+        pool: &'a PgPool,
+        outbox: &'a OutboxInner,
+        row: &'a RecurringRow,
+    ) -> BoxFuture<'a, Result<(), OutboxError>> {
+        Box::pin(schedule::register(pool, outbox, row))
+    }
+
+    fn unregister<'a>(
+        conn: &'a mut PgConnection,
+        outbox: &'a OutboxInner,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<bool, OutboxError>> {
+        Box::pin(schedule::unregister(conn, outbox, name))
     }
 
     fn apply_migrations<'a>(
@@ -117,7 +160,31 @@ impl sealed::Sealed for Postgres {
     }
 }
 
+/// The scheduled table is the same for plain and partitioned outboxes.
+const SCHEDULED_MIGRATION: &str = include_str!("../../migrations/postgres/0002_scheduled.sql");
+/// So is the recurring schedules'.
+const RECURRING_MIGRATION: &str = include_str!("../../migrations/postgres/0003_recurring.sql");
+
 async fn enqueue(
+    conn: &mut PgConnection,
+    outbox: &OutboxInner,
+    rows: &[PreparedRow],
+) -> Result<(), OutboxError> {
+    // Scheduled rows wait in their own table and take no key lock now: they draw their id,
+    // under the key's lock, when a relay moves them into the outbox.
+    if rows.iter().all(|r| r.due_at.is_none()) {
+        return enqueue_now(conn, outbox, rows).await;
+    }
+    let (later, now): (Vec<&PreparedRow>, Vec<&PreparedRow>) =
+        rows.iter().partition(|r| r.due_at.is_some());
+    if !now.is_empty() {
+        let now: Vec<PreparedRow> = now.into_iter().cloned().collect();
+        enqueue_now(conn, outbox, &now).await?;
+    }
+    schedule::enqueue(conn, outbox, &later).await
+}
+
+async fn enqueue_now(
     conn: &mut PgConnection,
     outbox: &OutboxInner,
     rows: &[PreparedRow],
@@ -570,7 +637,7 @@ impl Store for PgStore {
         })
     }
 
-    fn listen(&self, wake: Arc<dyn Fn(Option<i16>) + Send + Sync>) -> BoxFuture<'static, ()> {
+    fn listen(&self, wake: Arc<dyn Fn(Wake) + Send + Sync>) -> BoxFuture<'static, ()> {
         let pool = self.pool.clone();
         let channel = self.schema().channel.clone();
         Box::pin(async move {
@@ -593,14 +660,19 @@ impl Store for PgStore {
                 }
                 pause = Duration::from_millis(100);
                 // Anything committed while we were not listening is found by a full scan.
-                wake(None);
+                wake(Wake::All);
                 loop {
                     match listener.try_recv().await {
                         Ok(Some(notification)) => {
-                            wake(notification.payload().parse::<i16>().ok());
+                            let payload = notification.payload();
+                            wake(if payload == schedule::NOTIFY_SCHEDULED {
+                                Wake::Scheduled
+                            } else {
+                                payload.parse::<i16>().map_or(Wake::All, Wake::Shard)
+                            });
                         }
                         // The connection dropped; `try_recv` reconnects on the next call.
-                        Ok(None) => wake(None),
+                        Ok(None) => wake(Wake::All),
                         Err(error) => {
                             tracing::warn!(%error, "outbox relay: listener failed; reconnecting");
                             break;
@@ -686,9 +758,14 @@ impl Store for PgStore {
                         (SELECT EXTRACT(EPOCH FROM max(clock_timestamp() - xact_start))::float8 \
                          FROM pg_stat_activity \
                          WHERE datname = current_database() AND pid <> pg_backend_pid() \
-                           AND xact_start IS NOT NULL)",
+                           AND xact_start IS NOT NULL), \
+                        (SELECT count(*) FROM {sc}), \
+                        (SELECT min(due_at) FROM {sc}), \
+                        (SELECT count(*) FROM {r})",
                 t = s.outbox,
-                d = s.dead_letters
+                d = s.dead_letters,
+                sc = s.scheduled,
+                r = s.recurring
             )))
             .fetch_one(&self.pool)
             .await?;
@@ -696,7 +773,11 @@ impl Store for PgStore {
             let oldest: Option<OffsetDateTime> = row.try_get(1)?;
             let dead: i64 = row.try_get(2)?;
             let oldest_tx: Option<f64> = row.try_get(3)?;
+            let scheduled: i64 = row.try_get(4)?;
             Ok(Backlog {
+                scheduled: scheduled.max(0).cast_unsigned(),
+                next_due: row.try_get(5)?,
+                recurring: row.try_get::<i64, _>(6)?.max(0).cast_unsigned(),
                 pending: pending.max(0).cast_unsigned(),
                 oldest,
                 dead_letters: dead.max(0).cast_unsigned(),
@@ -728,6 +809,51 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
             Ok(done.rows_affected())
+        })
+    }
+
+    fn promote_due(&self, limit: i64) -> BoxFuture<'_, Result<Promoted, OutboxError>> {
+        Box::pin(schedule::promote_due(&self.pool, &self.outbox, limit))
+    }
+
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<Duration>, OutboxError>> {
+        Box::pin(schedule::next_due(&self.pool, &self.outbox))
+    }
+
+    fn fire_recurring(&self, limit: i64) -> BoxFuture<'_, Result<usize, OutboxError>> {
+        Box::pin(schedule::fire_recurring(&self.pool, &self.outbox, limit))
+    }
+
+    fn scheduled(
+        &self,
+        key: Option<&str>,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<crate::ScheduledMessage>, OutboxError>> {
+        let key = key.map(str::to_owned);
+        Box::pin(async move {
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT message_id, kind, destination, partition_key, due_at, created_at \
+                 FROM {} WHERE ($1::text IS NULL OR partition_key = $1) \
+                 ORDER BY due_at, id LIMIT $2",
+                self.schema().scheduled
+            )))
+            .bind(key)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(crate::ScheduledMessage {
+                        id: row.try_get(0)?,
+                        kind: MessageKind::from_code(row.try_get(1)?).unwrap_or(MessageKind::Event),
+                        destination: row.try_get(2)?,
+                        partition_key: row.try_get(3)?,
+                        due_at: row.try_get(4)?,
+                        created_at: row.try_get(5)?,
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(OutboxError::from)
         })
     }
 

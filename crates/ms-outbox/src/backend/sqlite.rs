@@ -16,11 +16,13 @@ use sqlx::sqlite::{Sqlite, SqliteConnection, SqlitePool};
 use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
 
+use super::sqlite_schedule as schedule;
 use super::{
-    Backlog, BatchOutcome, Claim, ClaimedBatch, DeadLetter, InboxStatements, PreparedRow, Store,
-    StoredRow, sealed,
+    Backlog, BatchOutcome, Claim, ClaimedBatch, DeadLetter, InboxStatements, PreparedRow, Promoted,
+    ScheduledRef, Store, StoredRow, Wake, sealed,
 };
 use crate::outbox::OutboxInner;
+use crate::recurring::RecurringRow;
 use crate::schema::{OutboxSchema, outbox_migrations, pending_migrations, versions_table};
 use crate::{MessageKind, OutboxError};
 
@@ -28,11 +30,23 @@ type Sql = Arc<str>;
 
 #[allow(private_interfaces)] // Sealed: callable only inside this crate.
 impl sealed::Sealed for Sqlite {
-    const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = &[(
-        1,
-        "outbox and dead-letter tables",
-        include_str!("../../migrations/sqlite/0001_outbox.sql"),
-    )];
+    const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = &[
+        (
+            1,
+            "outbox and dead-letter tables",
+            include_str!("../../migrations/sqlite/0001_outbox.sql"),
+        ),
+        (
+            2,
+            "scheduled messages",
+            include_str!("../../migrations/sqlite/0002_scheduled.sql"),
+        ),
+        (
+            3,
+            "recurring schedules",
+            include_str!("../../migrations/sqlite/0003_recurring.sql"),
+        ),
+    ];
     // SQLite has no table partitioning; `OutboxBuilder::partitioned` exists only for
     // PostgreSQL, so this is never chosen.
     const PARTITIONED_MIGRATIONS: &'static [(i64, &'static str, &'static str)] = Self::MIGRATIONS;
@@ -50,7 +64,11 @@ impl sealed::Sealed for Sqlite {
                 outbox.schema.outbox
             )));
             let now = now_ms();
-            for row in rows {
+            let later: Vec<&PreparedRow> = rows.iter().filter(|r| r.due_at.is_some()).collect();
+            if !later.is_empty() {
+                schedule::enqueue(conn, outbox, &later).await?;
+            }
+            for row in rows.iter().filter(|r| r.due_at.is_none()) {
                 sqlx::query(AssertSqlSafe(Arc::clone(&insert.0)))
                     .bind(row.shard)
                     .bind(&row.key)
@@ -70,6 +88,39 @@ impl sealed::Sealed for Sqlite {
 
     fn store(pool: SqlitePool, outbox: Arc<OutboxInner>) -> Arc<dyn Store> {
         Arc::new(SqliteStore::new(pool, outbox))
+    }
+
+    fn cancel<'a>(
+        conn: &'a mut SqliteConnection,
+        outbox: &'a OutboxInner,
+        which: ScheduledRef<'a>,
+    ) -> BoxFuture<'a, Result<u64, OutboxError>> {
+        Box::pin(schedule::cancel(conn, outbox, which))
+    }
+
+    fn reschedule<'a>(
+        conn: &'a mut SqliteConnection,
+        outbox: &'a OutboxInner,
+        id: &'a str,
+        at: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<u64, OutboxError>> {
+        Box::pin(schedule::reschedule(conn, outbox, id, at))
+    }
+
+    fn register<'a>(
+        pool: &'a SqlitePool,
+        outbox: &'a OutboxInner,
+        row: &'a RecurringRow,
+    ) -> BoxFuture<'a, Result<(), OutboxError>> {
+        Box::pin(schedule::register(pool, outbox, row))
+    }
+
+    fn unregister<'a>(
+        conn: &'a mut SqliteConnection,
+        outbox: &'a OutboxInner,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<bool, OutboxError>> {
+        Box::pin(schedule::unregister(conn, outbox, name))
     }
 
     fn apply_migrations<'a>(
@@ -143,7 +194,7 @@ pub(crate) fn now_ms() -> i64 {
     to_ms(OffsetDateTime::now_utc())
 }
 
-fn to_ms(at: OffsetDateTime) -> i64 {
+pub(crate) fn to_ms(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
@@ -418,13 +469,60 @@ impl Store for SqliteStore {
         })
     }
 
-    fn listen(&self, wake: Arc<dyn Fn(Option<i16>) + Send + Sync>) -> BoxFuture<'static, ()> {
+    fn listen(&self, wake: Arc<dyn Fn(Wake) + Send + Sync>) -> BoxFuture<'static, ()> {
         let outbox = Arc::clone(&self.outbox);
         Box::pin(async move {
             loop {
-                outbox.wake.notified().await;
-                wake(Some(0));
+                tokio::select! {
+                    () = outbox.wake.notified() => wake(Wake::Shard(0)),
+                    () = outbox.schedule_wake.notified() => wake(Wake::Scheduled),
+                }
             }
+        })
+    }
+
+    fn promote_due(&self, limit: i64) -> BoxFuture<'_, Result<Promoted, OutboxError>> {
+        Box::pin(schedule::promote_due(&self.pool, &self.outbox, limit))
+    }
+
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<Duration>, OutboxError>> {
+        Box::pin(schedule::next_due(&self.pool, &self.outbox))
+    }
+
+    fn fire_recurring(&self, limit: i64) -> BoxFuture<'_, Result<usize, OutboxError>> {
+        Box::pin(schedule::fire_recurring(&self.pool, &self.outbox, limit))
+    }
+
+    fn scheduled(
+        &self,
+        key: Option<&str>,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<crate::ScheduledMessage>, OutboxError>> {
+        let key = key.map(str::to_owned);
+        Box::pin(async move {
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT message_id, kind, destination, partition_key, due_at, created_at \
+                 FROM {} WHERE (?1 IS NULL OR partition_key = ?1) \
+                 ORDER BY due_at, id LIMIT ?2",
+                self.schema().scheduled
+            )))
+            .bind(key)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(crate::ScheduledMessage {
+                        id: row.try_get(0)?,
+                        kind: MessageKind::from_code(row.try_get(1)?).unwrap_or(MessageKind::Event),
+                        destination: row.try_get(2)?,
+                        partition_key: row.try_get(3)?,
+                        due_at: from_ms(row.try_get(4)?),
+                        created_at: from_ms(row.try_get(5)?),
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(OutboxError::from)
         })
     }
 
@@ -506,16 +604,26 @@ impl Store for SqliteStore {
             let row = sqlx::query(AssertSqlSafe(format!(
                 "SELECT (SELECT count(*) FROM {t} WHERE published_at IS NULL), \
                         (SELECT min(created_at) FROM {t} WHERE published_at IS NULL), \
-                        (SELECT count(*) FROM {d})",
+                        (SELECT count(*) FROM {d}), \
+                        (SELECT count(*) FROM {sc}), \
+                        (SELECT min(due_at) FROM {sc}), \
+                        (SELECT count(*) FROM {r})",
                 t = s.outbox,
-                d = s.dead_letters
+                d = s.dead_letters,
+                sc = s.scheduled,
+                r = s.recurring
             )))
             .fetch_one(&self.pool)
             .await?;
             let pending: i64 = row.try_get(0)?;
             let oldest: Option<i64> = row.try_get(1)?;
             let dead: i64 = row.try_get(2)?;
+            let scheduled: i64 = row.try_get(3)?;
+            let next_due: Option<i64> = row.try_get(4)?;
             Ok(Backlog {
+                scheduled: scheduled.max(0).cast_unsigned(),
+                next_due: next_due.map(from_ms),
+                recurring: row.try_get::<i64, _>(5)?.max(0).cast_unsigned(),
                 pending: pending.max(0).cast_unsigned(),
                 oldest: oldest.map(from_ms),
                 dead_letters: dead.max(0).cast_unsigned(),

@@ -102,6 +102,16 @@
 //! poll every [`poll_interval`](RelayBuilder::poll_interval) with a loose index scan of the
 //! shards that have pending rows (one index probe per shard).
 //!
+//! **Scheduled rows** ([`OutboxMessage::deliver_at`](crate::OutboxMessage::deliver_at)) wait
+//! in the scheduled table, which the claim never reads. Each relay runs a timer that sleeps
+//! until the earliest due time (the first entry of the `(due_at, id)` index), at most a poll
+//! interval, and is woken by a notification when a scheduled row is written or moved. When
+//! rows are due it moves them into the outbox, in due order, in one short transaction
+//! (`FOR UPDATE SKIP LOCKED`, so relays never move a row twice, and never wait on a caller's
+//! cancel), taking each row's key lock without waiting, as a writer would: the row draws its
+//! id then, which is how it joins its key's order at its due time. From there it is an
+//! ordinary row. See [`schedule`](crate::schedule) for the caller's side.
+//!
 //! # Partitioned retention
 //!
 //! Published rows leave the table in one of three ways, chosen by [`Retention`] and
@@ -154,6 +164,7 @@
 
 mod config;
 mod queue;
+mod scheduler;
 mod status;
 mod worker;
 
@@ -177,7 +188,7 @@ use self::config::RelayConfig;
 use self::queue::ShardQueue;
 use self::status::RelayState;
 use self::worker::{Round, Shared, Target};
-use crate::backend::Backend;
+use crate::backend::{Backend, Wake};
 use crate::{Outbox, OutboxError};
 
 /// How many poll intervals pass between two backlog measurements.
@@ -251,18 +262,30 @@ impl Relay {
         let _running = Running(Arc::clone(&ctx.state));
         let queue = Arc::new(ShardQueue::default());
         let poll_now = Arc::new(tokio::sync::Notify::new());
+        let timer_now = Arc::new(tokio::sync::Notify::new());
         let (stop, stopped) = watch::channel(false);
 
-        // Background tasks, aborted at shutdown (they hold no rows).
+        // Background tasks, aborted at shutdown (they hold no rows; the timer's moves are
+        // single transactions).
         let mut background = JoinSet::new();
         {
             let queue = Arc::clone(&queue);
             let poll_now = Arc::clone(&poll_now);
-            background.spawn(ctx.store.listen(Arc::new(move |shard| match shard {
-                Some(shard) => queue.mark(shard),
-                None => poll_now.notify_one(),
+            let timer_now = Arc::clone(&timer_now);
+            background.spawn(ctx.store.listen(Arc::new(move |wake| match wake {
+                Wake::Shard(shard) => queue.mark(shard),
+                Wake::All => {
+                    poll_now.notify_one();
+                    timer_now.notify_one();
+                }
+                Wake::Scheduled => timer_now.notify_one(),
             })));
         }
+        background.spawn(scheduler::run(
+            Arc::clone(&ctx),
+            Arc::clone(&queue),
+            Arc::clone(&timer_now),
+        ));
         background.spawn(poll(
             Arc::clone(&ctx),
             Arc::clone(&queue),
@@ -397,6 +420,13 @@ fn record_backlog(ctx: &Shared, backlog: &crate::Backlog) {
     metrics::gauge!("ms_outbox_backlog_rows", "table" => table.clone()).set(backlog.pending as f64);
     metrics::gauge!("ms_outbox_dead_letter_rows", "table" => table.clone())
         .set(backlog.dead_letters as f64);
+    metrics::gauge!("ms_outbox_scheduled_rows", "table" => table.clone())
+        .set(backlog.scheduled as f64);
+    let overdue = backlog
+        .overdue(time::OffsetDateTime::now_utc())
+        .unwrap_or_default();
+    metrics::gauge!("ms_outbox_scheduled_overdue_seconds", "table" => table.clone())
+        .set(overdue.as_secs_f64());
     let age = backlog
         .oldest_age(time::OffsetDateTime::now_utc())
         .unwrap_or_default();

@@ -20,6 +20,10 @@ pub struct RelayStatus {
     pub parked: u64,
     /// Database or broker errors that made a whole batch roll back since start.
     pub batch_errors: u64,
+    /// Scheduled rows this relay moved into the outbox when due, since start.
+    pub scheduled_due: u64,
+    /// Recurring ticks this relay enqueued, since start.
+    pub recurring_ticks: u64,
     /// When the relay last confirmed a publication.
     pub last_published: Option<Instant>,
     /// When the relay last completed a database round (a claim or a poll) without error: the
@@ -38,6 +42,8 @@ pub(crate) struct RelayState {
     pub(crate) failures: AtomicU64,
     pub(crate) parked: AtomicU64,
     pub(crate) batch_errors: AtomicU64,
+    pub(crate) promoted: AtomicU64,
+    pub(crate) ticks: AtomicU64,
     last_published: Mutex<Option<Instant>>,
     last_published_at: Mutex<Option<time::OffsetDateTime>>,
     last_heartbeat: Mutex<Option<Instant>>,
@@ -86,6 +92,8 @@ impl RelayState {
             failures: self.failures.load(Ordering::Relaxed),
             parked: self.parked.load(Ordering::Relaxed),
             batch_errors: self.batch_errors.load(Ordering::Relaxed),
+            scheduled_due: self.promoted.load(Ordering::Relaxed),
+            recurring_ticks: self.ticks.load(Ordering::Relaxed),
             last_published: *lock(&self.last_published),
             last_heartbeat: *lock(&self.last_heartbeat),
             last_error: lock(&self.last_error).clone(),
