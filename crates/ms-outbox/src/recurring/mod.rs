@@ -216,6 +216,8 @@ pub(crate) struct DueSchedule {
     pub(crate) envelope: String,
     pub(crate) next_tick_ms: i64,
     pub(crate) cron: Option<String>,
+    // Read only by the cron evaluation (feature `cron`).
+    #[cfg_attr(not(feature = "cron"), allow(dead_code))]
     pub(crate) time_zone: Option<String>,
 }
 
