@@ -226,15 +226,27 @@ async fn read_model(client: &GatewayClient, out: &mut dyn Write) -> Result<Value
         "6",
         "the read model: GET /api/v1/reports/invoices?sort=-total_cents&limit=3, then the next page",
     )?;
-    let read_model = client
-        .expect(
-            Method::GET,
-            "/api/v1/reports/invoices?sort=-total_cents&limit=3",
-            None,
-            StatusCode::OK,
-            &[],
-        )
-        .await?;
+    // Payments' results come on a topic of their own, so the statuses above can be projected
+    // before the failed charge is: wait until every overdue row carries its payment error.
+    let read_model = wait_for(|| async {
+        let page = client
+            .expect(
+                Method::GET,
+                "/api/v1/reports/invoices?sort=-total_cents&limit=3",
+                None,
+                StatusCode::OK,
+                &[],
+            )
+            .await?;
+        let projected = page["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|row| row["status"] == "overdue")
+            .all(|row| row["last_payment_error"].is_string());
+        Ok(projected.then_some(page))
+    })
+    .await?;
     print_rows(out, &read_model)?;
     if let Some(next) = read_model["next_offset"].as_i64() {
         let page = client
