@@ -80,11 +80,23 @@ impl DeliveryInfo {
     }
 }
 
+/// Where a delivered message sits in a partitioned log (Kafka): what the consumer runtime
+/// records on the message's span as `messaging.destination.partition.id` and
+/// `messaging.kafka.offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LogPosition {
+    /// The partition of the topic.
+    pub partition: i32,
+    /// The record's offset in its partition.
+    pub offset: i64,
+}
+
 /// One delivered message.
 pub struct Delivery {
     message: Result<Envelope, DecodeError>,
     info: DeliveryInfo,
     acker: Arc<dyn Acker>,
+    position: Option<LogPosition>,
 }
 
 impl Delivery {
@@ -99,7 +111,21 @@ impl Delivery {
             message,
             info,
             acker,
+            position: None,
         }
+    }
+
+    /// The same delivery, from a partitioned log at `position` (what a log-based adapter such
+    /// as Kafka's sets; the default is none).
+    #[must_use]
+    pub fn with_log_position(mut self, position: LogPosition) -> Self {
+        self.position = Some(position);
+        self
+    }
+
+    /// Where the message sits in a partitioned log, when its broker is one.
+    pub fn log_position(&self) -> Option<LogPosition> {
+        self.position
     }
 
     /// The decoded envelope, or why the message is not a CloudEvents event.
@@ -128,6 +154,7 @@ impl std::fmt::Debug for Delivery {
         f.debug_struct("Delivery")
             .field("message", &self.message)
             .field("info", &self.info)
+            .field("position", &self.position)
             .finish_non_exhaustive()
     }
 }

@@ -144,7 +144,7 @@ pub mod propagation;
 mod publish;
 mod subscription;
 
-pub use delivery::{Acker, Delivery, DeliveryInfo};
+pub use delivery::{Acker, Delivery, DeliveryInfo, LogPosition};
 pub use error::{BoxError, BusError};
 pub use name::{MAX_NAME_LEN, validate_name};
 pub use publish::{CommandBus, CommandSender, EventBus, EventPublisher};

@@ -495,4 +495,100 @@ async fn the_handlers_call_runs_in_the_messages_context_not_only_its_future() {
     let process = only(&spans, "process orders.order.placed", &SpanKind::Consumer);
     let opened = only(&spans, "opened in call", &SpanKind::Internal);
     assert_child(opened, process);
+    // What only the consumer knows, by OpenTelemetry's messaging conventions; no log
+    // position on a broker that is not a log.
+    let attribute = |key| TestTracing::attribute(process, key);
+    assert_eq!(attribute("messaging.system").as_deref(), Some("memory"));
+    assert_eq!(
+        attribute("messaging.consumer.group.name").as_deref(),
+        Some("tests")
+    );
+    assert_eq!(
+        attribute("messaging.message.id").as_deref(),
+        Some(event.id())
+    );
+    assert_eq!(attribute("messaging.destination.partition.id"), None);
+    assert_eq!(attribute("messaging.kafka.offset"), None);
+}
+
+/// On Kafka the consumer span also carries the partition, the record's offset and key. (Here,
+/// not in `kafka.rs`: every test of this binary records spans under its own subscriber.)
+#[cfg(feature = "kafka")]
+#[tokio::test]
+async fn kafka_consumer_spans_carry_the_partition_offset_key_and_group() {
+    use ms_bus::BoxError;
+    use ms_bus::kafka::{KafkaBus, Topics};
+
+    let Some(test) = ms_testkit::kafka().await else {
+        return;
+    };
+    let tracing = TestTracing::new();
+    let _guard = tracing.set_default();
+    let bus = KafkaBus::builder(test.bootstrap_servers())
+        .prefix(test.prefix())
+        .unwrap()
+        // tansu's first join of a new group takes ~23 s at librdkafka's default (45 s).
+        .consumer_set("session.timeout.ms", "6000")
+        .topics(Topics::Create {
+            partitions: 1,
+            replication_factor: -1,
+        })
+        .build()
+        .unwrap();
+    let keyed = |key: &str| {
+        Envelope::builder("test.thing.happened", "/test")
+            .partition_key(key)
+            .build()
+            .unwrap()
+    };
+    let events = [keyed("k1"), keyed("k2")];
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let handle = Consumer::new(Subscription::events("spans", "g").unwrap())
+        .serve(&bus, {
+            let seen = seen.clone();
+            tower::service_fn(move |_: Message| {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async { Ok::<_, BoxError>(()) }
+            })
+        })
+        .await
+        .unwrap();
+    bus.publish_batch("spans", &events).await.unwrap();
+    handle
+        .shutdown_when(|| seen.load(std::sync::atomic::Ordering::SeqCst) == 2)
+        .await
+        .unwrap();
+
+    let spans = tracing.spans();
+    let mut process: Vec<_> = spans
+        .iter()
+        .filter(|s| s.span_kind == SpanKind::Consumer)
+        .map(|s| {
+            let attribute = |key| TestTracing::attribute(s, key).unwrap_or_default();
+            [
+                attribute("messaging.system"),
+                attribute("messaging.consumer.group.name"),
+                attribute("messaging.destination.partition.id"),
+                attribute("messaging.kafka.offset"),
+                attribute("messaging.kafka.message.key"),
+                attribute("messaging.message.id"),
+            ]
+        })
+        .collect();
+    process.sort();
+    let expected: Vec<[String; 6]> = events
+        .iter()
+        .enumerate()
+        .map(|(offset, event)| {
+            [
+                "kafka".into(),
+                "g".into(),
+                "0".into(),
+                offset.to_string(),
+                event.ordering_key().into(),
+                event.id().into(),
+            ]
+        })
+        .collect();
+    assert_eq!(process, expected, "{spans:#?}");
 }

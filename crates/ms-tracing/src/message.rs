@@ -212,6 +212,13 @@ impl MessageContext {
 
     /// A `process {destination}` consumer span related to the producer by `relation`, carrying
     /// `correlation.id` (the producer's, or empty when it sent none).
+    ///
+    /// The span also declares, empty, the OpenTelemetry messaging attributes that only the
+    /// consumer knows, for it to [record](tracing::Span::record): `messaging.system`,
+    /// `messaging.consumer.group.name`, `messaging.message.id`,
+    /// `messaging.destination.partition.id`, and Kafka's `messaging.kafka.offset` and
+    /// `messaging.kafka.message.key` (ms-bus's consumer runtime records those its broker
+    /// has). A `tracing` span takes only the fields it declared when it was created.
     pub fn consumer_span(&self, destination: &str, relation: ConsumerRelation) -> tracing::Span {
         let span = tracing::info_span!(
             "process",
@@ -220,6 +227,12 @@ impl MessageContext {
             messaging.operation.type = "process",
             messaging.destination.name = destination,
             correlation.id = tracing::field::Empty,
+            messaging.system = tracing::field::Empty,
+            messaging.consumer.group.name = tracing::field::Empty,
+            messaging.message.id = tracing::field::Empty,
+            messaging.destination.partition.id = tracing::field::Empty,
+            messaging.kafka.offset = tracing::field::Empty,
+            messaging.kafka.message.key = tracing::field::Empty,
         );
         if let Some(id) = &self.correlation_id {
             span.record("correlation.id", id.as_str());

@@ -125,6 +125,7 @@ mod message;
 mod outcome;
 mod retry;
 mod settle;
+mod span_attributes;
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -451,6 +452,7 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
+    let position = delivery.log_position();
     let (message, info, acker) = delivery.into_parts();
     let info = Arc::new(info);
     match message {
@@ -462,6 +464,7 @@ where
                 info,
                 acker,
                 key,
+                position,
             },
         ),
         Err(error) => {
@@ -501,6 +504,7 @@ where
         attempt.info.clone(),
         attempt.acker.clone(),
     ));
+    let system = context.messaging_system;
     let mut call = || -> crate::propagation::HandlerFuture {
         let Some(message) = message.take() else {
             // `scope_call` calls once; a second call has no message to give.
@@ -508,11 +512,12 @@ where
                 "the propagation called the handler twice".into(),
             )));
         };
+        // Inside the message's span: what only the consumer knows about the delivery.
+        span_attributes::record(&tracing::Span::current(), system, &attempt);
         let call = service.call(message);
         Box::pin(async move { call.await.map(Into::into).map_err(Into::into) })
     };
     let processing = crate::metrics::Processing::start();
-    let system = context.messaging_system;
     // A panic in the handler's synchronous `call` is the same handler failure as one in its
     // future: retried, then dead-lettered, while the consumer keeps running.
     let scoped = match std::panic::catch_unwind(AssertUnwindSafe(|| {

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Outcome, Reject, RetryPolicy};
-use crate::{Acker, BoxError, DeliveryInfo, Envelope};
+use crate::{Acker, BoxError, DeliveryInfo, Envelope, LogPosition};
 
 /// The longest a lane waits between two `in_progress` signals while a message waits for its
 /// retry, whatever the ack deadline: a deadline the runtime does not know (zero, say) is
@@ -56,6 +56,8 @@ pub(super) struct Attempt {
     /// The ordering key whose lane it holds; `None` outside the lanes (ordering off, or a
     /// message that did not decode).
     pub(super) key: Option<String>,
+    /// Where it sits in a partitioned log (Kafka), for the span.
+    pub(super) position: Option<LogPosition>,
 }
 
 impl Attempt {

@@ -26,7 +26,9 @@ use tracker::Tracker;
 
 use super::naming::{self, COMMAND_GROUP, Kind};
 use super::{Inner, KafkaBus, headers};
-use crate::{BusError, Deliveries, Delivery, DeliveryInfo, Source, Subscriber, Subscription};
+use crate::{
+    BusError, Deliveries, Delivery, DeliveryInfo, LogPosition, Source, Subscriber, Subscription,
+};
 
 /// What the poller thread, the deliveries stream and the ackers of one subscription share.
 #[derive(Debug)]
@@ -152,6 +154,10 @@ fn delivery(
         group: shared.group.clone(),
         headers,
     };
+    let position = LogPosition {
+        partition: record.partition,
+        offset: record.offset,
+    };
     let acker = acker::KafkaAcker::new(shared.clone(), ticket, record, attempt);
-    Delivery::new(message, info, Arc::new(acker))
+    Delivery::new(message, info, Arc::new(acker)).with_log_position(position)
 }
