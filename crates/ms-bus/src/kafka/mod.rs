@@ -92,7 +92,10 @@
 //!   [revoke timeout](KafkaBusBuilder::revoke_timeout)), commits, and only then is released;
 //!   its other records (waiting, retrying) are dropped and read again by the next owner.
 //! - **Back-pressure**: while [`prefetch`](crate::Subscription::prefetch) records are
-//!   unsettled, the subscription's partitions are paused (and resumed at half).
+//!   unsettled, the subscription takes no more; librdkafka keeps what it prefetched. After
+//!   half a second of that, the partitions are paused (and resumed when half are settled):
+//!   librdkafka drops a paused partition's prefetched records and fetches them again on
+//!   resume, too costly to do at every stall.
 //! - **Shutdown**: a consumer that shuts down settles what its handlers finish, commits, and
 //!   leaves the group, so its partitions move at once; an aborted one commits what was
 //!   settled before.

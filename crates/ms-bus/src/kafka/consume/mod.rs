@@ -2,15 +2,17 @@
 //! records are handed to the consumer runtime one key at a time and committed as far as they
 //! are settled.
 //!
-//! - The poller thread owns librdkafka's consumer: it polls, feeds the [`Tracker`], pauses
-//!   the partitions while `prefetch` records are unsettled, commits every commit interval,
-//!   and runs the rebalance callbacks, which may block it (a revocation waits for handlers).
+//! - The poller thread owns librdkafka's consumer: it polls, feeds the [`Tracker`], stops
+//!   taking records while `prefetch` are unsettled (`back_pressure`), commits every commit
+//!   interval, and runs the rebalance callbacks, which may block it (a revocation waits for
+//!   handlers).
 //! - The deliveries stream takes records the tracker marks ready: the first unsettled record
 //!   of each key. A key's next record becomes ready only when the one before is settled (acked
 //!   or dead-lettered), so a retried record keeps its key's later records behind it.
 //! - Ackers settle in the tracker and wake whoever waits (the stream, a revocation).
 
 mod acker;
+mod back_pressure;
 pub(super) mod metadata;
 mod poller;
 mod tracker;

@@ -2,7 +2,6 @@
 //! tracker, applies back-pressure, commits, and runs the rebalance callbacks; a revocation
 //! blocks it (not a tokio worker) while the partition's handlers finish.
 
-use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,6 +14,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::Shared;
+use super::back_pressure::{BackPressure, Next};
 use super::tracker::{Commit, Record};
 use crate::BusError;
 use crate::kafka::builder::DEFAULT_REQUEST_TIMEOUT;
@@ -101,7 +101,7 @@ fn run(consumer: &BaseConsumer<PollerContext>, start_at_end: bool, commit_interv
         finish(shared);
         return;
     }
-    let mut paused: HashSet<i32> = HashSet::new();
+    let mut back_pressure = BackPressure::default();
     let mut last_commit = Instant::now();
     let mut dropped_at = None;
     loop {
@@ -113,19 +113,26 @@ fn run(consumer: &BaseConsumer<PollerContext>, start_at_end: bool, commit_interv
                 break;
             }
         }
-        match consumer.poll(POLL_TIMEOUT) {
-            Some(Ok(message)) => {
-                let record = owned(&message);
-                if shared.tracker().fetched(record) {
-                    shared.ready.notify_one();
+        match back_pressure.next(consumer, shared) {
+            Next::Poll => match consumer.poll(POLL_TIMEOUT) {
+                Some(Ok(message)) => {
+                    let record = owned(&message);
+                    if shared.tracker().fetched(record) {
+                        shared.ready.notify_one();
+                    }
                 }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, topic = %shared.topic, "Kafka consumer error; librdkafka retries");
+                }
+                None => {}
+            },
+            Next::Wait => {
+                // Woken by each settlement; the timeout bounds a wake-up missed between the
+                // look at the tracker and this wait.
+                let tracker = shared.tracker();
+                let _ = shared.settled.wait_timeout(tracker, POLL_TIMEOUT);
             }
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, topic = %shared.topic, "Kafka consumer error; librdkafka retries");
-            }
-            None => {}
         }
-        apply_back_pressure(consumer, shared, &mut paused);
         if last_commit.elapsed() >= commit_interval {
             let commits = shared.tracker().commits();
             commit(consumer, &shared.topic, &commits, CommitMode::Async);
@@ -145,41 +152,7 @@ fn finish(shared: &Shared) {
     shared.ready.notify_one();
 }
 
-/// Pauses every assigned partition while `prefetch` records are unsettled, resumes them once
-/// half of those are settled.
-fn apply_back_pressure(
-    consumer: &BaseConsumer<PollerContext>,
-    shared: &Shared,
-    paused: &mut HashSet<i32>,
-) {
-    let (unsettled, assigned) = {
-        let tracker = shared.tracker();
-        (tracker.unsettled(), tracker.assigned())
-    };
-    let full = if paused.is_empty() {
-        unsettled >= shared.prefetch
-    } else {
-        unsettled > shared.prefetch / 2
-    };
-    if full {
-        let new: Vec<i32> = assigned
-            .into_iter()
-            .filter(|p| !paused.contains(p))
-            .collect();
-        if !new.is_empty() {
-            let tpl = partitions(&shared.topic, &new);
-            if consumer.pause(&tpl).is_ok() {
-                paused.extend(new);
-            }
-        }
-    } else if !paused.is_empty() {
-        let owned: Vec<i32> = paused.drain().filter(|p| assigned.contains(p)).collect();
-        // Partitions revoked meanwhile are no longer paused anywhere.
-        let _ = consumer.resume(&partitions(&shared.topic, &owned));
-    }
-}
-
-fn partitions(topic: &str, ids: &[i32]) -> TopicPartitionList {
+pub(super) fn partitions(topic: &str, ids: &[i32]) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::with_capacity(ids.len());
     for id in ids {
         tpl.add_partition(topic, *id);
@@ -278,7 +251,7 @@ fn owned(message: &BorrowedMessage<'_>) -> Record {
 }
 
 /// The consumer's callbacks, run on the poller thread.
-struct PollerContext {
+pub(super) struct PollerContext {
     shared: Arc<Shared>,
     revoke_timeout: Duration,
     joined: watch::Sender<Join>,
