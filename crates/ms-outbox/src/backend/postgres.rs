@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use ms_resilience::backoff::{ExponentialBackoff, Jitter};
 use sqlx::postgres::{PgConnection, PgListener, PgPool, Postgres};
 use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
@@ -161,6 +162,11 @@ impl sealed::Sealed for Postgres {
 }
 
 /// The scheduled table is the same for plain and partitioned outboxes.
+/// The first pause before the relay's listener tries to connect again.
+const LISTEN_RETRY_INITIAL: Duration = Duration::from_millis(100);
+/// The longest pause between the listener's connection attempts.
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(5);
+
 const SCHEDULED_MIGRATION: &str = include_str!("../../migrations/postgres/0002_scheduled.sql");
 /// So is the recurring schedules'.
 const RECURRING_MIGRATION: &str = include_str!("../../migrations/postgres/0003_recurring.sql");
@@ -641,24 +647,28 @@ impl Store for PgStore {
         let pool = self.pool.clone();
         let channel = self.schema().channel.clone();
         Box::pin(async move {
-            let mut pause = Duration::from_millis(100);
+            // Reconnection pauses: doubling, no jitter (one listener per relay), polling covers
+            // the gap meanwhile.
+            let pauses = ExponentialBackoff::new(LISTEN_RETRY_INITIAL, LISTEN_RETRY_MAX)
+                .with_jitter(Jitter::None);
+            let mut failures: u32 = 0;
             loop {
                 let mut listener = match PgListener::connect_with(&pool).await {
                     Ok(listener) => listener,
                     Err(error) => {
                         tracing::warn!(%error, "outbox relay: cannot connect its listener; polling meanwhile");
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(5));
+                        tokio::time::sleep(pauses.ceiling(failures)).await;
+                        failures = failures.saturating_add(1);
                         continue;
                     }
                 };
                 if let Err(error) = listener.listen(&channel).await {
                     tracing::warn!(%error, "outbox relay: LISTEN failed; polling meanwhile");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(pauses.ceiling(failures)).await;
+                    failures = failures.saturating_add(1);
                     continue;
                 }
-                pause = Duration::from_millis(100);
+                failures = 0;
                 // Anything committed while we were not listening is found by a full scan.
                 wake(Wake::All);
                 loop {

@@ -371,13 +371,9 @@ async fn work(ctx: Arc<Shared>, queue: Arc<ShardQueue>, mut stopped: watch::Rece
     }
 }
 
-/// Waits `min_retry_delay · 2^(n-1)` (capped at 5 s) or until shutdown.
+/// Waits [`RelayConfig::pause`] after `n` failing batches, or until shutdown.
 async fn pause(ctx: &Shared, n: u32, stopped: &mut watch::Receiver<bool>) {
-    let delay = ctx
-        .config
-        .min_retry_delay
-        .saturating_mul(1 << n.saturating_sub(1).min(10))
-        .min(Duration::from_secs(5));
+    let delay = ctx.config.pause(n);
     tokio::select! {
         _ = stopped.wait_for(|stop| *stop) => {}
         () = tokio::time::sleep(delay) => {}
