@@ -363,7 +363,12 @@ async fn work(ctx: Arc<Shared>, queue: Arc<ShardQueue>, mut stopped: watch::Rece
                 errors = errors.saturating_add(1);
                 ctx.state.batch_errors.fetch_add(1, Ordering::Relaxed);
                 ctx.state.error(error.to_string());
-                tracing::warn!(%error, shard, "outbox relay: batch rolled back; retrying");
+                tracing::warn!(
+                    %error,
+                    shard,
+                    database_unavailable = error.is_unavailable(),
+                    "outbox relay: batch rolled back; retrying"
+                );
                 queue.done(shard, true);
                 pause(&ctx, errors, &mut stopped).await;
             }
