@@ -16,6 +16,16 @@ use crate::{Migration, OutboxError, TableName};
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
+mod postgres_batch;
+#[cfg(feature = "postgres")]
+mod postgres_dead_letters;
+#[cfg(feature = "postgres")]
+mod postgres_enqueue;
+#[cfg(feature = "postgres")]
+mod postgres_inbox;
+#[cfg(feature = "postgres")]
+mod postgres_listen;
+#[cfg(feature = "postgres")]
 mod postgres_partitions;
 #[cfg(feature = "postgres")]
 mod postgres_schedule;
