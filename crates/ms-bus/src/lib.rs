@@ -137,9 +137,12 @@ pub mod kafka;
 pub mod memory;
 pub mod metrics;
 mod name;
+// What a handler decided about a message; public as `consumer::Outcome` (its own file so
+// that `propagation` can use it without importing the consumer).
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod nats;
+mod outcome;
 pub mod propagation;
 mod publish;
 mod subscription;

@@ -84,6 +84,7 @@ pub mod inbox;
 mod key;
 mod message;
 mod outbox;
+mod outbox_config;
 mod partition;
 pub mod recurring;
 pub mod relay;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use time::OffsetDateTime;
 
-use crate::outbox::OutboxInner;
+use crate::outbox_config::OutboxInner;
 use crate::recurring::RecurringRow;
 use crate::{Migration, OutboxError, TableName};
 

@@ -20,7 +20,7 @@ use super::{
     ScheduledRef, Store, StoredRow, Wake, sealed,
 };
 use crate::key::key_hash;
-use crate::outbox::OutboxInner;
+use crate::outbox_config::OutboxInner;
 use crate::recurring::RecurringRow;
 use crate::schema::{OutboxSchema, outbox_migrations, pending_migrations, versions_table};
 use crate::{MessageKind, OutboxError};

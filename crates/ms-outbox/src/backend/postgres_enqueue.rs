@@ -8,7 +8,7 @@ use super::PreparedRow;
 use super::postgres_schedule as schedule;
 use crate::OutboxError;
 use crate::key::lock_id;
-use crate::outbox::OutboxInner;
+use crate::outbox_config::OutboxInner;
 
 pub(super) async fn enqueue(
     conn: &mut PgConnection,
