@@ -47,4 +47,51 @@ impl BusError {
     pub fn broker(error: impl Into<BoxError>) -> Self {
         Self::Broker(error.into())
     }
+
+    /// Whether the same operation could succeed if tried again: everything but an invalid
+    /// name and an envelope the transport cannot carry, which fail the same way every time
+    /// (set the message aside instead).
+    ///
+    /// ```
+    /// use ms_bus::BusError;
+    /// assert!(BusError::Closed.is_retryable());
+    /// assert!(!BusError::Unencodable("a header with a newline".into()).is_retryable());
+    /// ```
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Self::InvalidName { .. } | Self::Unencodable(_))
+    }
+
+    /// Whether the broker could not be reached or the bus was closed: the failure says
+    /// nothing about the message (a relay does not count it against the message).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Connection(_) | Self::Closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BusError;
+
+    #[test]
+    fn only_the_message_s_own_faults_are_not_retryable() {
+        let invalid = BusError::InvalidName {
+            name: "a b".into(),
+            reason: "space",
+        };
+        assert!(!invalid.is_retryable());
+        assert!(!BusError::Unencodable("x".into()).is_retryable());
+        for error in [
+            BusError::Connection("down".into()),
+            BusError::NotConfirmed("nack".into()),
+            BusError::Ack("gone".into()),
+            BusError::Closed,
+            BusError::broker("no stream"),
+        ] {
+            assert!(error.is_retryable(), "{error}");
+        }
+        assert!(BusError::Closed.is_unavailable());
+        assert!(BusError::Connection("down".into()).is_unavailable());
+        assert!(!BusError::NotConfirmed("nack".into()).is_unavailable());
+        assert!(!invalid.is_unavailable());
+    }
 }

@@ -137,9 +137,12 @@ pub mod kafka;
 pub mod memory;
 pub mod metrics;
 mod name;
+// What a handler decided about a message; public as `consumer::Outcome` (its own file so
+// that `propagation` can use it without importing the consumer).
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod nats;
+mod outcome;
 pub mod propagation;
 mod publish;
 mod subscription;
@@ -155,6 +158,7 @@ pub use subscription::{
 
 pub use envelope::{
     CORRELATION_ID_EXTENSION, DataError, Envelope, EnvelopeBuilder, EnvelopeError,
-    JSON_CONTENT_TYPE, MAX_DEDUP_KEY_LEN, PARTITION_KEY_EXTENSION, SPEC_VERSION,
-    TENANT_ID_EXTENSION, TRACEPARENT_EXTENSION, TRACESTATE_EXTENSION, dedup_key,
+    JSON_CONTENT_TYPE, MAX_DEDUP_KEY_LEN, PARTITION_KEY_EXTENSION, SEQUENCE_EXTENSION,
+    SPEC_VERSION, TENANT_ID_EXTENSION, TRACEPARENT_EXTENSION, TRACESTATE_EXTENSION, dedup_key,
+    key_hash,
 };

@@ -57,7 +57,8 @@ use ms_tracing::message::{self, ConsumerRelation, MessageHeaders};
 use tracing::Instrument as _;
 
 use crate::envelope::{CORRELATION_ID_EXTENSION, TRACESTATE_EXTENSION};
-use crate::{BoxError, Envelope, consumer::Outcome};
+use crate::outcome::Outcome;
+use crate::{BoxError, Envelope};
 
 /// The future of one handler call, as the runtime passes it through [`Propagation::scope`].
 pub type HandlerFuture = BoxFuture<'static, Result<Outcome, BoxError>>;

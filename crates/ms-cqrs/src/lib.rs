@@ -133,11 +133,10 @@ pub use runner::{
 };
 pub use store::Store;
 
-/// The CloudEvents extension that numbers an event among its partition key's events (1, 2,
-/// 3, …): ms-cqrs's write side stamps it, and bus-fed projections use it to apply each key's
-/// events once and in order.
-pub const SEQUENCE_EXTENSION: &str = "sequence";
 pub use command::{
     CommandError, CommandExecutor, Decision, Executed, PROBLEM_JSON_CONTENT_TYPE, ProblemDetails,
     Repository, Versioned,
 };
+/// The CloudEvents extension that numbers an event among its partition key's events: ms-bus's
+/// `SEQUENCE_EXTENSION`, beside the other extension names.
+pub use ms_bus::SEQUENCE_EXTENSION;

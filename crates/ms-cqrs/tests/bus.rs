@@ -359,3 +359,54 @@ async fn a_jetstream_subscription_feeds_the_read_model() {
     assert_eq!(model, fold(&entries));
     assert_eq!(status.applied, u64::try_from(entries.len()).unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_that_panics_fails_the_bus_fed_runner_with_the_panic_message() {
+    let Some(db) = ms_testkit::postgres().await else {
+        return;
+    };
+    let pool = db.pool().await;
+    let bus = MemoryBus::new();
+    let ledger = Ledger {
+        panic_on_poison: true,
+        ..Ledger::default()
+    };
+    let runner = ProjectionRunner::from_bus(
+        pool.clone(),
+        ledger,
+        Arc::new(bus.clone()),
+        Subscription::events(TOPIC, "ledger").unwrap(),
+    )
+    .segments(2)
+    .start()
+    .await
+    .unwrap();
+    bus.publish(TOPIC, &common::event("k1", 1, 100))
+        .await
+        .unwrap();
+    let poison = Entry {
+        key: "k2".into(),
+        seq: 1,
+        amount: 7,
+        poison: true,
+    };
+    bus.publish(TOPIC, &entry_event(&poison)).await.unwrap();
+    eventually(Duration::from_secs(30), "the runner failed", || {
+        let state = runner.status().state;
+        async move { matches!(state, ms_cqrs::RunnerState::Failed(_)) }
+    })
+    .await;
+    let ms_cqrs::RunnerState::Failed(reason) = runner.status().state else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("panicked") && reason.contains("entry 1 of k2 makes the projection panic"),
+        "{reason}"
+    );
+    // Shutting down keeps the failure: it is not overwritten by `Stopped`.
+    let stopped = runner.shutdown().await.unwrap_err();
+    assert!(
+        stopped.to_string().contains("makes the projection panic"),
+        "{stopped}"
+    );
+}

@@ -67,6 +67,7 @@ struct ReadmeDoctests;
 mod cache;
 pub mod check;
 pub mod checks;
+mod drain;
 mod error;
 pub mod options;
 pub mod probe;
@@ -88,6 +89,7 @@ pub use self::router::router;
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub use self::tonic::GrpcHealthReporter;
 pub use check::{BoxFuture, Check, CheckResult, FnCheck, IntoCheckResult, Latch, Status, check_fn};
+pub use drain::DEFAULT_DRAIN_DELAY;
 pub use error::BuildError;
 pub use options::{
     CheckOptions, DEFAULT_CACHE_TTL, DEFAULT_CHECK_TIMEOUT, DEFAULT_FAILURE_THRESHOLD,
@@ -95,4 +97,3 @@ pub use options::{
 pub use probe::Probe;
 pub use registry::{HealthRegistry, HealthRegistryBuilder};
 pub use report::{CheckReport, Details, HEALTH_JSON_CONTENT_TYPE, HealthReport};
-pub use shutdown::DEFAULT_DRAIN_DELAY;

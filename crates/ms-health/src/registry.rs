@@ -32,13 +32,13 @@ use futures_util::future::join_all;
 
 use crate::cache::{CachedCheck, Settings};
 use crate::check::{Check, Status};
+use crate::drain::{DEFAULT_DRAIN_DELAY, ShutdownState};
 use crate::error::BuildError;
 use crate::options::{
     CheckOptions, DEFAULT_CACHE_TTL, DEFAULT_CHECK_TIMEOUT, DEFAULT_FAILURE_THRESHOLD,
 };
 use crate::probe::Probe;
 use crate::report::{Details, HealthReport};
-use crate::shutdown::{DEFAULT_DRAIN_DELAY, ShutdownState};
 
 /// The output of a readiness report while the service shuts down.
 pub const SHUTTING_DOWN_OUTPUT: &str = "shutting down";

@@ -28,39 +28,12 @@
 //! ```
 
 use std::future::Future;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use crate::drain::DEFAULT_DRAIN_DELAY;
 use crate::registry::HealthRegistry;
-
-/// How long [`HealthRegistry::shutdown`] keeps serving after failing readiness, unless
-/// configured otherwise.
-///
-/// Long enough for a Kubernetes endpoint update or two load-balancer health-check intervals to
-/// take the replica out of rotation, short enough to fit in the default 30 s termination grace
-/// period together with the server's own drain.
-pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
-
-pub(crate) struct ShutdownState {
-    drain_delay: Duration,
-    began: OnceLock<Instant>,
-    /// `true` once shutdown began; a watch channel so the gRPC reporter reacts immediately
-    /// rather than at its next poll.
-    flag: watch::Sender<bool>,
-}
-
-impl ShutdownState {
-    pub(crate) fn new(drain_delay: Duration) -> Self {
-        Self {
-            drain_delay,
-            began: OnceLock::new(),
-            flag: watch::Sender::new(false),
-        }
-    }
-}
 
 /// Where an instant too far away for the clock is put: a century on, later than any process
 /// lives and well within the clock's range.

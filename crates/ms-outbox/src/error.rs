@@ -35,3 +35,11 @@ pub enum OutboxError {
     #[error("the relay task stopped abnormally: {0}")]
     RelayStopped(String),
 }
+
+impl OutboxError {
+    /// Whether the database could not be reached (see
+    /// [`is_database_unavailable`](crate::is_database_unavailable)): retry later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Database(error) if crate::is_database_unavailable(error))
+    }
+}

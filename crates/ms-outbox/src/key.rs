@@ -1,18 +1,9 @@
 //! Partition keys: which events must stay in order, and the shard each belongs to.
 
 /// The hash of a partition key, stored with each row (as its shard) and used as the key's
-/// advisory-lock id on PostgreSQL.
-///
-/// It must never change between versions or differ between processes: writers and relays of
-/// different builds share the rows. That rules out `std`'s `DefaultHasher` and seeded hashers;
-/// 32-bit FNV-1a is fixed by its definition.
-pub(crate) fn key_hash(key: &str) -> u32 {
-    const OFFSET_BASIS: u32 = 0x811c_9dc5;
-    const PRIME: u32 = 0x0100_0193;
-    key.bytes().fold(OFFSET_BASIS, |hash, byte| {
-        (hash ^ u32::from(byte)).wrapping_mul(PRIME)
-    })
-}
+/// advisory-lock id on PostgreSQL: ms-bus's [`key_hash`](ms_bus::key_hash), stable across
+/// versions and processes.
+pub(crate) use ms_bus::key_hash;
 
 /// The shard of a key: its hash reduced to `0..shards`.
 pub(crate) fn shard_of(hash: u32, shards: u16) -> i16 {

@@ -84,12 +84,14 @@ pub mod inbox;
 mod key;
 mod message;
 mod outbox;
+mod outbox_config;
 mod partition;
 pub mod recurring;
 pub mod relay;
 pub mod schedule;
 mod schema;
 mod table_name;
+mod unavailable;
 
 pub use backend::{Backend, Backlog, DeadLetter};
 pub use error::OutboxError;
@@ -106,3 +108,4 @@ pub use relay::{OnPoison, Relay, RelayBuilder, RelayHandle, RelayMonitor, RelayS
 pub use schedule::{Cancellation, Rescheduling, ScheduledMessage};
 pub use schema::Migration;
 pub use table_name::{InvalidTableName, MAX_IDENTIFIER_LEN, TableName};
+pub use unavailable::is_database_unavailable;

@@ -8,6 +8,7 @@ use ms_bus::propagation::{Propagation, default_propagation, outgoing_to};
 
 use crate::backend::{Backend, Backlog, DeadLetter, PreparedRow, Store};
 use crate::key::{key_hash, lock_id, shard_of};
+use crate::outbox_config::OutboxInner;
 use crate::schema::{Migration, OutboxSchema};
 use crate::{OutboxError, OutboxMessage, PartitionInterval, TableName};
 
@@ -57,22 +58,6 @@ pub const DEFAULT_KEY_LOCK_SLOTS: u32 = 1024;
 pub struct Outbox<DB: Backend> {
     pub(crate) inner: Arc<OutboxInner>,
     _db: PhantomData<fn() -> DB>,
-}
-
-/// The configuration an outbox's clones and relays share.
-pub(crate) struct OutboxInner {
-    pub(crate) schema: OutboxSchema,
-    pub(crate) shards: u16,
-    pub(crate) key_order: bool,
-    pub(crate) key_lock_slots: u32,
-    pub(crate) notify: bool,
-    pub(crate) propagation: Arc<dyn Propagation>,
-    /// Partitioned by `created_at` in these intervals (PostgreSQL).
-    pub(crate) partitioning: Option<PartitionInterval>,
-    /// Wakes an in-process relay (SQLite, where there is no LISTEN/NOTIFY).
-    pub(crate) wake: tokio::sync::Notify,
-    /// Wakes an in-process relay's timer when a scheduled row is written or moved (SQLite).
-    pub(crate) schedule_wake: tokio::sync::Notify,
 }
 
 impl<DB: Backend> Clone for Outbox<DB> {

@@ -120,6 +120,32 @@ impl ExponentialBackoff {
         }
     }
 
+    /// One delay for retry `attempt` (from 0), drawn on its own, for callers that keep an
+    /// attempt count (a message's delivery count, a row's failures) rather than a [`Delays`]
+    /// sequence. `None`, `Full` and `Equal` draw exactly as the `attempt`-th item of
+    /// [`delays`](Self::delays) does; `Decorrelated`, which grows from the previous delay, takes
+    /// `ceiling(attempt - 1)` as that previous delay. A seeded schedule gives the same delay for
+    /// the same attempt every time.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ms_resilience::backoff::{ExponentialBackoff, Jitter};
+    ///
+    /// let b = ExponentialBackoff::new(Duration::from_millis(100), Duration::from_secs(1))
+    ///     .with_jitter(Jitter::Equal);
+    /// let d = b.delay(2); // ceiling 400 ms: equal jitter keeps it in [200, 400] ms
+    /// assert!(d >= Duration::from_millis(200) && d <= Duration::from_millis(400));
+    /// ```
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let mut rng = self.seed.map_or_else(fastrand::Rng::new, |seed| {
+            fastrand::Rng::with_seed(seed ^ u64::from(attempt).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        });
+        let previous = attempt
+            .checked_sub(1)
+            .map_or(self.initial, |before| self.ceiling(before));
+        draw(self, self.ceiling(attempt), previous, &mut rng)
+    }
+
     /// The ceiling for retry `attempt`: `min(max, initial * multiplier^attempt)`, computed
     /// without overflow for any attempt count.
     pub fn ceiling(&self, attempt: u32) -> Duration {
@@ -144,17 +170,35 @@ pub struct Delays {
     rng: fastrand::Rng,
 }
 
-impl Delays {
-    /// Uniform in `[low, high]` (inclusive), at nanosecond resolution.
-    fn uniform(&mut self, low: Duration, high: Duration) -> Duration {
-        let low_ns = saturating_nanos(low);
-        let high_ns = saturating_nanos(high).max(low_ns);
-        Duration::from_nanos(self.rng.u64(low_ns..=high_ns))
-    }
+/// Uniform in `[low, high]` (inclusive), at nanosecond resolution.
+fn uniform(rng: &mut fastrand::Rng, low: Duration, high: Duration) -> Duration {
+    let low_ns = saturating_nanos(low);
+    let high_ns = saturating_nanos(high).max(low_ns);
+    Duration::from_nanos(rng.u64(low_ns..=high_ns))
 }
 
 fn saturating_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The delay for a retry whose ceiling is `ceiling`, after a delay of `previous`.
+fn draw(
+    schedule: &ExponentialBackoff,
+    ceiling: Duration,
+    previous: Duration,
+    rng: &mut fastrand::Rng,
+) -> Duration {
+    match schedule.jitter {
+        Jitter::None => ceiling,
+        Jitter::Full => uniform(rng, Duration::ZERO, ceiling),
+        Jitter::Equal => {
+            let half = ceiling / 2;
+            half + uniform(rng, Duration::ZERO, ceiling.saturating_sub(half))
+        }
+        Jitter::Decorrelated => {
+            uniform(rng, schedule.initial, previous.saturating_mul(3)).min(schedule.max)
+        }
+    }
 }
 
 impl Iterator for Delays {
@@ -163,19 +207,7 @@ impl Iterator for Delays {
     fn next(&mut self) -> Option<Duration> {
         let ceiling = self.schedule.ceiling(self.attempt);
         self.attempt = self.attempt.saturating_add(1);
-        let delay = match self.schedule.jitter {
-            Jitter::None => ceiling,
-            Jitter::Full => self.uniform(Duration::ZERO, ceiling),
-            Jitter::Equal => {
-                let half = ceiling / 2;
-                half + self.uniform(Duration::ZERO, ceiling.saturating_sub(half))
-            }
-            Jitter::Decorrelated => {
-                let high = self.previous.saturating_mul(3);
-                self.uniform(self.schedule.initial, high)
-                    .min(self.schedule.max)
-            }
-        };
+        let delay = draw(&self.schedule, ceiling, self.previous, &mut self.rng);
         self.previous = delay.max(self.schedule.initial);
         Some(delay)
     }
@@ -249,5 +281,33 @@ mod tests {
         assert!(flat.delays().take(5).all(|d| d == 5 * MS));
         let nan = ExponentialBackoff::new(5 * MS, 50 * MS).with_multiplier(f64::NAN);
         assert_eq!(nan.ceiling(3), 5 * MS);
+    }
+
+    #[test]
+    fn a_single_delay_draws_like_the_sequence() {
+        for jitter in [
+            Jitter::None,
+            Jitter::Full,
+            Jitter::Equal,
+            Jitter::Decorrelated,
+        ] {
+            let b = ExponentialBackoff::new(10 * MS, 500 * MS).with_jitter(jitter);
+            for attempt in 0..40 {
+                let ceiling = b.ceiling(attempt);
+                let d = b.delay(attempt);
+                match jitter {
+                    Jitter::None => assert_eq!(d, ceiling),
+                    Jitter::Full => assert!(d <= ceiling),
+                    Jitter::Equal => assert!(d >= ceiling / 2 && d <= ceiling),
+                    Jitter::Decorrelated => assert!(d >= b.initial() && d <= b.max()),
+                }
+            }
+        }
+        let seeded = ExponentialBackoff::new(10 * MS, 500 * MS).with_seed(9);
+        assert_eq!(seeded.delay(4), seeded.delay(4));
+        let spread: std::collections::HashSet<_> = (0..50)
+            .map(|_| ExponentialBackoff::new(MS, MS).delay(0))
+            .collect();
+        assert!(spread.len() > 1, "unseeded delays are random");
     }
 }

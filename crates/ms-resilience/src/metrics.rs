@@ -50,7 +50,8 @@
 
 use std::sync::Arc;
 
-use crate::circuit_breaker::{CircuitBreakerMetrics, State};
+use crate::circuit_breaker::snapshot::CircuitBreakerMetrics;
+use crate::circuit_breaker::state::State;
 
 /// The breaker's state, as a gauge.
 pub const CIRCUIT_BREAKER_STATE: &str = "ms_resilience_circuit_breaker_state";

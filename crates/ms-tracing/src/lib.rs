@@ -94,8 +94,9 @@
 //!   have no `server.address`.
 //! - A server span that the span filter ([`TracingBuilder::span_filter`]) drops takes the
 //!   caller's trace context with it: calls made under it start new traces.
-//! - ms-bus does not call [`message::inject`] / [`message::extract`] yet; the end-to-end test
-//!   carries the message through a channel.
+//! - This crate's own end-to-end test carries the message through a channel; ms-bus's
+//!   default propagation calls [`message::inject`] / [`message::extract`] on every publish and
+//!   delivery, and its `tests/propagation.rs` follows a trace through a real broker.
 //!
 //! # Feature flags
 //!

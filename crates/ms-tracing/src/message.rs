@@ -53,10 +53,12 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use crate::correlation::{CorrelationId, InvalidCorrelationId};
 use crate::propagation::W3cTraceContextPropagator;
 
-/// The header (CloudEvents extension attribute) carrying the trace parent.
-pub const TRACEPARENT: &str = "traceparent";
-/// The header (CloudEvents extension attribute) carrying the vendor trace state.
-pub const TRACESTATE: &str = "tracestate";
+/// The header (CloudEvents extension attribute) carrying the trace parent: the W3C name,
+/// [`propagation::TRACEPARENT`](crate::propagation::TRACEPARENT).
+pub const TRACEPARENT: &str = crate::propagation::TRACEPARENT;
+/// The header (CloudEvents extension attribute) carrying the vendor trace state: the W3C
+/// name, [`propagation::TRACESTATE`](crate::propagation::TRACESTATE).
+pub const TRACESTATE: &str = crate::propagation::TRACESTATE;
 /// The header (CloudEvents extension attribute) carrying the correlation ID. CloudEvents
 /// attribute names are lowercase letters and digits only, hence no dash.
 pub const CORRELATION_ID: &str = "correlationid";

@@ -13,6 +13,8 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::time::Instant;
 
+use ms_resilience::backoff::{ExponentialBackoff, Jitter};
+
 use super::topology::{self, Names};
 use crate::{BoxError, BusError};
 
@@ -31,6 +33,15 @@ pub(crate) struct LinkConfig {
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl LinkConfig {
+    /// The pause after `failures` failed connection attempts in a row (at least one): from the
+    /// initial delay, doubling, capped at the longest, without jitter (one process reconnects,
+    /// there is no herd to spread).
+    pub(crate) fn reconnect_delay(&self, failures: u32) -> Duration {
+        ExponentialBackoff::new(self.reconnect_initial, self.reconnect_max)
+            .with_jitter(Jitter::None)
+            .ceiling(failures.saturating_sub(1))
+    }
+
     /// When an operation started now stops trying: the publish timeout from now. The timeout
     /// comes from configuration and may be too long to add to the clock (`Duration::MAX` for
     /// "keep trying"), which is then as good as no deadline.
@@ -221,8 +232,10 @@ impl Link {
 
     /// [`session`](Self::session), retried with backoff until `deadline`.
     pub(crate) async fn session_before(&self, deadline: Instant) -> Result<Arc<Session>, BusError> {
-        let mut delay = self.config.reconnect_initial;
+        let mut failures: u32 = 0;
         loop {
+            failures = failures.saturating_add(1);
+            let delay = self.config.reconnect_delay(failures);
             match self.session().await {
                 Ok(session) => return Ok(session),
                 Err(BusError::Closed) => return Err(BusError::Closed),
@@ -236,17 +249,9 @@ impl Link {
                 Err(error) => {
                     tracing::debug!(%error, ?delay, "RabbitMQ unreachable; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = delay.saturating_mul(2).min(self.config.reconnect_max);
                 }
             }
         }
-    }
-
-    /// The delay before the next connection attempt after `delay`.
-    pub(crate) fn next_delay(&self, delay: Option<Duration>) -> Duration {
-        delay.map_or(self.config.reconnect_initial, |d| {
-            d.saturating_mul(2).min(self.config.reconnect_max)
-        })
     }
 
     async fn open(&self) -> Result<Session, BusError> {

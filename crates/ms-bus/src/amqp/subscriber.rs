@@ -12,7 +12,6 @@
 //! dead letters of the consumer runtime are counted as before.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
@@ -61,8 +60,8 @@ struct State {
     link: Arc<Link>,
     plan: Arc<Plan>,
     live: Option<Live>,
-    /// The delay before the next reopening attempt, after a failed one.
-    delay: Option<Duration>,
+    /// Failed reopening attempts in a row: the pause before the next one grows with them.
+    failures: u32,
 }
 
 /// Opens the consumer now (so that, on return, published events reach the group) and returns
@@ -76,7 +75,7 @@ pub(crate) async fn subscribe(link: Arc<Link>, plan: Plan) -> Result<Deliveries,
         link,
         plan,
         live: Some(live),
-        delay: None,
+        failures: 0,
     };
     Ok(futures_util::stream::unfold(state, next).boxed())
 }
@@ -116,8 +115,8 @@ async fn next(mut state: State) -> Option<(Result<Delivery, BusError>, State)> {
             return None;
         }
         let Some(live) = state.live.as_mut() else {
-            if let Some(delay) = state.delay {
-                tokio::time::sleep(delay).await;
+            if state.failures > 0 {
+                tokio::time::sleep(state.link.config.reconnect_delay(state.failures)).await;
             }
             let reopened = match state.link.session().await {
                 Ok(session) => open(&state.link, &state.plan, session).await,
@@ -126,12 +125,12 @@ async fn next(mut state: State) -> Option<(Result<Delivery, BusError>, State)> {
             match reopened {
                 Ok(live) => {
                     state.live = Some(live);
-                    state.delay = None;
+                    state.failures = 0;
                     continue;
                 }
                 Err(BusError::Closed) => return None,
                 Err(error) => {
-                    state.delay = Some(state.link.next_delay(state.delay));
+                    state.failures = state.failures.saturating_add(1);
                     return Some((Err(error), state));
                 }
             }
@@ -154,7 +153,7 @@ async fn next(mut state: State) -> Option<(Result<Delivery, BusError>, State)> {
             // again, after a pause so that a persistent cause does not spin.
             None => {
                 state.live = None;
-                state.delay = Some(state.link.next_delay(state.delay));
+                state.failures = state.failures.saturating_add(1);
                 if state.link.is_closed() {
                     return None;
                 }

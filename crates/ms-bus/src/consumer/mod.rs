@@ -122,7 +122,6 @@
 
 mod lanes;
 mod message;
-mod outcome;
 mod retry;
 mod settle;
 mod span_attributes;
@@ -141,9 +140,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tower::Service;
 
+pub use crate::outcome::{Outcome, Reject};
 use lanes::PartitionLanes;
 pub use message::Message;
-pub use outcome::{Outcome, Reject};
 pub use retry::{DEFAULT_INITIAL_DELAY, DEFAULT_MAX_DELAY, DEFAULT_MAX_DELIVERIES, RetryPolicy};
 
 use crate::propagation::{Propagation, default_propagation};

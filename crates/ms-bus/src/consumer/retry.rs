@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use ms_resilience::backoff::{ExponentialBackoff, Jitter};
+
 /// How many deliveries a message gets before it is dead-lettered, unless
 /// [`RetryPolicy::max_deliveries`] says otherwise.
 pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
@@ -82,14 +84,13 @@ impl RetryPolicy {
 
     /// The delay after a failure on delivery `attempt` (1-based).
     pub fn delay(&self, attempt: u32) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(31);
-        let nominal = self
-            .initial_delay
-            .saturating_mul(1_u32 << exponent)
-            .min(self.max_delay);
-        let half = nominal / 2;
-        let jitter_nanos =
-            u64::try_from(nominal.saturating_sub(half).as_nanos()).unwrap_or(u64::MAX);
-        half.saturating_add(Duration::from_nanos(fastrand::u64(0..=jitter_nanos)))
+        self.backoff().delay(attempt.saturating_sub(1))
+    }
+
+    /// The schedule as ms-resilience's backoff: equal jitter from the initial delay up to the
+    /// longest. (A longest delay below the initial one makes every delay the longest one.)
+    pub(crate) fn backoff(&self) -> ExponentialBackoff {
+        ExponentialBackoff::new(self.initial_delay.min(self.max_delay), self.max_delay)
+            .with_jitter(Jitter::Equal)
     }
 }

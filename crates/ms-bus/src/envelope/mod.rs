@@ -36,23 +36,32 @@ use time::format_description::well_known::Rfc3339;
 mod dedup_key;
 #[cfg(test)]
 pub(crate) mod hostile;
+mod key_hash;
 mod rules;
 
 pub use dedup_key::{MAX_DEDUP_KEY_LEN, dedup_key};
+pub use key_hash::key_hash;
 use rules::{check_extension_name, check_string, representable_time};
 
 /// The CloudEvents version this envelope implements.
 pub const SPEC_VERSION: &str = "1.0";
 
-/// The extension attribute that carries the correlation ID.
-pub const CORRELATION_ID_EXTENSION: &str = "correlationid";
-/// The W3C `traceparent`, as the CloudEvents distributed-tracing extension names it.
-pub const TRACEPARENT_EXTENSION: &str = "traceparent";
-/// The W3C `tracestate`, as the CloudEvents distributed-tracing extension names it.
-pub const TRACESTATE_EXTENSION: &str = "tracestate";
+/// The extension attribute that carries the correlation ID (ms-tracing's
+/// [`CORRELATION_ID`](ms_tracing::message::CORRELATION_ID)).
+pub const CORRELATION_ID_EXTENSION: &str = ms_tracing::message::CORRELATION_ID;
+/// The W3C `traceparent`, as the CloudEvents distributed-tracing extension names it (the
+/// header name is ms-tracing's, [`TRACEPARENT`](ms_tracing::propagation::TRACEPARENT)).
+pub const TRACEPARENT_EXTENSION: &str = ms_tracing::propagation::TRACEPARENT;
+/// The W3C `tracestate`, as the CloudEvents distributed-tracing extension names it (the
+/// header name is ms-tracing's, [`TRACESTATE`](ms_tracing::propagation::TRACESTATE)).
+pub const TRACESTATE_EXTENSION: &str = ms_tracing::propagation::TRACESTATE;
 /// The partitioning extension: events with the same key keep their order (see
 /// [`Envelope::ordering_key`]).
 pub const PARTITION_KEY_EXTENSION: &str = "partitionkey";
+/// The extension that numbers an event among its partition key's events (1, 2, 3, …):
+/// ms-cqrs's write side stamps it, and bus-fed projections use it to apply each key's events
+/// once and in order.
+pub const SEQUENCE_EXTENSION: &str = "sequence";
 /// The tenant the event belongs to.
 pub const TENANT_ID_EXTENSION: &str = "tenantid";
 /// The media type [`EnvelopeBuilder::json_data`] sets.

@@ -17,7 +17,10 @@ pub const CONTENT_TYPE_HEADER: &str = "content-type";
 /// The W3C trace-context headers OpenTelemetry's Kafka instrumentations read and write; the
 /// adapter writes them beside `ce_traceparent` / `ce_tracestate` so that a consumer that does
 /// not know CloudEvents continues the trace too.
-pub const W3C_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+pub const W3C_HEADERS: [&str; 2] = [
+    ms_tracing::propagation::TRACEPARENT,
+    ms_tracing::propagation::TRACESTATE,
+];
 
 /// The binding's header name of a spec attribute (`ce-id` → `ce_id`), without allocating.
 fn attribute_header(name: &'static str) -> &'static str {

@@ -116,13 +116,6 @@ impl CommandError {
         let (Self::Database(sqlx) | Self::Outbox(OutboxError::Database(sqlx))) = self else {
             return false;
         };
-        matches!(
-            sqlx,
-            sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed
-        )
+        ms_outbox::is_database_unavailable(sqlx)
     }
 }

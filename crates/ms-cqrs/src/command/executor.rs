@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use ms_bus::Envelope;
 use ms_outbox::{Outbox, OutboxError};
+use ms_resilience::backoff::{ExponentialBackoff, Jitter};
 use sqlx::{Pool, Transaction};
 
 use super::{CommandError, Decision, Repository, Versioned};
@@ -369,11 +370,9 @@ impl<DB: CommandBackend> CommandExecutor<DB> {
 /// The wait after failed attempt number `attempts`: drawn uniformly below `first` doubled per
 /// attempt and capped at `max` (full jitter).
 fn jittered(first: Duration, max: Duration, attempts: u32) -> Duration {
-    let cap = first
-        .saturating_mul(1 << attempts.saturating_sub(1).min(16))
-        .min(max);
-    let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX);
-    Duration::from_nanos(fastrand::u64(0..=nanos))
+    ExponentialBackoff::new(first.min(max), max)
+        .with_jitter(Jitter::Full)
+        .delay(attempts.saturating_sub(1))
 }
 
 /// Sorts a database error into "retry" and "give up"; a unique violation is a conflict when

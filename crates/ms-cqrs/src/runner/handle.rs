@@ -9,9 +9,10 @@ use ms_outbox::TableName;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
-use super::pipeline::{Feed, Pipeline, Shared};
+use super::pipeline::{Feed, Pipeline};
 use super::progress::{ALL_REPLAY, NO_REPLAY, Progress};
 use super::segment::Control;
+use super::shared::Shared;
 use super::status::{RunnerState, RunnerStatus};
 use crate::event_log::Appended;
 use crate::projection::{ApplyContext, versioned};

@@ -109,7 +109,9 @@ mod pipeline;
 mod policy;
 mod progress;
 mod segment;
+mod shared;
 mod status;
+mod supervise;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,7 +129,8 @@ pub use status::{RunnerState, RunnerStatus};
 use crate::event_log::EventLog;
 use crate::store::{Store, Tables};
 use crate::{Projection, ProjectionError};
-use pipeline::{Config, Feed, Shared};
+use pipeline::Feed;
+use shared::{Config, Shared};
 
 /// The default number of segments (parallel key lanes).
 pub const DEFAULT_SEGMENTS: u16 = 1;

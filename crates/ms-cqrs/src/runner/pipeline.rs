@@ -3,45 +3,26 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::StreamExt;
-use ms_bus::propagation::Propagation;
 use ms_bus::{Deliveries, Subscriber, Subscription};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::policy::ErrorPolicy;
 use super::progress::Progress;
 use super::segment::{Control, Item, Segment, Work};
+use super::shared::Shared;
 use super::status::RunnerState;
+use super::supervise;
 use crate::event_log::EventLog;
 use crate::key::segment_of;
 use crate::projection::ApplyContext;
-use crate::store::{Store, Tables, now_micros};
+use crate::store::{Store, now_micros};
 use crate::{Projection, ProjectionError};
 
 /// How many committed events a reader numbers per sequencer transaction (PostgreSQL).
 const SEQUENCE_LIMIT: i64 = 10_000;
-
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Config {
-    pub(crate) segments: u16,
-    pub(crate) batch_size: usize,
-    pub(crate) batch_timeout: Duration,
-    pub(crate) poll_interval: Duration,
-    pub(crate) policy: ErrorPolicy,
-}
-
-/// What every task of a runner shares.
-pub(crate) struct Shared<DB: Store, P> {
-    pub(crate) pool: sqlx::Pool<DB>,
-    pub(crate) projection: Arc<P>,
-    pub(crate) name: Arc<str>,
-    pub(crate) tables: Tables,
-    pub(crate) config: Config,
-    pub(crate) propagation: Arc<dyn Propagation>,
-}
 
 /// Where a pipeline's events come from.
 pub(crate) enum Feed<DB: Store> {
@@ -113,26 +94,41 @@ impl Pipeline {
                 stop: stop.clone(),
                 last_checkpoint_at: Instant::now(),
             };
-            tasks.push(tokio::spawn(segment.run(rx)));
+            tasks.push(supervise::spawn(
+                format!("segment {index}"),
+                Arc::clone(&progress),
+                stop.clone(),
+                segment.run(rx),
+            ));
         }
         let reader = match feed {
-            Feed::Log(log) => tokio::spawn(read_log(
-                Arc::clone(shared),
-                log.clone(),
+            Feed::Log(log) => supervise::spawn(
+                "the event-log reader".to_owned(),
                 Arc::clone(&progress),
-                senders.clone(),
-                starts,
-                stop.subscribe(),
-            )),
-            Feed::Bus(subscriber, subscription) => {
-                let deliveries = subscriber.subscribe(subscription).await?;
-                tokio::spawn(read_bus(
-                    shared.config.segments,
-                    deliveries,
+                stop.clone(),
+                read_log(
+                    Arc::clone(shared),
+                    log.clone(),
                     Arc::clone(&progress),
                     senders.clone(),
+                    starts,
                     stop.subscribe(),
-                ))
+                ),
+            ),
+            Feed::Bus(subscriber, subscription) => {
+                let deliveries = subscriber.subscribe(subscription).await?;
+                supervise::spawn(
+                    "the bus reader".to_owned(),
+                    Arc::clone(&progress),
+                    stop.clone(),
+                    read_bus(
+                        shared.config.segments,
+                        deliveries,
+                        Arc::clone(&progress),
+                        senders.clone(),
+                        stop.subscribe(),
+                    ),
+                )
             }
         };
         tasks.push(reader);
@@ -163,7 +159,13 @@ impl Pipeline {
         self.stop.send_replace(true);
         self.senders.clear();
         for task in self.tasks.drain(..) {
-            let _ = task.await;
+            // A panic is caught and reported inside the task (`supervise`); what is left is a
+            // task the runtime cancelled, which is reported too rather than dropped.
+            if let Err(error) = task.await {
+                self.progress.set_state(RunnerState::Failed(format!(
+                    "a runner task ended abnormally: {error}"
+                )));
+            }
         }
         if !matches!(self.progress.state(), RunnerState::Failed(_)) {
             self.progress.set_state(RunnerState::Stopped);

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use ms_resilience::backoff::{ExponentialBackoff, Jitter};
+
 /// The default number of retries of a transient failure before the policy's last resort.
 pub const DEFAULT_RETRIES: u32 = 5;
 /// The default first retry delay; it doubles per retry, with jitter.
@@ -93,12 +95,9 @@ impl ErrorPolicy {
     /// The delay before retry `attempt` (1-based): doubling, capped, with "equal jitter"
     /// (half fixed, half random) so that retries of many segments do not stay in step.
     pub(crate) fn delay(&self, attempt: u32) -> Duration {
-        let doubled = self
-            .initial_delay
-            .saturating_mul(1_u32 << attempt.saturating_sub(1).min(20))
-            .min(self.max_delay);
-        let half = doubled / 2;
-        half + half.mul_f64(fastrand::f64())
+        ExponentialBackoff::new(self.initial_delay, self.max_delay)
+            .with_jitter(Jitter::Equal)
+            .delay(attempt.saturating_sub(1))
     }
 }
 

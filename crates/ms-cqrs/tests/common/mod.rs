@@ -80,6 +80,8 @@ pub struct Ledger {
     pub accept_poison: Arc<AtomicBool>,
     /// Sleep per event, to make batches slow (the kill test).
     pub delay: Option<Duration>,
+    /// Poison entries make `apply` panic (a projection bug) instead of failing.
+    pub panic_on_poison: bool,
 }
 
 pub fn create_sql(ctx: &ApplyContext) -> String {
@@ -135,6 +137,12 @@ macro_rules! ledger_for {
                 ctx: &ApplyContext,
             ) -> Result<(), ApplyError> {
                 let entry: Entry = event.json_data()?;
+                assert!(
+                    !(entry.poison && self.panic_on_poison),
+                    "entry {} of {} makes the projection panic",
+                    entry.seq,
+                    entry.key
+                );
                 if entry.poison && !self.accept_poison.load(Ordering::SeqCst) {
                     return Err(ApplyError::permanent(format!(
                         "entry {} of {} is poison",

@@ -9,12 +9,22 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use time::OffsetDateTime;
 
-use crate::outbox::OutboxInner;
+use crate::outbox_config::OutboxInner;
 use crate::recurring::RecurringRow;
 use crate::{Migration, OutboxError, TableName};
 
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "postgres")]
+mod postgres_batch;
+#[cfg(feature = "postgres")]
+mod postgres_dead_letters;
+#[cfg(feature = "postgres")]
+mod postgres_enqueue;
+#[cfg(feature = "postgres")]
+mod postgres_inbox;
+#[cfg(feature = "postgres")]
+mod postgres_listen;
 #[cfg(feature = "postgres")]
 mod postgres_partitions;
 #[cfg(feature = "postgres")]

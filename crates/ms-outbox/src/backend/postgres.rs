@@ -4,24 +4,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use sqlx::postgres::{PgConnection, PgListener, PgPool, Postgres};
+use sqlx::postgres::{PgConnection, PgPool, Postgres};
 use sqlx::{AssertSqlSafe, Row};
 use time::OffsetDateTime;
 
+use super::postgres_batch::{PgBatch, Sql, Statements};
+use super::postgres_dead_letters as dead_letters;
+use super::postgres_enqueue as enqueue;
+use super::postgres_inbox as inbox;
+use super::postgres_listen as listen;
 use super::postgres_partitions as partitions;
 use super::postgres_schedule as schedule;
 use super::{
-    Backlog, BatchOutcome, Claim, ClaimedBatch, DeadLetter, InboxStatements, PartitionReport,
-    PreparedRow, Promoted, ScheduledRef, Store, StoredRow, Wake, sealed,
+    Backlog, Claim, DeadLetter, InboxStatements, PartitionReport, PreparedRow, Promoted,
+    ScheduledRef, Store, StoredRow, Wake, sealed,
 };
-use crate::key::{key_hash, lock_id};
-use crate::outbox::OutboxInner;
+use crate::key::key_hash;
+use crate::outbox_config::OutboxInner;
 use crate::recurring::RecurringRow;
 use crate::schema::{OutboxSchema, outbox_migrations, pending_migrations, versions_table};
 use crate::{MessageKind, OutboxError};
-
-/// A prepared statement's text, shared without copying (sqlx caches statements by text).
-type Sql = Arc<str>;
 
 #[allow(private_interfaces)] // Sealed: callable only inside this crate.
 impl sealed::Sealed for Postgres {
@@ -50,7 +52,7 @@ impl sealed::Sealed for Postgres {
         outbox: &'a OutboxInner,
         rows: &'a [PreparedRow],
     ) -> BoxFuture<'a, Result<(), OutboxError>> {
-        Box::pin(enqueue(conn, outbox, rows))
+        Box::pin(enqueue::enqueue(conn, outbox, rows))
     }
 
     fn store(pool: PgPool, outbox: Arc<OutboxInner>) -> Arc<dyn Store> {
@@ -106,23 +108,7 @@ impl sealed::Sealed for Postgres {
     )];
 
     fn inbox_statements(inbox: &str) -> InboxStatements {
-        InboxStatements {
-            // Without a conflict target: the primary key is the only unique constraint. A
-            // concurrent transaction's uncommitted row with the same key makes this wait for
-            // that transaction, then do nothing (it committed) or insert (it rolled back).
-            // `$3`, the bare id, finds rows recorded before keys were source + id: an
-            // envelope handled then is not handled again (see `Inbox`'s docs).
-            record: Arc::from(format!(
-                "INSERT INTO {inbox} (consumer, envelope_id) SELECT $1, $2 \
-                 WHERE NOT EXISTS (SELECT 1 FROM {inbox} WHERE consumer = $1 AND envelope_id = $3) \
-                 ON CONFLICT DO NOTHING"
-            )),
-            cleanup: Arc::from(format!(
-                "DELETE FROM {inbox} WHERE (consumer, envelope_id) IN ( \
-                     SELECT consumer, envelope_id FROM {inbox} \
-                     WHERE handled_at < now() - $1 * interval '1 millisecond' LIMIT $2)"
-            )),
-        }
+        inbox::statements(inbox)
     }
 
     fn inbox_record<'a>(
@@ -132,15 +118,7 @@ impl sealed::Sealed for Postgres {
         key: &'a str,
         legacy_id: &'a str,
     ) -> BoxFuture<'a, Result<bool, OutboxError>> {
-        Box::pin(async move {
-            let done = sqlx::query(AssertSqlSafe(Arc::clone(&statements.record)))
-                .bind(consumer)
-                .bind(key)
-                .bind(legacy_id)
-                .execute(&mut *conn)
-                .await?;
-            Ok(done.rows_affected() == 1)
-        })
+        Box::pin(inbox::record(conn, statements, consumer, key, legacy_id))
     }
 
     fn inbox_cleanup<'a>(
@@ -149,14 +127,7 @@ impl sealed::Sealed for Postgres {
         older_than: Duration,
         limit: i64,
     ) -> BoxFuture<'a, Result<u64, OutboxError>> {
-        Box::pin(async move {
-            let done = sqlx::query(AssertSqlSafe(Arc::clone(&statements.cleanup)))
-                .bind(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX))
-                .bind(limit)
-                .execute(pool)
-                .await?;
-            Ok(done.rows_affected())
-        })
+        Box::pin(inbox::cleanup(pool, statements, older_than, limit))
     }
 }
 
@@ -164,119 +135,6 @@ impl sealed::Sealed for Postgres {
 const SCHEDULED_MIGRATION: &str = include_str!("../../migrations/postgres/0002_scheduled.sql");
 /// So is the recurring schedules'.
 const RECURRING_MIGRATION: &str = include_str!("../../migrations/postgres/0003_recurring.sql");
-
-async fn enqueue(
-    conn: &mut PgConnection,
-    outbox: &OutboxInner,
-    rows: &[PreparedRow],
-) -> Result<(), OutboxError> {
-    // Scheduled rows wait in their own table and take no key lock now: they draw their id,
-    // under the key's lock, when a relay moves them into the outbox.
-    if rows.iter().all(|r| r.due_at.is_none()) {
-        return enqueue_now(conn, outbox, rows).await;
-    }
-    let (later, now): (Vec<&PreparedRow>, Vec<&PreparedRow>) =
-        rows.iter().partition(|r| r.due_at.is_some());
-    if !now.is_empty() {
-        let now: Vec<PreparedRow> = now.into_iter().cloned().collect();
-        enqueue_now(conn, outbox, &now).await?;
-    }
-    schedule::enqueue(conn, outbox, &later).await
-}
-
-async fn enqueue_now(
-    conn: &mut PgConnection,
-    outbox: &OutboxInner,
-    rows: &[PreparedRow],
-) -> Result<(), OutboxError> {
-    let schema = &outbox.schema;
-    if outbox.key_order || outbox.notify {
-        // Key locks first, in a fixed (sorted) order so that one call never deadlocks with
-        // another; ids are drawn after, while the locks are held until commit, so the rows of
-        // one key get ids in commit order. The notification goes out at commit.
-        let mut keys: Vec<i32> = if outbox.key_order {
-            rows.iter()
-                .map(|r| lock_id(r.key_hash % outbox.key_lock_slots))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        keys.sort_unstable();
-        keys.dedup();
-        let mut shards: Vec<i16> = if outbox.notify {
-            rows.iter().map(|r| r.shard).collect()
-        } else {
-            Vec::new()
-        };
-        shards.sort_unstable();
-        shards.dedup();
-        sqlx::query(
-            // `count(*)` over a subquery still evaluates its volatile target lists.
-            "SELECT (SELECT count(*) FROM (SELECT pg_advisory_xact_lock($1, k) \
-                                           FROM unnest($2::int4[]) AS k) AS locks), \
-                    (SELECT count(*) FROM (SELECT pg_notify($3, s::text) \
-                                           FROM unnest($4::int2[]) AS s) AS notes)",
-        )
-        .bind(schema.key_lock_space)
-        .bind(&keys)
-        .bind(&schema.channel)
-        .bind(&shards)
-        .execute(&mut *conn)
-        .await?;
-    }
-    if let [row] = rows {
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} (shard, partition_key, kind, destination, envelope) \
-             VALUES ($1, $2, $3, $4, $5)",
-            schema.outbox
-        )))
-        .bind(row.shard)
-        .bind(&row.key)
-        .bind(row.kind)
-        .bind(&row.destination)
-        .bind(&row.envelope)
-        .execute(&mut *conn)
-        .await?;
-    } else {
-        let mut shard = Vec::with_capacity(rows.len());
-        let mut key = Vec::with_capacity(rows.len());
-        let mut kind = Vec::with_capacity(rows.len());
-        let mut destination = Vec::with_capacity(rows.len());
-        let mut envelope = Vec::with_capacity(rows.len());
-        for row in rows {
-            shard.push(row.shard);
-            key.push(row.key.as_str());
-            kind.push(row.kind);
-            destination.push(row.destination.as_str());
-            envelope.push(row.envelope.as_str());
-        }
-        // `unnest` yields the rows in array order and ids are drawn row by row, so the
-        // caller's order is the id order.
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} (shard, partition_key, kind, destination, envelope) \
-             SELECT * FROM unnest($1::int2[], $2::text[], $3::int2[], $4::text[], $5::text[])",
-            schema.outbox
-        )))
-        .bind(&shard)
-        .bind(&key)
-        .bind(&kind)
-        .bind(&destination)
-        .bind(&envelope)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
-}
-
-/// The relay's statements, rendered once per outbox.
-struct Statements {
-    /// Claims, indexed by `[hold_keys][keep_published]`.
-    claim: [[Sql; 2]; 2],
-    delete: Sql,
-    mark: Sql,
-    fail: Sql,
-    park: Sql,
-}
 
 pub(crate) struct PgStore {
     pool: PgPool,
@@ -427,91 +285,6 @@ pub(crate) async fn apply_migrations(
     Ok(())
 }
 
-struct PgBatch {
-    tx: sqlx::Transaction<'static, Postgres>,
-    shard: i16,
-    claimed: usize,
-    rows: Vec<StoredRow>,
-    statements: Arc<Statements>,
-}
-
-impl ClaimedBatch for PgBatch {
-    fn take_rows(&mut self) -> Vec<StoredRow> {
-        std::mem::take(&mut self.rows)
-    }
-
-    fn finish(
-        self: Box<Self>,
-        outcome: BatchOutcome,
-    ) -> BoxFuture<'static, Result<(), OutboxError>> {
-        Box::pin(async move {
-            let PgBatch {
-                mut tx,
-                statements,
-                shard,
-                claimed,
-                ..
-            } = *self;
-            let all_published = outcome.failed.is_empty()
-                && outcome.parked.is_empty()
-                && outcome.published.len() == claimed;
-            if all_published {
-                // The claim already removed (or marked) them.
-                tx.commit().await?;
-                return Ok(());
-            }
-            sqlx::raw_sql("ROLLBACK TO SAVEPOINT ms_outbox_claim")
-                .execute(&mut *tx)
-                .await?;
-            if !outcome.published.is_empty() {
-                let statement = if outcome.keep_published {
-                    &statements.mark
-                } else {
-                    &statements.delete
-                };
-                sqlx::query(AssertSqlSafe(Arc::clone(statement)))
-                    .bind(&outcome.published)
-                    .bind(shard)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            if !outcome.failed.is_empty() {
-                let ids: Vec<i64> = outcome.failed.iter().map(|f| f.id).collect();
-                let strikes: Vec<i32> =
-                    outcome.failed.iter().map(|f| i32::from(f.strike)).collect();
-                let errors: Vec<&str> = outcome.failed.iter().map(|f| f.error.as_str()).collect();
-                let delays: Vec<i64> = outcome
-                    .failed
-                    .iter()
-                    .map(|f| retry_in_millis(f.retry_in))
-                    .collect();
-                sqlx::query(AssertSqlSafe(Arc::clone(&statements.fail)))
-                    .bind(&ids)
-                    .bind(&strikes)
-                    .bind(&errors)
-                    .bind(&delays)
-                    .bind(shard)
-                    .bind(outcome.attempted_at)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            if !outcome.parked.is_empty() {
-                let ids: Vec<i64> = outcome.parked.iter().map(|p| p.0).collect();
-                let errors: Vec<&str> = outcome.parked.iter().map(|p| p.1.as_str()).collect();
-                sqlx::query(AssertSqlSafe(Arc::clone(&statements.park)))
-                    .bind(&ids)
-                    .bind(&errors)
-                    .bind(outcome.parked_blocks_key)
-                    .bind(shard)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            Ok(())
-        })
-    }
-}
-
 impl Store for PgStore {
     fn migrate(&self) -> BoxFuture<'_, Result<(), OutboxError>> {
         Box::pin(async move {
@@ -638,111 +411,27 @@ impl Store for PgStore {
     }
 
     fn listen(&self, wake: Arc<dyn Fn(Wake) + Send + Sync>) -> BoxFuture<'static, ()> {
-        let pool = self.pool.clone();
-        let channel = self.schema().channel.clone();
-        Box::pin(async move {
-            let mut pause = Duration::from_millis(100);
-            loop {
-                let mut listener = match PgListener::connect_with(&pool).await {
-                    Ok(listener) => listener,
-                    Err(error) => {
-                        tracing::warn!(%error, "outbox relay: cannot connect its listener; polling meanwhile");
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_secs(5));
-                        continue;
-                    }
-                };
-                if let Err(error) = listener.listen(&channel).await {
-                    tracing::warn!(%error, "outbox relay: LISTEN failed; polling meanwhile");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-                pause = Duration::from_millis(100);
-                // Anything committed while we were not listening is found by a full scan.
-                wake(Wake::All);
-                loop {
-                    match listener.try_recv().await {
-                        Ok(Some(notification)) => {
-                            let payload = notification.payload();
-                            wake(if payload == schedule::NOTIFY_SCHEDULED {
-                                Wake::Scheduled
-                            } else {
-                                payload.parse::<i16>().map_or(Wake::All, Wake::Shard)
-                            });
-                        }
-                        // The connection dropped; `try_recv` reconnects on the next call.
-                        Ok(None) => wake(Wake::All),
-                        Err(error) => {
-                            tracing::warn!(%error, "outbox relay: listener failed; reconnecting");
-                            break;
-                        }
-                    }
-                }
-            }
-        })
+        Box::pin(listen::listen(
+            self.pool.clone(),
+            self.schema().channel.clone(),
+            wake,
+        ))
     }
 
     fn dead_letters(&self, limit: i64) -> BoxFuture<'_, Result<Vec<DeadLetter>, OutboxError>> {
-        Box::pin(async move {
-            let rows = sqlx::query(AssertSqlSafe(format!(
-                "SELECT id, kind, destination, partition_key, envelope, created_at, attempts, \
-                 error, parked_at, blocks_key FROM {} ORDER BY id LIMIT $1",
-                self.schema().dead_letters
-            )))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-            rows.into_iter()
-                .map(|row| {
-                    let kind: i16 = row.try_get(1)?;
-                    Ok(DeadLetter {
-                        id: row.try_get(0)?,
-                        kind: MessageKind::from_code(kind).unwrap_or(MessageKind::Event),
-                        destination: row.try_get(2)?,
-                        partition_key: row.try_get(3)?,
-                        envelope: row.try_get(4)?,
-                        created_at: row.try_get(5)?,
-                        attempts: row.try_get(6)?,
-                        error: row.try_get(7)?,
-                        parked_at: row.try_get(8)?,
-                        blocks_key: row.try_get(9)?,
-                    })
-                })
-                .collect::<Result<_, sqlx::Error>>()
-                .map_err(OutboxError::from)
-        })
+        Box::pin(dead_letters::list(&self.pool, self.schema(), limit))
     }
 
     fn replay(&self, id: i64) -> BoxFuture<'_, Result<bool, OutboxError>> {
         Box::pin(async move {
-            let s = self.schema();
-            let shard: Option<i16> = sqlx::query_scalar(AssertSqlSafe(format!(
-                "WITH r AS (DELETE FROM {d} WHERE id = $1 RETURNING *) \
-                 INSERT INTO {t} (id, shard, partition_key, kind, destination, envelope, \
-                     created_at) \
-                 SELECT id, shard, partition_key, kind, destination, envelope, created_at \
-                 FROM r RETURNING shard",
-                d = s.dead_letters,
-                t = s.outbox
-            )))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+            let shard = dead_letters::replay(&self.pool, self.schema(), id).await?;
             self.wake_shard(shard).await
         })
     }
 
     fn discard(&self, id: i64) -> BoxFuture<'_, Result<bool, OutboxError>> {
         Box::pin(async move {
-            let s = self.schema();
-            let shard: Option<i16> = sqlx::query_scalar(AssertSqlSafe(format!(
-                "DELETE FROM {} WHERE id = $1 RETURNING shard",
-                s.dead_letters
-            )))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+            let shard = dead_letters::discard(&self.pool, self.schema(), id).await?;
             // Its key's later rows may have been waiting for it.
             self.wake_shard(shard).await
         })
@@ -885,15 +574,4 @@ impl Store for PgStore {
             Ok(Some(report))
         })
     }
-}
-
-/// The longest wait before a failed row's next attempt that PostgreSQL is asked to add to
-/// `now()`: about a century (36,500 days), where any longer wait means "not in this system's life". `now()` plus
-/// more than about 290,000 years is out of `timestamptz`'s range, and the error would roll back
-/// the whole batch's outcome (its published rows would be published again).
-const LONGEST_RETRY_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
-/// A retry delay (from configuration, and as long as it likes) as the milliseconds to bind.
-fn retry_in_millis(retry_in: Duration) -> i64 {
-    i64::try_from(retry_in.min(LONGEST_RETRY_DELAY).as_millis()).unwrap_or(i64::MAX)
 }

@@ -53,7 +53,7 @@ use time::OffsetDateTime;
 
 use super::{PreparedRow, Promoted, ScheduledRef};
 use crate::OutboxError;
-use crate::outbox::OutboxInner;
+use crate::outbox_config::OutboxInner;
 use crate::recurring::{CRON, DueSchedule, RecurringRow, plan_schedule, tick_rows};
 
 /// The notification payload that tells relays a scheduled row was written or moved (shards

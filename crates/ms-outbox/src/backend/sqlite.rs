@@ -21,7 +21,7 @@ use super::{
     Backlog, BatchOutcome, Claim, ClaimedBatch, DeadLetter, InboxStatements, PreparedRow, Promoted,
     ScheduledRef, Store, StoredRow, Wake, sealed,
 };
-use crate::outbox::OutboxInner;
+use crate::outbox_config::OutboxInner;
 use crate::recurring::RecurringRow;
 use crate::schema::{OutboxSchema, outbox_migrations, pending_migrations, versions_table};
 use crate::{MessageKind, OutboxError};

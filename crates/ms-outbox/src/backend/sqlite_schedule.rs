@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use super::sqlite::{from_ms, now_ms, to_ms};
 use super::{PreparedRow, Promoted, ScheduledRef};
 use crate::OutboxError;
-use crate::outbox::OutboxInner;
+use crate::outbox_config::OutboxInner;
 use crate::recurring::{CRON, DueSchedule, RecurringRow, plan_schedule, tick_rows};
 
 /// Writes scheduled rows in the caller's transaction.

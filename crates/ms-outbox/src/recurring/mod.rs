@@ -52,7 +52,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::backend::{Backend, PreparedRow};
 use crate::key::{key_hash, lock_id, shard_of};
-use crate::outbox::OutboxInner;
+use crate::outbox_config::OutboxInner;
 use crate::{MessageKind, Outbox, OutboxError, OutboxMessage};
 
 /// The most ticks of one schedule enqueued per round with [`MissedTicks::FireAll`]; the rest

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use ms_resilience::backoff::{ExponentialBackoff, Jitter};
+
 /// Rows claimed and published per transaction. Large batches amortise the round trips and
 /// pipeline the broker's confirmations; the cost is duplicates after a crash (at most one
 /// batch per worker) and memory.
@@ -90,15 +92,35 @@ impl Default for RelayConfig {
 }
 
 impl RelayConfig {
-    /// The delay before a row's next attempt after `attempts` failures: exponential, with
-    /// "equal jitter" so that rows failing together do not come back together.
+    /// The delay before a row's next attempt after `attempts` failures: exponential from
+    /// `min_retry_delay` up to `max_retry_delay`, with equal jitter so that rows failing
+    /// together do not come back together.
     pub(crate) fn retry_delay(&self, attempts: i32) -> Duration {
-        let exp = u32::try_from(attempts.clamp(0, 20)).unwrap_or(0);
-        let full = self
+        let attempts = u32::try_from(attempts).unwrap_or(0);
+        ExponentialBackoff::new(
+            self.min_retry_delay.min(self.max_retry_delay),
+            self.max_retry_delay,
+        )
+        .with_jitter(Jitter::Equal)
+        .delay(attempts)
+    }
+
+    /// The pause after `errors` failed or partly failed batches in a row (at least one):
+    /// `min_retry_delay` doubling per error, no jitter (one relay's own rhythm), capped at
+    /// [`MAX_PAUSE`] and at [`MAX_PAUSE_DOUBLINGS`] doublings.
+    pub(crate) fn pause(&self, errors: u32) -> Duration {
+        let max = self
             .min_retry_delay
-            .saturating_mul(1u32 << exp)
-            .min(self.max_retry_delay);
-        let half = full / 2;
-        half + half.mul_f64(fastrand::f64())
+            .saturating_mul(1 << MAX_PAUSE_DOUBLINGS)
+            .min(MAX_PAUSE);
+        ExponentialBackoff::new(self.min_retry_delay.min(max), max)
+            .with_jitter(Jitter::None)
+            .ceiling(errors.saturating_sub(1))
     }
 }
+
+/// The longest pause of a relay between failing batches.
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+/// A relay's pause between failing batches doubles at most this many times: with a small
+/// `min_retry_delay` (tests, latency-sensitive set-ups) it stays well under [`MAX_PAUSE`].
+const MAX_PAUSE_DOUBLINGS: u32 = 10;

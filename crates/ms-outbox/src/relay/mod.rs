@@ -363,7 +363,12 @@ async fn work(ctx: Arc<Shared>, queue: Arc<ShardQueue>, mut stopped: watch::Rece
                 errors = errors.saturating_add(1);
                 ctx.state.batch_errors.fetch_add(1, Ordering::Relaxed);
                 ctx.state.error(error.to_string());
-                tracing::warn!(%error, shard, "outbox relay: batch rolled back; retrying");
+                tracing::warn!(
+                    %error,
+                    shard,
+                    database_unavailable = error.is_unavailable(),
+                    "outbox relay: batch rolled back; retrying"
+                );
                 queue.done(shard, true);
                 pause(&ctx, errors, &mut stopped).await;
             }
@@ -371,13 +376,9 @@ async fn work(ctx: Arc<Shared>, queue: Arc<ShardQueue>, mut stopped: watch::Rece
     }
 }
 
-/// Waits `min_retry_delay · 2^(n-1)` (capped at 5 s) or until shutdown.
+/// Waits [`RelayConfig::pause`] after `n` failing batches, or until shutdown.
 async fn pause(ctx: &Shared, n: u32, stopped: &mut watch::Receiver<bool>) {
-    let delay = ctx
-        .config
-        .min_retry_delay
-        .saturating_mul(1 << n.saturating_sub(1).min(10))
-        .min(Duration::from_secs(5));
+    let delay = ctx.config.pause(n);
     tokio::select! {
         _ = stopped.wait_for(|stop| *stop) => {}
         () = tokio::time::sleep(delay) => {}

@@ -295,8 +295,9 @@ fn record_failure(
 ) {
     let config = &ctx.config;
     let message = error.to_string();
-    // A name the bus refuses will never be accepted: park at once.
-    if matches!(error, BusError::InvalidName { .. }) {
+    // A name the bus refuses or an envelope the transport cannot carry fails the same way
+    // every time: park at once.
+    if !error.is_retryable() {
         outcome.parked.push((id, message));
         return;
     }
@@ -311,7 +312,7 @@ fn record_failure(
         (Some(published), None) => now - published < config.strike_window,
         (None, _) => false,
     };
-    let strike = broker_up && !matches!(error, BusError::Connection(_) | BusError::Closed);
+    let strike = broker_up && !error.is_unavailable();
     if strike
         && meta.strikes.saturating_add(1) >= i32::try_from(config.max_attempts).unwrap_or(i32::MAX)
     {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// How a handler settles a message. A handler's `Ok(())` is [`Outcome::Ack`]; its `Err` is
-/// retried by the [`RetryPolicy`](super::RetryPolicy) until the maximum number of deliveries,
+/// retried by the [`RetryPolicy`](crate::consumer::RetryPolicy) until the maximum number of deliveries,
 /// then dead-lettered with the error as the reason ([`Reject`] dead-letters at once).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
