@@ -42,6 +42,26 @@ impl Inner {
         ack: PublishAckFuture,
         started: Instant,
     ) -> Result<(), BusError> {
+        self.confirm_with(envelope.id(), ack, started, || {
+            self.start_publish(name, subject, envelope)
+        })
+        .await
+    }
+
+    /// [`confirm`](Self::confirm) for any message: `republish` sends the same message again
+    /// (a dead letter's headers and body, say, which carry their own `Nats-Msg-Id`); `id`
+    /// names it in the logs.
+    pub(super) async fn confirm_with<F, Fut>(
+        &self,
+        id: &str,
+        ack: PublishAckFuture,
+        started: Instant,
+        republish: F,
+    ) -> Result<(), BusError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<PublishAckFuture, BusError>>,
+    {
         let deadline = started + self.publish_timeout;
         let mut pause = FIRST_RETRY_PAUSE;
         let mut ack = Some(ack);
@@ -79,9 +99,9 @@ impl Inner {
             if Instant::now() >= deadline {
                 return Err(BusError::NotConfirmed(error));
             }
-            tracing::debug!(destination = name, id = envelope.id(), %error, "publishing again after an unconfirmed publish");
+            tracing::debug!(id, %error, "publishing again after an unconfirmed publish");
             sent = Instant::now();
-            match self.start_publish(name, subject, envelope).await {
+            match republish().await {
                 Ok(next) => ack = Some(next),
                 Err(BusError::NotConfirmed(_)) => {}
                 Err(other) => return Err(other),
