@@ -19,7 +19,7 @@ const ACK_WAIT: Duration = Duration::from_secs(2);
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Cluster {
-    cluster: Arc<Mutex<ms_testkit::NatsCluster>>,
+    nodes: Arc<Mutex<ms_testkit::NatsCluster>>,
     urls: Vec<String>,
     prefix: String,
 }
@@ -99,7 +99,7 @@ impl RestartableFixture for Cluster {
     /// case's streams dies once; the others keep a quorum meanwhile.
     fn restart_broker(&mut self) -> BoxFuture<'_, ()> {
         Box::pin(async {
-            let mut cluster = self.cluster.lock().await;
+            let mut cluster = self.nodes.lock().await;
             for node in 0..ms_testkit::NATS_CLUSTER_NODES {
                 cluster.kill(node).await.unwrap();
                 cluster.restart(node).await.unwrap();
@@ -113,7 +113,7 @@ macro_rules! run_cases {
         $(
             let started = std::time::Instant::now();
             let fixture = Cluster {
-                cluster: $cluster.clone(),
+                nodes: $cluster.clone(),
                 urls: $urls.clone(),
                 prefix: stringify!($case).replace('_', "-"),
             };
@@ -150,7 +150,7 @@ async fn the_conformance_suite_passes_on_a_three_node_cluster() {
     );
     let started = std::time::Instant::now();
     let mut fixture = Cluster {
-        cluster: cluster.clone(),
+        nodes: cluster.clone(),
         urls: urls.clone(),
         prefix: "broker-restart".to_owned(),
     };
