@@ -42,6 +42,9 @@
 //! loopback port with its own data directory, which a test can `stop` (cleanly), `kill`
 //! (SIGKILL to the whole process group, like a crash) and `restart` on the same port and
 //! data.
+//!
+//! [`NatsCluster`] is a private three-node JetStream cluster whose nodes can each be killed,
+//! stopped and restarted, with [`NatsCluster::stream_leader`] to find the node to kill.
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
 
@@ -51,6 +54,7 @@ mod containers;
 mod error;
 mod kafka;
 mod nats;
+mod nats_cluster;
 mod postgres;
 mod server;
 mod service;
@@ -60,6 +64,7 @@ pub use amqp::{TestAmqp, amqp};
 pub use error::TestkitError;
 pub use kafka::{TestKafka, kafka};
 pub use nats::{TestNats, nats};
+pub use nats_cluster::{NATS_CLUSTER_NODES, NatsCluster};
 pub use postgres::{TEST_POOL_MAX_CONNECTIONS, TestPostgres, postgres};
 pub use server::{
     KafkaServer, NatsServer, PostgresServer, RabbitMqServer, SERVER_START_TIMEOUT,

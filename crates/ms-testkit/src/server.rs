@@ -522,10 +522,10 @@ enum Readiness {
 
 /// The part of a private server that any program shares: spawn, wait for its port, kill.
 #[derive(Debug)]
-struct PrivateProcess {
+pub(crate) struct PrivateProcess {
     program: PathBuf,
     name: &'static str,
-    args: Vec<String>,
+    pub(crate) args: Vec<String>,
     envs: Vec<(String, String)>,
     /// Run the program as this system user (through `setpriv`) when we are root: PostgreSQL
     /// refuses to run as root.
@@ -534,15 +534,20 @@ struct PrivateProcess {
     stop_signal: &'static str,
     /// When a started server counts as up.
     ready: Readiness,
-    port: u16,
+    pub(crate) port: u16,
     log: PathBuf,
-    child: Option<Child>,
+    pub(crate) child: Option<Child>,
     // Held for its Drop: the store and log live as long as the server handle.
     dir: tempfile::TempDir,
 }
 
 impl PrivateProcess {
-    fn new(program: PathBuf, name: &'static str, port: u16, dir: tempfile::TempDir) -> Self {
+    pub(crate) fn new(
+        program: PathBuf,
+        name: &'static str,
+        port: u16,
+        dir: tempfile::TempDir,
+    ) -> Self {
         let log = dir.path().join(format!("{name}.log"));
         Self {
             program,
@@ -559,7 +564,7 @@ impl PrivateProcess {
         }
     }
 
-    async fn spawn(&mut self) -> Result<(), TestkitError> {
+    pub(crate) async fn spawn(&mut self) -> Result<(), TestkitError> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -606,7 +611,7 @@ impl PrivateProcess {
         })
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         tail(&self.log)
     }
 
@@ -626,14 +631,14 @@ impl PrivateProcess {
         }
     }
 
-    async fn restart(&mut self) -> Result<(), TestkitError> {
+    pub(crate) async fn restart(&mut self) -> Result<(), TestkitError> {
         self.kill().await?;
         self.spawn().await
     }
 
     /// Asks for a clean shutdown and waits for it; kills whatever is left after
     /// [`SERVER_STOP_TIMEOUT`].
-    async fn stop(&mut self) -> Result<(), TestkitError> {
+    pub(crate) async fn stop(&mut self) -> Result<(), TestkitError> {
         let Some(child) = self.child.as_mut() else {
             return Ok(());
         };
@@ -650,7 +655,7 @@ impl PrivateProcess {
         self.kill().await
     }
 
-    async fn kill(&mut self) -> Result<(), TestkitError> {
+    pub(crate) async fn kill(&mut self) -> Result<(), TestkitError> {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
@@ -767,7 +772,7 @@ pub(crate) fn spare_port() -> Result<u16, TestkitError> {
 /// Finds `name` in `first` (the distribution's own directories, tried before PATH because
 /// Debian's PATH entries for some servers are wrappers that switch user), then in PATH,
 /// `/usr/sbin` and `/usr/local/sbin`; `override_var` wins over all of them.
-fn find_program(
+pub(crate) fn find_program(
     name: &'static str,
     override_var: &str,
     first: &[PathBuf],

@@ -57,12 +57,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl RelayState {
-    pub(crate) fn published(&self, rows: usize) {
+    /// Counts `rows` published by a round that began sending at `sent_at`. The wall-clock
+    /// stamp the strike rule compares with failure times is `sent_at`, never later: a round
+    /// whose confirms came before a broker outage may commit after it began, when other rows
+    /// have failed already; stamped at its commit, it would make their next failure look like
+    /// one while the broker was up. Rounds of several shards commit in any order: the latest
+    /// stamp wins.
+    pub(crate) fn published(&self, rows: usize, sent_at: time::OffsetDateTime) {
         if rows > 0 {
             self.published.fetch_add(rows as u64, Ordering::Relaxed);
             let now = Instant::now();
             *lock(&self.last_published) = Some(now);
-            *lock(&self.last_published_at) = Some(time::OffsetDateTime::now_utc());
+            let mut last = lock(&self.last_published_at);
+            *last = Some(last.map_or(sent_at, |last| last.max(sent_at)));
             *lock(&self.last_heartbeat) = Some(now);
         }
     }
@@ -79,8 +86,8 @@ impl RelayState {
         *lock(&self.backlog) = Some(backlog);
     }
 
-    /// When the relay last confirmed a publication, by the wall clock (compared with the
-    /// failure times stored in rows).
+    /// When the latest round that confirmed a publication began sending, by the wall clock
+    /// (compared with the failure times stored in rows).
     pub(crate) fn last_published_at(&self) -> Option<time::OffsetDateTime> {
         *lock(&self.last_published_at)
     }

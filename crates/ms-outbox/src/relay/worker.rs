@@ -107,6 +107,10 @@ pub(crate) async fn round(ctx: &Shared, shard: i16) -> Result<Round, OutboxError
     };
     let groups = group(rows, &mut outcome);
 
+    // When this round's publishing began: what it confirms proves the broker was up after
+    // this instant (see `published`), not after the commit, which may come long after
+    // another shard's rows failed.
+    let sent_at = OffsetDateTime::now_utc();
     // Destinations are independent streams: publish them at once. Within one, order is the
     // adapters' `publish_batch` contract.
     let results = join_all(groups.iter().map(|g| {
@@ -142,7 +146,7 @@ pub(crate) async fn round(ctx: &Shared, shard: i16) -> Result<Round, OutboxError
     batch.finish(outcome).await?;
 
     // Counted only once committed: until then a crash would publish them again.
-    ctx.state.published(published);
+    ctx.state.published(published, sent_at);
     ctx.state
         .failures
         .fetch_add(failures as u64, Ordering::Relaxed);
