@@ -487,6 +487,17 @@ async fn every_service_serves_its_metrics_in_prometheus_text() {
             println!("{text}");
         }
     }
+    // The relays' gauges, the scheduled rows' among them, once a relay has looked.
+    let url = format!("http://{}/metrics", a.invoicing);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = common::get(&url).await;
+        if text.contains("ms_outbox_scheduled_rows{table=\"invoicing_outbox\"}") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{url}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     common::finish(system).await;
 }
 
