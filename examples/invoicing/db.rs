@@ -119,6 +119,17 @@ impl Db {
         })
     }
 
+    /// Runs `statements` on PostgreSQL only (upgrades of a schema that outlives a run; the
+    /// SQLite files are new each run).
+    pub(crate) async fn upgrade_postgres(&self, statements: &[&'static str]) -> Result<(), Error> {
+        if let Self::Postgres(parts) = self {
+            for statement in statements {
+                sqlx::query(*statement).execute(&parts.pool).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// A readiness check that runs a query through the pool.
     pub(crate) fn check(&self) -> Box<dyn Check> {
         with_db!(self, |parts| Box::new(SqlxPoolCheck::new(

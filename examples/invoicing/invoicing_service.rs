@@ -2,8 +2,19 @@
 //! rules, each change committed with its events (and the `payments.charge` command) through
 //! the outbox; a local copy of the customer directory, kept from the customers context's
 //! events; invoices marked paid from payments' events, and overdue when their due date passes.
+//!
+//! **Timers are scheduled messages.** Sending an invoice schedules its overdue message (a
+//! command to this service, due at the invoice's due date) in the transaction that sends it;
+//! the transaction that marks it paid (or cancels it) cancels every scheduled message of the
+//! invoice by key, so a paid invoice never gets one. A failed charge schedules the next
+//! attempt after a backoff drawn from ms-resilience's [`ExponentialBackoff`], up to
+//! [`MAX_CHARGE_ATTEMPTS`]; after the last, the invoice's overdue message marks it overdue at
+//! its due date. ms-cqrs's
+//! [`Decision`] carries events and immediate commands only, so the decide functions put the
+//! timer changes on the new state and the repository's `save` writes them through the
+//! outbox, in the command's transaction.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
@@ -13,9 +24,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::StatusCode;
 use ms_bus::consumer::{Consumer, ConsumerHandle, Message};
-use ms_bus::{Envelope, Subscription};
+use ms_bus::{Envelope, EnvelopeBuilder, Subscription};
 use ms_cqrs::BusinessRuleError;
 use ms_cqrs::command::{CommandError, CommandExecutor, Decision, Repository, Versioned};
+use ms_outbox::{Backend, Outbox, OutboxMessage};
+use ms_resilience::backoff::ExponentialBackoff;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 
@@ -34,8 +47,15 @@ pub const CUSTOMER_TOPIC: &str = "customers.customer";
 pub const TENANT_TOPIC: &str = "customers.tenant";
 /// The payments' events topic.
 pub const PAYMENT_TOPIC: &str = "payments.payment";
-/// How often sent invoices are checked for a passed due date.
-const OVERDUE_SWEEP_INTERVAL: Duration = Duration::from_millis(200);
+/// The destination of an invoice's overdue message: a command to this service itself,
+/// scheduled at the invoice's due date.
+pub const OVERDUE_DESTINATION: &str = "invoicing.overdue";
+/// How many times an invoice's card is charged before the invoice is left overdue.
+pub const MAX_CHARGE_ATTEMPTS: i64 = 3;
+/// The wait before charging again after a failed charge (full jitter), short for the demo.
+fn charge_retry_backoff() -> ExponentialBackoff {
+    ExponentialBackoff::new(Duration::from_millis(200), Duration::from_secs(5))
+}
 const DAY_MS: i64 = 86_400_000;
 
 pub(crate) const DDL: &[&str] = &[
@@ -47,8 +67,14 @@ pub(crate) const DDL: &[&str] = &[
         id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, customer_id TEXT NOT NULL,
         customer_name TEXT NOT NULL, total_cents BIGINT NOT NULL, status TEXT NOT NULL,
         created_at BIGINT NOT NULL, due_at BIGINT NOT NULL, updated_at BIGINT NOT NULL,
-        payment_error TEXT, version BIGINT NOT NULL)",
+        payment_error TEXT, charge_attempts BIGINT NOT NULL DEFAULT 0,
+        version BIGINT NOT NULL)",
 ];
+
+/// Brings a PostgreSQL schema of an earlier version up to date (a database that outlives a
+/// run; SQLite files are new each run).
+pub(crate) const POSTGRES_UPGRADE: &[&str] =
+    &["ALTER TABLE invoices ADD COLUMN IF NOT EXISTS charge_attempts BIGINT NOT NULL DEFAULT 0"];
 
 /// A line of a new invoice.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,6 +97,9 @@ pub struct CreateInvoice {
     /// Days until payment is due (0: due now).
     #[serde(default = "default_due_days")]
     pub due_in_days: i64,
+    /// The due date itself, Unix milliseconds; wins over `due_in_days` when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at: Option<i64>,
 }
 
 fn default_due_days() -> i64 {
@@ -98,6 +127,9 @@ pub struct Invoice {
     pub due_at: i64,
     /// The last failed charge's reason, if any.
     pub payment_error: Option<String>,
+    /// How many charges of this invoice failed.
+    #[serde(default)]
+    pub charge_attempts: i64,
 }
 
 /// The charge command's data.
@@ -111,6 +143,13 @@ pub struct Charge {
     pub customer_id: String,
     /// The amount, in cents.
     pub amount_cents: i64,
+    /// Which attempt this is, from 1.
+    #[serde(default = "first_attempt")]
+    pub attempt: i64,
+}
+
+fn first_attempt() -> i64 {
+    1
 }
 
 /// A payment event's data (`payments.payment.succeeded` / `.failed`).
@@ -126,6 +165,9 @@ pub struct PaymentResult {
     pub amount_cents: i64,
     /// Why it failed, when it did.
     pub reason: Option<String>,
+    /// The charge attempt it answers, from 1.
+    #[serde(default = "first_attempt")]
+    pub attempt: i64,
 }
 
 /// `customers.customer.registered`.
@@ -182,11 +224,57 @@ const NOT_FOUND: &str = "INVOICE_NOT_FOUND";
 pub(crate) struct InvoiceState {
     invoice: Invoice,
     tenant_status: Option<String>,
+    /// What the decision does to the invoice's scheduled messages, written by `save` in the
+    /// command's transaction (never stored with the invoice).
+    timers: Vec<Timer>,
 }
 
-/// The invoices table as an ms-cqrs repository: one row per invoice, with its version.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Invoices;
+/// A change to an invoice's scheduled messages.
+#[derive(Debug, Clone)]
+enum Timer {
+    /// Every scheduled message of the invoice (its overdue message, a pending charge retry)
+    /// is cancelled, by key.
+    CancelAll,
+    /// A message is scheduled.
+    Schedule(OutboxMessage),
+}
+
+/// What the service's timers did, in order, as the scenario prints it and the tests check it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TimerEvent {
+    /// An invoice's overdue message arrived; `marked`: it turned the invoice overdue (false:
+    /// the invoice was no longer `sent`).
+    OverdueDelivered {
+        /// The invoice.
+        invoice_id: String,
+        /// Whether the invoice became overdue.
+        marked: bool,
+    },
+    /// A failed charge is tried again after `after`.
+    ChargeRetry {
+        /// The invoice.
+        invoice_id: String,
+        /// The attempt scheduled, from 2.
+        attempt: i64,
+        /// The backoff drawn.
+        after: Duration,
+    },
+    /// The last attempt failed: no more charges; the overdue message decides.
+    ChargeGaveUp {
+        /// The invoice.
+        invoice_id: String,
+        /// How many charges failed.
+        attempts: i64,
+    },
+}
+
+/// The invoices table as an ms-cqrs repository: one row per invoice, with its version; its
+/// `save` also writes the decision's [`Timer`] changes through `outbox`.
+#[derive(Debug, Clone)]
+pub(crate) struct Invoices<DB: Backend> {
+    outbox: Outbox<DB>,
+}
 
 type StateRow = (
     String,
@@ -199,13 +287,14 @@ type StateRow = (
     i64,
     Option<String>,
     i64,
+    i64,
     Option<String>,
 );
 
 /// `Repository` for one backend; the SQL is the same for both.
 macro_rules! invoice_repository {
     ($db:ty) => {
-        impl Repository<$db> for Invoices {
+        impl Repository<$db> for Invoices<$db> {
             type State = InvoiceState;
 
             async fn load(
@@ -215,16 +304,17 @@ macro_rules! invoice_repository {
             ) -> Result<Option<Versioned<InvoiceState>>, sqlx::Error> {
                 let row: Option<StateRow> = sqlx::query_as(
                     "SELECT i.id, i.tenant_id, i.customer_id, i.customer_name, i.total_cents, \
-                     i.status, i.created_at, i.due_at, i.payment_error, i.version, t.status \
+                     i.status, i.created_at, i.due_at, i.payment_error, i.charge_attempts, \
+                     i.version, t.status \
                      FROM invoices i LEFT JOIN tenants t ON t.tenant_id = i.tenant_id \
                      WHERE i.id = $1",
                 )
                 .bind(id)
                 .fetch_optional(&mut *conn)
                 .await?;
-                Ok(row.map(|(id, tenant_id, customer_id, customer_name, total_cents, status, created_at, due_at, payment_error, version, tenant_status)| {
-                    let invoice = Invoice { id, tenant_id, customer_id, customer_name, total_cents, status, created_at, due_at, payment_error };
-                    Versioned::new(InvoiceState { invoice, tenant_status }, version.cast_unsigned())
+                Ok(row.map(|(id, tenant_id, customer_id, customer_name, total_cents, status, created_at, due_at, payment_error, charge_attempts, version, tenant_status)| {
+                    let invoice = Invoice { id, tenant_id, customer_id, customer_name, total_cents, status, created_at, due_at, payment_error, charge_attempts };
+                    Versioned::new(InvoiceState { invoice, tenant_status, timers: Vec::new() }, version.cast_unsigned())
                 }))
             }
 
@@ -242,7 +332,8 @@ macro_rules! invoice_repository {
                         sqlx::query(
                             "INSERT INTO invoices (id, tenant_id, customer_id, customer_name, \
                              total_cents, status, created_at, due_at, updated_at, payment_error, \
-                             version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                             charge_attempts, version) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
                              ON CONFLICT (id) DO NOTHING",
                         )
                         .bind(id)
@@ -255,6 +346,7 @@ macro_rules! invoice_repository {
                         .bind(i.due_at)
                         .bind(now_ms())
                         .bind(&i.payment_error)
+                        .bind(i.charge_attempts)
                         .bind(new_version.cast_signed())
                         .execute(&mut *conn)
                         .await?
@@ -262,11 +354,12 @@ macro_rules! invoice_repository {
                     Some(expected) => {
                         sqlx::query(
                             "UPDATE invoices SET status = $1, payment_error = $2, updated_at = $3, \
-                             version = $4 WHERE id = $5 AND version = $6",
+                             charge_attempts = $4, version = $5 WHERE id = $6 AND version = $7",
                         )
                         .bind(&i.status)
                         .bind(&i.payment_error)
                         .bind(now_ms())
+                        .bind(i.charge_attempts)
                         .bind(new_version.cast_signed())
                         .bind(id)
                         .bind(expected.cast_signed())
@@ -274,7 +367,19 @@ macro_rules! invoice_repository {
                         .await?
                     }
                 };
-                Ok(done.rows_affected() == 1)
+                if done.rows_affected() != 1 {
+                    return Ok(false);
+                }
+                for timer in &state.timers {
+                    let written = match timer {
+                        Timer::CancelAll => self.outbox.cancel_key(&mut *conn, id).await.map(drop),
+                        Timer::Schedule(message) => {
+                            self.outbox.enqueue(&mut *conn, message.clone()).await
+                        }
+                    };
+                    written.map_err(outbox_to_sqlx)?;
+                }
+                Ok(true)
             }
         }
     };
@@ -283,21 +388,59 @@ macro_rules! invoice_repository {
 invoice_repository!(sqlx::Sqlite);
 invoice_repository!(sqlx::Postgres);
 
+/// An outbox failure inside `save`, as the repository's error type: a database error stays
+/// one (so the executor still sees conflicts), anything else is not retried.
+fn outbox_to_sqlx(error: ms_outbox::OutboxError) -> sqlx::Error {
+    match error {
+        ms_outbox::OutboxError::Database(error) => error,
+        other => sqlx::Error::Encode(Box::new(other)),
+    }
+}
+
 /// The running service's state.
 #[derive(Debug)]
 pub(crate) struct Invoicing {
     db: Db,
+    timer_log: Mutex<Vec<TimerEvent>>,
 }
 
-/// The consumers and the sweeper the service runs besides its HTTP server.
+/// The consumers the service runs besides its HTTP server: customers, tenants, payments'
+/// results, and its own overdue messages.
 pub(crate) struct Workers {
     pub(crate) consumers: Vec<ConsumerHandle>,
-    pub(crate) sweeper: tokio::task::JoinHandle<()>,
 }
 
 impl Invoicing {
     pub(crate) fn new(db: Db) -> Arc<Self> {
-        Arc::new(Self { db })
+        Arc::new(Self {
+            db,
+            timer_log: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// What the timers did so far, in order.
+    pub(crate) fn timer_log(&self) -> Vec<TimerEvent> {
+        self.timer_log
+            .lock()
+            .map_or_else(|poisoned| poisoned.into_inner().clone(), |log| log.clone())
+    }
+
+    fn log_timer(&self, event: TimerEvent) {
+        tracing::info!(?event, "invoice timer");
+        match self.timer_log.lock() {
+            Ok(mut log) => log.push(event),
+            Err(poisoned) => poisoned.into_inner().push(event),
+        }
+    }
+
+    /// The scheduled messages not yet due, of invoice `key` or all, earliest first.
+    pub(crate) async fn scheduled(
+        &self,
+        key: Option<&str>,
+    ) -> Result<Vec<ms_outbox::ScheduledMessage>, Error> {
+        Ok(with_db!(&self.db, |db| {
+            db.outbox.scheduled(&db.pool, key, 1_000).await?
+        }))
     }
 
     /// The service's routes (health routes are added by the caller).
@@ -312,7 +455,7 @@ impl Invoicing {
             .with_state(self.clone())
     }
 
-    /// Subscribes to the customers context and to payments, and starts the overdue sweeper.
+    /// Subscribes to the customers context, to payments and to its own overdue messages.
     pub(crate) async fn start_workers(self: &Arc<Self>, bus: &SharedBus) -> Result<Workers, Error> {
         let mut consumers = Vec::new();
         for topic in [CUSTOMER_TOPIC, TENANT_TOPIC, PAYMENT_TOPIC] {
@@ -328,16 +471,16 @@ impl Invoicing {
             );
         }
         let service = self.clone();
-        let sweeper = tokio::spawn(async move {
-            let mut every = tokio::time::interval(OVERDUE_SWEEP_INTERVAL);
-            loop {
-                every.tick().await;
-                if let Err(error) = service.sweep_overdue(now_ms()).await {
-                    tracing::warn!(%error, "overdue sweep failed");
-                }
-            }
+        let handler = tower::service_fn(move |message: Message| {
+            let service = service.clone();
+            async move { service.on_overdue(message.envelope()).await }
         });
-        Ok(Workers { consumers, sweeper })
+        consumers.push(
+            Consumer::new(Subscription::commands(OVERDUE_DESTINATION)?)
+                .serve(bus, handler)
+                .await?,
+        );
+        Ok(Workers { consumers })
     }
 
     /// Runs a command on invoice `id` through ms-cqrs's executor: load (with the tenant's
@@ -349,8 +492,11 @@ impl Invoicing {
     {
         let span = service_span("invoicing", "ms-cqrs: load, decide, save + outbox");
         let executed = with_db!(&self.db, |db| {
+            let invoices = Invoices {
+                outbox: db.outbox.clone(),
+            };
             CommandExecutor::new(db.pool.clone(), db.outbox.clone())
-                .execute(&Invoices, id, decide)
+                .execute(&invoices, id, decide)
                 .instrument(span)
                 .await
         });
@@ -378,7 +524,9 @@ impl Invoicing {
         });
         let now = now_ms();
         let id = format!("inv-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-        let due_at = now.saturating_add(command.due_in_days.max(0).saturating_mul(DAY_MS));
+        let due_at = command.due_at.unwrap_or_else(|| {
+            now.saturating_add(command.due_in_days.max(0).saturating_mul(DAY_MS))
+        });
         let created = self
             .execute(&id, |current| {
                 if current.is_some() {
@@ -404,11 +552,13 @@ impl Invoicing {
                     created_at: now,
                     due_at,
                     payment_error: None,
+                    charge_attempts: 0,
                 };
                 transition(
                     InvoiceState {
                         invoice,
                         tenant_status,
+                        timers: Vec::new(),
                     },
                     "invoicing.invoice.created",
                 )
@@ -434,16 +584,9 @@ impl Invoicing {
                 tenant_active(&state.invoice.tenant_id, state.tenant_status.as_deref())?;
                 let mut next = state.clone();
                 "sent".clone_into(&mut next.invoice.status);
-                let charge = Charge {
-                    invoice_id: id.to_owned(),
-                    tenant_id: next.invoice.tenant_id.clone(),
-                    customer_id: next.invoice.customer_id.clone(),
-                    amount_cents: next.invoice.total_cents,
-                };
-                let command = Envelope::builder("payments.charge", "/invoicing")
-                    .tenant_id(&charge.tenant_id)
-                    .json_data(&charge)
-                    .map_err(|e| unserializable(&e))?;
+                let command = charge(&next.invoice, 1)?;
+                next.timers
+                    .push(Timer::Schedule(overdue_message(&next.invoice)?));
                 Ok(
                     transition(next, "invoicing.invoice.sent")?
                         .command(CHARGE_DESTINATION, command),
@@ -469,6 +612,7 @@ impl Invoicing {
                 }
                 let mut next = state.clone();
                 "cancelled".clone_into(&mut next.invoice.status);
+                next.timers.push(Timer::CancelAll);
                 transition(next, "invoicing.invoice.cancelled")
             })
             .await?;
@@ -477,7 +621,7 @@ impl Invoicing {
 
     async fn fetch(&self, id: &str) -> Result<Invoice, Refused> {
         let state: Option<Versioned<InvoiceState>> =
-            with_db!(&self.db, |db| { load(&db.pool, id).await? });
+            with_db!(&self.db, |db| { load(&db.pool, &db.outbox, id).await? });
         state
             .map(|versioned| versioned.state.invoice)
             .ok_or_else(|| Refused::NotFound(id.to_owned()))
@@ -537,10 +681,25 @@ impl Invoicing {
                 "payments.payment.succeeded" | "payments.payment.failed" => {
                     let result: PaymentResult = event.json_data()?;
                     let paid = event.ty().ends_with("succeeded");
-                    match self
-                        .execute(&result.invoice_id, |current| settle(current, &result, paid))
-                        .await
+                    // Drawn once, outside `decide` (which must be pure and may run again).
+                    let delays: Vec<Duration> = charge_retry_backoff()
+                        .delays()
+                        .take(usize::try_from(MAX_CHARGE_ATTEMPTS).unwrap_or(0))
+                        .collect();
+                    let mut outcome = None;
+                    let settled = self
+                        .execute(&result.invoice_id, |current| {
+                            let (decision, timer) = settle(current, &result, paid, &delays)?;
+                            outcome = timer;
+                            Ok(decision)
+                        })
+                        .await;
+                    if settled.is_ok()
+                        && let Some(event) = outcome
                     {
+                        self.log_timer(event);
+                    }
+                    match settled {
                         Ok(_) | Err(Refused::NotFound(_)) => Ok(()),
                         Err(Refused::Failed(error)) => Err(error),
                         Err(Refused::Command(error)) => Err(Error::Command(error)),
@@ -597,80 +756,161 @@ impl Invoicing {
         })
     }
 
-    /// Marks every sent invoice whose due date has passed as overdue, one command (and one
-    /// `invoicing.invoice.overdue` event) each.
-    pub(crate) async fn sweep_overdue(&self, now: i64) -> Result<usize, Error> {
-        let due: Vec<String> = with_db!(&self.db, |db| {
-            sqlx::query_scalar("SELECT id FROM invoices WHERE status = 'sent' AND due_at <= $1")
-                .bind(now)
-                .fetch_all(&db.pool)
-                .await?
-        });
-        let mut marked = 0;
-        for id in due {
-            let overdue = self
-                .execute(&id, |current| {
-                    // Paid or cancelled since the query above: nothing to do.
-                    let Some(state) =
-                        current.filter(|s| s.invoice.status == "sent" && s.invoice.due_at <= now)
-                    else {
-                        return Ok(Decision::unchanged());
-                    };
-                    let mut next = state.clone();
-                    "overdue".clone_into(&mut next.invoice.status);
-                    transition(next, "invoicing.invoice.overdue")
-                })
-                .await;
-            match overdue {
-                Ok(_) => marked += 1,
-                Err(Refused::Failed(error)) => return Err(error),
-                Err(Refused::Command(error)) => return Err(Error::Command(error)),
-                Err(Refused::NotFound(_)) => {}
+    /// An invoice's overdue message: marks it overdue if it is still `sent` (one
+    /// `invoicing.invoice.overdue` event); a paid or cancelled invoice cancelled the message,
+    /// but one already on its way is a no-op, as is a redelivery.
+    async fn on_overdue(&self, message: &Envelope) -> Result<(), Error> {
+        let Some(id) = message.subject().map(str::to_owned) else {
+            return Err(Error::Scenario(format!(
+                "overdue message {} names no invoice",
+                message.id()
+            )));
+        };
+        let span = service_span("invoicing", format!("invoicing: {id} is due"));
+        let mut marked = false;
+        let overdue = self
+            .execute(&id, |current| {
+                marked = false;
+                let Some(state) = current.filter(|s| s.invoice.status == "sent") else {
+                    return Ok(Decision::unchanged());
+                };
+                let mut next = state.clone();
+                "overdue".clone_into(&mut next.invoice.status);
+                marked = true;
+                transition(next, "invoicing.invoice.overdue")
+            })
+            .instrument(span)
+            .await;
+        match overdue {
+            Ok(_) | Err(Refused::NotFound(_)) => {
+                self.log_timer(TimerEvent::OverdueDelivered {
+                    invoice_id: id,
+                    marked,
+                });
+                Ok(())
             }
+            Err(Refused::Failed(error)) => Err(error),
+            Err(Refused::Command(error)) => Err(Error::Command(error)),
         }
-        Ok(marked)
     }
 }
 
 /// Loads an invoice outside any command.
-async fn load<DB: sqlx::Database>(
+async fn load<DB: Backend>(
     pool: &sqlx::Pool<DB>,
+    outbox: &Outbox<DB>,
     id: &str,
 ) -> Result<Option<Versioned<InvoiceState>>, sqlx::Error>
 where
-    Invoices: Repository<DB, State = InvoiceState>,
+    Invoices<DB>: Repository<DB, State = InvoiceState>,
 {
     let mut conn = pool.acquire().await?;
-    Invoices.load(&mut conn, id).await
+    let invoices = Invoices {
+        outbox: outbox.clone(),
+    };
+    invoices.load(&mut conn, id).await
 }
 
-/// A payment's result applied to its invoice: paid, or the failure noted (with an event, so
-/// that the read side learns it too). Anything else leaves the invoice as it is.
+/// A payment's result applied to its invoice. Paid: every scheduled message of the invoice
+/// is cancelled (its overdue message, a pending retry). Failed: the next attempt is scheduled
+/// after `delays[attempt - 1]`, up to [`MAX_CHARGE_ATTEMPTS`]; after the last, the invoice
+/// waits for its overdue message. A result that is not the invoice's next one (a redelivery, a late duplicate)
+/// leaves the invoice as it is, as does anything on an invoice neither sent nor overdue.
 fn settle(
     current: Option<&InvoiceState>,
     result: &PaymentResult,
     paid: bool,
-) -> Result<Decision<InvoiceState>, BusinessRuleError> {
+    delays: &[Duration],
+) -> Result<(Decision<InvoiceState>, Option<TimerEvent>), BusinessRuleError> {
     let Some(state) =
         current.filter(|s| s.invoice.status == "sent" || s.invoice.status == "overdue")
     else {
-        return Ok(Decision::unchanged());
+        return Ok((Decision::unchanged(), None));
     };
     let mut next = state.clone();
     if paid {
         "paid".clone_into(&mut next.invoice.status);
         next.invoice.payment_error = None;
-        return transition(next, "invoicing.invoice.paid");
+        next.timers.push(Timer::CancelAll);
+        return Ok((transition(next, "invoicing.invoice.paid")?, None));
+    }
+    if result.attempt <= state.invoice.charge_attempts {
+        return Ok((Decision::unchanged(), None));
     }
     let reason = result
         .reason
         .clone()
         .unwrap_or_else(|| "declined".to_owned());
-    if state.invoice.payment_error.as_deref() == Some(reason.as_str()) {
-        return Ok(Decision::unchanged());
-    }
     next.invoice.payment_error = Some(reason);
-    transition(next, "invoicing.invoice.payment_failed")
+    next.invoice.charge_attempts = result.attempt;
+    let invoice_id = state.invoice.id.clone();
+    let retry = usize::try_from(result.attempt - 1)
+        .ok()
+        .and_then(|i| delays.get(i))
+        .filter(|_| result.attempt < MAX_CHARGE_ATTEMPTS);
+    if let Some(&after) = retry {
+        let attempt = result.attempt + 1;
+        let command = charge(&next.invoice, attempt)?
+            .id(format!("{invoice_id}-charge-{attempt}"))
+            .partition_key(&invoice_id)
+            .build()
+            .map_err(|e| unserializable(&e))?;
+        next.timers.push(Timer::Schedule(
+            OutboxMessage::command(CHARGE_DESTINATION, command).deliver_after(after),
+        ));
+        let event = TimerEvent::ChargeRetry {
+            invoice_id,
+            attempt,
+            after,
+        };
+        return Ok((
+            transition(next, "invoicing.invoice.payment_failed")?,
+            Some(event),
+        ));
+    }
+    // The last attempt failed: no more charges; the overdue message, still scheduled, marks
+    // the invoice overdue at its due date unless it is paid another way first.
+    let event = TimerEvent::ChargeGaveUp {
+        invoice_id,
+        attempts: result.attempt,
+    };
+    Ok((
+        transition(next, "invoicing.invoice.payment_failed")?,
+        Some(event),
+    ))
+}
+
+/// The `payments.charge` command of attempt `attempt` for `invoice`.
+fn charge(invoice: &Invoice, attempt: i64) -> Result<EnvelopeBuilder, BusinessRuleError> {
+    let charge = Charge {
+        invoice_id: invoice.id.clone(),
+        tenant_id: invoice.tenant_id.clone(),
+        customer_id: invoice.customer_id.clone(),
+        amount_cents: invoice.total_cents,
+        attempt,
+    };
+    Envelope::builder("payments.charge", "/invoicing")
+        .tenant_id(&charge.tenant_id)
+        .json_data(&charge)
+        .map_err(|e| unserializable(&e))
+}
+
+/// The invoice's overdue message: a command to this service, due at the invoice's due date,
+/// with an id of its own (`<invoice>-overdue`) and the invoice as key, so that the paying
+/// transaction can cancel it.
+fn overdue_message(invoice: &Invoice) -> Result<OutboxMessage, BusinessRuleError> {
+    let envelope = Envelope::builder("invoicing.invoice.due", "/invoicing")
+        .id(format!("{}-overdue", invoice.id))
+        .subject(&invoice.id)
+        .partition_key(&invoice.id)
+        .tenant_id(&invoice.tenant_id)
+        .build()
+        .map_err(|e| unserializable(&e))?;
+    let due = time::OffsetDateTime::from_unix_timestamp_nanos(
+        i128::from(invoice.due_at).saturating_mul(1_000_000),
+    )
+    .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    Ok(OutboxMessage::command(OVERDUE_DESTINATION, envelope).deliver_at(due))
 }
 
 /// The new state and the event `ty` that carries it (the invoice, as JSON).

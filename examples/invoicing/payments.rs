@@ -128,6 +128,7 @@ impl Payments {
             tenant_id: charge.tenant_id.clone(),
             amount_cents: charge.amount_cents,
             reason,
+            attempt: charge.attempt,
         };
         let event = Envelope::builder(format!("payments.payment.{status}"), "/payments")
             .subject(&result.invoice_id)

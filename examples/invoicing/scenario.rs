@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use crate::config::DEMO_API_KEY;
 use crate::gateway::API_KEY_HEADER;
 use crate::http::Reply;
+use crate::invoicing_service::{MAX_CHARGE_ATTEMPTS, OVERDUE_DESTINATION, TimerEvent};
 use crate::{Error, System, trace_tree};
 
 /// How long the scenario waits for the system to settle (events relayed and projected).
@@ -36,6 +37,11 @@ pub struct Report {
     pub correlation_id: String,
     /// The services that took part in that trace.
     pub traced_services: Vec<String>,
+    /// What invoicing's timers did for the scenario's invoices, in order.
+    pub timers: Vec<TimerEvent>,
+    /// The scenario's invoices' messages still scheduled at the end (none: the paid ones'
+    /// overdue messages were cancelled, the unpaid one's was delivered).
+    pub still_scheduled: Vec<String>,
 }
 
 /// A client of the gateway, as an outside caller is: no tracing of its own, but it may send
@@ -150,6 +156,7 @@ pub async fn run(system: &System, out: &mut dyn Write, chaos: bool) -> Result<Re
         system.stop_payments().await?;
     }
     let (trace_id, correlation_id) = send_invoices(&client, out, &invoices).await?;
+    print_scheduled(&client, out, &invoices).await?;
     if chaos {
         chaos_outage(system, &client, out).await?;
     }
@@ -157,7 +164,7 @@ pub async fn run(system: &System, out: &mut dyn Write, chaos: bool) -> Result<Re
     step(
         out,
         "5",
-        "payments settles the charges (one is over the card limit), invoicing and reporting catch up",
+        "payments settles the charges (one is over the card limit: retried with backoff, then its overdue message decides), invoicing and reporting catch up",
     )?;
     let settling = std::time::Instant::now();
     let dashboard = wait_for(|| async {
@@ -181,6 +188,7 @@ pub async fn run(system: &System, out: &mut dyn Write, chaos: bool) -> Result<Re
         ),
     )?;
     print_dashboard(out, &dashboard)?;
+    let (timers, still_scheduled) = print_timers(system, out, &invoices).await?;
 
     let read_model = read_model(&client, out).await?;
 
@@ -216,7 +224,138 @@ pub async fn run(system: &System, out: &mut dyn Write, chaos: bool) -> Result<Re
         trace_id,
         correlation_id,
         traced_services,
+        timers,
+        still_scheduled,
     })
+}
+
+/// Step 4's overdue messages: one per sent invoice, due at its due date. (Listing them with
+/// `Outbox::scheduled` here would race with payments, which cancels the paid ones within
+/// milliseconds; step 5 lists what is left.)
+async fn print_scheduled(
+    client: &GatewayClient,
+    out: &mut dyn Write,
+    invoices: &[String],
+) -> Result<(), Error> {
+    line(
+        out,
+        "each send scheduled the invoice's overdue message at its due date, in the same transaction:",
+    )?;
+    for id in &invoices[..3] {
+        let invoice = client
+            .expect(
+                Method::GET,
+                &format!("/api/v1/invoices/{id}"),
+                None,
+                StatusCode::OK,
+                &[],
+            )
+            .await?;
+        let due = invoice["due_at"]
+            .as_i64()
+            .and_then(|ms| {
+                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+            })
+            .map_or_else(|| "?".to_owned(), day);
+        line(
+            out,
+            &format!("  {id}-overdue  → {OVERDUE_DESTINATION}  due {due}"),
+        )?;
+    }
+    Ok(())
+}
+
+/// What the timers did: overdue messages delivered or cancelled, charges retried with
+/// backoff. Waits until the unpaid invoice's overdue message was delivered and its last
+/// charge failed.
+async fn print_timers(
+    system: &System,
+    out: &mut dyn Write,
+    invoices: &[String],
+) -> Result<(Vec<TimerEvent>, Vec<String>), Error> {
+    let unpaid = invoices[2].as_str();
+    let timers = wait_for(|| async {
+        let timers: Vec<TimerEvent> = system
+            .timer_log()
+            .into_iter()
+            .filter(|event| invoices.iter().any(|id| id == timer_invoice(event)))
+            .collect();
+        let delivered = timers.iter().any(|e| {
+            matches!(e, TimerEvent::OverdueDelivered { invoice_id, .. } if invoice_id == unpaid)
+        });
+        let gave_up = timers.iter().any(
+            |e| matches!(e, TimerEvent::ChargeGaveUp { invoice_id, .. } if invoice_id == unpaid),
+        );
+        Ok((delivered && gave_up).then_some(timers))
+    })
+    .await?;
+    line(out, "timers (scheduled messages in invoicing's outbox):")?;
+    for event in &timers {
+        let what = match event {
+            TimerEvent::ChargeRetry {
+                invoice_id,
+                attempt,
+                after,
+            } => format!(
+                "{invoice_id}  charge failed: attempt {attempt} of {MAX_CHARGE_ATTEMPTS} scheduled in {} ms (ms-resilience ExponentialBackoff)",
+                after.as_millis()
+            ),
+            TimerEvent::ChargeGaveUp {
+                invoice_id,
+                attempts,
+            } => format!(
+                "{invoice_id}  charge failed {attempts} times: no more attempts, the overdue message decides"
+            ),
+            TimerEvent::OverdueDelivered { invoice_id, marked } => format!(
+                "{invoice_id}  overdue message delivered → {}",
+                if *marked { "overdue" } else { "no change" }
+            ),
+        };
+        line(out, &format!("  {what}"))?;
+    }
+    let mut still_scheduled = Vec::new();
+    for id in invoices {
+        let left = system.scheduled(Some(id)).await?;
+        still_scheduled.extend(left.iter().map(|m| m.id.clone()));
+    }
+    for id in &invoices[..2] {
+        let left = still_scheduled
+            .iter()
+            .filter(|m| m.starts_with(id.as_str()))
+            .count();
+        line(
+            out,
+            &format!(
+                "  {id}  paid: its overdue message was cancelled in the paying transaction ({left} scheduled)"
+            ),
+        )?;
+    }
+    line(
+        out,
+        &format!(
+            "  {}  cancelled as a draft: never scheduled one",
+            invoices[3]
+        ),
+    )?;
+    Ok((timers, still_scheduled))
+}
+
+fn timer_invoice(event: &TimerEvent) -> &str {
+    match event {
+        TimerEvent::OverdueDelivered { invoice_id, .. }
+        | TimerEvent::ChargeRetry { invoice_id, .. }
+        | TimerEvent::ChargeGaveUp { invoice_id, .. } => invoice_id,
+    }
+}
+
+fn day(at: time::OffsetDateTime) -> String {
+    format!(
+        "{} {:02}:{:02}:{:02} UTC",
+        at.date(),
+        at.hour(),
+        at.minute(),
+        at.second()
+    )
 }
 
 /// The read model, a page at a time, sorted by total.
@@ -227,7 +366,8 @@ async fn read_model(client: &GatewayClient, out: &mut dyn Write) -> Result<Value
         "the read model: GET /api/v1/reports/invoices?sort=-total_cents&limit=3, then the next page",
     )?;
     // Payments' results come on a topic of their own, so the statuses above can be projected
-    // before the failed charge is: wait until every overdue row carries its payment error.
+    // before the failed charge is: wait until every overdue row carries its payment error and
+    // every attempt.
     let read_model = wait_for(|| async {
         let page = client
             .expect(
@@ -243,7 +383,10 @@ async fn read_model(client: &GatewayClient, out: &mut dyn Write) -> Result<Value
             .into_iter()
             .flatten()
             .filter(|row| row["status"] == "overdue")
-            .all(|row| row["last_payment_error"].is_string());
+            .all(|row| {
+                row["last_payment_error"].is_string()
+                    && row["payment_attempts"].as_i64() >= Some(MAX_CHARGE_ATTEMPTS)
+            });
         Ok(projected.then_some(page))
     })
     .await?;
@@ -516,13 +659,14 @@ fn figures(dashboard: &Value) -> [i64; 5] {
     ]
 }
 
-/// Two more paid, one more overdue, one more cancelled than at `baseline` (a database that
+/// Two more paid, one more overdue, one more cancelled, one more failed payment per charge
+/// attempt than at `baseline` (a database that
 /// outlives a run keeps the earlier runs' invoices), in the read model and in payments, all
 /// at once.
 fn settled(dashboard: &Value, baseline: &Value) -> bool {
     let (now, before) = (figures(dashboard), figures(baseline));
     let moved: Vec<i64> = now.iter().zip(before).map(|(n, b)| n - b).collect();
-    dashboard["partial"] == false && moved == [2, 1, 1, 1, 2]
+    dashboard["partial"] == false && moved == [2, 1, 1, MAX_CHARGE_ATTEMPTS, 2]
 }
 
 async fn wait_for<T, F, Fut>(mut poll: F) -> Result<T, Error>

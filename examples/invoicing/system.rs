@@ -9,7 +9,7 @@ use axum::Router;
 use ms_bus::consumer::ConsumerHandle;
 use ms_bus::{Envelope, EventPublisher as _};
 use ms_health::{CheckOptions, CheckResult, HealthRegistry, Latch, check_fn};
-use ms_outbox::{Relay, RelayHandle};
+use ms_outbox::{Relay, RelayHandle, ScheduledMessage};
 use ms_tracing::{CorrelationIdLayer, ServerTraceLayer};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, watch};
@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::db::{Db, with_db};
 use crate::gateway::{self, Gateway};
 use crate::invoicing_service::{
-    CUSTOMER_TOPIC, CustomerRegistered, Invoicing, TENANT_TOPIC, TenantChanged, Workers,
+    CUSTOMER_TOPIC, CustomerRegistered, Invoicing, TENANT_TOPIC, TenantChanged, TimerEvent, Workers,
 };
 use crate::payments::{self, Payments};
 use crate::reporting::{Reporting, Runners};
@@ -54,7 +54,7 @@ pub struct System {
     relays: Vec<RelayHandle>,
     consumers: Vec<ConsumerHandle>,
     projections: Runners,
-    sweeper: JoinHandle<()>,
+    invoicing: Arc<Invoicing>,
     payments: Arc<Payments>,
     payments_registry: HealthRegistry,
     payments_running: Mutex<Option<payments::Running>>,
@@ -89,6 +89,9 @@ impl System {
         let (dir, dbs) = open_databases(&config).await?;
         let [invoicing_db, payments_db, reporting_db] = dbs.clone();
         invoicing_db.migrate(crate::invoicing_service::DDL).await?;
+        invoicing_db
+            .upgrade_postgres(crate::invoicing_service::POSTGRES_UPGRADE)
+            .await?;
         payments_db.migrate(payments::DDL).await?;
         reporting_db.migrate(crate::reporting::DDL).await?;
         let migrated = Latch::new();
@@ -107,7 +110,6 @@ impl System {
         let invoicing = Invoicing::new(invoicing_db.clone());
         let Workers {
             consumers: invoicing_consumers,
-            sweeper,
         } = invoicing.start_workers(&bus).await?;
         let relays = vec![relay(&invoicing_db, &bus), relay(&payments_db, &bus)];
 
@@ -179,7 +181,7 @@ impl System {
             relays,
             consumers,
             projections,
-            sweeper,
+            invoicing,
             payments,
             payments_registry,
             payments_running: Mutex::new(Some(running)),
@@ -190,6 +192,18 @@ impl System {
         };
         system.announce_customers().await?;
         Ok(system)
+    }
+
+    /// What invoicing's timers did so far, in order: overdue messages delivered, charges
+    /// retried, charges given up.
+    pub fn timer_log(&self) -> Vec<TimerEvent> {
+        self.invoicing.timer_log()
+    }
+
+    /// The messages invoicing has scheduled and that are not yet due, earliest first: all of
+    /// them, or those of one invoice (`Outbox::scheduled`).
+    pub async fn scheduled(&self, invoice: Option<&str>) -> Result<Vec<ScheduledMessage>, Error> {
+        self.invoicing.scheduled(invoice).await
     }
 
     /// Where each service listens.
@@ -280,7 +294,6 @@ impl System {
         if let Some(running) = self.payments_running.into_inner() {
             running.stop().await?;
         }
-        self.sweeper.abort();
         for consumer in self.consumers {
             consumer.shutdown().await?;
         }

@@ -8,6 +8,7 @@ use http::{Method, StatusCode, header};
 use ms_bus::memory::Faults;
 use ms_examples::Options;
 use ms_examples::config::{Config, Credential, DEMO_BEARER_TOKEN};
+use ms_examples::invoicing_service::{MAX_CHARGE_ATTEMPTS, TimerEvent};
 use ms_examples::scenario::{self, GatewayClient};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,9 +51,14 @@ async fn a_bus_that_duplicates_delays_reorders_and_loses_acks_changes_no_number(
         common::check_report(&report);
         for row in report.read_model["items"].as_array().unwrap() {
             let attempts = row["payment_attempts"].as_i64().unwrap();
+            let expected = if row["status"] == "overdue" {
+                MAX_CHARGE_ATTEMPTS
+            } else {
+                1
+            };
             assert_eq!(
-                attempts, 1,
-                "seed {seed}: one charge per sent invoice: {row}"
+                attempts, expected,
+                "seed {seed}: one charge per sent invoice, retried only when it failed: {row}"
             );
         }
         system.shutdown().await.expect("graceful shutdown");
@@ -481,5 +487,148 @@ async fn every_service_serves_its_metrics_in_prometheus_text() {
             println!("{text}");
         }
     }
+    // The relays' gauges, the scheduled rows' among them, once a relay has looked.
+    let url = format!("http://{}/metrics", a.invoicing);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = common::get(&url).await;
+        if text.contains("ms_outbox_scheduled_rows{table=\"invoicing_outbox\"}") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{url}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     common::finish(system).await;
+}
+
+/// Two invoices due in two seconds: the one paid at once never gets its overdue message (it
+/// was cancelled when it was paid); the one whose card is declined is charged
+/// `MAX_CHARGE_ATTEMPTS` times, then its overdue message marks it overdue at its due date,
+/// not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_unpaid_invoice_gets_its_overdue_message_at_its_due_date() {
+    let system = common::start_embedded().await;
+    let client = GatewayClient::new(&system);
+    let due_at = unix_ms() + 2_000;
+    let mut ids = Vec::new();
+    for cents in [1_000, 900_000] {
+        ids.push(create_and_send(&client, cents, due_at).await);
+    }
+    let (paid, declined) = (ids[0].as_str(), ids[1].as_str());
+    let status = |id: String| {
+        let client = client.clone();
+        async move {
+            client
+                .call(Method::GET, &format!("/api/v1/invoices/{id}"), None, &[])
+                .await
+                .unwrap()
+                .json()
+                .unwrap()
+        }
+    };
+    // Before the due date: the declined one was retried and is still `sent`, with its overdue
+    // message waiting; the paid one has nothing scheduled.
+    let gave_up = |log: &[TimerEvent]| {
+        log.iter().any(
+            |e| matches!(e, TimerEvent::ChargeGaveUp { invoice_id, .. } if invoice_id == declined),
+        )
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !gave_up(&system.timer_log()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            system.timer_log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before: serde_json::Value = status(declined.to_owned()).await;
+    let early = unix_ms() < due_at;
+    if early {
+        assert_eq!(
+            before["status"], "sent",
+            "not overdue before its due date: {before}"
+        );
+        let waiting = system.scheduled(Some(declined)).await.unwrap();
+        assert_eq!(
+            waiting.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+            [format!("{declined}-overdue")]
+        );
+    }
+    assert_eq!(before["charge_attempts"], MAX_CHARGE_ATTEMPTS, "{before}");
+    assert_eq!(status(paid.to_owned()).await["status"], "paid");
+    assert!(system.scheduled(Some(paid)).await.unwrap().is_empty());
+
+    // Past the due date (and a relay's poll).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let overdue = status(declined.to_owned()).await["status"] == "overdue";
+        if overdue {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the overdue message came"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let delivered: Vec<(String, bool)> = system
+        .timer_log()
+        .into_iter()
+        .filter_map(|e| match e {
+            TimerEvent::OverdueDelivered { invoice_id, marked } => Some((invoice_id, marked)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        delivered,
+        [(declined.to_owned(), true)],
+        "the paid invoice never got an overdue message"
+    );
+    assert_eq!(status(paid.to_owned()).await["status"], "paid");
+    common::finish(system).await;
+}
+
+fn unix_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_millis()).unwrap()
+}
+
+/// Creates an invoice of one line of `cents` for c-runner, due at `due_at`, and sends it.
+async fn create_and_send(client: &GatewayClient, cents: i64, due_at: i64) -> String {
+    let body = serde_json::json!({
+        "customer_id": "c-runner", "due_at": due_at,
+        "lines": [{"description": "x", "quantity": 1, "unit_price_cents": cents}],
+    });
+    // The customer directory arrives by events: wait for it.
+    let invoice: serde_json::Value = loop {
+        let reply = client
+            .call(
+                Method::POST,
+                "/api/v1/invoices",
+                Some(&body.to_string()),
+                &[],
+            )
+            .await
+            .unwrap();
+        if reply.status == StatusCode::CREATED {
+            break reply.json().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let id = invoice["id"].as_str().unwrap().to_owned();
+    let sent = client
+        .call(
+            Method::POST,
+            &format!("/api/v1/invoices/{id}/send"),
+            None,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent.status, StatusCode::OK);
+    id
 }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::StatusCode;
 use http_body_util::BodyExt as _;
+use ms_examples::invoicing_service::{MAX_CHARGE_ATTEMPTS, TimerEvent};
 use ms_examples::scenario::Report;
 
 use ms_examples::trace_tree;
@@ -44,7 +45,10 @@ pub(crate) fn check_report(report: &Report) {
     assert_eq!(d["invoices"]["outstanding_cents"], 730_000, "{d}");
     assert_eq!(d["payments"]["succeeded_count"], 2, "{d}");
     assert_eq!(d["payments"]["succeeded_cents"], 223_000, "{d}");
-    assert_eq!(d["payments"]["failed_count"], 1, "{d}");
+    assert_eq!(
+        d["payments"]["failed_count"], MAX_CHARGE_ATTEMPTS,
+        "the failed charge was tried {MAX_CHARGE_ATTEMPTS} times: {d}"
+    );
     assert_eq!(d["read_model"]["invoices"], 4, "{d}");
     assert_eq!(d["read_model"]["collected_cents"], 223_000, "{d}");
 
@@ -69,6 +73,7 @@ pub(crate) fn check_report(report: &Report) {
             .starts_with("CARD_LIMIT_EXCEEDED")
     );
     assert_eq!(rows[1]["paid_cents"], 125_000);
+    check_timers(report);
 
     assert_eq!(
         report.traced_services,
@@ -117,4 +122,53 @@ pub(crate) async fn start(config: ms_examples::config::Config) -> ms_examples::S
 pub(crate) async fn finish(system: ms_examples::System) {
     system.shutdown().await.expect("graceful shutdown");
     assert_eq!(panics(), 0, "nothing panicked");
+}
+
+/// The timers of the scenario: only the unpaid invoice (the third) got its overdue message,
+/// its charge was retried up to the last attempt, and nothing of the scenario's invoices is
+/// still scheduled (the paid ones' overdue messages, due in 30 days, were cancelled).
+pub(crate) fn check_timers(report: &Report) {
+    let unpaid = report.invoices[2].as_str();
+    let delivered: Vec<&str> = report
+        .timers
+        .iter()
+        .filter_map(|e| match e {
+            TimerEvent::OverdueDelivered { invoice_id, .. } => Some(invoice_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !delivered.is_empty() && delivered.iter().all(|id| *id == unpaid),
+        "an overdue message for the unpaid invoice only: {:?}",
+        report.timers
+    );
+    let retries: Vec<i64> = report
+        .timers
+        .iter()
+        .filter_map(|e| match e {
+            TimerEvent::ChargeRetry {
+                invoice_id,
+                attempt,
+                ..
+            } if invoice_id == unpaid => Some(*attempt),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<i64> = (2..=MAX_CHARGE_ATTEMPTS).collect();
+    assert_eq!(
+        retries, expected,
+        "retried up to the last attempt: {:?}",
+        report.timers
+    );
+    assert!(
+        report.timers.iter().any(|e| matches!(e,
+            TimerEvent::ChargeGaveUp { invoice_id, attempts } if invoice_id == unpaid && *attempts == MAX_CHARGE_ATTEMPTS)),
+        "{:?}",
+        report.timers
+    );
+    assert!(
+        report.still_scheduled.is_empty(),
+        "the paid invoices' overdue messages were cancelled: {:?}",
+        report.still_scheduled
+    );
 }
