@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use async_nats::Subject;
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use ms_resilience::backoff::{Delays, ExponentialBackoff, Jitter};
 use tokio::time::Instant;
 
 use super::Inner;
@@ -63,7 +64,9 @@ impl Inner {
         Fut: Future<Output = Result<PublishAckFuture, BusError>>,
     {
         let deadline = started + self.publish_timeout;
-        let mut pause = FIRST_RETRY_PAUSE;
+        let mut pauses = ExponentialBackoff::new(FIRST_RETRY_PAUSE, MAX_RETRY_PAUSE)
+            .with_jitter(Jitter::None)
+            .delays();
         let mut ack = Some(ack);
         // An attempt's ack timeout counts from when it was sent, not from when it is awaited:
         // a batch awaits its acks one after the other, and after a failover every one still
@@ -81,7 +84,7 @@ impl Inner {
                         }
                         Ok(Err(e)) => {
                             // Answered at once: give the cluster a moment to elect.
-                            pause_before_retry(&mut pause, deadline).await;
+                            pause_before_retry(&mut pauses, deadline).await;
                             e.into()
                         }
                         Err(_elapsed) => format!(
@@ -92,7 +95,7 @@ impl Inner {
                     }
                 }
                 None => {
-                    pause_before_retry(&mut pause, deadline).await;
+                    pause_before_retry(&mut pauses, deadline).await;
                     "not sent".into()
                 }
             };
@@ -116,8 +119,9 @@ fn retryable(kind: PublishErrorKind) -> bool {
     !matches!(kind, PublishErrorKind::MaxPayloadExceeded)
 }
 
-/// Sleeps `pause` (or until `deadline`), then doubles it up to [`MAX_RETRY_PAUSE`].
-async fn pause_before_retry(pause: &mut Duration, deadline: Instant) {
-    tokio::time::sleep_until((Instant::now() + *pause).min(deadline)).await;
-    *pause = (*pause * 2).min(MAX_RETRY_PAUSE);
+/// Sleeps the next of `pauses` (doubling from [`FIRST_RETRY_PAUSE`] up to
+/// [`MAX_RETRY_PAUSE`], no jitter), or until `deadline`.
+async fn pause_before_retry(pauses: &mut Delays, deadline: Instant) {
+    let pause = pauses.next().unwrap_or(MAX_RETRY_PAUSE);
+    tokio::time::sleep_until((Instant::now() + pause).min(deadline)).await;
 }
