@@ -1,6 +1,7 @@
-//! Interoperability with the CloudEvents Python SDK (`pip install cloudevents`): what we encode
-//! it reads, and what it encodes we read, in both content modes, over the HTTP header mapping
-//! (which the NATS adapter's percent-encoded `ce-` headers follow) and the RabbitMQ binding.
+//! Interoperability with the CloudEvents Python SDK (the machine's, else the one ms-testkit
+//! installs from PyPI): what we encode it reads, and what it encodes we read, in both content
+//! modes, over the HTTP header mapping (which the NATS adapter's percent-encoded `ce-` headers
+//! follow) and the RabbitMQ binding.
 //! Awkward cases included: JSON numbers past `u64` and `f64` (compared to the digit), and a
 //! `time` whose UTC offset has seconds (which must arrive as the same instant, not vanish).
 //!

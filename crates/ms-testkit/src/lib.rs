@@ -74,4 +74,4 @@ pub use service::{
     AMQP_MANAGEMENT_URL_VAR, AMQP_PRIVATE_VHOSTS_VAR, AMQP_URL_VAR, KAFKA_URL_VAR, NATS_URL_VAR,
     POSTGRES_URL_VAR, REQUIRE_SERVICES_VAR, STALE_AFTER, require_services, unique_name,
 };
-pub use tools::{CACHE_DIR_VAR, TANSU_BIN_VAR};
+pub use tools::{CACHE_DIR_VAR, TANSU_BIN_VAR, cloudevents_sdk};

