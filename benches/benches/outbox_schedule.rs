@@ -14,7 +14,7 @@
 //!   (due a second ago) to the relay's last commit: the timer moves them into the outbox in
 //!   rounds of 1,000 and the workers publish them, next to the million that are not due.
 //! - `outbox_schedule_paired/{pg,sqlite}` (printed on stderr): the four drains back to back in
-//!   each of 5 rounds, each round's ratio 1M_future / none and their medians: the load of a
+//!   each of 5 rounds, each round's ratio `1M_future` / `none` and their medians: the load of a
 //!   shared machine moves between criterion's groups, minutes apart, and cancels out of a
 //!   ratio measured within a second.
 //! - `outbox_schedule/{pg,sqlite}_lateness_1000_per_s/{none,1M_future}` (printed on stderr, not
@@ -32,6 +32,7 @@
 //! directory.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -361,11 +362,13 @@ where
                 let none = rate(ROWS, self.drain(&self.none, load).await);
                 let future = rate(ROWS, self.drain(&self.future, load).await);
                 ratios.push(future / none);
-                line.push_str(&format!(
+                // Writing to a String cannot fail.
+                let _ = write!(
+                    line,
                     " {} none {none:.0}/s, 1M_future {future:.0}/s ({:.0} %);",
                     load.name(),
                     100.0 * future / none
-                ));
+                );
             }
             eprintln!("{line}");
         }
