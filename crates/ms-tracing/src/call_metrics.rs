@@ -16,6 +16,7 @@ mod enabled {
     use http::{Method, Request, Version};
     use metrics::Label;
 
+    use crate::histogram_cache::HistogramCache;
     use crate::metrics::{
         HTTP_CLIENT_REQUEST_DURATION, HTTP_SERVER_REQUEST_DURATION, RPC_CLIENT_DURATION,
         RPC_SERVER_DURATION,
@@ -31,10 +32,17 @@ mod enabled {
         labels: Vec<Label>,
         error_type: Option<&'static str>,
         head_received: bool,
+        /// The layer's handles, where the histogram of this call's labels is recorded.
+        handles: HistogramCache,
     }
 
     impl CallMetrics {
-        fn new(name: &'static str, millis: bool, labels: Vec<Label>) -> Self {
+        fn new(
+            name: &'static str,
+            millis: bool,
+            labels: Vec<Label>,
+            handles: &HistogramCache,
+        ) -> Self {
             Self {
                 name,
                 millis,
@@ -42,10 +50,15 @@ mod enabled {
                 labels,
                 error_type: None,
                 head_received: false,
+                handles: handles.clone(),
             }
         }
 
-        pub(crate) fn http_server<B>(request: &Request<B>, route: Option<&str>) -> Self {
+        pub(crate) fn http_server<B>(
+            request: &Request<B>,
+            route: Option<&str>,
+            handles: &HistogramCache,
+        ) -> Self {
             let mut labels = Vec::with_capacity(6);
             labels.push(Label::from_static_parts(
                 "http.request.method",
@@ -62,10 +75,10 @@ mod enabled {
             if let Some(route) = route {
                 labels.push(Label::new("http.route", route.to_owned()));
             }
-            Self::new(HTTP_SERVER_REQUEST_DURATION, false, labels)
+            Self::new(HTTP_SERVER_REQUEST_DURATION, false, labels, handles)
         }
 
-        pub(crate) fn http_client<B>(request: &Request<B>) -> Self {
+        pub(crate) fn http_client<B>(request: &Request<B>, handles: &HistogramCache) -> Self {
             let uri = request.uri();
             let mut labels = Vec::with_capacity(6);
             labels.push(Label::from_static_parts(
@@ -77,17 +90,26 @@ mod enabled {
                 scheme(uri.scheme_str()),
             ));
             server(&mut labels, uri);
-            Self::new(HTTP_CLIENT_REQUEST_DURATION, false, labels)
+            Self::new(HTTP_CLIENT_REQUEST_DURATION, false, labels, handles)
         }
 
-        pub(crate) fn rpc_server(service: &str, rpc_method: &str) -> Self {
-            Self::new(RPC_SERVER_DURATION, true, rpc(service, rpc_method))
+        pub(crate) fn rpc_server(
+            service: &str,
+            rpc_method: &str,
+            handles: &HistogramCache,
+        ) -> Self {
+            Self::new(RPC_SERVER_DURATION, true, rpc(service, rpc_method), handles)
         }
 
-        pub(crate) fn rpc_client(service: &str, rpc_method: &str, uri: &http::Uri) -> Self {
+        pub(crate) fn rpc_client(
+            service: &str,
+            rpc_method: &str,
+            uri: &http::Uri,
+            handles: &HistogramCache,
+        ) -> Self {
             let mut labels = rpc(service, rpc_method);
             server(&mut labels, uri);
-            Self::new(RPC_CLIENT_DURATION, true, labels)
+            Self::new(RPC_CLIENT_DURATION, true, labels, handles)
         }
 
         pub(crate) fn http_status(&mut self, status: u16) {
@@ -134,7 +156,7 @@ mod enabled {
             if let Some(error_type) = error_type {
                 labels.push(Label::from_static_parts("error.type", error_type));
             }
-            metrics::histogram!(self.name, labels).record(value);
+            self.handles.record(self.name, labels, value);
         }
     }
 

@@ -114,6 +114,7 @@ mod call_metrics;
 pub mod client;
 pub mod correlation;
 pub mod head_sampling;
+mod histogram_cache;
 pub mod init;
 pub mod message;
 #[cfg(feature = "metrics")]

@@ -4,6 +4,7 @@ use tower_http::classify::{GrpcErrorsAsFailures, StatusInRangeAsFailures};
 
 use super::ClientTraceService;
 use crate::correlation::X_CORRELATION_ID;
+use crate::histogram_cache::HistogramCache;
 use crate::server::DEFAULT_METRICS;
 
 /// Layer that applies [`ClientTraceService`]; see the [module docs](super).
@@ -19,6 +20,8 @@ pub struct ClientTraceLayer<H = StatusInRangeAsFailures, G = GrpcErrorsAsFailure
     pub(crate) http: H,
     pub(crate) grpc: G,
     pub(crate) metrics: bool,
+    /// The metrics' histogram handles, shared by every clone of the layer.
+    pub(crate) handles: HistogramCache,
 }
 
 impl ClientTraceLayer {
@@ -30,6 +33,7 @@ impl ClientTraceLayer {
             http: StatusInRangeAsFailures::new_for_client_and_server_errors(),
             grpc: GrpcErrorsAsFailures::new(),
             metrics: DEFAULT_METRICS,
+            handles: HistogramCache::default(),
         }
     }
 }
@@ -56,6 +60,7 @@ impl<H, G> ClientTraceLayer<H, G> {
             http: classifier,
             grpc: self.grpc,
             metrics: self.metrics,
+            handles: self.handles,
         }
     }
 
@@ -67,6 +72,7 @@ impl<H, G> ClientTraceLayer<H, G> {
             http: self.http,
             grpc: classifier,
             metrics: self.metrics,
+            handles: self.handles,
         }
     }
 

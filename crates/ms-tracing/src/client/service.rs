@@ -11,6 +11,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use super::ClientTraceLayer;
 use crate::call_metrics::CallMetrics;
 use crate::correlation::CorrelationId;
+use crate::histogram_cache::HistogramCache;
 use crate::propagation::{HeaderInjector, propagator};
 use crate::response::{
     Call, Classifier, Protocol, ResponseBody, ResponseFuture, grpc_service_method,
@@ -73,7 +74,7 @@ where
         let metrics = self
             .layer
             .metrics
-            .then(|| client_metrics(&request, protocol))
+            .then(|| client_metrics(&request, protocol, &self.layer.handles))
             .flatten();
         let future = span.in_scope(|| self.inner.call(request));
         ResponseFuture::new(future, Some(Call::new(span, metrics)), classifier)
@@ -82,17 +83,30 @@ where
 
 #[cfg(feature = "metrics")]
 #[allow(clippy::unnecessary_wraps)] // The shape of the build without metrics.
-fn client_metrics<B>(request: &Request<B>, protocol: Protocol) -> Option<CallMetrics> {
+fn client_metrics<B>(
+    request: &Request<B>,
+    protocol: Protocol,
+    handles: &HistogramCache,
+) -> Option<CallMetrics> {
     if protocol == Protocol::Grpc
         && let Some((service, method)) = grpc_service_method(request.uri().path())
     {
-        return Some(CallMetrics::rpc_client(service, method, request.uri()));
+        return Some(CallMetrics::rpc_client(
+            service,
+            method,
+            request.uri(),
+            handles,
+        ));
     }
-    Some(CallMetrics::http_client(request))
+    Some(CallMetrics::http_client(request, handles))
 }
 
 #[cfg(not(feature = "metrics"))]
-fn client_metrics<B>(_request: &Request<B>, _protocol: Protocol) -> Option<CallMetrics> {
+fn client_metrics<B>(
+    _request: &Request<B>,
+    _protocol: Protocol,
+    _handles: &HistogramCache,
+) -> Option<CallMetrics> {
     None
 }
 

@@ -5,6 +5,7 @@ use tower::Layer;
 use tower_http::classify::ServerErrorsAsFailures;
 
 use super::ServerTraceService;
+use crate::histogram_cache::HistogramCache;
 
 /// Whether the trace layers record [`crate::metrics`] (feature `metrics`): yes.
 pub const DEFAULT_METRICS: bool = true;
@@ -21,6 +22,8 @@ pub struct ServerTraceLayer<H = ServerErrorsAsFailures, G = GrpcClassifier> {
     pub(crate) http: H,
     pub(crate) grpc: G,
     pub(crate) metrics: bool,
+    /// The metrics' histogram handles, shared by every clone of the layer.
+    pub(crate) handles: HistogramCache,
 }
 
 impl ServerTraceLayer {
@@ -32,6 +35,7 @@ impl ServerTraceLayer {
             http: ServerErrorsAsFailures::new(),
             grpc: GrpcClassifier::server_faults(),
             metrics: DEFAULT_METRICS,
+            handles: HistogramCache::default(),
         }
     }
 }
@@ -61,6 +65,7 @@ impl<H, G> ServerTraceLayer<H, G> {
             http: classifier,
             grpc: self.grpc,
             metrics: self.metrics,
+            handles: self.handles,
         }
     }
 
@@ -72,6 +77,7 @@ impl<H, G> ServerTraceLayer<H, G> {
             http: self.http,
             grpc: classifier,
             metrics: self.metrics,
+            handles: self.handles,
         }
     }
 

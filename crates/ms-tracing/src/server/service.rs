@@ -10,6 +10,7 @@ use tracing::field::Empty;
 use super::ServerTraceLayer;
 use crate::call_metrics::CallMetrics;
 use crate::correlation::CorrelationId;
+use crate::histogram_cache::HistogramCache;
 use crate::propagation::{HeaderExtractor, propagator};
 use crate::response::{
     Call, Classifier, Protocol, ResponseBody, ResponseFuture, grpc_service_method,
@@ -69,7 +70,7 @@ where
         let metrics = self
             .layer
             .metrics
-            .then(|| server_metrics(&request, protocol))
+            .then(|| server_metrics(&request, protocol, &self.layer.handles))
             .flatten();
         let parent = propagator().extract_with_context(
             &opentelemetry::Context::new(),
@@ -85,17 +86,25 @@ where
 
 #[cfg(feature = "metrics")]
 #[allow(clippy::unnecessary_wraps)] // The shape of the build without metrics.
-fn server_metrics<B>(request: &Request<B>, protocol: Protocol) -> Option<CallMetrics> {
+fn server_metrics<B>(
+    request: &Request<B>,
+    protocol: Protocol,
+    handles: &HistogramCache,
+) -> Option<CallMetrics> {
     if protocol == Protocol::Grpc
         && let Some((service, method)) = grpc_service_method(request.uri().path())
     {
-        return Some(CallMetrics::rpc_server(service, method));
+        return Some(CallMetrics::rpc_server(service, method, handles));
     }
-    Some(CallMetrics::http_server(request, route(request)))
+    Some(CallMetrics::http_server(request, route(request), handles))
 }
 
 #[cfg(not(feature = "metrics"))]
-fn server_metrics<B>(_request: &Request<B>, _protocol: Protocol) -> Option<CallMetrics> {
+fn server_metrics<B>(
+    _request: &Request<B>,
+    _protocol: Protocol,
+    _handles: &HistogramCache,
+) -> Option<CallMetrics> {
     None
 }
 
