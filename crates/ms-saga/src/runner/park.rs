@@ -7,7 +7,7 @@ use ms_bus::Envelope;
 use super::step::{classify, outbox_failure};
 use super::{Handled, SagaRunner, Source, Target, UnknownInstance};
 use crate::error::Failure;
-use crate::store::{RawInstance, SagaBackend, now_ms};
+use crate::store::{RawInstance, SagaBackend, now_ms, queries};
 use crate::{Route, Saga, SagaError, Status};
 
 impl<S: Saga, DB: SagaBackend> SagaRunner<S, DB> {
@@ -84,38 +84,27 @@ impl<S: Saga, DB: SagaBackend> SagaRunner<S, DB> {
                 if !first {
                     return Ok(Handled::Duplicate);
                 }
-                park_row::<DB>(
-                    &mut *conn,
-                    st,
-                    S::NAME,
-                    target.instance,
-                    target.envelope,
-                    reason,
-                )
-                .await?;
             }
             // Already in the parked table, first of its instance: only the reason is new.
-            Source::Parked(id) => {
-                DB::parked_delete(&mut *conn, st, id)
-                    .await
-                    .map_err(classify::<DB>)?;
-                park_row::<DB>(
-                    &mut *conn,
-                    st,
-                    S::NAME,
-                    target.instance,
-                    target.envelope,
-                    reason,
-                )
-                .await?;
-            }
+            Source::Parked(id) => queries::parked_delete::<DB>(&mut *conn, st, id)
+                .await
+                .map_err(classify::<DB>)?,
         }
-        let row = DB::load(&mut *conn, st, S::NAME, target.instance)
+        park_row::<DB>(
+            &mut *conn,
+            st,
+            S::NAME,
+            target.instance,
+            target.envelope,
+            reason,
+        )
+        .await?;
+        let row = queries::load::<DB>(&mut *conn, st, S::NAME, target.instance)
             .await
             .map_err(classify::<DB>)?;
         match row {
             Some(_) => {
-                DB::set_status(
+                queries::set_status::<DB>(
                     &mut *conn,
                     st,
                     S::NAME,
@@ -146,7 +135,7 @@ impl<S: Saga, DB: SagaBackend> SagaRunner<S, DB> {
                     updated_at: now,
                     completed_at: None,
                 };
-                if !DB::insert(&mut *conn, st, &raw)
+                if !queries::insert::<DB>(&mut *conn, st, &raw)
                     .await
                     .map_err(classify::<DB>)?
                 {
@@ -169,11 +158,11 @@ impl<S: Saga, DB: SagaBackend> SagaRunner<S, DB> {
         let mut handled = 0;
         loop {
             let mut conn = inner.store.pool().acquire().await?;
-            let first = DB::parked_first(&mut conn, st, S::NAME, instance).await?;
+            let first = queries::parked_first::<DB>(&mut conn, st, S::NAME, instance).await?;
             drop(conn);
             let Some(parked) = first else {
                 let mut tx = DB::begin(inner.store.pool()).await?;
-                DB::set_status(
+                queries::set_status::<DB>(
                     &mut *tx,
                     st,
                     S::NAME,
@@ -192,7 +181,7 @@ impl<S: Saga, DB: SagaBackend> SagaRunner<S, DB> {
                 // No longer for this saga: drop it.
                 Route::Ignore | Route::Reject(_) => {
                     let mut tx = DB::begin(inner.store.pool()).await?;
-                    DB::parked_delete(&mut *tx, st, parked.id).await?;
+                    queries::parked_delete::<DB>(&mut *tx, st, parked.id).await?;
                     tx.commit().await?;
                     continue;
                 }
@@ -216,9 +205,9 @@ impl<S: Saga, DB: SagaBackend> SagaRunner<S, DB> {
         let inner = &*self.inner;
         let st = inner.store.statements();
         let mut tx = DB::begin(inner.store.pool()).await?;
-        let first = DB::parked_first(&mut *tx, st, S::NAME, instance).await?;
+        let first = queries::parked_first::<DB>(&mut *tx, st, S::NAME, instance).await?;
         if let Some(parked) = &first {
-            DB::parked_delete(&mut *tx, st, parked.id).await?;
+            queries::parked_delete::<DB>(&mut *tx, st, parked.id).await?;
         }
         tx.commit().await?;
         Ok(first.is_some())
@@ -234,7 +223,7 @@ pub(super) async fn park_row<DB: SagaBackend>(
     reason: &str,
 ) -> Result<(), Failure> {
     let json = String::from_utf8_lossy(&ms_bus::codec::to_json(envelope)).into_owned();
-    DB::park(conn, st, saga, instance, json, reason)
+    queries::park::<DB>(conn, st, saga, instance, json, reason)
         .await
         .map_err(classify::<DB>)
 }

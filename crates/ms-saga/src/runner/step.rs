@@ -8,7 +8,7 @@ use super::park::park_row;
 use super::{Handled, SagaRunner, Source, Target};
 use crate::error::Failure;
 use crate::saga::{INSTANCE_EXTENSION, TIMEOUT_EXTENSION};
-use crate::store::{RawInstance, SagaBackend, now_ms};
+use crate::store::{RawInstance, SagaBackend, now_ms, queries};
 use crate::{Saga, SagaError, Status};
 
 impl<S: Saga, DB: SagaBackend> SagaRunner<S, DB> {
@@ -60,11 +60,11 @@ impl<S: Saga, DB: SagaBackend> SagaRunner<S, DB> {
                     return Ok((Handled::Duplicate, false));
                 }
             }
-            Source::Parked(id) => DB::parked_delete(&mut *conn, st, id)
+            Source::Parked(id) => queries::parked_delete::<DB>(&mut *conn, st, id)
                 .await
                 .map_err(classify::<DB>)?,
         }
-        let row = DB::load(&mut *conn, st, S::NAME, instance)
+        let row = queries::load::<DB>(&mut *conn, st, S::NAME, instance)
             .await
             .map_err(classify::<DB>)?;
         match &row {
@@ -126,9 +126,9 @@ impl<S: Saga, DB: SagaBackend> SagaRunner<S, DB> {
             created_at,
         )?;
         let saved = if row.is_some() {
-            DB::update(&mut *conn, st, &raw, version).await
+            queries::update::<DB>(&mut *conn, st, &raw, version).await
         } else {
-            DB::insert(&mut *conn, st, &raw).await
+            queries::insert::<DB>(&mut *conn, st, &raw).await
         }
         .map_err(classify::<DB>)?;
         if !saved {
