@@ -48,6 +48,12 @@ pub(crate) mod sealed {
         #[doc(hidden)]
         const MIGRATION_0001: &'static str;
 
+        /// A statement that makes concurrent migrators take turns, bound to a lock id, held
+        /// until the migration's transaction ends; `None` where the transaction already
+        /// serializes them (SQLite's `BEGIN IMMEDIATE`).
+        #[doc(hidden)]
+        const MIGRATION_LOCK: Option<&'static str>;
+
         /// How an index is named in `CREATE INDEX` (qualified on SQLite, bare on PostgreSQL).
         #[doc(hidden)]
         fn index_name(names: &(String, String)) -> &str;
@@ -160,6 +166,9 @@ macro_rules! primitives {
 #[allow(private_interfaces)]
 impl sealed::Sealed for sqlx::Postgres {
     const MIGRATION_0001: &'static str = include_str!("../../migrations/postgres/0001_saga.sql");
+    // Concurrent `CREATE TABLE IF NOT EXISTS` still collide in the catalog (the second fails
+    // on pg_type's unique index once the first commits): migrators take turns.
+    const MIGRATION_LOCK: Option<&'static str> = Some("SELECT pg_advisory_xact_lock($1)");
 
     fn index_name(names: &(String, String)) -> &str {
         // PostgreSQL puts an index in its table's schema; the name is bare.
@@ -182,6 +191,7 @@ impl sealed::Sealed for sqlx::Postgres {
 #[allow(private_interfaces)]
 impl sealed::Sealed for sqlx::Sqlite {
     const MIGRATION_0001: &'static str = include_str!("../../migrations/sqlite/0001_saga.sql");
+    const MIGRATION_LOCK: Option<&'static str> = None;
 
     fn index_name(names: &(String, String)) -> &str {
         // SQLite takes the schema on the index's name.

@@ -278,7 +278,8 @@ impl<DB: SagaBackend> SagaStore<DB> {
         &self.statements
     }
 
-    /// Creates or upgrades the tables (idempotent, safe from several processes at once).
+    /// Creates or upgrades the tables (idempotent, safe from several processes at once: on
+    /// PostgreSQL they take turns on an advisory lock, on SQLite on the write lock).
     pub async fn migrate(&self) -> Result<(), SagaError> {
         queries::migrate::<DB>(&self.pool, &self.statements, &self.migrations()).await?;
         Ok(())

@@ -8,20 +8,25 @@ use super::backend::{Arg, Kind, SagaBackend, Value};
 use super::rows::{PARKED_KINDS, RawInstance, parked_message};
 use super::{ParkedMessage, Statements, Status, now_ms};
 
+/// The advisory lock id migrators of saga tables take turns on (PostgreSQL).
+const MIGRATION_LOCK_KEY: &str = "ms_saga_schema";
+
 /// Applies the `migrations` not yet recorded in the versions table, each in a transaction
-/// of its own.
+/// of its own that first takes the migration lock, so that runners starting at once take
+/// turns: the first applies, the others find it recorded.
 pub(crate) async fn migrate<DB: SagaBackend>(
     pool: &Pool<DB>,
     st: &Statements,
     migrations: &[Migration],
 ) -> Result<(), sqlx::Error> {
     let table = st.name.to_string();
-    {
-        let mut conn = pool.acquire().await?;
-        DB::execute(&mut conn, &st.versions_create, &[]).await?;
-    }
+    let lock_id = i64::from(ms_bus::key_hash(MIGRATION_LOCK_KEY));
     for migration in migrations {
         let mut tx = DB::begin(pool).await?;
+        if let Some(lock) = DB::MIGRATION_LOCK {
+            DB::execute(&mut tx, lock, &[Arg::Int(lock_id)]).await?;
+        }
+        DB::execute(&mut tx, &st.versions_create, &[]).await?;
         let version = [Arg::Text(&table), Arg::Int(migration.version)];
         let done = DB::fetch(&mut tx, &st.version_applied, &version, &[Kind::Int]).await?;
         if done.is_empty() {
