@@ -67,7 +67,12 @@ pub const TIMEOUT_DESTINATION_SUFFIX: &str = ".timeouts";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum UnknownInstance {
-    /// Keep it in the parked table with the reason "unknown instance", for an operator.
+    /// Keep it in the parked table with the reason "unknown instance": it overtook the
+    /// message that starts its instance, and is handled right after that start, in arrival
+    /// order (the started instance is saved parked behind such messages until they are
+    /// replayed, so a crash in between loses nothing and lets no later message overtake
+    /// them: see [`SagaRunner::replay`]). One whose instance never starts stays for an
+    /// operator.
     #[default]
     Park,
     /// Settle it without effect (recorded in the inbox).
@@ -194,7 +199,11 @@ impl<S: Saga, DB: SagaBackend> SagaRunner<S, DB> {
             message: &message,
             starts,
         };
-        self.run(&target, Source::Bus).await
+        let handled = self.run(&target, Source::Bus).await?;
+        if starts && matches!(handled, Handled::Applied { version: 1, .. }) {
+            self.replay_waiting(&instance).await;
+        }
+        Ok(handled)
     }
 
     /// Retries `target` on conflicts and handle failures, then parks it.

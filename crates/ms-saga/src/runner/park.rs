@@ -161,6 +161,9 @@ impl<S: Saga, DB: SagaBackend> SagaRunner<S, DB> {
             let first = queries::parked_first::<DB>(&mut conn, st, S::NAME, instance).await?;
             drop(conn);
             let Some(parked) = first else {
+                // Re-activate, then look again in the same transaction: a message parked
+                // behind the instance meanwhile either committed first (seen here: go on
+                // replaying) or conflicts with this update (and is then handled afresh).
                 let mut tx = DB::begin(inner.store.pool()).await?;
                 queries::set_status::<DB>(
                     &mut *tx,
@@ -171,6 +174,13 @@ impl<S: Saga, DB: SagaBackend> SagaRunner<S, DB> {
                     Status::Active,
                 )
                 .await?;
+                if queries::parked_first::<DB>(&mut *tx, st, S::NAME, instance)
+                    .await?
+                    .is_some()
+                {
+                    tx.rollback().await?;
+                    continue;
+                }
                 tx.commit().await?;
                 return Ok(handled);
             };
@@ -196,6 +206,25 @@ impl<S: Saga, DB: SagaBackend> SagaRunner<S, DB> {
                 Handled::Parked { .. } => return Ok(handled),
                 _ => handled += 1,
             }
+        }
+    }
+
+    /// Replays the messages parked for `instance` while it was unknown, now that it started.
+    /// The start saved the instance parked behind them, so a failure here (or a crash) loses
+    /// nothing: later messages wait behind them until a [`replay`](Self::replay).
+    pub(super) async fn replay_waiting(&self, instance: &str) {
+        let st = self.inner.store.statements();
+        let waiting = match self.inner.store.pool().acquire().await {
+            Ok(mut conn) => queries::parked_first::<DB>(&mut conn, st, S::NAME, instance).await,
+            Err(e) => Err(e),
+        };
+        let result = match waiting {
+            Ok(Some(_)) => self.replay(instance).await.map(drop),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(error) = result {
+            tracing::warn!(saga = S::NAME, instance, error = %error, "replaying the messages that waited for the start failed; the instance stays parked");
         }
     }
 

@@ -73,6 +73,22 @@ impl<S: Saga, DB: SagaBackend> SagaRunner<S, DB> {
             Some(row) if row.status() == Status::Parked && matches!(source, Source::Bus) => {
                 let reason = "waiting behind a parked message of the instance";
                 park_row::<DB>(conn, st, S::NAME, instance, envelope, reason).await?;
+                // Touch the row, so that a replay re-activating the instance at the same time
+                // conflicts with this (one of the two runs again) instead of leaving this
+                // message parked behind an active instance.
+                let touched = queries::set_status::<DB>(
+                    &mut *conn,
+                    st,
+                    S::NAME,
+                    instance,
+                    Status::Parked,
+                    Status::Parked,
+                )
+                .await
+                .map_err(classify::<DB>)?;
+                if !touched {
+                    return Err(Failure::Conflict);
+                }
                 return Ok((
                     Handled::Parked {
                         reason: reason.to_owned(),
@@ -116,15 +132,29 @@ impl<S: Saga, DB: SagaBackend> SagaRunner<S, DB> {
         let messages = self
             .apply(conn, instance, new_version, &mut timeouts, &decision)
             .await?;
+        // The instance stays parked while messages wait: during a replay, and from a start
+        // that finds messages parked for it while it was unknown (`UnknownInstance::Park`):
+        // the runner replays those right after this commits, and until then later messages
+        // wait behind them, so that they are handled in arrival order.
+        let waiting = match source {
+            Source::Parked(_) => true,
+            Source::Bus if row.is_none() => {
+                queries::parked_first::<DB>(conn, st, S::NAME, instance)
+                    .await
+                    .map_err(classify::<DB>)?
+                    .is_some()
+            }
+            Source::Bus => false,
+        };
+        let status = if completed {
+            Status::Completed
+        } else if waiting {
+            Status::Parked
+        } else {
+            Status::Active
+        };
         let next = decision.state.as_ref().unwrap_or(&state);
-        let raw = encode::<S>(
-            instance,
-            next,
-            new_version,
-            completed,
-            &timeouts,
-            created_at,
-        )?;
+        let raw = encode::<S>(instance, next, new_version, status, &timeouts, created_at)?;
         let saved = if row.is_some() {
             queries::update::<DB>(&mut *conn, st, &raw, version).await
         } else {
@@ -153,7 +183,7 @@ fn encode<S: Saga>(
     instance: &str,
     state: &S::State,
     version: i64,
-    completed: bool,
+    status: Status,
     timeouts: &BTreeMap<String, String>,
     created_at: i64,
 ) -> Result<RawInstance, Failure> {
@@ -164,11 +194,6 @@ fn encode<S: Saga>(
         })
     };
     let now = now_ms();
-    let status = if completed {
-        Status::Completed
-    } else {
-        Status::Active
-    };
     Ok(RawInstance {
         saga: S::NAME.to_owned(),
         instance: instance.to_owned(),
@@ -178,7 +203,7 @@ fn encode<S: Saga>(
         timeouts: serde_json::to_string(timeouts).map_err(invalid)?,
         created_at,
         updated_at: now,
-        completed_at: completed.then_some(now),
+        completed_at: (status == Status::Completed).then_some(now),
     })
 }
 
