@@ -71,30 +71,7 @@ impl<S: Saga, DB: SagaBackend> SagaRunner<S, DB> {
             None if !target.starts => return self.unknown(conn, target).await,
             Some(row) if row.status() == Status::Completed => return Ok((Handled::NoEffect, true)),
             Some(row) if row.status() == Status::Parked && matches!(source, Source::Bus) => {
-                let reason = "waiting behind a parked message of the instance";
-                park_row::<DB>(conn, st, S::NAME, instance, envelope, reason).await?;
-                // Touch the row, so that a replay re-activating the instance at the same time
-                // conflicts with this (one of the two runs again) instead of leaving this
-                // message parked behind an active instance.
-                let touched = queries::set_status::<DB>(
-                    &mut *conn,
-                    st,
-                    S::NAME,
-                    instance,
-                    Status::Parked,
-                    Status::Parked,
-                )
-                .await
-                .map_err(classify::<DB>)?;
-                if !touched {
-                    return Err(Failure::Conflict);
-                }
-                return Ok((
-                    Handled::Parked {
-                        reason: reason.to_owned(),
-                    },
-                    true,
-                ));
+                return self.park_behind(conn, instance, envelope).await;
             }
             _ => {}
         }
@@ -136,16 +113,7 @@ impl<S: Saga, DB: SagaBackend> SagaRunner<S, DB> {
         // that finds messages parked for it while it was unknown (`UnknownInstance::Park`):
         // the runner replays those right after this commits, and until then later messages
         // wait behind them, so that they are handled in arrival order.
-        let waiting = match source {
-            Source::Parked(_) => true,
-            Source::Bus if row.is_none() => {
-                queries::parked_first::<DB>(conn, st, S::NAME, instance)
-                    .await
-                    .map_err(classify::<DB>)?
-                    .is_some()
-            }
-            Source::Bus => false,
-        };
+        let waiting = self.waiting(conn, instance, source, row.is_none()).await?;
         let status = if completed {
             Status::Completed
         } else if waiting {
@@ -175,6 +143,60 @@ impl<S: Saga, DB: SagaBackend> SagaRunner<S, DB> {
             completed,
         };
         Ok((handled, true))
+    }
+
+    /// Whether messages wait for the instance (a replay, or a start that finds messages
+    /// parked for it while it was unknown).
+    async fn waiting(
+        &self,
+        conn: &mut DB::Connection,
+        instance: &str,
+        source: Source,
+        new: bool,
+    ) -> Result<bool, Failure> {
+        let st = self.inner.store.statements();
+        Ok(match source {
+            Source::Parked(_) => true,
+            Source::Bus if new => queries::parked_first::<DB>(conn, st, S::NAME, instance)
+                .await
+                .map_err(classify::<DB>)?
+                .is_some(),
+            Source::Bus => false,
+        })
+    }
+
+    /// Parks a message behind its parked instance.
+    async fn park_behind(
+        &self,
+        conn: &mut DB::Connection,
+        instance: &str,
+        envelope: &ms_bus::Envelope,
+    ) -> Result<(Handled, bool), Failure> {
+        let st = self.inner.store.statements();
+        let reason = "waiting behind a parked message of the instance";
+        park_row::<DB>(conn, st, S::NAME, instance, envelope, reason).await?;
+        // Touch the row, so that a replay re-activating the instance at the same time
+        // conflicts with this (one of the two runs again) instead of leaving this
+        // message parked behind an active instance.
+        let touched = queries::set_status::<DB>(
+            &mut *conn,
+            st,
+            S::NAME,
+            instance,
+            Status::Parked,
+            Status::Parked,
+        )
+        .await
+        .map_err(classify::<DB>)?;
+        if !touched {
+            return Err(Failure::Conflict);
+        }
+        Ok((
+            Handled::Parked {
+                reason: reason.to_owned(),
+            },
+            true,
+        ))
     }
 }
 
