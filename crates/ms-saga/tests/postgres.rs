@@ -1,6 +1,6 @@
 //! The runner on a real PostgreSQL (ms-testkit's own database per test): two runners on one
 //! instance serialized by the version, and a timeout that fires through the relay and the
-//! memory bus when the reply never comes.
+//! memory bus when the reply never comes; concurrent migrators on a fresh schema.
 #![cfg(feature = "postgres")]
 
 mod common;
@@ -11,12 +11,15 @@ use common::{Order, State, event};
 use ms_bus::Subscription;
 use ms_bus::consumer::Consumer;
 use ms_bus::memory::MemoryBus;
-use ms_outbox::{Inbox, Outbox, Relay};
+use ms_outbox::{Inbox, Outbox, Relay, TableName};
 use ms_saga::{SagaRunner, SagaStore, Status};
-use sqlx::{PgPool, Postgres};
+use sqlx::{AssertSqlSafe, PgPool, Postgres};
 
 /// Concurrent messages for one instance, alternating between two runners.
 const NOTES: u32 = 40;
+/// Runners migrating one fresh schema at once, and how many fresh schemas.
+const MIGRATORS: usize = 8;
+const MIGRATION_ROUNDS: usize = 5;
 
 async fn setup(
     pool: &PgPool,
@@ -125,4 +128,36 @@ async fn a_timeout_fires_when_the_reply_never_comes_and_not_after_it_came() {
     assert_eq!(outbox.backlog(&pool).await.expect("backlog").scheduled, 0);
     timeouts.shutdown().await.expect("consumer down");
     relay.shutdown().await.expect("relay down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_of_a_fresh_schema_take_turns() {
+    let Some(pg) = ms_testkit::postgres().await else {
+        return;
+    };
+    let admin = pg.pool().await;
+    for round in 0..MIGRATION_ROUNDS {
+        let schema = format!("saga_migrate_{round}");
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&admin)
+            .await
+            .expect("schema");
+        let table = TableName::new(&format!("{schema}.ms_saga")).expect("name");
+        let mut tasks = Vec::new();
+        for _ in 0..MIGRATORS {
+            // Each its own pool, as separate processes starting at once would have.
+            let store = SagaStore::<Postgres>::with_table(pg.pool().await, table.clone());
+            tasks.push(tokio::spawn(async move { store.migrate().await }));
+        }
+        for task in tasks {
+            // Without the lock, concurrent `CREATE TABLE IF NOT EXISTS` fail on the catalog's
+            // unique index (pg_type_typname_nsp_index) or find the relation created.
+            task.await.expect("joined").expect("migrated");
+        }
+        let store = SagaStore::<Postgres>::with_table(admin.clone(), table);
+        assert_eq!(
+            store.count("order", Status::Active).await.expect("table"),
+            0
+        );
+    }
 }

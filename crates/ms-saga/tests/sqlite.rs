@@ -196,3 +196,70 @@ async fn a_failing_handle_parks_the_instance_with_its_later_messages_until_repla
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn messages_parked_for_an_unknown_instance_are_handled_after_its_start_in_order() {
+    let (_, _, runner) = setup(Duration::from_secs(60), UnknownInstance::Park).await;
+    // Two notes and the payment overtake the order they belong to.
+    for ty in ["shop.order.noted", "shop.order.noted", "payments.paid"] {
+        let h = runner.handle(&event(ty, "o-4")).await.expect("parks");
+        assert!(matches!(h, Handled::Parked { .. }), "{h:?}");
+    }
+    assert_eq!(state(&runner, "o-4").await, None);
+    let h = runner
+        .handle(&event("shop.order.placed", "o-4"))
+        .await
+        .expect("placed");
+    assert!(matches!(h, Handled::Applied { version: 1, .. }), "{h:?}");
+    // In arrival order: both notes counted before the payment completed it (in another
+    // order the payment would complete it with fewer notes, and the rest have no effect).
+    assert_eq!(
+        state(&runner, "o-4").await,
+        Some((State::Paid { notes: 2 }, Status::Completed, 4))
+    );
+    assert!(
+        runner
+            .store()
+            .parked("order", 10)
+            .await
+            .expect("parked")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_start_with_messages_waiting_stays_parked_until_they_are_replayed() {
+    let (_, _, runner) = setup(Duration::from_secs(60), UnknownInstance::Park).await;
+    runner
+        .handle(&event("shop.order.noted", "o-5"))
+        .await
+        .expect("parks");
+    runner
+        .handle(&event("shop.order.poison", "o-5"))
+        .await
+        .expect("parks");
+    runner
+        .handle(&event("shop.order.placed", "o-5"))
+        .await
+        .expect("placed");
+    // The note was replayed; the poison message failed and parked the instance again, so a
+    // later note waits behind it instead of overtaking it.
+    assert_eq!(
+        state(&runner, "o-5").await,
+        Some((State::Charging { notes: 1 }, Status::Parked, 2))
+    );
+    let h = runner
+        .handle(&event("shop.order.noted", "o-5"))
+        .await
+        .expect("behind");
+    assert!(matches!(h, Handled::Parked { .. }), "{h:?}");
+    let parked = runner.store().parked("order", 10).await.expect("parked");
+    assert_eq!(parked.len(), 2);
+    assert_eq!(parked[0].reason, "poison message");
+    assert!(runner.discard("o-5").await.expect("discard"));
+    assert_eq!(runner.replay("o-5").await.expect("replay"), 1);
+    assert_eq!(
+        state(&runner, "o-5").await,
+        Some((State::Charging { notes: 2 }, Status::Active, 3))
+    );
+}

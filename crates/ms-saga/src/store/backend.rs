@@ -1,17 +1,13 @@
-//! What differs between the databases, behind a sealed trait; the statements are shared
-//! (`$N` placeholders work on both).
-
-use std::collections::BTreeMap;
+//! What differs between the databases, behind a sealed trait: the migration's SQL, how a
+//! transaction begins, which errors mean "try again", and the few primitives that bind
+//! [`Arg`]s and run a statement (sqlx's query types are per database, so these are written
+//! once, as a macro each backend expands). The statements themselves, and what each binds,
+//! are written once for both in [`queries`](super::queries).
 
 use futures_util::future::BoxFuture;
-use ms_outbox::Migration;
-use serde::de::DeserializeOwned;
 // Every statement is built from a validated `TableName` (ASCII letters, digits, `_`), never
 // from input: `AssertSqlSafe` says so to sqlx.
 use sqlx::{AssertSqlSafe, Pool, Transaction};
-
-use super::{Instance, ParkedMessage, Statements, Status, from_ms, now_ms};
-use crate::SagaError;
 
 /// A database sagas run on: [`sqlx::Postgres`] (feature `postgres`) or [`sqlx::Sqlite`]
 /// (feature `sqlite`, the default). Sealed.
@@ -19,88 +15,44 @@ pub trait SagaBackend: ms_outbox::Backend + sealed::Sealed {}
 
 impl<DB: ms_outbox::Backend + sealed::Sealed> SagaBackend for DB {}
 
-/// One instance row as stored.
-#[derive(Debug, Clone)]
-pub(crate) struct RawInstance {
-    pub(crate) saga: String,
-    pub(crate) instance: String,
-    pub(crate) state: String,
-    pub(crate) version: i64,
-    pub(crate) status: String,
-    pub(crate) timeouts: String,
-    pub(crate) created_at: i64,
-    pub(crate) updated_at: i64,
-    pub(crate) completed_at: Option<i64>,
+/// A value bound to a statement's next `$N`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Arg<'a> {
+    Text(&'a str),
+    Int(i64),
+    MaybeInt(Option<i64>),
 }
 
-type Row = (
-    String,
-    String,
-    String,
-    i64,
-    String,
-    String,
-    i64,
-    i64,
-    Option<i64>,
-);
-
-impl From<Row> for RawInstance {
-    fn from(r: Row) -> Self {
-        Self {
-            saga: r.0,
-            instance: r.1,
-            state: r.2,
-            version: r.3,
-            status: r.4,
-            timeouts: r.5,
-            created_at: r.6,
-            updated_at: r.7,
-            completed_at: r.8,
-        }
-    }
+/// How a column is read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    Text,
+    Int,
+    MaybeInt,
 }
 
-impl RawInstance {
-    pub(crate) fn status(&self) -> Status {
-        // An unknown code (a newer version's) is treated as parked: nothing runs on it.
-        Status::parse(&self.status).unwrap_or(Status::Parked)
-    }
-
-    pub(crate) fn timeouts(&self) -> Result<BTreeMap<String, String>, SagaError> {
-        serde_json::from_str(&self.timeouts).map_err(|source| SagaError::State {
-            instance: self.instance.clone(),
-            source,
-        })
-    }
-
-    pub(crate) fn decode<S: DeserializeOwned>(self) -> Result<Instance<S>, SagaError> {
-        let state = serde_json::from_str(&self.state).map_err(|source| SagaError::State {
-            instance: self.instance.clone(),
-            source,
-        })?;
-        Ok(Instance {
-            state,
-            version: self.version.cast_unsigned(),
-            status: self.status(),
-            timeouts: self.timeouts()?.into_iter().collect(),
-            created_at: from_ms(self.created_at),
-            updated_at: from_ms(self.updated_at),
-            completed_at: self.completed_at.map(from_ms),
-            id: self.instance,
-        })
-    }
+/// A column as read by its [`Kind`].
+#[derive(Debug)]
+pub(crate) enum Value {
+    Text(String),
+    Int(i64),
+    MaybeInt(Option<i64>),
 }
 
 pub(crate) mod sealed {
-    use super::Transaction;
-    use super::{BoxFuture, Migration, ParkedMessage, Pool, RawInstance, Statements, Status};
+    use super::{Arg, BoxFuture, Kind, Pool, Transaction, Value};
 
     /// The database-specific half of the store.
     #[allow(unreachable_pub, private_interfaces)]
     pub trait Sealed: sqlx::Database {
         #[doc(hidden)]
         const MIGRATION_0001: &'static str;
+
+        /// A statement that makes concurrent migrators take turns, bound to a lock id, held
+        /// until the migration's transaction ends; `None` where the transaction already
+        /// serializes them (SQLite's `BEGIN IMMEDIATE`).
+        #[doc(hidden)]
+        const MIGRATION_LOCK: Option<&'static str>;
 
         /// How an index is named in `CREATE INDEX` (qualified on SQLite, bare on PostgreSQL).
         #[doc(hidden)]
@@ -116,385 +68,94 @@ pub(crate) mod sealed {
         #[doc(hidden)]
         fn is_transient(error: &dyn sqlx::error::DatabaseError) -> bool;
 
+        /// `args` as this database's arguments.
         #[doc(hidden)]
-        fn migrate<'a>(
-            pool: &'a Pool<Self>,
-            st: &'a Statements,
-            migrations: &'a [Migration],
-        ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+        fn arguments(args: &[Arg<'_>]) -> Result<Self::Arguments, sqlx::Error>;
 
+        /// Runs one statement and returns how many rows it changed; without arguments, runs
+        /// `sql` as a script of statements (a migration).
         #[doc(hidden)]
-        fn load<'a>(
+        fn execute<'a>(
             conn: &'a mut Self::Connection,
-            st: &'a Statements,
-            saga: &'a str,
-            instance: &'a str,
-        ) -> BoxFuture<'a, Result<Option<RawInstance>, sqlx::Error>>;
-
-        /// Inserts a new row; `false` when a row exists already (a racing creator).
-        #[doc(hidden)]
-        fn insert<'a>(
-            conn: &'a mut Self::Connection,
-            st: &'a Statements,
-            row: &'a RawInstance,
-        ) -> BoxFuture<'a, Result<bool, sqlx::Error>>;
-
-        /// Updates the row at version `expected`; `false` when it moved on.
-        #[doc(hidden)]
-        fn update<'a>(
-            conn: &'a mut Self::Connection,
-            st: &'a Statements,
-            row: &'a RawInstance,
-            expected: i64,
-        ) -> BoxFuture<'a, Result<bool, sqlx::Error>>;
-
-        /// Moves the instance from status `from` to `to`; `false` when it was not in `from`.
-        #[doc(hidden)]
-        fn set_status<'a>(
-            conn: &'a mut Self::Connection,
-            st: &'a Statements,
-            saga: &'a str,
-            instance: &'a str,
-            from: Status,
-            to: Status,
-        ) -> BoxFuture<'a, Result<bool, sqlx::Error>>;
-
-        #[doc(hidden)]
-        fn park<'a>(
-            conn: &'a mut Self::Connection,
-            st: &'a Statements,
-            saga: &'a str,
-            instance: &'a str,
-            envelope: String,
-            reason: &'a str,
-        ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
-
-        #[doc(hidden)]
-        fn parked_first<'a>(
-            conn: &'a mut Self::Connection,
-            st: &'a Statements,
-            saga: &'a str,
-            instance: &'a str,
-        ) -> BoxFuture<'a, Result<Option<ParkedMessage>, sqlx::Error>>;
-
-        #[doc(hidden)]
-        fn parked_delete<'a>(
-            conn: &'a mut Self::Connection,
-            st: &'a Statements,
-            id: i64,
-        ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
-
-        #[doc(hidden)]
-        fn parked<'a>(
-            pool: &'a Pool<Self>,
-            st: &'a Statements,
-            saga: &'a str,
-            limit: i64,
-        ) -> BoxFuture<'a, Result<Vec<ParkedMessage>, sqlx::Error>>;
-
-        #[doc(hidden)]
-        fn list<'a>(
-            pool: &'a Pool<Self>,
-            st: &'a Statements,
-            saga: &'a str,
-            status: Option<Status>,
-            updated_before: Option<i64>,
-            limit: i64,
-        ) -> BoxFuture<'a, Result<Vec<RawInstance>, sqlx::Error>>;
-
-        #[doc(hidden)]
-        fn count<'a>(
-            pool: &'a Pool<Self>,
-            st: &'a Statements,
-            saga: &'a str,
-            status: Status,
+            sql: &'a str,
+            args: &[Arg<'_>],
         ) -> BoxFuture<'a, Result<u64, sqlx::Error>>;
 
+        /// Runs a query and reads each row's columns as `kinds` says.
         #[doc(hidden)]
-        fn purge<'a>(
-            pool: &'a Pool<Self>,
-            st: &'a Statements,
-            saga: &'a str,
-            completed_before: i64,
-        ) -> BoxFuture<'a, Result<u64, sqlx::Error>>;
+        fn fetch<'a>(
+            conn: &'a mut Self::Connection,
+            sql: &'a str,
+            args: &[Arg<'_>],
+            kinds: &'a [Kind],
+        ) -> BoxFuture<'a, Result<Vec<Vec<Value>>, sqlx::Error>>;
     }
 }
 
-fn parked_row(
-    (id, instance, envelope, reason, parked_at): (i64, String, String, String, i64),
-) -> Result<ParkedMessage, sqlx::Error> {
-    let envelope = ms_bus::codec::from_json(envelope.as_bytes())
-        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    Ok(ParkedMessage {
-        id,
-        instance,
-        envelope,
-        reason,
-        parked_at: from_ms(parked_at),
-    })
-}
-
-/// The shared half of both implementations: the same statements on a concrete database.
-macro_rules! common_statements {
+/// The primitives, the same on each concrete database: the arguments are bound before the
+/// future is built, so that it borrows only the connection, the statement and the kinds.
+macro_rules! primitives {
     ($db:ty) => {
-        fn migrate<'a>(
-            pool: &'a Pool<Self>,
-            st: &'a Statements,
-            migrations: &'a [Migration],
-        ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-            Box::pin(async move {
-                sqlx::raw_sql(AssertSqlSafe(format!(
-                    "CREATE TABLE IF NOT EXISTS {} (table_name TEXT NOT NULL, version BIGINT NOT NULL, \
-                     applied_at BIGINT NOT NULL, PRIMARY KEY (table_name, version))",
-                    st.versions
-                )))
-                .execute(pool)
-                .await?;
-                let table = st.name.to_string();
-                for migration in migrations {
-                    let mut tx = <$db as sealed::Sealed>::begin(pool).await?;
-                    let done: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-                        "SELECT version FROM {} WHERE table_name = $1 AND version = $2",
-                        st.versions
-                    )))
-                    .bind(&table)
-                    .bind(migration.version)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if done.is_none() {
-                        sqlx::raw_sql(AssertSqlSafe(migration.sql.as_str())).execute(&mut *tx).await?;
-                        sqlx::query(AssertSqlSafe(format!(
-                            "INSERT INTO {} (table_name, version, applied_at) VALUES ($1, $2, $3) \
-                             ON CONFLICT DO NOTHING",
-                            st.versions
-                        )))
-                        .bind(&table)
-                        .bind(migration.version)
-                        .bind(now_ms())
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    tx.commit().await?;
+        fn arguments(args: &[Arg<'_>]) -> Result<Self::Arguments, sqlx::Error> {
+            use sqlx::Arguments as _;
+            let mut out = <$db as sqlx::Database>::Arguments::default();
+            for arg in args {
+                match *arg {
+                    Arg::Text(text) => out.add(text),
+                    Arg::Int(n) => out.add(n),
+                    Arg::MaybeInt(n) => out.add(n),
                 }
-                Ok(())
-            })
+                .map_err(sqlx::Error::Encode)?;
+            }
+            Ok(out)
         }
 
-        fn load<'a>(
+        fn execute<'a>(
             conn: &'a mut Self::Connection,
-            st: &'a Statements,
-            saga: &'a str,
-            instance: &'a str,
-        ) -> BoxFuture<'a, Result<Option<RawInstance>, sqlx::Error>> {
+            sql: &'a str,
+            args: &[Arg<'_>],
+        ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
+            let script = args.is_empty();
+            let args = Self::arguments(args);
             Box::pin(async move {
-                let row: Option<Row> = sqlx::query_as(AssertSqlSafe(st.load.as_str()))
-                    .bind(saga)
-                    .bind(instance)
-                    .fetch_optional(conn)
-                    .await?;
-                Ok(row.map(RawInstance::from))
-            })
-        }
-
-        fn insert<'a>(
-            conn: &'a mut Self::Connection,
-            st: &'a Statements,
-            row: &'a RawInstance,
-        ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
-            Box::pin(async move {
-                let done = sqlx::query(AssertSqlSafe(st.insert.as_str()))
-                    .bind(&row.saga)
-                    .bind(&row.instance)
-                    .bind(&row.state)
-                    .bind(row.version)
-                    .bind(&row.status)
-                    .bind(&row.timeouts)
-                    .bind(row.created_at)
-                    .bind(row.updated_at)
-                    .bind(row.completed_at)
-                    .execute(conn)
-                    .await?;
-                Ok(done.rows_affected() == 1)
-            })
-        }
-
-        fn update<'a>(
-            conn: &'a mut Self::Connection,
-            st: &'a Statements,
-            row: &'a RawInstance,
-            expected: i64,
-        ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
-            Box::pin(async move {
-                let done = sqlx::query(AssertSqlSafe(st.update.as_str()))
-                    .bind(&row.saga)
-                    .bind(&row.instance)
-                    .bind(&row.state)
-                    .bind(row.version)
-                    .bind(&row.status)
-                    .bind(&row.timeouts)
-                    .bind(row.updated_at)
-                    .bind(row.completed_at)
-                    .bind(expected)
-                    .execute(conn)
-                    .await?;
-                Ok(done.rows_affected() == 1)
-            })
-        }
-
-        fn set_status<'a>(
-            conn: &'a mut Self::Connection,
-            st: &'a Statements,
-            saga: &'a str,
-            instance: &'a str,
-            from: Status,
-            to: Status,
-        ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
-            Box::pin(async move {
-                let done = sqlx::query(AssertSqlSafe(st.set_status.as_str()))
-                    .bind(saga)
-                    .bind(instance)
-                    .bind(to.code())
-                    .bind(now_ms())
-                    .bind(from.code())
-                    .execute(conn)
-                    .await?;
-                Ok(done.rows_affected() == 1)
-            })
-        }
-
-        fn park<'a>(
-            conn: &'a mut Self::Connection,
-            st: &'a Statements,
-            saga: &'a str,
-            instance: &'a str,
-            envelope: String,
-            reason: &'a str,
-        ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-            Box::pin(async move {
-                sqlx::query(AssertSqlSafe(st.park.as_str()))
-                    .bind(saga)
-                    .bind(instance)
-                    .bind(envelope)
-                    .bind(reason)
-                    .bind(now_ms())
-                    .execute(conn)
-                    .await?;
-                Ok(())
-            })
-        }
-
-        fn parked_first<'a>(
-            conn: &'a mut Self::Connection,
-            st: &'a Statements,
-            saga: &'a str,
-            instance: &'a str,
-        ) -> BoxFuture<'a, Result<Option<ParkedMessage>, sqlx::Error>> {
-            Box::pin(async move {
-                let row: Option<(i64, String, String, String, i64)> =
-                    sqlx::query_as(AssertSqlSafe(st.parked_first.as_str()))
-                        .bind(saga)
-                        .bind(instance)
-                        .fetch_optional(conn)
-                        .await?;
-                row.map(parked_row).transpose()
-            })
-        }
-
-        fn parked_delete<'a>(
-            conn: &'a mut Self::Connection,
-            st: &'a Statements,
-            id: i64,
-        ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-            Box::pin(async move {
-                sqlx::query(AssertSqlSafe(st.parked_delete.as_str())).bind(id).execute(conn).await?;
-                Ok(())
-            })
-        }
-
-        fn parked<'a>(
-            pool: &'a Pool<Self>,
-            st: &'a Statements,
-            saga: &'a str,
-            limit: i64,
-        ) -> BoxFuture<'a, Result<Vec<ParkedMessage>, sqlx::Error>> {
-            Box::pin(async move {
-                let rows: Vec<(i64, String, String, String, i64)> =
-                    sqlx::query_as(AssertSqlSafe(st.parked_list.as_str()))
-                        .bind(saga)
-                        .bind(limit)
-                        .fetch_all(pool)
-                        .await?;
-                rows.into_iter().map(parked_row).collect()
-            })
-        }
-
-        fn list<'a>(
-            pool: &'a Pool<Self>,
-            st: &'a Statements,
-            saga: &'a str,
-            status: Option<Status>,
-            updated_before: Option<i64>,
-            limit: i64,
-        ) -> BoxFuture<'a, Result<Vec<RawInstance>, sqlx::Error>> {
-            Box::pin(async move {
-                let rows: Vec<Row> = match (status, updated_before) {
-                    (_, Some(before)) => {
-                        sqlx::query_as(AssertSqlSafe(st.stuck.as_str()))
-                            .bind(saga)
-                            .bind(limit)
-                            .bind(before)
-                            .fetch_all(pool)
-                            .await?
-                    }
-                    (Some(status), None) => {
-                        sqlx::query_as(AssertSqlSafe(st.list_status.as_str()))
-                            .bind(saga)
-                            .bind(limit)
-                            .bind(status.code())
-                            .fetch_all(pool)
-                            .await?
-                    }
-                    (None, None) => {
-                        sqlx::query_as(AssertSqlSafe(st.list.as_str()))
-                            .bind(saga)
-                            .bind(limit)
-                            .fetch_all(pool)
-                            .await?
-                    }
+                let done = if script {
+                    sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?
+                } else {
+                    sqlx::query_with(AssertSqlSafe(sql), args?)
+                        .execute(conn)
+                        .await?
                 };
-                Ok(rows.into_iter().map(RawInstance::from).collect())
-            })
-        }
-
-        fn count<'a>(
-            pool: &'a Pool<Self>,
-            st: &'a Statements,
-            saga: &'a str,
-            status: Status,
-        ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
-            Box::pin(async move {
-                let n: i64 = sqlx::query_scalar(AssertSqlSafe(st.count_status.as_str()))
-                    .bind(saga)
-                    .bind(status.code())
-                    .fetch_one(pool)
-                    .await?;
-                Ok(n.cast_unsigned())
-            })
-        }
-
-        fn purge<'a>(
-            pool: &'a Pool<Self>,
-            st: &'a Statements,
-            saga: &'a str,
-            completed_before: i64,
-        ) -> BoxFuture<'a, Result<u64, sqlx::Error>> {
-            Box::pin(async move {
-                let done = sqlx::query(AssertSqlSafe(st.purge.as_str()))
-                    .bind(saga)
-                    .bind(completed_before)
-                    .execute(pool)
-                    .await?;
                 Ok(done.rows_affected())
+            })
+        }
+
+        fn fetch<'a>(
+            conn: &'a mut Self::Connection,
+            sql: &'a str,
+            args: &[Arg<'_>],
+            kinds: &'a [Kind],
+        ) -> BoxFuture<'a, Result<Vec<Vec<Value>>, sqlx::Error>> {
+            use sqlx::Row as _;
+            let args = Self::arguments(args);
+            Box::pin(async move {
+                let rows = sqlx::query_with(AssertSqlSafe(sql), args?)
+                    .fetch_all(conn)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        kinds
+                            .iter()
+                            .enumerate()
+                            .map(|(i, kind)| {
+                                Ok(match kind {
+                                    Kind::Text => Value::Text(row.try_get(i)?),
+                                    Kind::Int => Value::Int(row.try_get(i)?),
+                                    Kind::MaybeInt => Value::MaybeInt(row.try_get(i)?),
+                                })
+                            })
+                            .collect()
+                    })
+                    .collect()
             })
         }
     };
@@ -505,6 +166,9 @@ macro_rules! common_statements {
 #[allow(private_interfaces)]
 impl sealed::Sealed for sqlx::Postgres {
     const MIGRATION_0001: &'static str = include_str!("../../migrations/postgres/0001_saga.sql");
+    // Concurrent `CREATE TABLE IF NOT EXISTS` still collide in the catalog (the second fails
+    // on pg_type's unique index once the first commits): migrators take turns.
+    const MIGRATION_LOCK: Option<&'static str> = Some("SELECT pg_advisory_xact_lock($1)");
 
     fn index_name(names: &(String, String)) -> &str {
         // PostgreSQL puts an index in its table's schema; the name is bare.
@@ -520,13 +184,14 @@ impl sealed::Sealed for sqlx::Postgres {
         matches!(error.code().as_deref(), Some("40001" | "40P01"))
     }
 
-    common_statements!(sqlx::Postgres);
+    primitives!(sqlx::Postgres);
 }
 
 #[cfg(feature = "sqlite")]
 #[allow(private_interfaces)]
 impl sealed::Sealed for sqlx::Sqlite {
     const MIGRATION_0001: &'static str = include_str!("../../migrations/sqlite/0001_saga.sql");
+    const MIGRATION_LOCK: Option<&'static str> = None;
 
     fn index_name(names: &(String, String)) -> &str {
         // SQLite takes the schema on the index's name.
@@ -548,5 +213,5 @@ impl sealed::Sealed for sqlx::Sqlite {
             .is_some_and(|code| matches!(code & 0xff, 5 | 6))
     }
 
-    common_statements!(sqlx::Sqlite);
+    primitives!(sqlx::Sqlite);
 }

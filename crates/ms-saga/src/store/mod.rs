@@ -21,6 +21,8 @@
 //! project's own migration tool instead.
 
 mod backend;
+pub(crate) mod queries;
+mod rows;
 
 use std::fmt;
 use std::time::Duration;
@@ -31,8 +33,8 @@ use serde::de::DeserializeOwned;
 use sqlx::Pool;
 use time::OffsetDateTime;
 
-pub(crate) use backend::RawInstance;
 pub use backend::SagaBackend;
+pub(crate) use rows::RawInstance;
 
 use crate::SagaError;
 
@@ -115,7 +117,9 @@ pub struct ParkedMessage {
 #[derive(Debug)]
 pub(crate) struct Statements {
     pub(crate) name: TableName,
-    pub(crate) versions: String,
+    pub(crate) versions_create: String,
+    pub(crate) version_applied: String,
+    pub(crate) version_record: String,
     pub(crate) load: String,
     pub(crate) insert: String,
     pub(crate) update: String,
@@ -152,12 +156,23 @@ impl Statements {
         };
         let instances = name.quoted();
         let (parked, parked_table) = sibling("_parked");
-        let (versions, _) = match name.schema() {
-            Some(schema) => (format!(r#""{schema}"."ms_saga_schema""#), String::new()),
-            None => (r#""ms_saga_schema""#.to_owned(), String::new()),
+        let versions = match name.schema() {
+            Some(schema) => format!(r#""{schema}"."ms_saga_schema""#),
+            None => r#""ms_saga_schema""#.to_owned(),
         };
         Self {
-            versions,
+            versions_create: format!(
+                "CREATE TABLE IF NOT EXISTS {versions} (table_name TEXT NOT NULL, \
+                 version BIGINT NOT NULL, applied_at BIGINT NOT NULL, \
+                 PRIMARY KEY (table_name, version))"
+            ),
+            version_applied: format!(
+                "SELECT version FROM {versions} WHERE table_name = $1 AND version = $2"
+            ),
+            version_record: format!(
+                "INSERT INTO {versions} (table_name, version, applied_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT DO NOTHING"
+            ),
             load: format!("SELECT {COLUMNS} FROM {instances} WHERE saga = $1 AND instance = $2"),
             insert: format!(
                 "INSERT INTO {instances} ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
@@ -263,9 +278,10 @@ impl<DB: SagaBackend> SagaStore<DB> {
         &self.statements
     }
 
-    /// Creates or upgrades the tables (idempotent, safe from several processes at once).
+    /// Creates or upgrades the tables (idempotent, safe from several processes at once: on
+    /// PostgreSQL they take turns on an advisory lock, on SQLite on the write lock).
     pub async fn migrate(&self) -> Result<(), SagaError> {
-        DB::migrate(&self.pool, &self.statements, &self.migrations()).await?;
+        queries::migrate::<DB>(&self.pool, &self.statements, &self.migrations()).await?;
         Ok(())
     }
 
@@ -299,7 +315,7 @@ impl<DB: SagaBackend> SagaStore<DB> {
         id: &str,
     ) -> Result<Option<Instance<S>>, SagaError> {
         let mut conn = self.pool.acquire().await?;
-        let raw = DB::load(&mut conn, &self.statements, saga, id).await?;
+        let raw = queries::load::<DB>(&mut conn, &self.statements, saga, id).await?;
         raw.map(RawInstance::decode).transpose()
     }
 
@@ -311,7 +327,8 @@ impl<DB: SagaBackend> SagaStore<DB> {
         status: Option<Status>,
         limit: i64,
     ) -> Result<Vec<Instance<S>>, SagaError> {
-        let rows = DB::list(&self.pool, &self.statements, saga, status, None, limit).await?;
+        let rows =
+            queries::list::<DB>(&self.pool, &self.statements, saga, status, None, limit).await?;
         rows.into_iter().map(RawInstance::decode).collect()
     }
 
@@ -324,7 +341,7 @@ impl<DB: SagaBackend> SagaStore<DB> {
         limit: i64,
     ) -> Result<Vec<Instance<S>>, SagaError> {
         let before = now_ms().saturating_sub(millis(idle));
-        let rows = DB::list(
+        let rows = queries::list::<DB>(
             &self.pool,
             &self.statements,
             saga,
@@ -338,12 +355,12 @@ impl<DB: SagaBackend> SagaStore<DB> {
 
     /// How many instances of `saga` are in `status`.
     pub async fn count(&self, saga: &str, status: Status) -> Result<u64, SagaError> {
-        Ok(DB::count(&self.pool, &self.statements, saga, status).await?)
+        Ok(queries::count::<DB>(&self.pool, &self.statements, saga, status).await?)
     }
 
     /// The parked messages of saga `saga`, oldest first, at most `limit`.
     pub async fn parked(&self, saga: &str, limit: i64) -> Result<Vec<ParkedMessage>, SagaError> {
-        Ok(DB::parked(&self.pool, &self.statements, saga, limit).await?)
+        Ok(queries::parked::<DB>(&self.pool, &self.statements, saga, limit).await?)
     }
 
     /// Removes the instances of `saga` completed more than `older_than` ago; returns how many.
@@ -355,7 +372,7 @@ impl<DB: SagaBackend> SagaStore<DB> {
         older_than: Duration,
     ) -> Result<u64, SagaError> {
         let before = now_ms().saturating_sub(millis(older_than));
-        Ok(DB::purge(&self.pool, &self.statements, saga, before).await?)
+        Ok(queries::purge::<DB>(&self.pool, &self.statements, saga, before).await?)
     }
 }
 
