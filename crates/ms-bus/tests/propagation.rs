@@ -209,7 +209,18 @@ async fn one_trace_and_one_correlation_id_from_http_through_two_consumers() {
             TestTracing::attribute(span, "messaging.destination.name").as_deref(),
             Some(destination)
         );
+        // The publisher's side of the conventions: the system, and the id the consumer
+        // span names too.
+        assert_eq!(
+            TestTracing::attribute(span, "messaging.system").as_deref(),
+            Some("memory")
+        );
     }
+    assert_eq!(
+        TestTracing::attribute(publish_placed, "messaging.message.id"),
+        TestTracing::attribute(placed_span, "messaging.message.id")
+    );
+    assert!(TestTracing::attribute(publish_placed, "messaging.message.id").is_some());
     for span in [publish_placed, placed_span, publish_invoiced, invoiced_span] {
         assert_eq!(
             TestTracing::attribute(span, "correlation.id").as_deref(),
@@ -576,6 +587,25 @@ async fn kafka_consumer_spans_carry_the_partition_offset_key_and_group() {
         })
         .collect();
     process.sort();
+    // The producer spans: one per record, on Kafka, naming the record's id.
+    let mut publish: Vec<_> = spans
+        .iter()
+        .filter(|s| s.span_kind == SpanKind::Producer)
+        .map(|s| {
+            let attribute = |key| TestTracing::attribute(s, key).unwrap_or_default();
+            [
+                attribute("messaging.system"),
+                attribute("messaging.message.id"),
+            ]
+        })
+        .collect();
+    publish.sort();
+    let mut published: Vec<[String; 2]> = events
+        .iter()
+        .map(|event| ["kafka".into(), event.id().into()])
+        .collect();
+    published.sort();
+    assert_eq!(publish, published, "{spans:#?}");
     let expected: Vec<[String; 6]> = events
         .iter()
         .enumerate()
