@@ -80,6 +80,14 @@ pub trait Propagation: Send + Sync + std::fmt::Debug + 'static {
         self.inject(envelope)
     }
 
+    /// [`inject_to`](Self::inject_to) with everything the publisher knows of the publication:
+    /// the destination and, from an adapter, the messaging system. Adapters call this,
+    /// through [`outgoing_for`]; the default [`TraceContextPropagation`] records the system
+    /// and the message id on its producer span. The default method calls `inject_to`.
+    fn inject_for(&self, publication: Publication<'_>, envelope: &Envelope) -> Option<Envelope> {
+        self.inject_to(publication.destination, envelope)
+    }
+
     /// Runs `handler` with the context of `envelope` current (a task-local correlation id, a
     /// span whose parent is the envelope's `traceparent`).
     fn scope(&self, envelope: &Envelope, handler: HandlerFuture) -> HandlerFuture;
@@ -114,9 +122,10 @@ pub trait Propagation: Send + Sync + std::fmt::Debug + 'static {
 /// The default [`Propagation`]: W3C trace context and the correlation ID, through
 /// ms-tracing's [`message`] module.
 ///
-/// - `inject_to`, what adapters call on publish, opens a `publish {destination}` producer
-///   span (OpenTelemetry messaging conventions: child of the current span) and sends its
-///   context, so that a consumer span's parent is the publication, not whatever span
+/// - `inject_for` (and `inject_to`), what adapters call on publish, opens a
+///   `publish {destination}` producer span (OpenTelemetry messaging conventions: child of the
+///   current span, with `messaging.system` when the adapter names it and
+///   `messaging.message.id`) and sends its context, so that a consumer span's parent is the publication, not whatever span
 ///   published; then injects as `inject` does. The span marks the moment of sending: it
 ///   ends once the envelope is prepared, not when the broker confirms.
 /// - `inject` adds the current span's `traceparent` (and `tracestate`, when not empty) and
@@ -175,6 +184,10 @@ impl Propagation for TraceContextPropagation {
     }
 
     fn inject_to(&self, destination: &str, envelope: &Envelope) -> Option<Envelope> {
+        self.inject_for(Publication::to(destination), envelope)
+    }
+
+    fn inject_for(&self, publication: Publication<'_>, envelope: &Envelope) -> Option<Envelope> {
         // An envelope with its own `traceparent` names the parent its producer chose (an
         // outbox relay sends the context of the work that stored it): no span of ours.
         if envelope.traceparent().is_some() {
@@ -189,7 +202,14 @@ impl Propagation for TraceContextPropagation {
         // Without a subscriber that records it the span is disabled and costs a callsite
         // check; with no OpenTelemetry layer its context is invalid and only the correlation
         // ID travels, as before.
-        message::producer_span(destination).in_scope(|| message::inject(&mut outgoing));
+        let span = message::producer_span(publication.destination);
+        if !span.is_disabled() {
+            if let Some(system) = publication.system {
+                span.record("messaging.system", system);
+            }
+            span.record("messaging.message.id", envelope.id());
+        }
+        span.in_scope(|| message::inject(&mut outgoing));
         outgoing.with
     }
 
@@ -287,15 +307,67 @@ pub fn default_propagation() -> Arc<dyn Propagation> {
     Arc::new(TraceContextPropagation::new())
 }
 
+/// Where an envelope is about to be published, as [`Propagation::inject_for`] sees it.
+///
+/// ```
+/// use ms_bus::propagation::Publication;
+///
+/// let publication = Publication::to("invoicing.invoice").on("kafka");
+/// assert_eq!(publication.destination, "invoicing.invoice");
+/// assert_eq!(publication.system, Some("kafka"));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Publication<'a> {
+    /// The topic or command destination.
+    pub destination: &'a str,
+    /// The messaging system by OpenTelemetry's `messaging.system` names (`kafka`,
+    /// `rabbitmq`; `nats` and `memory` for ms-bus's others), as the adapters' consumers
+    /// report it ([`Subscriber::messaging_system`](crate::Subscriber::messaging_system)).
+    /// `None` where no broker is known yet: ms-outbox stores the envelope for a relay.
+    pub system: Option<&'static str>,
+}
+
+impl<'a> Publication<'a> {
+    /// A publication to `destination` on a system not known here.
+    #[must_use]
+    pub const fn to(destination: &'a str) -> Self {
+        Self {
+            destination,
+            system: None,
+        }
+    }
+
+    /// The same publication, on `system`.
+    #[must_use]
+    pub const fn on(self, system: &'static str) -> Self {
+        Self {
+            system: Some(system),
+            ..self
+        }
+    }
+}
+
 /// `envelope`, about to be published to `destination`, with context injected through
-/// [`Propagation::inject_to`]; borrowed when there was nothing to add. What adapters call.
+/// [`Propagation::inject_for`]; borrowed when there was nothing to add. What code that knows
+/// no broker calls (ms-outbox, storing an envelope); adapters call [`outgoing_for`].
 pub fn outgoing_to<'a>(
     propagation: &dyn Propagation,
     destination: &str,
     envelope: &'a Envelope,
 ) -> Cow<'a, Envelope> {
+    outgoing_for(propagation, Publication::to(destination), envelope)
+}
+
+/// `envelope`, about to be published as `publication` says, with context injected through
+/// [`Propagation::inject_for`]; borrowed when there was nothing to add. What adapters call.
+pub fn outgoing_for<'a>(
+    propagation: &dyn Propagation,
+    publication: Publication<'_>,
+    envelope: &'a Envelope,
+) -> Cow<'a, Envelope> {
     propagation
-        .inject_to(destination, envelope)
+        .inject_for(publication, envelope)
         .map_or(Cow::Borrowed(envelope), Cow::Owned)
 }
 

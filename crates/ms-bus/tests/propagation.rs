@@ -91,6 +91,23 @@ fn assert_child(child: &SpanData, parent: &SpanData) {
 /// `POST /orders` through an axum app under `CorrelationIdLayer` and `ServerTraceLayer`,
 /// whose handler publishes `orders.order.placed`; returns the correlation ID the response
 /// echoed.
+/// The publisher's side of the messaging conventions on a producer span: its destination, the
+/// system, and the message id its consumer span names too.
+fn assert_publication(publish: &SpanData, destination: &str, process: &SpanData) {
+    let attribute = |span, key| TestTracing::attribute(span, key);
+    assert_eq!(
+        attribute(publish, "messaging.destination.name").as_deref(),
+        Some(destination)
+    );
+    assert_eq!(
+        attribute(publish, "messaging.system").as_deref(),
+        Some("memory")
+    );
+    let id = attribute(publish, "messaging.message.id");
+    assert!(id.is_some(), "{publish:#?}");
+    assert_eq!(id, attribute(process, "messaging.message.id"));
+}
+
 async fn post_order(bus: &MemoryBus) -> CorrelationId {
     let app = axum::Router::new()
         .route(
@@ -201,15 +218,8 @@ async fn one_trace_and_one_correlation_id_from_http_through_two_consumers() {
         invoiced_span.links.links[0].span_context.span_id(),
         publish_invoiced.span_context.span_id()
     );
-    for (span, destination) in [
-        (publish_placed, "orders.order"),
-        (publish_invoiced, "billing.invoice"),
-    ] {
-        assert_eq!(
-            TestTracing::attribute(span, "messaging.destination.name").as_deref(),
-            Some(destination)
-        );
-    }
+    assert_publication(publish_placed, "orders.order", placed_span);
+    assert_publication(publish_invoiced, "billing.invoice", invoiced_span);
     for span in [publish_placed, placed_span, publish_invoiced, invoiced_span] {
         assert_eq!(
             TestTracing::attribute(span, "correlation.id").as_deref(),
@@ -576,6 +586,25 @@ async fn kafka_consumer_spans_carry_the_partition_offset_key_and_group() {
         })
         .collect();
     process.sort();
+    // The producer spans: one per record, on Kafka, naming the record's id.
+    let mut publish: Vec<_> = spans
+        .iter()
+        .filter(|s| s.span_kind == SpanKind::Producer)
+        .map(|s| {
+            let attribute = |key| TestTracing::attribute(s, key).unwrap_or_default();
+            [
+                attribute("messaging.system"),
+                attribute("messaging.message.id"),
+            ]
+        })
+        .collect();
+    publish.sort();
+    let mut published: Vec<[String; 2]> = events
+        .iter()
+        .map(|event| ["kafka".into(), event.id().into()])
+        .collect();
+    published.sort();
+    assert_eq!(publish, published, "{spans:#?}");
     let expected: Vec<[String; 6]> = events
         .iter()
         .enumerate()

@@ -245,7 +245,8 @@ impl MessageContext {
 }
 
 /// A `publish {destination}` producer span; enter it around [`inject`] so the message carries
-/// its context.
+/// its context. `messaging.system` and `messaging.message.id` are declared empty, for the
+/// publisher to record when it knows them.
 pub fn producer_span(destination: &str) -> tracing::Span {
     let span = tracing::info_span!(
         "publish",
@@ -254,6 +255,8 @@ pub fn producer_span(destination: &str) -> tracing::Span {
         messaging.operation.type = "send",
         messaging.destination.name = destination,
         correlation.id = tracing::field::Empty,
+        messaging.system = tracing::field::Empty,
+        messaging.message.id = tracing::field::Empty,
     );
     if let Some(id) = CorrelationId::current() {
         span.record("correlation.id", id.as_str());

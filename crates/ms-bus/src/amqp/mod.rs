@@ -227,7 +227,11 @@ impl AmqpBus {
         mandatory: bool,
     ) -> Result<Outgoing, BusError> {
         validate_name(name)?;
-        let envelope = propagation::outgoing_to(&*self.propagation, name, envelope);
+        let envelope = propagation::outgoing_for(
+            &*self.propagation,
+            propagation::Publication::to(name).on("rabbitmq"),
+            envelope,
+        );
         let message = codec::encode(&envelope, self.mode, HeaderValues::Raw);
         let (properties, body) = headers::to_amqp(message, &envelope.dedup_key())?;
         Ok(Outgoing {

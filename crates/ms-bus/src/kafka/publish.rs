@@ -13,7 +13,7 @@ use rdkafka::types::RDKafkaErrorCode as Code;
 use super::builder::Topics;
 use super::naming::{self, Kind};
 use super::{Inner, headers};
-use crate::propagation::outgoing_to;
+use crate::propagation::{Publication, outgoing_for};
 use crate::{BusError, Envelope, validate_name};
 
 /// How long a send waits for room in librdkafka's queue before it awaits earlier sends.
@@ -126,7 +126,11 @@ impl Inner {
             let mut pending = VecDeque::with_capacity(envelopes.len());
             let mut stored = Vec::with_capacity(envelopes.len());
             for envelope in envelopes {
-                let envelope = outgoing_to(&*self.settings.propagation, name, envelope);
+                let envelope = outgoing_for(
+                    &*self.settings.propagation,
+                    Publication::to(name).on("kafka"),
+                    envelope,
+                );
                 let (headers, value) = headers::encode(&envelope, self.settings.mode);
                 let future = self
                     .start_send(

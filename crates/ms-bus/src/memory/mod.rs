@@ -39,7 +39,7 @@ use futures_util::future::BoxFuture;
 pub use faults::Faults;
 
 use crate::codec::{self, HeaderValues, TransportMessage};
-use crate::propagation::{Propagation, default_propagation, outgoing_to};
+use crate::propagation::{Propagation, Publication, default_propagation, outgoing_for};
 use crate::{
     Acker, BusError, CommandSender, Deliveries, Delivery, DeliveryInfo, Envelope, EventPublisher,
     Source, Subscriber, Subscription, dead_letter, validate_name,
@@ -259,7 +259,11 @@ impl EventPublisher for MemoryBus {
     ) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             validate_name(topic)?;
-            let event = outgoing_to(&*self.inner.propagation, topic, event);
+            let event = outgoing_for(
+                &*self.inner.propagation,
+                Publication::to(topic).on("memory"),
+                event,
+            );
             self.inner
                 .fan_out(topic, &Payload::Envelope(event.into_owned()));
             crate::metrics::sent("memory", topic, 1, None);
@@ -282,7 +286,14 @@ impl EventPublisher for MemoryBus {
             }
             let prepared: Vec<Envelope> = events
                 .iter()
-                .map(|e| outgoing_to(&*self.inner.propagation, topic, e).into_owned())
+                .map(|e| {
+                    outgoing_for(
+                        &*self.inner.propagation,
+                        Publication::to(topic).on("memory"),
+                        e,
+                    )
+                    .into_owned()
+                })
                 .collect();
             for queue in self.inner.groups(topic) {
                 queue.push_all(prepared.iter().map(|e| Item {
@@ -305,7 +316,12 @@ impl CommandSender for MemoryBus {
     ) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             validate_name(destination)?;
-            let command = outgoing_to(&*self.inner.propagation, destination, command).into_owned();
+            let command = outgoing_for(
+                &*self.inner.propagation,
+                Publication::to(destination).on("memory"),
+                command,
+            )
+            .into_owned();
             let queue = self.inner.command_queue(destination);
             self.inner.enqueue(&queue, Payload::Envelope(command));
             crate::metrics::sent("memory", destination, 1, None);

@@ -137,7 +137,7 @@ use async_nats::{HeaderMap, Subject};
 use futures_util::future::BoxFuture;
 
 use crate::codec::{Mode, TransportMessage};
-use crate::propagation::{Propagation, default_propagation, outgoing_to};
+use crate::propagation::{Propagation, Publication, default_propagation, outgoing_for};
 use crate::{BusError, CommandSender, Envelope, EventPublisher, validate_name};
 use naming::Kind;
 
@@ -430,7 +430,11 @@ impl Inner {
         destination: &str,
         envelope: &Envelope,
     ) -> Result<(HeaderMap, bytes::Bytes), BusError> {
-        let envelope = outgoing_to(&*self.propagation, destination, envelope);
+        let envelope = outgoing_for(
+            &*self.propagation,
+            Publication::to(destination).on("nats"),
+            envelope,
+        );
         encode::message(&envelope, self.mode)
     }
 

@@ -19,7 +19,7 @@ pub(crate) const PEER: &str = concat!(
 static SDK: OnceLock<Option<PathBuf>> = OnceLock::new();
 
 /// Whether python3 with the SDK can run: the machine's own SDK, else the one ms-testkit
-/// installs from PyPI (so a fresh machine runs these tests too). Without python3 or PyPI a
+/// installs from `PyPI` (so a fresh machine runs these tests too). Without python3 or `PyPI` a
 /// test skips loudly, or fails under `MS_TEST_REQUIRE_SERVICES=1`.
 pub(crate) fn python_with_sdk(test: &str) -> bool {
     if SDK.get().is_some() {
