@@ -98,7 +98,7 @@ pub enum Handled {
     /// Recorded before: settled without effect.
     Duplicate,
     /// Not for this saga ([`Route::Ignore`]), for a completed instance, a stale timeout, or
-    /// answered with [`Decision::ignore`]: settled without effect.
+    /// answered with [`Decision::ignore`](crate::Decision::ignore): settled without effect.
     NoEffect,
     /// Parked (after its retries, behind a parked message, or as an unknown instance's).
     Parked {
